@@ -1,0 +1,1 @@
+//! Authentication-Results headers (RFC 8601).

@@ -1,0 +1,11 @@
+//! mailstack: mail authentication and filtering for Postfix and any MTA that speaks milter.
+//!
+//! Built on [`milter_proto`] and [`policy_proto`]. Each filter is library code so it can be
+//! embedded in other servers; the daemons in `examples/` are thin binaries over it.
+//!
+//! # Layout
+//! - [`config`]: reading the configuration files of the tools we replace, with located errors.
+//! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
+
+pub mod auth_results;
+pub mod config;
