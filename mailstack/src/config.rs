@@ -128,7 +128,11 @@ impl ConfigFile {
                 }
             };
             if key.is_empty() {
-                return Err(ConfigError::at(path, line, "expected a key before the value"));
+                return Err(ConfigError::at(
+                    path,
+                    line,
+                    "expected a key before the value",
+                ));
             }
             entries.push(Entry {
                 key: key.to_owned(),
@@ -154,10 +158,7 @@ impl ConfigFile {
             "no" | "false" | "0" | "off" | "n" | "f" => Ok(false),
             _ => Err(self.error(
                 entry,
-                format_args!(
-                    "{}: expected yes or no, found {:?}",
-                    entry.key, entry.value
-                ),
+                format_args!("{}: expected yes or no, found {:?}", entry.key, entry.value),
             )),
         }
     }
@@ -185,14 +186,29 @@ mod tests {
     #[test]
     fn splits_both_syntaxes_and_keeps_line_numbers() {
         let p = Path::new("/etc/x.conf");
-        let f = ConfigFile::parse(p, "# c\n\nMode  sv\nSocket inet:8891@localhost\n", Syntax::Whitespace).unwrap();
-        assert_eq!(f.entries[0], Entry { key: "Mode".into(), value: "sv".into(), line: 3 });
+        let f = ConfigFile::parse(
+            p,
+            "# c\n\nMode  sv\nSocket inet:8891@localhost\n",
+            Syntax::Whitespace,
+        )
+        .unwrap();
+        assert_eq!(
+            f.entries[0],
+            Entry {
+                key: "Mode".into(),
+                value: "sv".into(),
+                line: 3
+            }
+        );
         assert_eq!(f.entries[1].value, "inet:8891@localhost");
         let f = ConfigFile::parse(p, "HELO_reject = Fail\nx=a=b\n", Syntax::Equals).unwrap();
         assert_eq!(f.entries[0].value, "Fail");
         assert_eq!(f.entries[1].value, "a=b");
         let e = ConfigFile::parse(p, "\nnovalue\n", Syntax::Equals).unwrap_err();
-        assert_eq!(e.to_string(), "/etc/x.conf:2: expected `key = value`, found \"novalue\"");
+        assert_eq!(
+            e.to_string(),
+            "/etc/x.conf:2: expected `key = value`, found \"novalue\""
+        );
     }
 
     #[test]
@@ -200,6 +216,9 @@ mod tests {
         let p = Path::new("a.conf");
         let f = ConfigFile::parse(p, "LogClean maybe\n", Syntax::Whitespace).unwrap();
         let e = f.bool(&f.entries[0]).unwrap_err();
-        assert_eq!(e.to_string(), "a.conf:1: LogClean: expected yes or no, found \"maybe\"");
+        assert_eq!(
+            e.to_string(),
+            "a.conf:1: LogClean: expected yes or no, found \"maybe\""
+        );
     }
 }
