@@ -103,10 +103,10 @@ impl AuthResults {
         let mut parts = vec![vec![format!("{};", self.authserv_id)]];
         for (i, r) in self.results.iter().enumerate() {
             let mut words = r.words();
-            if i != last {
-                if let Some(w) = words.last_mut() {
-                    w.push(';');
-                }
+            if i != last
+                && let Some(w) = words.last_mut()
+            {
+                w.push(';');
             }
             parts.push(words);
         }
