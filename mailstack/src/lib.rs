@@ -9,3 +9,5 @@
 
 pub mod auth_results;
 pub mod config;
+pub mod dns;
+pub mod spf;

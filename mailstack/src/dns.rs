@@ -1,0 +1,441 @@
+//! DNS access for the authentication filters, behind a small async trait.
+//!
+//! [`Resolver`] is the only way the SPF evaluator (and anything built on it) reaches DNS. It asks
+//! for exactly the record types RFC 7208 needs (TXT, A, AAAA, MX, PTR) and reports failures as a
+//! [`DnsError`] that keeps apart the cases SPF treats differently: a name that does not exist
+//! (NXDOMAIN) and a name without records of the asked type (NOERROR, no data) are *void lookups*;
+//! a timeout or a server failure is a *temporary error*.
+//!
+//! Two implementations ship here:
+//!
+//! - [`HickoryResolver`]: the real thing, hickory-resolver 0.26 (the same version mail-auth
+//!   uses), configured from `/etc/resolv.conf` or pointed at one explicit `ip:port`.
+//! - [`MemoryResolver`]: an in-memory zone for tests and for embedding (no sockets, no clock).
+//!   It can also simulate timeouts, as the RFC 7208 test suite's `TIMEOUT` entries require.
+//!
+//! Names are passed without a trailing dot and compared case-insensitively; names in answers
+//! (MX exchanges, PTR targets) come back without the trailing dot.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Why a DNS lookup produced no records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// The name does not exist (RCODE 3, NXDOMAIN). A void lookup for SPF.
+    #[error("domain does not exist")]
+    NxDomain,
+    /// The name exists but has no records of the asked type (NOERROR, empty answer). A void
+    /// lookup for SPF.
+    #[error("no records of the requested type")]
+    NoData,
+    /// No answer arrived in time.
+    #[error("DNS timeout")]
+    Timeout,
+    /// The server answered with a failure (SERVFAIL, REFUSED, ...).
+    #[error("DNS server failure")]
+    ServFail,
+    /// The name cannot be put on the wire (bad label length, bad characters).
+    #[error("invalid domain name")]
+    InvalidName,
+    /// Any other resolver failure (network unreachable, malformed answer, ...).
+    #[error("DNS error: {0}")]
+    Other(String),
+}
+
+impl DnsError {
+    /// NXDOMAIN or no data: the lookups RFC 7208 §4.6.4 calls "void".
+    pub fn is_void(&self) -> bool {
+        matches!(self, Self::NxDomain | Self::NoData | Self::InvalidName)
+    }
+}
+
+/// One MX record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mx {
+    /// The preference (lower is preferred).
+    pub preference: u16,
+    /// The exchange host name, without a trailing dot.
+    pub exchange: String,
+}
+
+/// The DNS queries the authentication filters need.
+///
+/// Every method returns at least one record on `Ok`; an empty answer is [`DnsError::NoData`].
+#[async_trait]
+pub trait Resolver: Send + Sync {
+    /// TXT records of `name`, each one the concatenation of its character-strings (RFC 7208 §3.3).
+    async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError>;
+    /// A records of `name`.
+    async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError>;
+    /// AAAA records of `name`.
+    async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, DnsError>;
+    /// MX records of `name`.
+    async fn mx(&self, name: &str) -> Result<Vec<Mx>, DnsError>;
+    /// PTR records of the reverse name of `ip` (see [`reverse_name`]).
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError>;
+}
+
+/// The `in-addr.arpa` / `ip6.arpa` name of an address, without the trailing dot.
+pub fn reverse_name(ip: IpAddr) -> String {
+    let mut out = String::with_capacity(73);
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            let _ = write!(out, "{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]);
+        }
+        IpAddr::V6(v6) => {
+            for byte in v6.octets().iter().rev() {
+                let _ = write!(out, "{:x}.{:x}.", byte & 0xf, byte >> 4);
+            }
+            out.push_str("ip6.arpa");
+        }
+    }
+    out
+}
+
+fn normalise(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// One record of a [`MemoryResolver`] zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemoryRecord {
+    /// A TXT record (the concatenated character-strings).
+    Txt(Vec<u8>),
+    /// An A record.
+    A(Ipv4Addr),
+    /// An AAAA record.
+    Aaaa(Ipv6Addr),
+    /// An MX record.
+    Mx(Mx),
+    /// A PTR record (store it under the [`reverse_name`]).
+    Ptr(String),
+    /// A CNAME: queries of other types follow it (up to [`MemoryResolver::MAX_CNAME_CHAIN`]).
+    Cname(String),
+    /// Queries of any type not answered by a record listed *before* this one time out (the
+    /// RFC 7208 test suite's `TIMEOUT` entry).
+    Timeout,
+    /// Queries of this one type time out.
+    TimeoutFor(RecordType),
+}
+
+/// The record types of [`Resolver`], for [`MemoryRecord::TimeoutFor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RecordType {
+    /// TXT.
+    Txt,
+    /// A.
+    A,
+    /// AAAA.
+    Aaaa,
+    /// MX.
+    Mx,
+    /// PTR.
+    Ptr,
+}
+
+impl MemoryRecord {
+    fn record_type(&self) -> Option<RecordType> {
+        Some(match self {
+            Self::Txt(_) => RecordType::Txt,
+            Self::A(_) => RecordType::A,
+            Self::Aaaa(_) => RecordType::Aaaa,
+            Self::Mx(_) => RecordType::Mx,
+            Self::Ptr(_) => RecordType::Ptr,
+            Self::TimeoutFor(t) => *t,
+            Self::Cname(_) | Self::Timeout => return None,
+        })
+    }
+}
+
+/// An in-memory DNS zone implementing [`Resolver`]; names absent from it are NXDOMAIN.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryResolver {
+    zone: HashMap<String, Vec<MemoryRecord>>,
+}
+
+impl MemoryResolver {
+    /// How many CNAMEs a lookup follows before it gives up with [`DnsError::ServFail`].
+    pub const MAX_CNAME_CHAIN: usize = 10;
+
+    /// An empty zone.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a record to `name` (records keep their order).
+    pub fn add(&mut self, name: &str, record: MemoryRecord) -> &mut Self {
+        self.zone.entry(normalise(name)).or_default().push(record);
+        self
+    }
+
+    /// Makes `name` exist with no records (so queries give [`DnsError::NoData`]).
+    pub fn add_name(&mut self, name: &str) -> &mut Self {
+        self.zone.entry(normalise(name)).or_default();
+        self
+    }
+
+    fn lookup<T>(
+        &self,
+        name: &str,
+        ty: RecordType,
+        pick: impl Fn(&MemoryRecord) -> Option<T>,
+    ) -> Result<Vec<T>, DnsError> {
+        let mut name = normalise(name);
+        if name.split('.').any(|label| label.len() > 63) || name.len() > 253 {
+            return Err(DnsError::InvalidName);
+        }
+        for _ in 0..=Self::MAX_CNAME_CHAIN {
+            let Some(records) = self.zone.get(&name) else {
+                return Err(DnsError::NxDomain);
+            };
+            let mut out = Vec::new();
+            let mut cname = None;
+            for record in records {
+                match record {
+                    MemoryRecord::Timeout if out.is_empty() => return Err(DnsError::Timeout),
+                    MemoryRecord::Timeout => break,
+                    MemoryRecord::Cname(target) => cname = Some(normalise(target)),
+                    MemoryRecord::TimeoutFor(t) if *t == ty => return Err(DnsError::Timeout),
+                    other if other.record_type() == Some(ty) => out.extend(pick(other)),
+                    _ => {}
+                }
+            }
+            match (out.is_empty(), cname) {
+                (false, _) => return Ok(out),
+                (true, Some(target)) => name = target,
+                (true, None) => return Err(DnsError::NoData),
+            }
+        }
+        Err(DnsError::ServFail)
+    }
+}
+
+#[async_trait]
+impl Resolver for MemoryResolver {
+    async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+        self.lookup(name, RecordType::Txt, |r| match r {
+            MemoryRecord::Txt(t) => Some(t.clone()),
+            _ => None,
+        })
+    }
+
+    async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
+        self.lookup(name, RecordType::A, |r| match r {
+            MemoryRecord::A(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, DnsError> {
+        self.lookup(name, RecordType::Aaaa, |r| match r {
+            MemoryRecord::Aaaa(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    async fn mx(&self, name: &str) -> Result<Vec<Mx>, DnsError> {
+        self.lookup(name, RecordType::Mx, |r| match r {
+            MemoryRecord::Mx(m) => Some(m.clone()),
+            _ => None,
+        })
+    }
+
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        self.lookup(&reverse_name(ip), RecordType::Ptr, |r| match r {
+            MemoryRecord::Ptr(p) => Some(normalise(p)),
+            _ => None,
+        })
+    }
+}
+
+/// Per-query timeout of [`HickoryResolver`] (resolv.conf's default is also 5 s).
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per query of [`HickoryResolver`] (resolv.conf's default is 2).
+pub const DEFAULT_QUERY_ATTEMPTS: usize = 2;
+
+/// [`Resolver`] over hickory-resolver.
+#[derive(Clone)]
+pub struct HickoryResolver {
+    inner: hickory_resolver::TokioResolver,
+}
+
+impl std::fmt::Debug for HickoryResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HickoryResolver").finish_non_exhaustive()
+    }
+}
+
+impl HickoryResolver {
+    /// A resolver configured from `/etc/resolv.conf`.
+    pub fn system() -> Result<Self, DnsError> {
+        let mut builder = hickory_resolver::TokioResolver::builder_tokio()
+            .map_err(|e| DnsError::Other(e.to_string()))?;
+        // Caching is left to the local resolver; answers must reflect the zone as it is.
+        builder.options_mut().cache_size = 0;
+        builder.options_mut().ndots = 0;
+        let inner = builder.build().map_err(|e| DnsError::Other(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    /// A resolver that asks only `server` (UDP, falling back to TCP for truncated answers).
+    pub fn with_nameserver(server: SocketAddr, timeout: Duration) -> Result<Self, DnsError> {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+        for conn in &mut ns.connections {
+            conn.port = server.port();
+        }
+        let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
+        let mut builder = hickory_resolver::TokioResolver::builder_with_config(
+            config,
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        );
+        let opts = builder.options_mut();
+        opts.timeout = timeout;
+        opts.attempts = DEFAULT_QUERY_ATTEMPTS;
+        opts.cache_size = 0;
+        opts.ndots = 0;
+        let inner = builder.build().map_err(|e| DnsError::Other(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    async fn query(
+        &self,
+        name: &str,
+        ty: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<Vec<hickory_resolver::proto::rr::RData>, DnsError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let name = hickory_resolver::proto::rr::Name::from_ascii(&fqdn)
+            .map_err(|_| DnsError::InvalidName)?;
+        match self.inner.lookup(name, ty).await {
+            Ok(lookup) => {
+                let out: Vec<_> = lookup
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == ty)
+                    .map(|r| r.data.clone())
+                    .collect();
+                if out.is_empty() { Err(DnsError::NoData) } else { Ok(out) }
+            }
+            Err(e) => Err(map_error(&e)),
+        }
+    }
+}
+
+fn map_error(e: &hickory_resolver::net::NetError) -> DnsError {
+    use hickory_resolver::net::NetError;
+    if e.is_nx_domain() {
+        return DnsError::NxDomain;
+    }
+    if e.is_no_records_found() {
+        return DnsError::NoData;
+    }
+    match e {
+        NetError::Timeout => DnsError::Timeout,
+        NetError::Dns(_) => DnsError::ServFail,
+        other => DnsError::Other(other.to_string()),
+    }
+}
+
+fn strip_dot(name: &hickory_resolver::proto::rr::Name) -> String {
+    normalise(&name.to_ascii())
+}
+
+#[async_trait]
+impl Resolver for HickoryResolver {
+    async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType as T};
+        let data = self.query(name, T::TXT).await?;
+        Ok(data
+            .into_iter()
+            .filter_map(|d| match d {
+                RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType as T};
+        let data = self.query(name, T::A).await?;
+        Ok(data
+            .into_iter()
+            .filter_map(|d| match d {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType as T};
+        let data = self.query(name, T::AAAA).await?;
+        Ok(data
+            .into_iter()
+            .filter_map(|d| match d {
+                RData::AAAA(a) => Some(a.0),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn mx(&self, name: &str) -> Result<Vec<Mx>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType as T};
+        let data = self.query(name, T::MX).await?;
+        Ok(data
+            .into_iter()
+            .filter_map(|d| match d {
+                RData::MX(mx) => Some(Mx { preference: mx.preference, exchange: strip_dot(&mx.exchange) }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType as T};
+        let data = self.query(&reverse_name(ip), T::PTR).await?;
+        Ok(data
+            .into_iter()
+            .filter_map(|d| match d {
+                RData::PTR(p) => Some(strip_dot(&p.0)),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names() {
+        assert_eq!(reverse_name("192.0.2.1".parse().unwrap()), "1.2.0.192.in-addr.arpa");
+        assert_eq!(
+            reverse_name("2001:db8::1".parse().unwrap()),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_zone_semantics() {
+        let mut z = MemoryResolver::new();
+        z.add("a.example", MemoryRecord::A(Ipv4Addr::new(192, 0, 2, 1)))
+            .add("a.example", MemoryRecord::Timeout)
+            .add("alias.example", MemoryRecord::Cname("a.example.".into()));
+        assert_eq!(z.a("A.Example.").await, Ok(vec![Ipv4Addr::new(192, 0, 2, 1)]));
+        assert_eq!(z.a("alias.example").await, Ok(vec![Ipv4Addr::new(192, 0, 2, 1)]));
+        assert_eq!(z.txt("a.example").await, Err(DnsError::Timeout));
+        assert_eq!(z.txt("missing.example").await, Err(DnsError::NxDomain));
+        z.add_name("empty.example");
+        assert_eq!(z.mx("empty.example").await, Err(DnsError::NoData));
+    }
+}

@@ -1,0 +1,1 @@
+//! The python-policyd-spf compatible policy service (work in progress).
