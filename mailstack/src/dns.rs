@@ -282,7 +282,9 @@ impl HickoryResolver {
         // Caching is left to the local resolver; answers must reflect the zone as it is.
         builder.options_mut().cache_size = 0;
         builder.options_mut().ndots = 0;
-        let inner = builder.build().map_err(|e| DnsError::Other(e.to_string()))?;
+        let inner = builder
+            .build()
+            .map_err(|e| DnsError::Other(e.to_string()))?;
         Ok(Self { inner })
     }
 
@@ -303,7 +305,9 @@ impl HickoryResolver {
         opts.attempts = DEFAULT_QUERY_ATTEMPTS;
         opts.cache_size = 0;
         opts.ndots = 0;
-        let inner = builder.build().map_err(|e| DnsError::Other(e.to_string()))?;
+        let inner = builder
+            .build()
+            .map_err(|e| DnsError::Other(e.to_string()))?;
         Ok(Self { inner })
     }
 
@@ -323,7 +327,11 @@ impl HickoryResolver {
                     .filter(|r| r.record_type() == ty)
                     .map(|r| r.data.clone())
                     .collect();
-                if out.is_empty() { Err(DnsError::NoData) } else { Ok(out) }
+                if out.is_empty() {
+                    Err(DnsError::NoData)
+                } else {
+                    Ok(out)
+                }
             }
             Err(e) => Err(map_error(&e)),
         }
@@ -357,7 +365,12 @@ impl Resolver for HickoryResolver {
         Ok(data
             .into_iter()
             .filter_map(|d| match d {
-                RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .flat_map(|s| s.iter().copied())
+                        .collect(),
+                ),
                 _ => None,
             })
             .collect())
@@ -393,7 +406,10 @@ impl Resolver for HickoryResolver {
         Ok(data
             .into_iter()
             .filter_map(|d| match d {
-                RData::MX(mx) => Some(Mx { preference: mx.preference, exchange: strip_dot(&mx.exchange) }),
+                RData::MX(mx) => Some(Mx {
+                    preference: mx.preference,
+                    exchange: strip_dot(&mx.exchange),
+                }),
                 _ => None,
             })
             .collect())
@@ -418,7 +434,10 @@ mod tests {
 
     #[test]
     fn reverse_names() {
-        assert_eq!(reverse_name("192.0.2.1".parse().unwrap()), "1.2.0.192.in-addr.arpa");
+        assert_eq!(
+            reverse_name("192.0.2.1".parse().unwrap()),
+            "1.2.0.192.in-addr.arpa"
+        );
         assert_eq!(
             reverse_name("2001:db8::1".parse().unwrap()),
             "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
@@ -431,8 +450,14 @@ mod tests {
         z.add("a.example", MemoryRecord::A(Ipv4Addr::new(192, 0, 2, 1)))
             .add("a.example", MemoryRecord::Timeout)
             .add("alias.example", MemoryRecord::Cname("a.example.".into()));
-        assert_eq!(z.a("A.Example.").await, Ok(vec![Ipv4Addr::new(192, 0, 2, 1)]));
-        assert_eq!(z.a("alias.example").await, Ok(vec![Ipv4Addr::new(192, 0, 2, 1)]));
+        assert_eq!(
+            z.a("A.Example.").await,
+            Ok(vec![Ipv4Addr::new(192, 0, 2, 1)])
+        );
+        assert_eq!(
+            z.a("alias.example").await,
+            Ok(vec![Ipv4Addr::new(192, 0, 2, 1)])
+        );
         assert_eq!(z.txt("a.example").await, Err(DnsError::Timeout));
         assert_eq!(z.txt("missing.example").await, Err(DnsError::NxDomain));
         z.add_name("empty.example");

@@ -33,13 +33,24 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     fn plain(result: SpfResult) -> Self {
-        Self { result, explanation: None, mechanism: None, problem: None }
+        Self {
+            result,
+            explanation: None,
+            mechanism: None,
+            problem: None,
+        }
     }
 
     fn abort(a: Abort) -> Self {
         match a {
-            Abort::Temp(p) => Self { problem: Some(p), ..Self::plain(SpfResult::TempError) },
-            Abort::Perm(p) => Self { problem: Some(p), ..Self::plain(SpfResult::PermError) },
+            Abort::Temp(p) => Self {
+                problem: Some(p),
+                ..Self::plain(SpfResult::TempError)
+            },
+            Abort::Perm(p) => Self {
+                problem: Some(p),
+                ..Self::plain(SpfResult::PermError)
+            },
         }
     }
 }
@@ -90,7 +101,11 @@ impl Session<'_> {
 
     /// Maps a mechanism lookup's error: void lookups count and do not match, others abort.
     fn lookup_error(&mut self, e: &DnsError) -> Result<(), Abort> {
-        if e.is_void() { self.count_void() } else { Err(Abort::Temp(format!("DNS {e}"))) }
+        if e.is_void() {
+            self.count_void()
+        } else {
+            Err(Abort::Temp(format!("DNS {e}")))
+        }
     }
 
     fn values<'v>(&'v self, domain: &'v str, ptr: Option<&'v str>) -> MacroValues<'v> {
@@ -107,7 +122,11 @@ impl Session<'_> {
     }
 
     async fn expand_domain(&mut self, m: &MacroString, domain: &str) -> String {
-        let ptr = if macros::needs_ptr(m) { Some(self.validated_name(domain).await) } else { None };
+        let ptr = if macros::needs_ptr(m) {
+            Some(self.validated_name(domain).await)
+        } else {
+            None
+        };
         macros::expand_domain(m, &self.values(domain, ptr.as_deref()))
     }
 
@@ -135,7 +154,11 @@ impl Session<'_> {
         };
         let mut out = Vec::new();
         for name in names.into_iter().take(self.ev.limits.ptr_names) {
-            if self.addresses_contain(&name, 32, 128).await.unwrap_or(false) {
+            if self
+                .addresses_contain(&name, 32, 128)
+                .await
+                .unwrap_or(false)
+            {
                 out.push(name.to_ascii_lowercase());
             }
         }
@@ -146,8 +169,16 @@ impl Session<'_> {
     async fn addresses_contain(&self, name: &str, cidr4: u8, cidr6: u8) -> Result<bool, DnsError> {
         let resolver = &self.ev.resolver;
         Ok(match self.ip {
-            IpAddr::V4(ip) => resolver.a(name).await?.iter().any(|n| in_net4(ip, *n, cidr4)),
-            IpAddr::V6(ip) => resolver.aaaa(name).await?.iter().any(|n| in_net6(ip, *n, cidr6)),
+            IpAddr::V4(ip) => resolver
+                .a(name)
+                .await?
+                .iter()
+                .any(|n| in_net4(ip, *n, cidr4)),
+            IpAddr::V6(ip) => resolver
+                .aaaa(name)
+                .await?
+                .iter()
+                .any(|n| in_net6(ip, *n, cidr6)),
         })
     }
 
@@ -155,7 +186,10 @@ impl Session<'_> {
     pub(crate) fn check_host(&mut self, domain: String) -> BoxFut<'_, Outcome> {
         Box::pin(async move {
             if !valid_domain(&domain) {
-                return Outcome { problem: Some(format!("Invalid domain: {domain}")), ..Outcome::plain(SpfResult::None) };
+                return Outcome {
+                    problem: Some(format!("Invalid domain: {domain}")),
+                    ..Outcome::plain(SpfResult::None)
+                };
             }
             let domain = domain.strip_suffix('.').unwrap_or(&domain).to_owned();
             let record = match self.fetch_record(&domain).await {
@@ -180,7 +214,9 @@ impl Session<'_> {
         let mut spf = txts.iter().filter(|t| record::is_spf_record(t));
         match (spf.next(), spf.next()) {
             (None, _) => Ok(None),
-            (Some(_), Some(_)) => Err(Abort::Perm(format!("Two or more type TXT spf records found for {domain}"))),
+            (Some(_), Some(_)) => Err(Abort::Perm(format!(
+                "Two or more type TXT spf records found for {domain}"
+            ))),
             (Some(one), None) => Ok(Some(Record::parse(one)?)),
         }
     }
@@ -198,17 +234,26 @@ impl Session<'_> {
                     (Some(exp), SpfResult::Fail) => self.explain(exp, domain).await,
                     _ => None,
                 };
-                return Ok(Outcome { mechanism: Some(directive.text.clone()), explanation, ..Outcome::plain(result) });
+                return Ok(Outcome {
+                    mechanism: Some(directive.text.clone()),
+                    explanation,
+                    ..Outcome::plain(result)
+                });
             }
         }
         let Some(redirect) = &record.redirect else {
-            return Ok(Outcome { mechanism: Some("default".into()), ..Outcome::plain(SpfResult::Neutral) });
+            return Ok(Outcome {
+                mechanism: Some("default".into()),
+                ..Outcome::plain(SpfResult::Neutral)
+            });
         };
         self.count_term()?;
         let target = self.expand_domain(redirect, domain).await;
         let outcome = self.check_host(target.clone()).await;
         if outcome.result == SpfResult::None {
-            return Err(Abort::Perm(format!("Redirect domain has no SPF record: {target}")));
+            return Err(Abort::Perm(format!(
+                "Redirect domain has no SPF record: {target}"
+            )));
         }
         Ok(outcome)
     }
@@ -223,7 +268,11 @@ impl Session<'_> {
         let [txt] = txts.as_slice() else { return None };
         let text = std::str::from_utf8(txt).ok().filter(|t| t.is_ascii())?;
         let m = MacroString::parse(text, true).ok()?;
-        let ptr = if macros::needs_ptr(&m) { Some(self.validated_name(domain).await) } else { None };
+        let ptr = if macros::needs_ptr(&m) {
+            Some(self.validated_name(domain).await)
+        } else {
+            None
+        };
         Some(macros::expand(&m, &self.values(domain, ptr.as_deref())))
     }
 
@@ -237,8 +286,12 @@ impl Session<'_> {
     async fn matches(&mut self, directive: &Directive, domain: &str) -> Result<bool, Abort> {
         match &directive.mechanism {
             Mechanism::All => Ok(true),
-            Mechanism::Ip4 { addr, cidr } => Ok(matches!(self.ip, IpAddr::V4(ip) if in_net4(ip, *addr, *cidr))),
-            Mechanism::Ip6 { addr, cidr } => Ok(matches!(self.ip, IpAddr::V6(ip) if in_net6(ip, *addr, *cidr))),
+            Mechanism::Ip4 { addr, cidr } => {
+                Ok(matches!(self.ip, IpAddr::V4(ip) if in_net4(ip, *addr, *cidr)))
+            }
+            Mechanism::Ip6 { addr, cidr } => {
+                Ok(matches!(self.ip, IpAddr::V6(ip) if in_net6(ip, *addr, *cidr)))
+            }
             Mechanism::Include(spec) => {
                 self.count_term()?;
                 let target = self.expand_domain(spec, domain).await;
@@ -248,10 +301,16 @@ impl Session<'_> {
                     SpfResult::Fail | SpfResult::SoftFail | SpfResult::Neutral => Ok(false),
                     SpfResult::TempError => Err(Abort::Temp(inner.problem.unwrap_or_default())),
                     SpfResult::PermError => Err(Abort::Perm(inner.problem.unwrap_or_default())),
-                    SpfResult::None => Err(Abort::Perm(format!("No valid SPF record for included domain: {target}"))),
+                    SpfResult::None => Err(Abort::Perm(format!(
+                        "No valid SPF record for included domain: {target}"
+                    ))),
                 }
             }
-            Mechanism::A { domain: spec, cidr4, cidr6 } => {
+            Mechanism::A {
+                domain: spec,
+                cidr4,
+                cidr6,
+            } => {
                 self.count_term()?;
                 let target = self.target(spec.as_ref(), domain).await;
                 if !valid_domain(&target) {
@@ -262,14 +321,21 @@ impl Session<'_> {
                     Err(e) => self.lookup_error(&e).map(|()| false),
                 }
             }
-            Mechanism::Mx { domain: spec, cidr4, cidr6 } => {
+            Mechanism::Mx {
+                domain: spec,
+                cidr4,
+                cidr6,
+            } => {
                 self.count_term()?;
                 let target = self.target(spec.as_ref(), domain).await;
                 self.match_mx(&target, *cidr4, *cidr6).await
             }
             Mechanism::Ptr(spec) => {
                 self.count_term()?;
-                let target = self.target(spec.as_ref(), domain).await.to_ascii_lowercase();
+                let target = self
+                    .target(spec.as_ref(), domain)
+                    .await
+                    .to_ascii_lowercase();
                 let sub = format!(".{target}");
                 let names = self.validated_names().await;
                 Ok(names.iter().any(|n| *n == target || n.ends_with(&sub)))
@@ -317,12 +383,16 @@ impl Session<'_> {
 }
 
 fn in_net4(ip: Ipv4Addr, net: Ipv4Addr, cidr: u8) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(cidr.min(32))).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(cidr.min(32)))
+        .unwrap_or(0);
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
 fn in_net6(ip: Ipv6Addr, net: Ipv6Addr, cidr: u8) -> bool {
-    let mask = u128::MAX.checked_shl(128 - u32::from(cidr.min(128))).unwrap_or(0);
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(cidr.min(128)))
+        .unwrap_or(0);
     u128::from(ip) & mask == u128::from(net) & mask
 }
 

@@ -8,19 +8,32 @@ use crate::auth_results::MethodResult;
 fn kv_value(v: &str) -> String {
     let atom = !v.is_empty()
         && v.split('.').all(|p| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b))
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b))
         });
     if atom {
         v.to_owned()
     } else {
-        let inner: String =
-            v.chars().filter(|c| !c.is_control()).map(|c| if c == '"' || c == '\\' { format!("\\{c}") } else { c.to_string() }).collect();
+        let inner: String = v
+            .chars()
+            .filter(|c| !c.is_control())
+            .map(|c| {
+                if c == '"' || c == '\\' {
+                    format!("\\{c}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
         format!("\"{inner}\"")
     }
 }
 
 fn clean_comment(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')' && *c != '\\').collect()
+    s.chars()
+        .filter(|c| !c.is_control() && *c != '(' && *c != ')' && *c != '\\')
+        .collect()
 }
 
 impl SpfOutput {
@@ -28,12 +41,21 @@ impl SpfOutput {
     /// consumers never mistake a HELO result for the MAIL FROM one. `comment` goes in
     /// parentheses after the result; `envelope_from` is the MAIL FROM as given (`<>` when
     /// null); `receiver` is our host name.
-    pub fn received_spf(&self, comment: &str, envelope_from: &str, receiver: Option<&str>) -> String {
+    pub fn received_spf(
+        &self,
+        comment: &str,
+        envelope_from: &str,
+        receiver: Option<&str>,
+    ) -> String {
         let mut out = format!("{} ({})", self.result.as_str(), clean_comment(comment));
         out.push_str(&format!(" identity={};", self.identity.as_str()));
         out.push_str(&format!(" client-ip={};", self.ip));
         out.push_str(&format!(" helo={};", kv_value(&self.helo)));
-        let from = if envelope_from.is_empty() { "<>" } else { envelope_from };
+        let from = if envelope_from.is_empty() {
+            "<>"
+        } else {
+            envelope_from
+        };
         out.push_str(&format!(" envelope-from={};", kv_value(from)));
         if let Some(r) = receiver {
             out.push_str(&format!(" receiver={};", kv_value(r)));

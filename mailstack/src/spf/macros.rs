@@ -28,7 +28,9 @@ pub(crate) struct MacroValues<'a> {
 
 /// Whether `m` uses `%{p}` (which needs DNS lookups before expansion).
 pub(crate) fn needs_ptr(m: &MacroString) -> bool {
-    m.tokens.iter().any(|t| matches!(t, MacroToken::Expand { letter: b'p', .. }))
+    m.tokens
+        .iter()
+        .any(|t| matches!(t, MacroToken::Expand { letter: b'p', .. }))
 }
 
 /// `%{i}`: dotted quad, or 32 dot-separated nibbles for IPv6 (upper-case hex, as the RFC 7208
@@ -78,7 +80,11 @@ fn url_escape(s: &str) -> String {
 }
 
 fn transform(value: &str, digits: Option<u32>, reverse: bool, delimiters: &str) -> String {
-    let delims = if delimiters.is_empty() { "." } else { delimiters };
+    let delims = if delimiters.is_empty() {
+        "."
+    } else {
+        delimiters
+    };
     let mut parts: Vec<&str> = value.split(|c| delims.contains(c)).collect();
     if reverse {
         parts.reverse();
@@ -98,7 +104,13 @@ pub(crate) fn expand(m: &MacroString, v: &MacroValues<'_>) -> String {
     for token in &m.tokens {
         match token {
             MacroToken::Literal(s) => out.push_str(s),
-            MacroToken::Expand { letter, upper, digits, reverse, delimiters } => {
+            MacroToken::Expand {
+                letter,
+                upper,
+                digits,
+                reverse,
+                delimiters,
+            } => {
                 let value = transform(&letter_value(*letter, v), *digits, *reverse, delimiters);
                 if *upper {
                     out.push_str(&url_escape(&value));
@@ -172,8 +184,14 @@ mod tests {
         assert_eq!(exp("%{lr}", ip), "strong-bad");
         assert_eq!(exp("%{lr-}", ip), "bad.strong");
         assert_eq!(exp("%{l1r-}", ip), "strong");
-        assert_eq!(exp("%{ir}.%{v}._spf.%{d2}", ip), "3.2.0.192.in-addr._spf.example.com");
-        assert_eq!(exp("%{lr-}.lp._spf.%{d2}", ip), "bad.strong.lp._spf.example.com");
+        assert_eq!(
+            exp("%{ir}.%{v}._spf.%{d2}", ip),
+            "3.2.0.192.in-addr._spf.example.com"
+        );
+        assert_eq!(
+            exp("%{lr-}.lp._spf.%{d2}", ip),
+            "bad.strong.lp._spf.example.com"
+        );
         assert_eq!(
             exp("%{ir}.%{v}._spf.%{d2}", "2001:db8::cb01"),
             "1.0.B.C.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.B.D.0.1.0.0.2.ip6._spf.example.com"
@@ -184,7 +202,10 @@ mod tests {
 
     #[test]
     fn truncates_long_domains_from_the_left() {
-        let long = format!("{}.example.com", "a".repeat(63) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(63));
+        let long = format!(
+            "{}.example.com",
+            "a".repeat(63) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(63)
+        );
         let m = MacroString::parse(&long, false).unwrap();
         let out = expand_domain(&m, &values("192.0.2.3"));
         assert!(out.len() <= MAX_DOMAIN_LEN);

@@ -201,7 +201,10 @@ pub struct SpfEvaluator {
 
 impl fmt::Debug for SpfEvaluator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpfEvaluator").field("limits", &self.limits).field("receiver", &self.receiver).finish()
+        f.debug_struct("SpfEvaluator")
+            .field("limits", &self.limits)
+            .field("receiver", &self.receiver)
+            .finish()
     }
 }
 
@@ -220,7 +223,11 @@ fn split_sender(sender: &str, helo: &str) -> (String, String) {
         None if sender.is_empty() => ("", helo),
         None => ("", sender),
     };
-    let local = if local.is_empty() { "postmaster" } else { local };
+    let local = if local.is_empty() {
+        "postmaster"
+    } else {
+        local
+    };
     (local.to_owned(), domain.to_owned())
 }
 
@@ -228,7 +235,11 @@ impl SpfEvaluator {
     /// An evaluator over `resolver` with `limits`; `%{r}` expands to `unknown` until
     /// [`Self::with_receiver`] sets it.
     pub fn new(resolver: Arc<dyn Resolver>, limits: Limits) -> Self {
-        Self { resolver, limits, receiver: "unknown".into() }
+        Self {
+            resolver,
+            limits,
+            receiver: "unknown".into(),
+        }
     }
 
     /// Sets the receiver's host name (`%{r}` in explanations).
@@ -244,14 +255,22 @@ impl SpfEvaluator {
 
     /// RFC 7208 check_host(ip, domain, sender) with `helo` for `%{h}`. The output's identity is
     /// [`Identity::MailFrom`]; use [`Self::check_helo`] for the HELO identity.
-    pub async fn check_host(&self, ip: IpAddr, domain: &str, sender: &str, helo: &str) -> SpfOutput {
-        self.run(Identity::MailFrom, unmap(ip), domain, sender, helo).await
+    pub async fn check_host(
+        &self,
+        ip: IpAddr,
+        domain: &str,
+        sender: &str,
+        helo: &str,
+    ) -> SpfOutput {
+        self.run(Identity::MailFrom, unmap(ip), domain, sender, helo)
+            .await
     }
 
     /// Checks the MAIL FROM identity; an empty `sender` is checked as `postmaster@helo` (§2.4).
     pub async fn check_mail_from(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfOutput {
         let (_, domain) = split_sender(sender, helo);
-        self.run(Identity::MailFrom, unmap(ip), &domain, sender, helo).await
+        self.run(Identity::MailFrom, unmap(ip), &domain, sender, helo)
+            .await
     }
 
     /// Checks the HELO identity as `postmaster@helo` (§2.3).
@@ -259,9 +278,18 @@ impl SpfEvaluator {
         self.run(Identity::Helo, unmap(ip), helo, "", helo).await
     }
 
-    async fn run(&self, identity: Identity, ip: IpAddr, domain: &str, sender: &str, helo: &str) -> SpfOutput {
+    async fn run(
+        &self,
+        identity: Identity,
+        ip: IpAddr,
+        domain: &str,
+        sender: &str,
+        helo: &str,
+    ) -> SpfOutput {
         let (local, sender_domain) = split_sender(sender, helo);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut session = eval::Session {
             ev: self,
             ip,
@@ -272,7 +300,12 @@ impl SpfEvaluator {
             void_lookups: 0,
             now,
         };
-        let outcome = match tokio::time::timeout(self.limits.time_budget, session.check_host(domain.to_owned())).await {
+        let outcome = match tokio::time::timeout(
+            self.limits.time_budget,
+            session.check_host(domain.to_owned()),
+        )
+        .await
+        {
             Ok(o) => o,
             Err(_) => eval::Outcome {
                 result: SpfResult::TempError,

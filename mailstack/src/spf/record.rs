@@ -34,7 +34,13 @@ pub(crate) enum Qualifier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MacroToken {
     Literal(String),
-    Expand { letter: u8, upper: bool, digits: Option<u32>, reverse: bool, delimiters: String },
+    Expand {
+        letter: u8,
+        upper: bool,
+        digits: Option<u32>,
+        reverse: bool,
+        delimiters: String,
+    },
 }
 
 /// A parsed macro-string (RFC 7208 §7.1).
@@ -55,7 +61,10 @@ impl MacroString {
             if b != b'%' {
                 let ok = (0x21..=0x7e).contains(&b) || (explain && b == b' ');
                 if !ok {
-                    return err(format!("Invalid character in macro-string: {:?}", b as char));
+                    return err(format!(
+                        "Invalid character in macro-string: {:?}",
+                        b as char
+                    ));
                 }
                 lit.push(b as char);
                 i += 1;
@@ -113,7 +122,9 @@ fn parse_expand(body: &[u8], explain: bool) -> Result<MacroToken, SyntaxError> {
     let ndigits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     let digits = if ndigits > 0 {
         // Saturate: more parts than a name can have simply means "all of them".
-        let n = rest[..ndigits].iter().fold(0u32, |n, d| n.saturating_mul(10).saturating_add(u32::from(d - b'0')));
+        let n = rest[..ndigits].iter().fold(0u32, |n, d| {
+            n.saturating_mul(10).saturating_add(u32::from(d - b'0'))
+        });
         if n == 0 {
             return err("Macro digit transformer must be nonzero");
         }
@@ -177,11 +188,25 @@ pub(crate) fn is_toplabel(label: &str) -> bool {
 pub(crate) enum Mechanism {
     All,
     Include(MacroString),
-    A { domain: Option<MacroString>, cidr4: u8, cidr6: u8 },
-    Mx { domain: Option<MacroString>, cidr4: u8, cidr6: u8 },
+    A {
+        domain: Option<MacroString>,
+        cidr4: u8,
+        cidr6: u8,
+    },
+    Mx {
+        domain: Option<MacroString>,
+        cidr4: u8,
+        cidr6: u8,
+    },
     Ptr(Option<MacroString>),
-    Ip4 { addr: Ipv4Addr, cidr: u8 },
-    Ip6 { addr: Ipv6Addr, cidr: u8 },
+    Ip4 {
+        addr: Ipv4Addr,
+        cidr: u8,
+    },
+    Ip6 {
+        addr: Ipv6Addr,
+        cidr: u8,
+    },
     Exists(MacroString),
 }
 
@@ -243,13 +268,19 @@ impl Record {
             _ => (Qualifier::Pass, term),
         };
         let mechanism = parse_mechanism(body)?;
-        self.directives.push(Directive { qualifier, mechanism, text: term.to_owned() });
+        self.directives.push(Directive {
+            qualifier,
+            mechanism,
+            text: term.to_owned(),
+        });
         Ok(())
     }
 
     fn add_modifier(&mut self, name: &str, value: &str, term: &str) -> Result<(), SyntaxError> {
         let valid_name = name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !valid_name {
             return err(format!("Invalid modifier: {term}"));
         }
@@ -277,8 +308,12 @@ fn parse_mechanism(body: &str) -> Result<Mechanism, SyntaxError> {
     let arg = rest.strip_prefix(':');
     match name.as_str() {
         "all" if rest.is_empty() => Ok(Mechanism::All),
-        "include" => Ok(Mechanism::Include(parse_domain_spec(required(arg, "include")?)?)),
-        "exists" => Ok(Mechanism::Exists(parse_domain_spec(required(arg, "exists")?)?)),
+        "include" => Ok(Mechanism::Include(parse_domain_spec(required(
+            arg, "include",
+        )?)?)),
+        "exists" => Ok(Mechanism::Exists(parse_domain_spec(required(
+            arg, "exists",
+        )?)?)),
         "ptr" => match arg {
             Some(d) => Ok(Mechanism::Ptr(Some(parse_domain_spec(d)?))),
             None if rest.is_empty() => Ok(Mechanism::Ptr(None)),
@@ -287,21 +322,32 @@ fn parse_mechanism(body: &str) -> Result<Mechanism, SyntaxError> {
         "a" | "mx" => {
             let (domain, cidr4, cidr6) = parse_domain_cidr(rest)?;
             Ok(if name == "a" {
-                Mechanism::A { domain, cidr4, cidr6 }
+                Mechanism::A {
+                    domain,
+                    cidr4,
+                    cidr6,
+                }
             } else {
-                Mechanism::Mx { domain, cidr4, cidr6 }
+                Mechanism::Mx {
+                    domain,
+                    cidr4,
+                    cidr6,
+                }
             })
         }
         "ip4" => {
             let arg = required(arg, "ip4")?;
             let (addr, cidr) = split_cidr(arg, 32)?;
-            let addr = parse_ip4(addr).ok_or_else(|| SyntaxError(format!("Invalid IP4 address: {arg}")))?;
+            let addr = parse_ip4(addr)
+                .ok_or_else(|| SyntaxError(format!("Invalid IP4 address: {arg}")))?;
             Ok(Mechanism::Ip4 { addr, cidr })
         }
         "ip6" => {
             let arg = required(arg, "ip6")?;
             let (addr, cidr) = split_cidr(arg, 128)?;
-            let addr = addr.parse().map_err(|_| SyntaxError(format!("Invalid IP6 address: {arg}")))?;
+            let addr = addr
+                .parse()
+                .map_err(|_| SyntaxError(format!("Invalid IP6 address: {arg}")))?;
             Ok(Mechanism::Ip6 { addr, cidr })
         }
         _ => err(format!("Unknown mechanism found: {body}")),
@@ -378,7 +424,14 @@ mod tests {
     fn parses_mechanisms() {
         let r = Record::parse(b"v=spf1 a/24//64 mx:example.com ip4:192.0.2.0/24 -all").unwrap();
         assert_eq!(r.directives.len(), 4);
-        assert_eq!(r.directives[0].mechanism, Mechanism::A { domain: None, cidr4: 24, cidr6: 64 });
+        assert_eq!(
+            r.directives[0].mechanism,
+            Mechanism::A {
+                domain: None,
+                cidr4: 24,
+                cidr6: 64
+            }
+        );
         assert_eq!(r.directives[3].qualifier, Qualifier::Fail);
     }
 
@@ -401,7 +454,14 @@ mod tests {
     #[test]
     fn colon_domain_is_legal() {
         let r = Record::parse(b"v=spf1 a:foo:bar/baz.example.com").unwrap();
-        assert!(matches!(&r.directives[0].mechanism, Mechanism::A { domain: Some(_), cidr4: 32, .. }));
+        assert!(matches!(
+            &r.directives[0].mechanism,
+            Mechanism::A {
+                domain: Some(_),
+                cidr4: 32,
+                ..
+            }
+        ));
     }
 
     #[test]
