@@ -80,6 +80,11 @@ pub(crate) struct Session<'a> {
     pub(crate) dns_terms: u32,
     pub(crate) void_lookups: u32,
     pub(crate) now: u64,
+    /// Set when a macro used `%{s}`, `%{l}` or `%{h}`: the result then depends on more than
+    /// the client address and the domain (callers caching by domain must not reuse it).
+    pub(crate) sender_dependent: bool,
+    /// The text of the first record fetched (the top-level one).
+    pub(crate) top_record: Option<String>,
 }
 
 impl Session<'_> {
@@ -122,6 +127,7 @@ impl Session<'_> {
     }
 
     async fn expand_domain(&mut self, m: &MacroString, domain: &str) -> String {
+        self.sender_dependent |= macros::uses_sender(m);
         let ptr = if macros::needs_ptr(m) {
             Some(self.validated_name(domain).await)
         } else {
@@ -205,7 +211,7 @@ impl Session<'_> {
     }
 
     /// §4.4, §4.5: the single `v=spf1` record of `domain`, `None` when there is none.
-    async fn fetch_record(&self, domain: &str) -> Result<Option<Record>, Abort> {
+    async fn fetch_record(&mut self, domain: &str) -> Result<Option<Record>, Abort> {
         let txts = match self.ev.resolver.txt(domain).await {
             Ok(t) => t,
             Err(e) if e.is_void() => return Ok(None),
@@ -217,7 +223,12 @@ impl Session<'_> {
             (Some(_), Some(_)) => Err(Abort::Perm(format!(
                 "Two or more type TXT spf records found for {domain}"
             ))),
-            (Some(one), None) => Ok(Some(Record::parse(one)?)),
+            (Some(one), None) => {
+                if self.top_record.is_none() {
+                    self.top_record = Some(String::from_utf8_lossy(one).into_owned());
+                }
+                Ok(Some(Record::parse(one)?))
+            }
         }
     }
 
@@ -268,6 +279,7 @@ impl Session<'_> {
         let [txt] = txts.as_slice() else { return None };
         let text = std::str::from_utf8(txt).ok().filter(|t| t.is_ascii())?;
         let m = MacroString::parse(text, true).ok()?;
+        self.sender_dependent |= macros::uses_sender(&m);
         let ptr = if macros::needs_ptr(&m) {
             Some(self.validated_name(domain).await)
         } else {

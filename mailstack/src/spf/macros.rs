@@ -33,6 +33,19 @@ pub(crate) fn needs_ptr(m: &MacroString) -> bool {
         .any(|t| matches!(t, MacroToken::Expand { letter: b'p', .. }))
 }
 
+/// Whether `m` uses `%{s}`, `%{l}` or `%{h}` (values other than the client and the domain).
+pub(crate) fn uses_sender(m: &MacroString) -> bool {
+    m.tokens.iter().any(|t| {
+        matches!(
+            t,
+            MacroToken::Expand {
+                letter: b's' | b'l' | b'h',
+                ..
+            }
+        )
+    })
+}
+
 /// `%{i}`: dotted quad, or 32 dot-separated nibbles for IPv6 (upper-case hex, as the RFC 7208
 /// test suite's `v-macro-ip6` case and pyspf spell them; DNS does not care about case).
 fn ip_macro(ip: IpAddr) -> String {

@@ -189,6 +189,12 @@ pub struct SpfOutput {
     pub mechanism: Option<String>,
     /// For `permerror`/`temperror`/`none`: what went wrong.
     pub problem: Option<String>,
+    /// The record used `%{s}`, `%{l}` or `%{h}`: the result may differ for another sender or
+    /// HELO name with the same domain and client (do not cache it by domain alone).
+    pub sender_dependent: bool,
+    /// The literal text of the record that was evaluated at the top level, if one was found
+    /// (python-policyd-spf's `No_Mail` compares it with `v=spf1 -all`).
+    pub record: Option<String>,
 }
 
 /// The SPF evaluator: a resolver, limits and the receiver's name (`%{r}`).
@@ -299,6 +305,8 @@ impl SpfEvaluator {
             dns_terms: 0,
             void_lookups: 0,
             now,
+            sender_dependent: false,
+            top_record: None,
         };
         let outcome = match tokio::time::timeout(
             self.limits.time_budget,
@@ -324,6 +332,8 @@ impl SpfEvaluator {
             explanation: outcome.explanation,
             mechanism: outcome.mechanism,
             problem: outcome.problem,
+            sender_dependent: session.sender_dependent,
+            record: session.top_record,
         }
     }
 }

@@ -1,1 +1,0 @@
-//! The python-policyd-spf compatible policy service (work in progress).
