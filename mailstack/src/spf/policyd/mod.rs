@@ -30,6 +30,7 @@
 
 mod cache;
 mod config;
+mod serve;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,8 @@ pub use config::{
     DEFAULT_RESULT_CACHE_SIZE, DEFAULT_RESULT_CACHE_TTL, DEFAULT_SKIP_ADDRESSES, HeaderType, IpNet,
     PolicydConfig, RejectPolicy, hostname,
 };
+
+pub use serve::{MAX_ATTRS, MAX_LINE, ServeError, serve_stream};
 
 use self::cache::BoundedCache;
 use super::{Limits, SpfEvaluator, SpfOutput, SpfResult};
