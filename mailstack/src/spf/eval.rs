@@ -68,6 +68,14 @@ pub(crate) fn valid_domain(domain: &str) -> bool {
         && labels.last().is_some_and(|top| record::is_toplabel(top))
 }
 
+/// The temperror text for a DNS failure, worded as pyspf words it (`DNS Timeout`).
+fn dns_problem(e: &DnsError) -> String {
+    match e {
+        DnsError::Timeout => "DNS Timeout".into(),
+        other => format!("DNS {other}"),
+    }
+}
+
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// State of one check_host() evaluation, shared by its includes and redirects.
@@ -109,7 +117,7 @@ impl Session<'_> {
         if e.is_void() {
             self.count_void()
         } else {
-            Err(Abort::Temp(format!("DNS {e}")))
+            Err(Abort::Temp(dns_problem(e)))
         }
     }
 
@@ -215,14 +223,14 @@ impl Session<'_> {
         let txts = match self.ev.resolver.txt(domain).await {
             Ok(t) => t,
             Err(e) if e.is_void() => return Ok(None),
-            Err(e) => return Err(Abort::Temp(format!("DNS {e}"))),
+            Err(e) => return Err(Abort::Temp(dns_problem(&e))),
         };
         let mut spf = txts.iter().filter(|t| record::is_spf_record(t));
         match (spf.next(), spf.next()) {
             (None, _) => Ok(None),
-            (Some(_), Some(_)) => Err(Abort::Perm(format!(
-                "Two or more type TXT spf records found for {domain}"
-            ))),
+            (Some(_), Some(_)) => Err(Abort::Perm(
+                "Two or more type TXT spf records found.".into(),
+            )),
             (Some(one), None) => {
                 if self.top_record.is_none() {
                     self.top_record = Some(String::from_utf8_lossy(one).into_owned());
@@ -387,7 +395,7 @@ impl Session<'_> {
                 Ok(true) => return Ok(true),
                 Ok(false) => {}
                 Err(e) if e.is_void() => {}
-                Err(e) => return Err(Abort::Temp(format!("DNS {e}"))),
+                Err(e) => return Err(Abort::Temp(dns_problem(&e))),
             }
         }
         Ok(false)

@@ -319,7 +319,7 @@ impl SpfEvaluator {
                 result: SpfResult::TempError,
                 explanation: None,
                 mechanism: None,
-                problem: Some("SPF time budget exceeded".into()),
+                problem: Some("DNS Error: exceeded max query lookup time".into()),
             },
         };
         SpfOutput {

@@ -293,10 +293,10 @@ impl SpfPolicy {
 
     /// `recipient` as shown in headers and URLs: its domain, `none` or `<UNKNOWN>`.
     fn receiver(&self, req: &SpfRequest) -> String {
-        if req.recipient.is_empty() {
-            "none".into()
-        } else if self.config.hide_receiver {
+        if self.config.hide_receiver {
             "<UNKNOWN>".into()
+        } else if req.recipient.is_empty() {
+            "none".into()
         } else {
             req.recipient
                 .split_once('@')

@@ -1,0 +1,273 @@
+//! Test support for the SPF daemon tests: a network namespace with a tiny authoritative DNS
+//! server on 127.0.0.1:53 inside it, so python-policyd-spf (which resolves through
+//! `/etc/resolv.conf`, port 53) and our `spf-policyd` see the same zones.
+//!
+//! `ip netns exec NAME cmd` bind-mounts `/etc/netns/NAME/resolv.conf` over `/etc/resolv.conf`
+//! for `cmd`. The server socket is created by a thread that joined the namespace with
+//! `setns(2)` (namespaces are per thread), and that thread then serves it: UDP only, answers
+//! with the AA bit, NXDOMAIN for unknown names, and no answer at all for names marked
+//! [`Rec::Timeout`]. Needs root (CI runs as root); [`Netns::create`] returns `None` otherwise
+//! and the callers skip with a message.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+/// One record of the test zone.
+#[derive(Debug, Clone)]
+pub enum Rec {
+    /// TXT with one character-string per element.
+    Txt(Vec<String>),
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Mx(u16, String),
+    Ptr(String),
+    /// Queries for this name get no answer (a DNS timeout for the client).
+    Timeout,
+}
+
+/// A zone: lower-case names without trailing dot.
+#[derive(Debug, Clone, Default)]
+pub struct Zone(pub HashMap<String, Vec<Rec>>);
+
+impl Zone {
+    pub fn add(&mut self, name: &str, rec: Rec) -> &mut Self {
+        self.0
+            .entry(name.to_ascii_lowercase())
+            .or_default()
+            .push(rec);
+        self
+    }
+
+    pub fn txt(&mut self, name: &str, text: &str) -> &mut Self {
+        self.add(name, Rec::Txt(vec![text.to_owned()]))
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `name` with loopback up and a resolv.conf pointing at 127.0.0.1; `None` when
+    /// that is not possible here (not root, no `ip`).
+    pub fn create(name: &str) -> Option<Self> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let ok = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !ok(&["netns", "add", name]) {
+            return None;
+        }
+        let ns = Self {
+            name: name.to_owned(),
+        };
+        if !ok(&["netns", "exec", name, "ip", "link", "set", "lo", "up"]) {
+            return None;
+        }
+        let dir = format!("/etc/netns/{name}");
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(
+            format!("{dir}/resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .ok()?;
+        Some(ns)
+    }
+
+    /// Starts the DNS server for `zone` on 127.0.0.1:53 inside the namespace.
+    pub fn start_dns(&self, zone: Zone) -> std::io::Result<()> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let socket = join_and_bind(&path);
+            let socket = match socket {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            serve(&socket, &zone);
+        });
+        rx.recv()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+    }
+}
+
+fn join_and_bind(path: &str) -> std::io::Result<UdpSocket> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: setns on a namespace fd we own; it only changes this thread's network namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    UdpSocket::bind("127.0.0.1:53")
+}
+
+fn serve(socket: &UdpSocket, zone: &Zone) {
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            return;
+        };
+        if let Some(reply) = answer(&buf[..n], zone) {
+            let _ = socket.send_to(&reply, peer);
+        }
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+}
+
+/// Builds the response to one query; `None` means "stay silent" (timeout).
+pub fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *query.get(pos)? as usize;
+        pos += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(pos..pos + len)?).to_ascii_lowercase());
+        pos += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(pos)?, *query.get(pos + 1)?]);
+    let question_end = pos + 4;
+    let name = labels.join(".");
+    let records = zone.0.get(&name);
+    let mut answers: Vec<(u16, Vec<u8>)> = Vec::new();
+    let mut timeout = false;
+    for rec in records.into_iter().flatten() {
+        match (rec, qtype) {
+            (Rec::Timeout, _) => timeout = true,
+            (Rec::A(a), 1) => answers.push((1, a.octets().to_vec())),
+            (Rec::Aaaa(a), 28) => answers.push((28, a.octets().to_vec())),
+            (Rec::Txt(strings), 16) => {
+                let mut rd = Vec::new();
+                for s in strings {
+                    for chunk in s.as_bytes().chunks(255) {
+                        rd.push(chunk.len() as u8);
+                        rd.extend_from_slice(chunk);
+                    }
+                }
+                answers.push((16, rd));
+            }
+            (Rec::Mx(pref, host), 15) => {
+                let mut rd = pref.to_be_bytes().to_vec();
+                put_name(&mut rd, host);
+                answers.push((15, rd));
+            }
+            (Rec::Ptr(host), 12) => {
+                let mut rd = Vec::new();
+                put_name(&mut rd, host);
+                answers.push((12, rd));
+            }
+            _ => {}
+        }
+    }
+    if timeout && answers.is_empty() {
+        return None;
+    }
+    let rcode = if records.is_none() { 3 } else { 0 };
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(&query[..2]);
+    let rd = query[2] & 0x01;
+    out.push(0x84 | rd); // QR, AA, RD copied
+    out.push(0x80 | rcode); // RA, RCODE
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(query.get(12..question_end)?);
+    for (ty, rdata) in answers {
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&ty.to_be_bytes());
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&60u32.to_be_bytes());
+        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(&rdata);
+    }
+    Some(out)
+}
+
+/// The zones shared by the golden-transcript test and the benchmark.
+pub fn golden_zone() -> Zone {
+    let mut z = Zone::default();
+    z.txt("pass.example", "v=spf1 ip4:192.0.2.1 ip6:2001:db8::1 -all")
+        .txt("mail.pass.example", "v=spf1 a -all")
+        .add("mail.pass.example", Rec::A("192.0.2.1".parse().unwrap()))
+        .txt("fail.example", "v=spf1 -all")
+        .txt("soft.example", "v=spf1 ~all")
+        .txt("neutral.example", "v=spf1 ?all")
+        .txt("perm.example", "v=spf1 foo:bar -all")
+        .add("temp.example", Rec::Timeout)
+        .txt("exp.example", "v=spf1 -all exp=why.exp.example")
+        .txt(
+            "why.exp.example",
+            "%{i} is not one of %{d}'s designated mail servers.",
+        )
+        .txt("mail.fail.example", "v=spf1 -all")
+        .add("helo.none.example", Rec::A("192.0.2.9".parse().unwrap()))
+        .txt("mx.example", "v=spf1 mx -all")
+        .add("mx.example", Rec::Mx(10, "mx1.mx.example".into()))
+        .add("mx1.mx.example", Rec::A("192.0.2.20".parse().unwrap()))
+        .txt("inc.example", "v=spf1 include:pass.example ~all")
+        .txt("redir.example", "v=spf1 redirect=fail.example")
+        .txt("ptr.example", "v=spf1 ptr -all")
+        .add(
+            "30.2.0.192.in-addr.arpa",
+            Rec::Ptr("host.ptr.example".into()),
+        )
+        .add("host.ptr.example", Rec::A("192.0.2.30".parse().unwrap()))
+        .txt(
+            "macro.example",
+            "v=spf1 exists:%{l}.%{i}.ok.macro.example -all",
+        )
+        .add(
+            "u.192.0.2.40.ok.macro.example",
+            Rec::A("127.0.0.2".parse().unwrap()),
+        )
+        .txt("two.example", "v=spf1 -all")
+        .txt("two.example", "v=spf1 +all")
+        .add("helo.nospf.example", Rec::A("192.0.2.1".parse().unwrap()));
+    z
+}
