@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use mailstack::dns::{HickoryResolver, Resolver};
-use mailstack::spf::policyd::{DEFAULT_CONFIG_PATH, PolicydConfig, SpfPolicy, serve_stream};
+use mailstack::spf::policyd::{
+    DEFAULT_CONFIG_PATH, PolicydConfig, SpfPolicy, serve_stdio, serve_stream,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -202,11 +204,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // One connection per process under spawn(8): a single-threaded runtime answers fastest.
+    let mut builder = if args.socket.is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("tokio runtime: {e}");
@@ -220,9 +224,7 @@ fn main() -> std::process::ExitCode {
             Some(spec) => serve_socket(policy, spec)
                 .await
                 .map_err(|e| format!("{spec}: {e}")),
-            None => serve_stream(policy, tokio::io::stdin(), tokio::io::stdout())
-                .await
-                .map_err(|e| e.to_string()),
+            None => serve_stdio(policy).await.map_err(|e| e.to_string()),
         }
     });
     match result {

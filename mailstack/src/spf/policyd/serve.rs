@@ -94,6 +94,45 @@ where
     }
 }
 
+/// Serves stdin/stdout, as under Postfix spawn(8).
+///
+/// spawn(8) hands us one connected UNIX socket as both stdin and stdout; tests and benchmarks
+/// use pipes. Both are driven directly by tokio's reactor (tokio's own `stdin()`/`stdout()` go
+/// through its blocking thread pool, which costs a thread hand-off per read and write). Any
+/// other kind of file falls back to those.
+pub async fn serve_stdio(policy: Arc<SpfPolicy>) -> Result<(), ServeError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+
+    let kind = |fd: std::os::fd::BorrowedFd<'_>| {
+        let owned = fd.try_clone_to_owned().ok()?;
+        let file = std::fs::File::from(owned);
+        let ty = file.metadata().ok()?.file_type();
+        Some((
+            std::os::fd::OwnedFd::from(file),
+            ty.is_socket(),
+            ty.is_fifo(),
+        ))
+    };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    match (kind(stdin.as_fd()), kind(stdout.as_fd())) {
+        (Some((fd, true, _)), Some((_, true, _))) => {
+            let std_stream = std::os::unix::net::UnixStream::from(fd);
+            std_stream.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(std_stream)?;
+            let (r, w) = stream.into_split();
+            serve_stream(policy, r, w).await
+        }
+        (Some((rfd, _, true)), Some((wfd, _, true))) => {
+            let r = tokio::net::unix::pipe::Receiver::from_owned_fd(rfd)?;
+            let w = tokio::net::unix::pipe::Sender::from_owned_fd(wfd)?;
+            serve_stream(policy, r, w).await
+        }
+        _ => serve_stream(policy, tokio::io::stdin(), tokio::io::stdout()).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
