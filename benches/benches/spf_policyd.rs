@@ -12,7 +12,7 @@
 //! default 2000).
 
 #[path = "../../examples/tests/spf_support/mod.rs"]
-#[allow(dead_code, unreachable_pub, missing_docs)]
+#[allow(missing_docs)]
 mod spf_support;
 
 use std::io::{BufRead, BufReader, Write};
