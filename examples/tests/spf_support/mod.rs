@@ -121,6 +121,14 @@ impl Drop for Netns {
     }
 }
 
+/// Starts the DNS server for `zone` on 127.0.0.1 (a free port) in this namespace.
+pub fn start_dns_local(zone: Zone) -> std::io::Result<std::net::SocketAddr> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let addr = socket.local_addr()?;
+    std::thread::spawn(move || serve(&socket, &zone));
+    Ok(addr)
+}
+
 fn join_and_bind(path: &str) -> std::io::Result<UdpSocket> {
     let file = std::fs::File::open(path)?;
     // SAFETY: setns on a namespace fd we own; it only changes this thread's network namespace.
