@@ -97,9 +97,20 @@ impl Drop for SyslogLine {
     }
 }
 
-fn init_logging(target: LogTarget) {
+/// `debugLevel` to a log level (`RUST_LOG` overrides): -1 nothing, 0 errors, 1 decisions
+/// (python-policyd-spf logs each reject and prepend at 1), 2 and more everything.
+fn level(debug_level: i32) -> &'static str {
+    match debug_level {
+        i32::MIN..=-1 => "off",
+        0 => "error",
+        1 => "info",
+        _ => "debug",
+    }
+}
+
+fn init_logging(target: LogTarget, debug_level: i32) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level(debug_level)));
     match target {
         LogTarget::None => {}
         LogTarget::Stderr => {
@@ -127,20 +138,16 @@ fn init_logging(target: LogTarget) {
     }
 }
 
-fn load_config(args: &Args) -> Result<PolicydConfig, String> {
+fn load_config(args: &Args) -> Result<(PolicydConfig, Vec<String>), String> {
     let path = args.config.clone().or_else(|| args.config_file.clone());
     let path = match path {
         Some(p) => p,
         None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
             PathBuf::from(DEFAULT_CONFIG_PATH)
         }
-        None => return Ok(PolicydConfig::default()),
+        None => return Ok((PolicydConfig::default(), Vec::new())),
     };
-    let (config, warnings) = PolicydConfig::read(&path).map_err(|e| e.to_string())?;
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(config)
+    PolicydConfig::read(&path).map_err(|e| e.to_string())
 }
 
 fn resolver(args: &Args) -> Result<Arc<dyn Resolver>, String> {
@@ -193,10 +200,16 @@ fn main() -> std::process::ExitCode {
     } else {
         LogTarget::Syslog
     });
-    init_logging(log);
     let config = match load_config(&args) {
-        Ok(c) => c,
+        Ok((c, warnings)) => {
+            init_logging(log, c.debug_level);
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            c
+        }
         Err(e) => {
+            init_logging(log, 0);
             tracing::error!("{e}");
             if log != LogTarget::Stderr && args.socket.is_some() {
                 let _ = writeln!(std::io::stderr(), "spf-policyd: {e}");

@@ -35,6 +35,22 @@ pub enum ServeError {
     Truncated,
 }
 
+/// Logs like python-policyd-spf at `debugLevel = 1`: rejects, defers and prepends, with the
+/// queue id; `dunno` only at debug level.
+fn log_decision(req: &SpfRequest, action: &super::SpfAction) {
+    let qid = if req.queue_id.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", req.queue_id)
+    };
+    match action {
+        super::SpfAction::Dunno | super::SpfAction::DunnoText(_) => {
+            tracing::debug!("{qid}dunno (instance {})", req.instance);
+        }
+        other => tracing::info!("{qid}{}", other.to_action_value()),
+    }
+}
+
 /// Answers requests from `reader` on `writer` until EOF; each answer is one write.
 pub async fn serve_stream<R, W>(
     policy: Arc<SpfPolicy>,
@@ -78,7 +94,7 @@ where
             );
             writer.write_all(reply.as_bytes()).await?;
             writer.flush().await?;
-            tracing::debug!(queue_id = %req.queue_id, instance = %req.instance, "{}", reply.trim_end());
+            log_decision(&req, &action);
             attrs.clear();
             continue;
         }
