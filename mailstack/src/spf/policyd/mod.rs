@@ -25,6 +25,9 @@
 //!   unknown keys and bad values are errors naming the file and line (python logs and goes on).
 //!   `Mock = False` means false (python's `bool("False")` is true). `Per_User` is not
 //!   supported (a warning); the milter-only keys are ignored with a warning.
+//! - `Reject_Not_Pass_Domains` applies to a listed domain and its subdomains. python passes
+//!   the arguments of pyspf's `domainmatch` the other way round, so there a listed
+//!   `mail.example.com` also catches the sender domain `example.com`.
 //! - Our own SPF evaluator replaces pyspf; explanation texts of `permerror`/`temperror` name
 //!   the same problems but not always in the same words.
 
