@@ -159,35 +159,52 @@ fn resolver(args: &Args) -> Result<Arc<dyn Resolver>, String> {
         .map_err(|e| format!("DNS resolver: {e}"))
 }
 
+/// Most connections served at once in socket mode. Each Postfix smtpd process holds one
+/// policy connection (`default_process_limit` is 100), so this leaves room for several
+/// Postfix instances; beyond it, new connections wait in the listen queue.
+const MAX_CONNECTIONS: usize = 512;
+
 async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str) -> std::io::Result<()> {
-    if let Some(path) = spec
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let unix = spec
         .strip_prefix("unix:")
-        .or_else(|| spec.starts_with('/').then_some(spec))
-    {
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path)?;
-        tracing::info!("listening on unix:{path}");
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let policy = policy.clone();
-            tokio::spawn(async move {
-                let (r, w) = stream.into_split();
-                if let Err(e) = serve_stream(policy, r, w).await {
-                    tracing::warn!("connection closed: {e}");
-                }
-            });
+        .or_else(|| spec.starts_with('/').then_some(spec));
+    let (unix, tcp) = match unix {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            tracing::info!("listening on unix:{path}");
+            (Some(tokio::net::UnixListener::bind(path)?), None)
         }
-    }
-    let addr = spec.strip_prefix("inet:").unwrap_or(spec);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("listening on inet:{}", listener.local_addr()?);
+        None => {
+            let listener =
+                tokio::net::TcpListener::bind(spec.strip_prefix("inet:").unwrap_or(spec)).await?;
+            tracing::info!("listening on inet:{}", listener.local_addr()?);
+            (None, Some(listener))
+        }
+    };
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
         let policy = policy.clone();
+        let served = match (&unix, &tcp) {
+            (Some(l), _) => {
+                let (r, w) = l.accept().await?.0.into_split();
+                tokio::spawn(async move { (serve_stream(policy, r, w).await, permit) })
+            }
+            (_, Some(l)) => {
+                let (stream, _) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                tokio::spawn(async move { (serve_stream(policy, r, w).await, permit) })
+            }
+            (None, None) => return Ok(()),
+        };
         tokio::spawn(async move {
-            let (r, w) = stream.into_split();
-            if let Err(e) = serve_stream(policy, r, w).await {
-                tracing::warn!("connection from {peer} closed: {e}");
+            if let Ok((Err(e), _)) = served.await {
+                tracing::warn!("policy connection closed: {e}");
             }
         });
     }

@@ -45,7 +45,7 @@ pub use config::{
     PolicydConfig, RejectPolicy, hostname,
 };
 
-pub use serve::{MAX_ATTRS, MAX_LINE, ServeError, serve_stdio, serve_stream};
+pub use serve::{IDLE_TIMEOUT, MAX_ATTRS, MAX_LINE, ServeError, serve_stdio, serve_stream};
 
 use self::cache::BoundedCache;
 use super::{Limits, SpfEvaluator, SpfOutput, SpfResult};

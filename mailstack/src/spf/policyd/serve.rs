@@ -16,6 +16,10 @@ use super::{SpfPolicy, SpfRequest};
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most attributes per request (Postfix's attribute hash limit is 1024).
 pub const MAX_ATTRS: usize = 1024;
+/// How long a connection may stay silent before we close it. Postfix closes idle policy
+/// connections after `smtpd_policy_service_max_idle` (300 s); a little more than that, so we
+/// never close first on a well-behaved client, but a stuck one cannot hold us forever.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(330);
 
 /// Why a connection ended without an answer.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,9 @@ pub enum ServeError {
     /// The peer closed in the middle of a request.
     #[error("connection closed in the middle of a request")]
     Truncated,
+    /// Nothing arrived for [`IDLE_TIMEOUT`].
+    #[error("idle for {} s", IDLE_TIMEOUT.as_secs())]
+    Idle,
 }
 
 /// Logs like python-policyd-spf at `debugLevel = 1`: rejects, defers and prepends, with the
@@ -66,9 +73,10 @@ where
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = AsyncReadExt::take(&mut reader, MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let mut limited = AsyncReadExt::take(&mut reader, MAX_LINE as u64 + 1);
+        let n = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line))
+            .await
+            .map_err(|_| ServeError::Idle)??;
         if n == 0 {
             return if attrs.is_empty() {
                 Ok(())
