@@ -1,0 +1,10 @@
+//! Shared support for the interop tests in `examples/tests/`.
+//!
+//! - [`postfix`]: a private Postfix instance on loopback that delivers to an in-process SMTP
+//!   sink, for tests that put our milters and policy servers behind the real MTA.
+//!
+//! Each test binary includes this with `mod support;` and uses what it needs.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod postfix;
