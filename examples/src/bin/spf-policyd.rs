@@ -217,6 +217,11 @@ fn main() -> std::process::ExitCode {
     } else {
         LogTarget::Syslog
     });
+    if log != LogTarget::Stderr {
+        // Under spawn(8) stderr is the Postfix socket: a panic message there would be read as
+        // a (broken) policy reply. Send it to the log instead.
+        std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    }
     let config = match load_config(&args) {
         Ok((c, warnings)) => {
             init_logging(log, c.debug_level);
