@@ -1,1 +1,8 @@
-//! Example binaries live in src/bin.
+#![doc = include_str!("../../README.md")]
+//!
+//! ---
+//!
+//! This crate holds the example daemons and tools (in `src/bin/`, listed in
+//! `examples/README.md`) and [`milter`], the small milter server and client they run on.
+
+pub mod milter;

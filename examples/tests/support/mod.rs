@@ -2,9 +2,11 @@
 //!
 //! - [`postfix`]: a private Postfix instance on loopback that delivers to an in-process SMTP
 //!   sink, for tests that put our milters and policy servers behind the real MTA.
+//! - [`milters`]: our example milters (and the libmilter C milter) as child processes.
 //!
 //! Each test binary includes this with `mod support;` and uses what it needs.
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod milters;
 pub mod postfix;

@@ -1,0 +1,110 @@
+//! Our example milters as child processes, and the libmilter C milter built on demand.
+//!
+//! - [`Daemon::start`] runs `stamp-milter` / `null-milter` (any binary of this package) with
+//!   `--socket unix:DIR/NAME.sock` plus extra arguments, waits until the socket accepts, and
+//!   kills the child on drop.
+//! - [`build_c_milter`] compiles `tests/c/c_milter.c` with `cc ... -lmilter` (libmilter-dev)
+//!   into a temp dir; a missing compiler or library is a test failure with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A milter child process listening on a unix socket. Killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    /// The socket path.
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `exe --socket unix:<dir>/<name>.sock args...` (or with `-p` for the C milter
+    /// when `libmilter_style`) and waits up to 10 s for the socket.
+    pub fn start(exe: &Path, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let socket = dir.join(format!("{name}.sock"));
+        open_dir(dir);
+        let child = Command::new(exe)
+            .arg("--socket")
+            .arg(format!("unix:{}", socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
+        Self::wait(child, socket)
+    }
+
+    /// Starts the libmilter C milter `exe -p unix:<dir>/<name>.sock args...`.
+    pub fn start_c(exe: &Path, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let socket = dir.join(format!("{name}.sock"));
+        open_dir(dir);
+        let child = Command::new(exe)
+            .arg("-p")
+            .arg(format!("unix:{}", socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
+        Self::wait(child, socket)
+    }
+
+    fn wait(mut child: Child, socket: PathBuf) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Self { child, socket };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "milter exited before listening on {}: {status}",
+                    socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        panic!("milter did not listen on {} within 10 s", socket.display());
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `unix:<socket>` for `smtpd_milters` or a client.
+    pub fn spec(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lets Postfix's smtpd (user `postfix`) reach sockets in `dir` (temp dirs are 0700).
+fn open_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+}
+
+/// Compiles `tests/c/c_milter.c` against libmilter into `dir/c_milter` and returns its path.
+pub fn build_c_milter(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/c_milter.c");
+    assert!(
+        Path::new("/usr/include/libmilter/mfapi.h").exists(),
+        "libmilter headers missing: install Debian's libmilter-dev (.ci/packages lists it)"
+    );
+    let out = dir.join("c_milter");
+    let status = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(["-lmilter", "-lpthread"])
+        .status()
+        .expect("run cc (install gcc, listed in .ci/packages)");
+    assert!(status.success(), "cc {} -lmilter failed", src.display());
+    out
+}
