@@ -7,7 +7,7 @@
 //! `setns(2)` (namespaces are per thread), and that thread then serves it: UDP only, answers
 //! with the AA bit, NXDOMAIN for unknown names, and no answer at all for names marked
 //! [`Rec::Timeout`]. Needs root (CI runs as root); [`Netns::create`] returns `None` otherwise
-//! and the callers skip with a message.
+//! and the callers fail the test.
 
 #![allow(dead_code, unreachable_pub)]
 
