@@ -513,6 +513,7 @@ pub struct Client<S> {
     pub negotiated: (u32, u32, u32),
     buf: Vec<u8>,
     out: Vec<u8>,
+    greeted: bool,
 }
 
 /// A client over either socket type.
@@ -557,6 +558,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             negotiated: (0, 0, 0),
             buf: Vec::new(),
             out: Vec::new(),
+            greeted: false,
         }
     }
 
@@ -635,15 +637,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Ok(go_on)
     }
 
-    /// Sends CONNECT, HELO, MAIL, RCPTs, DATA, the message's headers and body, and
-    /// end-of-message, collecting replies and modifications; then ABORT to end the
-    /// transaction (the connection can carry another message). `raw` is the message with
-    /// CRLF or LF line ends.
-    pub async fn send_message(&mut self, env: &Envelope, raw: &[u8]) -> io::Result<Outcome> {
-        let mut o = Outcome::default();
-        self.out.clear();
-        let mut d = Vec::new();
-        d.push(b'C');
+    /// Sends the connect macros, CONNECT and HELO; returns whether the milter continued.
+    async fn greet(&mut self, env: &Envelope, o: &mut Outcome) -> io::Result<bool> {
+        let mut d = vec![b'C'];
         for (k, v) in &env.macros {
             cstr(k, &mut d);
             cstr(v, &mut d);
@@ -654,12 +650,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         d.push(b'4');
         d.extend_from_slice(&env.port.to_be_bytes());
         cstr(&env.addr, &mut d);
-        let mut go = self.event("connect", b'C', &d, &mut o).await?;
+        if !self.event("connect", b'C', &d, o).await? {
+            return Ok(false);
+        }
+        self.event("helo", b'H', &z(&env.helo), o).await
+    }
+
+    /// Sends (CONNECT and HELO with the first message only) MAIL, RCPTs, DATA, headers, body and
+    /// end-of-message, collecting replies and modifications; then ABORT to end the
+    /// transaction (the connection can carry another message). `raw` is the message with
+    /// CRLF or LF line ends.
+    pub async fn send_message(&mut self, env: &Envelope, raw: &[u8]) -> io::Result<Outcome> {
+        let mut o = Outcome::default();
+        self.out.clear();
+        let mut go = true;
+        if !self.greeted {
+            self.greeted = true;
+            go = self.greet(env, &mut o).await?;
+        }
         let steps: Vec<(&'static str, u8, Vec<u8>)> = {
-            let mut v = vec![
-                ("helo", b'H', z(&env.helo)),
-                ("mail", b'M', z(&format!("<{}>", env.from))),
-            ];
+            let mut v = vec![("mail", b'M', z(&format!("<{}>", env.from)))];
             v.extend(
                 env.rcpts
                     .iter()
