@@ -774,3 +774,80 @@ pub fn split_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
     }
     (headers, body.replace('\n', "\r\n").into_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_specs_in_postfix_and_libmilter_styles() {
+        let p = |s: &str| s.parse::<SocketSpec>();
+        assert_eq!(
+            p("unix:/run/m.sock"),
+            Ok(SocketSpec::Unix("/run/m.sock".into()))
+        );
+        assert_eq!(
+            p("local:/run/m.sock"),
+            Ok(SocketSpec::Unix("/run/m.sock".into()))
+        );
+        assert_eq!(p("/run/m.sock"), Ok(SocketSpec::Unix("/run/m.sock".into())));
+        assert_eq!(
+            p("inet:127.0.0.1:8891"),
+            Ok(SocketSpec::Tcp("127.0.0.1:8891".into()))
+        );
+        assert_eq!(
+            p("inet:[::1]:8891"),
+            Ok(SocketSpec::Tcp("[::1]:8891".into()))
+        );
+        assert_eq!(
+            p("inet:8891@localhost"),
+            Ok(SocketSpec::Tcp("localhost:8891".into()))
+        );
+        assert_eq!(
+            p("inet6:8891@::1"),
+            Ok(SocketSpec::Tcp("[::1]:8891".into()))
+        );
+        assert!(p("inet:nope").is_err());
+        assert!(p("inet:host:99999").is_err());
+        assert!(p("tcp:1.2.3.4:25").is_err());
+    }
+
+    #[tokio::test]
+    async fn frame_length_is_checked_before_allocating() {
+        let mut buf = Vec::new();
+        // "UNKN" read as a length: 1431194446, far above the limit.
+        let mut r: &[u8] = b"UNKNOWN command\r\n";
+        let err = read_frame(&mut r, &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(buf.capacity(), 0);
+        let mut r: &[u8] = &[0, 0, 0, 0];
+        assert!(read_frame(&mut r, &mut buf).await.is_err());
+        let mut r: &[u8] = &[];
+        assert_eq!(read_frame(&mut r, &mut buf).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let mut out = Vec::new();
+        encode_frame(b'L', b"Subject\0hi\0", &mut out);
+        encode_frame(b'N', b"", &mut out);
+        let (mut r, mut buf) = (&out[..], Vec::new());
+        assert_eq!(read_frame(&mut r, &mut buf).await.unwrap(), Some(b'L'));
+        assert_eq!(buf, b"Subject\0hi\0");
+        assert_eq!(read_frame(&mut r, &mut buf).await.unwrap(), Some(b'N'));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn split_message_folds_with_lf_and_drops_one_space() {
+        let (h, b) = split_message(b"Subject: a\r\n\tb\r\nX-Y:  two\r\n\r\nline\nnext\n");
+        assert_eq!(
+            h,
+            [
+                ("Subject".into(), "a\n\tb".into()),
+                ("X-Y".into(), " two".into())
+            ]
+        );
+        assert_eq!(b, b"line\r\nnext\r\n");
+    }
+}

@@ -9,7 +9,7 @@ use mailstack_examples::milter::{AnyClient, Envelope, Modification, SocketSpec};
 
 /// Send a message through a milter and show what it answers.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The milter: unix:/path, local:/path, inet:host:port, inet:port@host, inet6:port@host.
     #[arg(long)]

@@ -12,7 +12,7 @@ use mailstack_examples::milter::{self, Filter, Message, Modification, Reply, Soc
 
 /// A milter that accepts everything.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Where to listen: unix:/path, local:/path, inet:host:port, inet:port@host,
     /// inet6:port@host, or a bare path.
