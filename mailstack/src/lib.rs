@@ -8,6 +8,7 @@
 //! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
 
 pub mod auth_results;
+pub mod av;
 pub mod clamd;
 pub mod config;
 pub mod dns;

@@ -1,0 +1,286 @@
+//! Antivirus filtering with clamd, as a drop-in for clamav-milter.
+//!
+//! [`MessageScan`] streams a message to clamd while it arrives: the mbox `From ` line
+//! clamav-milter sends, each header, the blank line, then each body chunk as received, so
+//! memory stays bounded by the chunk size. Only the first `MaxFileSize` bytes are scanned
+//! (clamav-milter truncates the same way). [`decide`] maps the outcome to the configured
+//! action, SMTP reply and `X-Virus-*` header fields. The milter glue lives in the
+//! `av-milter` example binary. [`config`] reads `clamav-milter.conf`.
+
+pub mod config;
+
+use std::time::Duration;
+
+use crate::clamd::{ClamdError, Client, Instream, Socket, Timeouts, Verdict};
+pub use config::{Action, AddHeader, AvConfig, LogLevel};
+
+/// What scanning found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// clamd found nothing (or the message was empty and not scanned).
+    Clean,
+    /// clamd found the named signature.
+    Infected(String),
+    /// No verdict: clamd unreachable, timed out, answered an error or garbage.
+    Failed(String),
+}
+
+/// A message being streamed to clamd.
+#[derive(Debug)]
+pub struct MessageScan {
+    clients: Vec<Client>,
+    stream: Option<Instream<Socket>>,
+    failed: Option<String>,
+    sent: u64,
+    limit: u64,
+    started: bool,
+}
+
+impl MessageScan {
+    /// A scan for the clamd sockets of `cfg`; nothing is connected until the first byte.
+    pub fn new(cfg: &AvConfig) -> Self {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(30),
+            write: cfg.read_timeout,
+            read: cfg.read_timeout,
+        };
+        let clients = cfg
+            .clamd_sockets
+            .iter()
+            .map(|a| Client::new(a.clone()).timeouts(timeouts))
+            .collect();
+        Self {
+            clients,
+            stream: None,
+            failed: None,
+            sent: 0,
+            limit: cfg.max_file_size,
+            started: false,
+        }
+    }
+
+    /// Connects to the first clamd socket that answers (each is tried in turn) and opens an
+    /// INSTREAM with the mbox separator clamav-milter sends.
+    async fn open(&mut self) {
+        self.started = true;
+        let mut errors = Vec::new();
+        for c in &self.clients {
+            match c.instream().await {
+                Ok(mut s) => match s.feed(b"From clamav-milter\n").await {
+                    Ok(()) => {
+                        self.stream = Some(s);
+                        return;
+                    }
+                    Err(e) => errors.push(format!("{}: {e}", c.addr())),
+                },
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        self.failed = Some(errors.join("; "));
+    }
+
+    async fn send(&mut self, data: &[u8]) {
+        if !self.started {
+            self.open().await;
+        }
+        if self.failed.is_some() || self.sent >= self.limit {
+            return;
+        }
+        let room = usize::try_from(self.limit - self.sent).unwrap_or(usize::MAX);
+        let data = &data[..data.len().min(room)];
+        if let Some(s) = self.stream.as_mut() {
+            match s.feed(data).await {
+                Ok(()) => self.sent += data.len() as u64,
+                Err(e) => {
+                    self.failed = Some(e.to_string());
+                    self.stream = None;
+                }
+            }
+        }
+    }
+
+    /// Streams one header field as `Name: value\r\n`.
+    pub async fn header(&mut self, name: &str, value: &str) {
+        let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+        line.extend_from_slice(name.as_bytes());
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(value.as_bytes());
+        line.extend_from_slice(b"\r\n");
+        self.send(&line).await;
+    }
+
+    /// Streams the blank line ending the header block.
+    pub async fn end_of_headers(&mut self) {
+        self.send(b"\r\n").await;
+    }
+
+    /// Streams one body chunk.
+    pub async fn body(&mut self, chunk: &[u8]) {
+        if !chunk.is_empty() {
+            self.send(chunk).await;
+        }
+    }
+
+    /// Bytes streamed so far (the mbox line excluded).
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Ends the stream and returns the outcome. An empty message is not scanned (Clean).
+    pub async fn finish(self) -> Outcome {
+        if let Some(f) = self.failed {
+            return Outcome::Failed(f);
+        }
+        let Some(s) = self.stream else {
+            return Outcome::Clean;
+        };
+        match s.finish().await {
+            Ok(Verdict::Clean) => Outcome::Clean,
+            Ok(Verdict::Infected(names)) => {
+                Outcome::Infected(names.into_iter().next().unwrap_or_default())
+            }
+            Ok(Verdict::Error(e)) => Outcome::Failed(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Maps errors from [`ClamdError`] for callers that scan without streaming.
+pub fn outcome_of(r: Result<Verdict, ClamdError>) -> Outcome {
+    match r {
+        Ok(Verdict::Clean) => Outcome::Clean,
+        Ok(Verdict::Infected(n)) => Outcome::Infected(n.into_iter().next().unwrap_or_default()),
+        Ok(Verdict::Error(e)) => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// The result of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// A custom SMTP reply (`550 5.7.1 ...`) for Reject, from `RejectMsg`.
+    pub reply: Option<String>,
+    /// Header fields to write (name, value), per `AddHeader`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The `X-Virus-Status` value for an outcome (`None` when the scan failed).
+pub fn status_value(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Clean => Some("Clean".into()),
+        // clamav-milter's buffer is 255 bytes; keep the field bounded the same way.
+        Outcome::Infected(v) => {
+            let mut s = format!("Infected ({v})");
+            s.truncate(255);
+            Some(s)
+        }
+        Outcome::Failed(_) => None,
+    }
+}
+
+/// The `X-Virus-Scanned` value: `<product> at <hostname>`.
+pub fn scanned_value(product: &str, hostname: Option<&str>) -> String {
+    match hostname {
+        Some(h) if !h.is_empty() => format!("{product} at {h}"),
+        _ => product.to_owned(),
+    }
+}
+
+/// Decides what to do with a scanned message. `hostname` is `ReportHostname` or the host
+/// name; `product` names the scanner in `X-Virus-Scanned`.
+pub fn decide(
+    cfg: &AvConfig,
+    outcome: &Outcome,
+    product: &str,
+    hostname: Option<&str>,
+) -> Decision {
+    let action = match outcome {
+        Outcome::Clean => cfg.on_clean,
+        Outcome::Infected(_) => cfg.on_infected,
+        Outcome::Failed(_) => cfg.on_fail,
+    };
+    let reply = match (action, outcome, &cfg.reject_msg) {
+        (Action::Reject, Outcome::Infected(v), Some(msg)) => {
+            let v: String = v.chars().filter(|c| c.is_ascii_graphic()).collect();
+            Some(format!("550 5.7.1 {}", msg.replacen("%v", &v, 1)))
+        }
+        _ => None,
+    };
+    let mut headers = Vec::new();
+    if cfg.add_header != AddHeader::No
+        && let Some(status) = status_value(outcome)
+    {
+        let host = cfg.report_hostname.as_deref().or(hostname);
+        headers.push(("X-Virus-Scanned".to_owned(), scanned_value(product, host)));
+        headers.push(("X-Virus-Status".to_owned(), status));
+    }
+    Decision {
+        action,
+        reply,
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> AvConfig {
+        AvConfig::parse(Path::new("t.conf"), &format!("ClamdSocket /x\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn defaults_quarantine_infected_and_defer_failures() {
+        let c = cfg("");
+        assert_eq!(
+            decide(&c, &Outcome::Clean, "p", None).action,
+            Action::Accept
+        );
+        let d = decide(&c, &Outcome::Infected("Eicar".into()), "p", None);
+        assert_eq!(d.action, Action::Quarantine);
+        assert!(d.headers.is_empty() && d.reply.is_none());
+        assert_eq!(
+            decide(&c, &Outcome::Failed("x".into()), "p", None).action,
+            Action::Defer
+        );
+    }
+
+    #[test]
+    fn reject_message_and_headers() {
+        let c = cfg("OnInfected Reject\nRejectMsg Virus %v found\nAddHeader Replace\n");
+        let d = decide(
+            &c,
+            &Outcome::Infected("Eicar-Test".into()),
+            "av 1",
+            Some("mx"),
+        );
+        assert_eq!(d.action, Action::Reject);
+        assert_eq!(d.reply.as_deref(), Some("550 5.7.1 Virus Eicar-Test found"));
+        assert_eq!(
+            d.headers,
+            [
+                ("X-Virus-Scanned".to_owned(), "av 1 at mx".to_owned()),
+                (
+                    "X-Virus-Status".to_owned(),
+                    "Infected (Eicar-Test)".to_owned()
+                )
+            ]
+        );
+        let d = decide(&c, &Outcome::Clean, "av 1", None);
+        assert_eq!(d.headers[0].1, "av 1");
+        assert_eq!(d.headers[1].1, "Clean");
+        let c = cfg("AddHeader Yes\nReportHostname relay\n");
+        assert_eq!(
+            decide(&c, &Outcome::Clean, "av", Some("mx")).headers[0].1,
+            "av at relay"
+        );
+        assert!(
+            decide(&c, &Outcome::Failed("e".into()), "av", None)
+                .headers
+                .is_empty()
+        );
+    }
+}
