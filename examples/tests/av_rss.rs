@@ -1,0 +1,148 @@
+//! Memory of `av-milter` on a 50 MB message: the message is streamed to a real clamd chunk by
+//! chunk (64 KiB milter body chunks), so the daemon's peak RSS (`VmHWM`) stays far below the
+//! message size. Prints the measured figures.
+//!
+//! Run: `cargo test -p mailstack-examples --release --test av_rss -- --nocapture`.
+
+mod support;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailstack_examples::milter::{Client, Envelope, Reply, SocketSpec, action};
+use support::milters::Daemon;
+
+const AV_MILTER: &str = env!("CARGO_BIN_EXE_av-milter");
+const CLAMD: &str = "/usr/sbin/clamd";
+const EICAR_HEX: &str = "58354f2150254041505b345c505a58353428505e2937434329377d2445494341522d5354414e444152442d414e544956495255532d544553542d46494c452124482b482a";
+
+fn vm_kb(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+fn sync_ping(socket: &Path) -> bool {
+    use std::io::Read as _;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut r = Vec::new();
+    s.write_all(b"zPING\0").is_ok() && s.read_to_end(&mut r).is_ok() && r == b"PONG\0"
+}
+
+#[test]
+fn fifty_megabyte_message_keeps_peak_rss_bounded() {
+    assert!(
+        Path::new(CLAMD).exists(),
+        "{CLAMD} is missing: install clamav-daemon"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("db")).unwrap();
+    std::fs::write(
+        dir.join("db/mailstack.ndb"),
+        format!("Mailstack.Test.EICAR:0:*:{EICAR_HEX}\n"),
+    )
+    .unwrap();
+    let socket = dir.join("clamd.sock");
+    std::fs::write(
+        dir.join("clamd.conf"),
+        format!(
+            "LocalSocket {}\nForeground yes\nDatabaseDirectory {}/db\nTemporaryDirectory {}\n\
+             LogFile {}/clamd.log\nStreamMaxLength 80M\nMaxScanSize 100M\nMaxFileSize 100M\n\
+             DisableCache yes\n",
+            socket.display(),
+            dir.display(),
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut clamd = Command::new(CLAMD)
+        .arg("-c")
+        .arg(dir.join("clamd.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sync_ping(&socket) {
+        assert!(clamd.try_wait().unwrap().is_none(), "clamd exited");
+        assert!(Instant::now() < deadline, "clamd did not answer PING");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let conf = dir.join("clamav-milter.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "ClamdSocket unix:{}\nMaxFileSize 80M\nAddHeader Yes\nReadTimeout 300\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let milter = Daemon::start(
+        Path::new(AV_MILTER),
+        dir,
+        "av",
+        &["--config", conf.to_str().unwrap()],
+    );
+    let idle_kb = vm_kb(milter.pid(), "VmHWM:");
+
+    // 50 MiB of 78-character text lines.
+    let mut raw = b"Subject: big\r\nFrom: a@src.example\r\n\r\n".to_vec();
+    let line = [
+        b"abcdefghijklmnopqrstuvwxyz0123456789".repeat(2).as_slice(),
+        b"abcdef\r\n",
+    ]
+    .concat();
+    while raw.len() < 50 * 1024 * 1024 {
+        raw.extend_from_slice(&line);
+    }
+    let env = Envelope {
+        hostname: "client.example".into(),
+        addr: "192.0.2.1".into(),
+        port: 4000,
+        helo: "client.example".into(),
+        from: "a@src.example".into(),
+        rcpts: vec!["b@dest.example".into()],
+        macros: vec![("i".into(), "BIG1".into())],
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let outcome = rt.block_on(async {
+        let mut c = Client::connect(&SocketSpec::Unix(dir.join("av.sock")))
+            .await
+            .unwrap();
+        c.negotiate(action::ADDHDRS | action::CHGHDRS | action::QUARANTINE, 0)
+            .await
+            .unwrap();
+        c.send_message(&env, &raw).await.unwrap()
+    });
+    let elapsed = t.elapsed();
+    let peak_kb = vm_kb(milter.pid(), "VmHWM:");
+    let _ = clamd.kill();
+    let _ = clamd.wait();
+    println!(
+        "av-milter, {} byte message: VmHWM idle {idle_kb} kB, after {peak_kb} kB; scan round trip {elapsed:?}",
+        raw.len()
+    );
+    assert_eq!(outcome.decision, Some(Reply::Accept), "{outcome:?}");
+    assert!(
+        format!("{:?}", outcome.modifications).contains("Clean"),
+        "the 50 MB message was scanned and found clean: {outcome:?}"
+    );
+    assert!(
+        peak_kb < 40 * 1024,
+        "peak RSS {peak_kb} kB: the message must be streamed, not buffered"
+    );
+}
