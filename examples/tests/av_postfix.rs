@@ -186,3 +186,96 @@ fn clamd_down_defers_with_on_fail_defer() {
     assert_eq!(reply.code / 100, 4, "{reply}; log:\n{}", pf.log());
     assert!(pf.delivered().is_empty());
 }
+
+#[test]
+fn quarantine_holds_infected_mail_runs_virus_action_and_add_keeps_old_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clamd = start_clamd(&tmp.path().join("clamd"));
+    let script = tmp.path().join("virus-action.sh");
+    let args_file = tmp.path().join("virus-action.args");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {}.tmp\nmv {0}.tmp {0}\n",
+            args_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let milter = av_milter(
+        tmp.path(),
+        &clamd.socket,
+        &format!(
+            "OnInfected Quarantine\nAddHeader Add\nVirusAction {}\n",
+            script.display()
+        ),
+    );
+    let pf = postfix(&milter.spec());
+    let infected = format!(
+        "Subject: infected one\r\nFrom: alice@src.example\r\nMessage-ID: <m1@src.example>\r\n\
+         Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\n{}\r\n",
+        eicar()
+    );
+    let reply = pf
+        .smtp()
+        .send("alice@src.example", &["bob@dest.example"], &infected);
+    assert_eq!(reply.code, 250, "{reply}");
+    assert!(
+        pf.wait_for_log("milter-hold: END-OF-MESSAGE", Duration::from_secs(20)),
+        "no milter-hold in the log:\n{}",
+        pf.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !args_file.exists() {
+        assert!(Instant::now() < deadline, "VirusAction did not run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let args = std::fs::read_to_string(&args_file).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(args.len(), 7, "{args:?}");
+    assert_eq!(args[0], SIG);
+    assert!(
+        !args[1].is_empty() && args[1] != "NOQUEUE",
+        "queue id: {args:?}"
+    );
+    assert_eq!(args[2], "alice@src.example");
+    assert_eq!(args[3], "bob@dest.example");
+    assert_eq!(args[4], "infected one");
+    assert_eq!(args[5], "<m1@src.example>");
+    assert_eq!(args[6], "Tue, 24 Nov 2026 10:00:00 +0000");
+
+    // Add keeps an existing field and inserts ours.
+    let clean = "Subject: clean\r\nFrom: alice@src.example\r\nX-Virus-Status: Old\r\n\r\nhello\r\n";
+    let reply = pf
+        .smtp()
+        .send("alice@src.example", &["carol@dest.example"], clean);
+    assert_eq!(reply.code, 250, "{reply}");
+    let msgs = pf.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(
+        msgs.len(),
+        1,
+        "the quarantined message is held, not delivered"
+    );
+    let mut status = msgs[0].header("X-Virus-Status");
+    status.sort();
+    assert_eq!(status, ["Clean", "Old"], "{}", msgs[0].text());
+}
+
+#[test]
+fn local_net_clients_are_not_scanned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clamd = start_clamd(&tmp.path().join("clamd"));
+    let milter = av_milter(tmp.path(), &clamd.socket, "LocalNet 127.0.0.0/8\n");
+    let pf = postfix(&milter.spec());
+    let infected = format!("Subject: from local\r\n\r\n{}\r\n", eicar());
+    let reply = pf
+        .smtp()
+        .send("alice@src.example", &["bob@dest.example"], &infected);
+    assert_eq!(reply.code, 250, "{reply}");
+    let msgs = pf.wait_for_messages(1, Duration::from_secs(30));
+    assert!(
+        msgs[0].header("X-Virus-Status").is_empty(),
+        "{}",
+        msgs[0].text()
+    );
+}

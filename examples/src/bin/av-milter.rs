@@ -374,7 +374,8 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(stream: S, ctx: &Ctx) -> 
     Ok(())
 }
 
-/// Replaces quotes, tabs, CR, LF and non-printables with spaces, as clamav-milter does for
+/// Addresses are passed without angle brackets (clamav-milter uses the `{mail_addr}` and
+/// `{rcpt_addr}` macros). Replaces quotes, tabs, CR, LF and non-printables with spaces, as clamav-milter does for
 /// VirusAction arguments.
 fn clean_arg(v: Option<&str>) -> String {
     match v {
@@ -451,8 +452,8 @@ fn end_of_message(
             let argv = [
                 virus.clone(),
                 qid.to_owned(),
-                clean_arg(Some(&m.sender)),
-                clean_arg(Some(&rcpt)),
+                clean_arg(Some(m.sender.trim_start_matches('<').trim_end_matches('>'))),
+                clean_arg(Some(rcpt.trim_start_matches('<').trim_end_matches('>'))),
                 clean_arg(m.subject.as_deref()),
                 clean_arg(m.message_id.as_deref()),
                 clean_arg(m.date.as_deref()),
