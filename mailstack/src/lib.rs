@@ -12,4 +12,6 @@ pub mod av;
 pub mod clamd;
 pub mod config;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod spf;

@@ -54,7 +54,7 @@ mod eval;
 mod header;
 mod macros;
 pub mod policyd;
-mod record;
+pub(crate) mod record;
 
 use std::fmt;
 use std::net::IpAddr;
