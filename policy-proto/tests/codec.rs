@@ -1,0 +1,201 @@
+//! Properties of the request decoder and the reply codec: round trips, every strict prefix of
+//! a request needs more, arbitrary bytes never panic; plus the limits and the protocol rules.
+
+use bytes::BytesMut;
+use policy_proto::{Action, ActionError, DecodeError, PolicyRequest, RequestDecoder, decode_reply};
+use proptest::prelude::*;
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z_]{1,20}"
+}
+
+fn value() -> impl Strategy<Value = String> {
+    "[ -~]{0,40}"
+}
+
+fn request() -> impl Strategy<Value = PolicyRequest> {
+    prop::collection::vec((name(), value()), 1..30).prop_map(|attrs| {
+        let mut r = PolicyRequest::new();
+        for (n, v) in attrs {
+            r.push(n, v);
+        }
+        r
+    })
+}
+
+proptest! {
+    #[test]
+    fn request_round_trips_and_reencodes_identically(req in request()) {
+        let mut wire = BytesMut::new();
+        req.encode(&mut wire);
+        let bytes = wire.clone();
+        let got = RequestDecoder::new().decode(&mut wire).unwrap().unwrap();
+        prop_assert!(wire.is_empty());
+        prop_assert_eq!(&got, &req);
+        let mut again = BytesMut::new();
+        got.encode(&mut again);
+        prop_assert_eq!(again, bytes);
+    }
+
+    #[test]
+    fn every_strict_prefix_needs_more(req in request()) {
+        let mut wire = BytesMut::new();
+        req.encode(&mut wire);
+        for cut in 0..wire.len() {
+            let mut part = BytesMut::from(&wire[..cut]);
+            prop_assert_eq!(RequestDecoder::new().decode(&mut part).unwrap(), None);
+            prop_assert_eq!(part.len(), cut, "need-more consumed bytes");
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_whole(req in request()) {
+        let mut wire = BytesMut::new();
+        req.encode(&mut wire);
+        let mut dec = RequestDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for b in wire.iter() {
+            buf.extend_from_slice(&[*b]);
+            if let Some(r) = dec.decode(&mut buf).unwrap() {
+                got = Some(r);
+            }
+        }
+        prop_assert_eq!(got, Some(req));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        let mut buf = BytesMut::from(&data[..]);
+        let mut dec = RequestDecoder::with_limits(64, 8, 256);
+        while let Ok(Some(_)) = dec.decode(&mut buf) {}
+        let mut buf = BytesMut::from(&data[..]);
+        let _ = decode_reply(&mut buf);
+        let _ = Action::parse(&String::from_utf8_lossy(&data));
+    }
+
+    #[test]
+    fn valid_actions_round_trip(code in 400u16..600, text in "[!-~][ -~]{0,30}", sub in 0u16..999) {
+        let enh = format!("{}.{}.{}", code / 100, sub % 10, sub);
+        for a in [
+            Action::smtp(code, Some(&enh), &text).unwrap(),
+            Action::smtp(code, None, &text).unwrap(),
+            Action::reject(Some(&text)).unwrap(),
+            Action::defer_if_permit(Some(&text)).unwrap(),
+            Action::prepend(&format!("X-Test: {text}")).unwrap(),
+            Action::hold(None).unwrap(),
+        ] {
+            let mut wire = BytesMut::new();
+            a.encode(&mut wire);
+            prop_assert_eq!(decode_reply(&mut wire).unwrap(), Some(a));
+            prop_assert!(wire.is_empty());
+        }
+    }
+}
+
+#[test]
+fn many_requests_on_one_stream_and_values_with_equals() {
+    let mut buf = BytesMut::from(
+        &b"request=smtpd_access_policy\nsender=a=b@example.com\nx_future=1\nsender=last@example.com\n\nrequest=smtpd_access_policy\n\nrequ"[..],
+    );
+    let mut dec = RequestDecoder::new();
+    let first = dec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        first.sender(),
+        Some("last@example.com"),
+        "duplicates: last wins"
+    );
+    assert_eq!(
+        first.attributes()[1].1,
+        "a=b@example.com",
+        "first '=' splits"
+    );
+    assert_eq!(first.unknown().collect::<Vec<_>>(), [("x_future", "1")]);
+    let second = dec.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(second.request(), Some("smtpd_access_policy"));
+    assert_eq!(dec.decode(&mut buf).unwrap(), None);
+    assert!(dec.in_request());
+    assert_eq!(&buf[..], b"requ");
+}
+
+#[test]
+fn limits_are_enforced_before_the_buffer_grows_further() {
+    let mut dec = RequestDecoder::with_limits(16, 2, 1024);
+    let mut buf = BytesMut::from(&b"name=0123456789abcdef"[..]);
+    assert_eq!(
+        dec.decode(&mut buf),
+        Err(DecodeError::LineTooLong { limit: 16 })
+    );
+    let mut dec = RequestDecoder::with_limits(16, 2, 1024);
+    let mut buf = BytesMut::from(&b"a=1\nb=2\nc=3\n"[..]);
+    assert_eq!(
+        dec.decode(&mut buf),
+        Err(DecodeError::TooManyAttributes { limit: 2 })
+    );
+    let mut dec = RequestDecoder::with_limits(1024, 100, 32);
+    let mut buf = BytesMut::from(&b"a=1\nb=2\nc=3\nd=4\ne=5\nf=6\ng=7\nh=8\ni=9\n"[..]);
+    assert_eq!(
+        dec.decode(&mut buf),
+        Err(DecodeError::RequestTooLarge { limit: 32 })
+    );
+    for bad in [&b"noequals\n\n"[..], b"=v\n\n", b"a=\0\n\n"] {
+        let mut buf = BytesMut::from(bad);
+        assert!(RequestDecoder::new().decode(&mut buf).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn misreadable_replies_cannot_be_built() {
+    assert_eq!(Action::smtp(550, None, ""), Err(ActionError::BadCode));
+    assert_eq!(Action::smtp(250, None, "ok"), Err(ActionError::BadCode));
+    assert_eq!(
+        Action::smtp(550, Some("4.7.1"), "x"),
+        Err(ActionError::BadEnhancedCode)
+    );
+    assert_eq!(
+        Action::reject(Some("a\nb")),
+        Err(ActionError::LineBreak("REJECT text"))
+    );
+    assert_eq!(
+        Action::prepend("X-A: b\n\tc"),
+        Err(ActionError::LineBreak("PREPEND header"))
+    );
+    assert_eq!(Action::prepend("no header"), Err(ActionError::BadHeader));
+    assert_eq!(
+        Action::redirect("a b@c"),
+        Err(ActionError::BadArgument("REDIRECT address"))
+    );
+    assert_eq!(Action::parse("550"), Err(ActionError::BadCode));
+    assert_eq!(
+        Action::parse("PERMIT_MYNETWORKS"),
+        Err(ActionError::UnknownAction)
+    );
+    let mut wire = BytesMut::from(&b"foo=bar\naction=DUNNO\n\n"[..]);
+    assert_eq!(decode_reply(&mut wire), Ok(Some(Action::Dunno)));
+    let mut wire = BytesMut::from(&b"\n"[..]);
+    assert_eq!(decode_reply(&mut wire), Err(ActionError::MissingAction));
+}
+
+#[test]
+fn typed_accessors_cover_postfix_3_12_attributes() {
+    let wire = "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+        client_address=192.0.2.1\nclient_name=mail.example.com\nreverse_client_name=mail.example.com\n\
+        client_port=41234\nhelo_name=mail.example.com\nsender=a@example.com\nrecipient=b@dest.example\n\
+        recipient_count=0\nqueue_id=\nstress=\nsize=1234\netrn_domain=\nencryption_protocol=TLSv1.3\n\
+        encryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\nsasl_method=\nsasl_username=\n\
+        sasl_sender=\nccert_subject=\nccert_issuer=\nccert_fingerprint=\nccert_pubkey_fingerprint=\n\
+        instance=3e8.6565a1f3.7d0c1.0\npolicy_context=\nserver_address=192.0.2.25\nserver_port=25\n\
+        compatibility_level=3.6\nmail_version=3.12.0\ntls_sni=mx.dest.example\n\n";
+    let mut buf = BytesMut::from(wire.as_bytes());
+    let r = RequestDecoder::new().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(r.unknown().count(), 0);
+    assert_eq!(r.client_port(), Some(41234));
+    assert_eq!(r.server_port(), Some(25));
+    assert_eq!(r.size(), Some(1234));
+    assert_eq!(r.encryption_keysize(), Some(256));
+    assert_eq!(r.recipient_count(), Some(0));
+    assert_eq!(r.tls_sni(), Some("mx.dest.example"));
+    assert_eq!(r.mail_version(), Some("3.12.0"));
+    assert_eq!(r.queue_id(), Some(""));
+    assert_eq!(r.attributes().len(), 32);
+}
