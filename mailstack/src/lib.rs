@@ -14,4 +14,5 @@ pub mod config;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod notify;
 pub mod spf;
