@@ -106,6 +106,10 @@ fn start_clamd(dir: &Path) -> Clamd {
 }
 
 fn av_milter(dir: &Path, clamd_socket: &Path, extra: &str) -> Daemon {
+    av_milter_args(dir, clamd_socket, extra, &[])
+}
+
+fn av_milter_args(dir: &Path, clamd_socket: &Path, extra: &str, args: &[&str]) -> Daemon {
     let conf = dir.join("clamav-milter.conf");
     let mut f = std::fs::File::create(&conf).unwrap();
     write!(
@@ -116,12 +120,9 @@ fn av_milter(dir: &Path, clamd_socket: &Path, extra: &str) -> Daemon {
     )
     .unwrap();
     drop(f);
-    Daemon::start(
-        Path::new(AV_MILTER),
-        dir,
-        "av",
-        &["--config", conf.to_str().unwrap()],
-    )
+    let mut all = vec!["--config", conf.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Daemon::start(Path::new(AV_MILTER), dir, "av", &all)
 }
 
 fn postfix(spec: &str) -> Postfix {
@@ -275,6 +276,52 @@ fn local_net_clients_are_not_scanned() {
     let msgs = pf.wait_for_messages(1, Duration::from_secs(30));
     assert!(
         msgs[0].header("X-Virus-Status").is_empty(),
+        "{}",
+        msgs[0].text()
+    );
+}
+
+#[test]
+fn infected_mail_sends_a_notification() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clamd = start_clamd(&tmp.path().join("clamd"));
+    // The notification goes to a second Postfix (no milter) relaying to its own sink.
+    let relay = Postfix::builder().start();
+    let rc = tmp.path().join("msmtprc");
+    std::fs::write(
+        &rc,
+        format!(
+            "account av\nhost 127.0.0.1\nport {}\nfrom av@src.example\ntls off\n",
+            relay.smtp_port()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let milter = av_milter_args(
+        tmp.path(),
+        &clamd.socket,
+        "",
+        &[
+            "--notify-msmtp",
+            rc.to_str().unwrap(),
+            "--notify-to",
+            "postmaster@dest.example",
+        ],
+    );
+    let pf = postfix(&milter.spec());
+    let infected = format!(
+        "Subject: infected\r\nFrom: alice@src.example\r\n\r\n{}\r\n",
+        eicar()
+    );
+    let reply = pf
+        .smtp()
+        .send("alice@src.example", &["bob@dest.example"], &infected);
+    assert_eq!(reply.code, 550, "{reply}");
+    let msgs = relay.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(msgs[0].rcpts, ["postmaster@dest.example"]);
+    assert_eq!(msgs[0].header("Subject"), [format!("Virus found: {SIG}")]);
+    assert!(
+        msgs[0].body().contains("Subject: infected"),
         "{}",
         msgs[0].text()
     );

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use mailstack::av::{self, Action, AddHeader, AvConfig, LogLevel, MessageScan, Outcome};
+use mailstack::notify::{MsmtpConfig, Notifier};
 use mailstack_examples::milter::{self, SocketSpec, action, encode_frame, read_frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
@@ -43,6 +44,14 @@ struct Args {
     /// inet:host:port, inet:port@host or inet6:port@host.
     #[arg(long, value_name = "SPEC")]
     socket: Option<SocketSpec>,
+    /// Send a notification mail for every infected message, with the SMTP settings of this
+    /// msmtp-style file (host, port, from, auth, user, password, tls, tls_starttls,
+    /// tls_trust_file; refused if group or others can read it). Needs --notify-to.
+    #[arg(long, value_name = "FILE", requires = "notify_to")]
+    notify_msmtp: Option<PathBuf>,
+    /// Where notifications go.
+    #[arg(long, value_name = "ADDR", requires = "notify_msmtp")]
+    notify_to: Option<String>,
     /// Check the configuration file and exit.
     #[arg(long)]
     check_config: bool,
@@ -81,6 +90,7 @@ const QUARANTINE_REASON: &str = "quarantined by av-milter";
 struct Ctx {
     cfg: AvConfig,
     hostname: Option<String>,
+    notify: Option<(Notifier, String)>,
 }
 
 fn main() {
@@ -121,6 +131,21 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let notify = match (&args.notify_msmtp, &args.notify_to) {
+        (Some(rc), Some(to)) => {
+            match MsmtpConfig::read(rc)
+                .map_err(|e| e.to_string())
+                .and_then(|c| Notifier::new(&c).map_err(|e| e.to_string()))
+            {
+                Ok(n) => Some((n, to.clone())),
+                Err(e) => {
+                    eprintln!("av-milter: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => None,
+    };
     if args.check_config {
         println!("{}: OK", args.config.display());
         return;
@@ -131,7 +156,11 @@ fn main() {
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
     });
-    let ctx = Arc::new(Ctx { cfg, hostname });
+    let ctx = Arc::new(Ctx {
+        cfg,
+        hostname,
+        notify,
+    });
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = rt.block_on(serve(&spec, ctx)) {
         eprintln!("av-milter: {e}");
@@ -471,6 +500,29 @@ fn end_of_message(
                     Err(e) => tracing::warn!(program = %prog.display(), error = %e, "VirusAction"),
                 }
             });
+        }
+    }
+    if let (Outcome::Infected(virus), Some((n, to))) = (outcome, &ctx.notify) {
+        let (subject, body) = mailstack::notify::infected_text([
+            virus,
+            qid,
+            &m.sender,
+            &m.rcpts.join(", "),
+            m.subject.as_deref().unwrap_or(""),
+            m.message_id.as_deref().unwrap_or(""),
+        ]);
+        // Delivery (with its retries) runs in the background; the verdict does not wait.
+        match n.send(to, &subject, &body) {
+            Ok(h) => {
+                tokio::spawn(async move {
+                    match h.await {
+                        Ok(Ok(())) => tracing::info!("notification sent"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "notification"),
+                        Err(e) => tracing::warn!(error = %e, "notification task"),
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "notification"),
         }
     }
     match (d.action, d.reply) {
