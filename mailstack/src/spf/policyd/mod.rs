@@ -30,6 +30,9 @@
 //!   `mail.example.com` also catches the sender domain `example.com`.
 //! - Our own SPF evaluator replaces pyspf; explanation texts of `permerror`/`temperror` name
 //!   the same problems but not always in the same words.
+//! - A request line without `=`, or one over the limits of [`policy_proto::RequestDecoder`],
+//!   closes the connection without an answer, as `SMTPD_POLICY_README` asks (python skips
+//!   the line and answers). Postfix never sends such a line.
 
 mod cache;
 mod config;

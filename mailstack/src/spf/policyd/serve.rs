@@ -4,22 +4,26 @@
 //! Protocol (Postfix `SMTPD_POLICY_README`, "Protocol description"): `name=value` lines ended
 //! by an empty line; the answer is `action=...` and an empty line. A malformed or oversized
 //! request gets **no** answer: we log and close, as the README asks, and Postfix retries.
+//! Requests are decoded by [`policy_proto::RequestDecoder`] (bounded, incremental).
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use bytes::BytesMut;
+use policy_proto::{DecodeError, RequestDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{SpfPolicy, SpfRequest};
 
-/// Longest request line we accept (Postfix's own `line_length_limit` is 2048; certificate
-/// subjects can be longer, so allow more).
-pub const MAX_LINE: usize = 64 * 1024;
-/// Most attributes per request (Postfix's attribute hash limit is 1024).
-pub const MAX_ATTRS: usize = 1024;
+pub use policy_proto::{MAX_ATTRS, MAX_LINE};
+
 /// How long a connection may stay silent before we close it. Postfix closes idle policy
 /// connections after `smtpd_policy_service_max_idle` (300 s); a little more than that, so we
 /// never close first on a well-behaved client, but a stuck one cannot hold us forever.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(330);
+
+/// How much we ask the socket for per read. The decoder checks its limits after each read, so
+/// a connection never holds more than `policy_proto::MAX_REQUEST` plus this.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Why a connection ended without an answer.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +32,9 @@ pub enum ServeError {
     /// Reading or writing failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A line was longer than [`MAX_LINE`].
-    #[error("request line longer than {MAX_LINE} bytes")]
-    LineTooLong,
-    /// More than [`MAX_ATTRS`] attributes.
-    #[error("more than {MAX_ATTRS} attributes")]
-    TooManyAttributes,
+    /// The request broke the protocol or a limit (policy-proto's decoder said why).
+    #[error("malformed request: {0}")]
+    Malformed(#[from] DecodeError),
     /// The peer closed in the middle of a request.
     #[error("connection closed in the middle of a request")]
     Truncated,
@@ -68,33 +69,19 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut reader = BufReader::new(reader);
-    let mut attrs: Vec<(String, String)> = Vec::new();
-    let mut line = Vec::new();
+    let mut reader = reader;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut decoder = RequestDecoder::new();
     loop {
-        line.clear();
-        let mut limited = AsyncReadExt::take(&mut reader, MAX_LINE as u64 + 1);
-        let n = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| ServeError::Idle)??;
-        if n == 0 {
-            return if attrs.is_empty() {
-                Ok(())
-            } else {
-                Err(ServeError::Truncated)
-            };
-        }
-        if line.last() != Some(&b'\n') {
-            return Err(if n > MAX_LINE {
-                ServeError::LineTooLong
-            } else {
-                ServeError::Truncated
-            });
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\n', '\r']);
-        if text.is_empty() {
-            let req = SpfRequest::from_attrs(attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // A malformed request gets no answer: the error closes the connection
+        // (SMTPD_POLICY_README), and Postfix retries.
+        while let Some(attrs) = decoder.decode(&mut buf)? {
+            let req = SpfRequest::from_attrs(
+                attrs
+                    .attributes()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
             let action = policy.decide(&req).await;
             let reply = format!(
                 "action={}\n\n",
@@ -103,18 +90,18 @@ where
             writer.write_all(reply.as_bytes()).await?;
             writer.flush().await?;
             log_decision(&req, &action);
-            attrs.clear();
-            continue;
         }
-        // python-policyd-spf skips lines without `=` (logging them); so do we.
-        let Some((name, value)) = text.split_once('=') else {
-            tracing::warn!("ignoring request line without '=': {:.80}", text);
-            continue;
-        };
-        if attrs.len() >= MAX_ATTRS {
-            return Err(ServeError::TooManyAttributes);
+        buf.reserve(READ_CHUNK);
+        let n = tokio::time::timeout(IDLE_TIMEOUT, reader.read_buf(&mut buf))
+            .await
+            .map_err(|_| ServeError::Idle)??;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(())
+            } else {
+                Err(ServeError::Truncated)
+            };
         }
-        attrs.push((name.trim().to_owned(), value.to_owned()));
     }
 }
 
@@ -190,7 +177,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(matches!(
             serve_stream(policy, &input[..], &mut out).await,
-            Err(ServeError::LineTooLong)
+            Err(ServeError::Malformed(DecodeError::LineTooLong { .. }))
         ));
         assert!(out.is_empty());
     }
