@@ -6,6 +6,9 @@
 //! # Layout
 //! - [`config`]: reading the configuration files of the tools we replace, with located errors.
 //! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
+//! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed verdicts).
+//! - [`av`]: clamav-milter's configuration and decisions over [`clamd`].
+//! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 
 pub mod auth_results;
 pub mod av;
