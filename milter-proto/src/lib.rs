@@ -1,1 +1,116 @@
-//! TODO
+//! The Sendmail milter protocol (versions 2 to 6) as Postfix speaks it, sans-IO.
+//!
+//! A milter ("mail filter") is a process the MTA (Postfix, sendmail) talks to over a unix or TCP
+//! socket while it receives a message: the MTA sends one command per SMTP event (connect, HELO,
+//! MAIL, RCPT, headers, body chunks, end of message) and the filter answers with a decision
+//! (continue, accept, reject, ...) and, at end of message, modifications (add a header, replace
+//! the body, ...).
+//!
+//! ```text
+//!  MTA                                        filter
+//!   | -- OPTNEG (version, actions, protocol) --> |
+//!   | <- OPTNEG (wanted subset, macro lists) --- |
+//!   | -- MACRO C, CONNECT ---------------------> | c
+//!   | -- MACRO H, HELO ------------------------> | c
+//!   | -- MACRO M, MAIL; MACRO R, RCPT... ------> | c
+//!   | -- DATA, HEADER..., EOH, BODY... --------> | c   (no reply for NR_* stages)
+//!   | -- MACRO E, BODYEOB ---------------------> | h/i/m/+/-/e/b/q..., then a/c/r/t/d/y
+//!   | -- ABORT (next message: MAIL ...) -------> |
+//!   | -- QUIT (or QUIT_NC: new connection) ----> |
+//! ```
+//!
+//! This crate does no I/O: callers read bytes into a [`bytes::BytesMut`], call a decoder, and
+//! write what an encoder appends. Every decoder follows one contract:
+//! `decode(&mut BytesMut, max_len) -> Result<Option<T>, DecodeError>`, where `Ok(None)` means
+//! "need more bytes" and consumes nothing; the announced length is checked (>= 1, <= the
+//! maximum) before anything is reserved; payload parsers consume the whole payload or fail; a
+//! body chunk is split off the input without copying.
+//!
+//! # Layout
+//!
+//! - [`frame`]: [`frame::Frame`], [`frame::decode_frame`], [`frame::encode_frame`],
+//!   [`frame::DEFAULT_MAX_FRAME_LEN`], [`frame::MAX_FRAME_LEN_256K`], [`frame::MAX_FRAME_LEN_1M`].
+//! - [`command`]: [`command::Command`] (every `SMFIC_*` the MTA sends), [`command::ConnAddr`];
+//!   `Command::decode`, `Command::from_frame`, `Command::encode`, `Command::code`.
+//! - [`reply`]: [`reply::Reply`] (every `SMFIR_*` a filter sends, and the OPTNEG answer);
+//!   `Reply::decode`, `Reply::from_frame`, `Reply::encode`, `Reply::code`;
+//!   [`reply::MAX_REPLBODY_CHUNK`].
+//! - [`flags`]: [`flags::Actions`] (`SMFIF_*`), [`flags::Protocol`] (`SMFIP_*`).
+//! - [`DecodeError`].
+//!
+//! Not yet here: the negotiation helper, the session state machine, the tokio server and the
+//! MTA-side client.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use milter_proto::command::Command;
+//! use milter_proto::frame::DEFAULT_MAX_FRAME_LEN;
+//! use milter_proto::reply::Reply;
+//!
+//! let mut buf = BytesMut::new();
+//! Command::Helo("mx.example".into()).encode(&mut buf);
+//! let cmd = Command::decode(&mut buf, DEFAULT_MAX_FRAME_LEN);
+//! assert_eq!(cmd, Ok(Some(Command::Helo("mx.example".into()))));
+//! assert!(buf.is_empty());
+//!
+//! let mut out = BytesMut::new();
+//! Reply::Continue.encode(&mut out);
+//! assert_eq!(&out[..], b"\0\0\0\x01c");
+//! ```
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod command;
+pub mod flags;
+pub mod frame;
+pub mod reply;
+mod wire;
+
+/// Why bytes from the peer could not be decoded. Once returned, the stream is out of sync:
+/// answer with the configured default (tempfail) if possible, and close the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length field was 0 (a packet holds at least its command byte).
+    #[error("milter packet with length 0")]
+    ZeroLength,
+    /// The length field exceeds the configured maximum (e.g. text read as a length).
+    #[error("milter packet length {len} exceeds the maximum {max}")]
+    TooLong {
+        /// The announced length.
+        len: u32,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// The command byte is not one this decoder knows.
+    #[error("unknown milter command byte {0:#04x}")]
+    UnknownCommand(u8),
+    /// The payload ended before a field was complete (missing NUL, short integer).
+    #[error("truncated milter payload for command {cmd:?}: {what}")]
+    Truncated {
+        /// The command byte as a char.
+        cmd: char,
+        /// Which field was incomplete.
+        what: &'static str,
+    },
+    /// Bytes remained after the last field of the payload.
+    #[error("trailing bytes in milter payload for command {0:?}")]
+    Trailing(char),
+    /// A field held a value outside its domain (e.g. an unknown connect family).
+    #[error("invalid milter payload for command {cmd:?}: {what}")]
+    Invalid {
+        /// The command byte as a char.
+        cmd: char,
+        /// What was wrong.
+        what: &'static str,
+    },
+}
