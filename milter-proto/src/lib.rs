@@ -36,9 +36,11 @@
 //!   `Reply::decode`, `Reply::from_frame`, `Reply::encode`, `Reply::code`;
 //!   [`reply::MAX_REPLBODY_CHUNK`].
 //! - [`flags`]: [`flags::Actions`] (`SMFIF_*`), [`flags::Protocol`] (`SMFIP_*`).
+//! - [`negotiate`]: [`negotiate::Needs`] (what a filter asks), [`negotiate::Negotiated`]
+//!   (`new`, `reply`, `sends`, `expects_reply`, `max_frame_len`), [`negotiate::VERSION`].
 //! - [`DecodeError`].
 //!
-//! Not yet here: the negotiation helper, the session state machine, the tokio server and the
+//! Not yet here: the session state machine, the tokio server and the
 //! MTA-side client.
 //!
 //! # Example
@@ -72,6 +74,7 @@
 pub mod command;
 pub mod flags;
 pub mod frame;
+pub mod negotiate;
 pub mod reply;
 mod wire;
 
