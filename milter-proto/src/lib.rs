@@ -74,6 +74,9 @@
 pub mod command;
 pub mod flags;
 pub mod frame;
+#[doc(hidden)]
+#[allow(clippy::panic)]
+pub mod fuzzing;
 pub mod negotiate;
 pub mod reply;
 mod wire;
