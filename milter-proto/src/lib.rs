@@ -38,9 +38,12 @@
 //! - [`flags`]: [`flags::Actions`] (`SMFIF_*`), [`flags::Protocol`] (`SMFIP_*`).
 //! - [`negotiate`]: [`negotiate::Needs`] (what a filter asks), [`negotiate::Negotiated`]
 //!   (`new`, `reply`, `sends`, `expects_reply`, `max_frame_len`), [`negotiate::VERSION`].
+//! - [`session`]: [`session::Session`] (`new`, `set_negotiated`, `handle(&Command) -> Result<Step,
+//!   ProtocolError>`, `in_message`), [`session::Step`], [`session::ProtocolError`]; flow
+//!   diagram and the out-of-order rule in its doc.
 //! - [`DecodeError`].
 //!
-//! Not yet here: the session state machine, the tokio server and the
+//! Not yet here: the tokio server and the
 //! MTA-side client.
 //!
 //! # Example
@@ -79,6 +82,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod negotiate;
 pub mod reply;
+pub mod session;
 mod wire;
 
 /// Why bytes from the peer could not be decoded. Once returned, the stream is out of sync:

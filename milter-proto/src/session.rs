@@ -1,0 +1,252 @@
+//! The filter-side session state machine as a plain value: feed it each decoded command, it
+//! says whether a reply is due, or that the command is out of order.
+//!
+//! ```text
+//!  AwaitOptNeg --OPTNEG--> Connection --CONNECT/HELO/UNKNOWN--> Connection
+//!                              |   ^                                  
+//!                            MAIL  | BODYEOB answered / ABORT
+//!                              v   |                                  
+//!                  Message: RCPT* DATA? HEADER* EOH? BODY* BODYEOB
+//!  QUIT --> Closed        QUIT_NC --> Connection (new SMTP connection, no new OPTNEG)
+//! ```
+//!
+//! Out-of-order rule (one rule): inside a message the stages MAIL < RCPT < DATA < HEADER < EOH
+//! < BODY never go backwards, MAIL only starts a message, DATA and EOH come at most once;
+//! CONNECT and HELO only outside a message; OPTNEG only first. Anything else is
+//! [`ProtocolError::OutOfOrder`]: answer with the configured default (tempfail) and close.
+//! MACRO, ABORT and UNKNOWN are accepted anywhere after OPTNEG.
+
+use crate::command::Command;
+use crate::negotiate::Negotiated;
+
+/// Why a command was refused by the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The command is not allowed in the current state (see the module's rule).
+    #[error("milter command {cmd:?} out of order")]
+    OutOfOrder {
+        /// The command byte.
+        cmd: char,
+    },
+    /// A command arrived after QUIT.
+    #[error("milter command after QUIT")]
+    Closed,
+}
+
+/// What the caller must do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The filter must send a reply (false for NR_* stages, MACRO, ABORT, QUIT, QUIT_NC).
+    pub reply_due: bool,
+    /// The session is over (QUIT): close the socket.
+    pub close: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitOptNeg,
+    Connection,
+    /// In a message; the value is the ordinal of the last stage seen.
+    Message(u8),
+    Closed,
+}
+
+/// One milter connection's position in the protocol.
+#[derive(Debug, Clone)]
+pub struct Session {
+    state: State,
+    negotiated: Option<Negotiated>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    /// A session awaiting OPTNEG.
+    pub fn new() -> Self {
+        Self {
+            state: State::AwaitOptNeg,
+            negotiated: None,
+        }
+    }
+
+    /// Record the negotiation result (call after answering OPTNEG); replies then follow its
+    /// `NR_*` options. Without it every event expects a reply.
+    pub fn set_negotiated(&mut self, n: Negotiated) {
+        self.negotiated = Some(n);
+    }
+
+    /// Whether a message transaction is open.
+    pub fn in_message(&self) -> bool {
+        matches!(self.state, State::Message(_))
+    }
+
+    /// Advance on `cmd`.
+    pub fn handle(&mut self, cmd: &Command) -> Result<Step, ProtocolError> {
+        let out_of_order = || ProtocolError::OutOfOrder {
+            cmd: char::from(cmd.code()),
+        };
+        let next = match (self.state, cmd) {
+            (State::Closed, _) => return Err(ProtocolError::Closed),
+            (State::AwaitOptNeg, Command::OptNeg { .. }) => State::Connection,
+            (State::AwaitOptNeg, _) | (_, Command::OptNeg { .. }) => return Err(out_of_order()),
+            (s, Command::Macro { .. } | Command::Unknown(_)) => s,
+            (_, Command::Abort) => State::Connection,
+            (_, Command::Quit) => State::Closed,
+            (_, Command::QuitNc) => State::Connection,
+            (State::Connection, Command::Connect { .. } | Command::Helo(_)) => State::Connection,
+            (State::Connection, Command::Mail { .. }) => State::Message(1),
+            (State::Message(_), Command::BodyEob(_)) => State::Connection,
+            (State::Message(last), c) => {
+                let (ord, repeatable) = match c {
+                    Command::Rcpt { .. } => (2, true),
+                    Command::Data => (3, false),
+                    Command::Header { .. } => (4, true),
+                    Command::Eoh => (5, false),
+                    Command::Body(_) => (6, true),
+                    _ => return Err(out_of_order()),
+                };
+                if ord > last || (repeatable && ord == last) {
+                    State::Message(ord)
+                } else {
+                    return Err(out_of_order());
+                }
+            }
+            _ => return Err(out_of_order()),
+        };
+        self.state = next;
+        let reply_due = match &self.negotiated {
+            Some(n) => n.expects_reply(cmd),
+            None => !matches!(
+                cmd,
+                Command::Macro { .. } | Command::Abort | Command::Quit | Command::QuitNc
+            ),
+        };
+        Ok(Step {
+            reply_due,
+            close: next == State::Closed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::command::ConnAddr;
+    use crate::flags::{Actions, Protocol};
+    use crate::negotiate::Needs;
+
+    fn optneg() -> Command {
+        Command::OptNeg {
+            version: 6,
+            actions: Actions::all(),
+            protocol: Protocol::all(),
+        }
+    }
+    fn message() -> Vec<Command> {
+        let e = Bytes::new;
+        vec![
+            Command::Macro {
+                stage: b'M',
+                pairs: vec![],
+            },
+            Command::Mail {
+                sender: e(),
+                args: vec![],
+            },
+            Command::Rcpt {
+                rcpt: e(),
+                args: vec![],
+            },
+            Command::Rcpt {
+                rcpt: e(),
+                args: vec![],
+            },
+            Command::Data,
+            Command::Header {
+                name: e(),
+                value: e(),
+            },
+            Command::Header {
+                name: e(),
+                value: e(),
+            },
+            Command::Eoh,
+            Command::Body(e()),
+            Command::Body(e()),
+            Command::BodyEob(e()),
+        ]
+    }
+
+    #[test]
+    fn two_messages_abort_quit_nc_and_quit() {
+        let mut s = Session::new();
+        assert!(s.handle(&optneg()).unwrap().reply_due);
+        let connect = Command::Connect {
+            hostname: Bytes::new(),
+            addr: ConnAddr::Unknown,
+        };
+        assert!(s.handle(&connect).unwrap().reply_due);
+        for c in message() {
+            s.handle(&c).unwrap();
+        }
+        assert!(!s.in_message());
+        assert!(!s.handle(&Command::Abort).unwrap().reply_due);
+        for c in message().iter().take(4) {
+            s.handle(c).unwrap();
+        }
+        assert!(s.in_message());
+        s.handle(&Command::Abort).unwrap();
+        assert!(!s.in_message());
+        s.handle(&Command::QuitNc).unwrap();
+        s.handle(&connect).unwrap();
+        assert!(s.handle(&Command::Quit).unwrap().close);
+        assert_eq!(s.handle(&Command::Abort), Err(ProtocolError::Closed));
+    }
+
+    #[test]
+    fn out_of_order_commands_are_refused() {
+        let mut s = Session::new();
+        assert!(s.handle(&Command::Data).is_err());
+        s.handle(&optneg()).unwrap();
+        assert!(s.handle(&Command::Data).is_err());
+        assert!(s.handle(&optneg()).is_err());
+        s.handle(&Command::Mail {
+            sender: Bytes::new(),
+            args: vec![],
+        })
+        .unwrap();
+        s.handle(&Command::Eoh).unwrap();
+        assert_eq!(
+            s.handle(&Command::Data),
+            Err(ProtocolError::OutOfOrder { cmd: 'T' })
+        );
+        assert!(s.handle(&Command::Eoh).is_err());
+        assert!(s.handle(&Command::Helo(Bytes::new())).is_err());
+    }
+
+    #[test]
+    fn nr_stages_expect_no_reply() {
+        let mut s = Session::new();
+        s.handle(&optneg()).unwrap();
+        let needs = Needs {
+            protocol: Protocol::NR_MAIL,
+            ..Needs::default()
+        };
+        s.set_negotiated(Negotiated::new(6, Actions::all(), Protocol::all(), &needs));
+        let step = s
+            .handle(&Command::Mail {
+                sender: Bytes::new(),
+                args: vec![],
+            })
+            .unwrap();
+        assert!(!step.reply_due);
+        assert!(s.handle(&Command::BodyEob(Bytes::new())).unwrap().reply_due);
+    }
+}
