@@ -47,6 +47,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         Command::Quit,
     ];
     let mut session = BytesMut::new();
+    Command::OptNeg {
+        version: 6,
+        actions: milter_proto::flags::Actions::all(),
+        protocol: milter_proto::flags::Protocol::empty(),
+    }
+    .encode(&mut session);
     for c in &cmds {
         c.encode(&mut session);
     }
@@ -69,6 +75,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("milter_frame", session.to_vec()),
         ("milter_command", session.to_vec()),
         ("milter_reply", replies.to_vec()),
+        ("milter_session", session.to_vec()),
     ]
 }
 
@@ -85,6 +92,7 @@ fn replay_corpus() {
         ("milter_frame", fuzzing::milter_frame as fn(&[u8])),
         ("milter_command", fuzzing::milter_command),
         ("milter_reply", fuzzing::milter_reply),
+        ("milter_session", fuzzing::milter_session),
     ] {
         for entry in std::fs::read_dir(corpus(target)).unwrap() {
             run(&std::fs::read(entry.unwrap().path()).unwrap());
@@ -92,7 +100,7 @@ fn replay_corpus() {
         }
     }
     assert!(
-        replayed >= 3,
+        replayed >= 4,
         "corpus missing: run with MILTER_REGEN_CORPUS=1"
     );
 }
