@@ -21,52 +21,54 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-/// Largest frame we accept: libmilter's default maximum data size (64 KiB) plus the command
-/// byte and some slack for a 65,535-byte body chunk. Checked before any allocation.
-pub const MAX_FRAME_LEN: u32 = 65_535 + 1024;
+/// Largest frame we accept: milter-proto's default, libmilter's 64 KiB of data plus the
+/// command byte (a 65,535-byte body chunk fits). Checked before any allocation.
+pub const MAX_FRAME_LEN: u32 = milter_proto::frame::DEFAULT_MAX_FRAME_LEN;
 
 /// The protocol version we speak (Postfix 3.x default `milter_protocol = 6`).
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = milter_proto::negotiate::VERSION;
 
 /// Largest body chunk sent by the client: libmilter's `MILTER_CHUNK_SIZE`.
 pub const MAX_BODY_CHUNK: usize = 65_535;
 
-/// `SMFIF_*` action flags.
+/// `SMFIF_*` action flags as plain masks, taken from [`milter_proto::flags::Actions`].
 pub mod action {
+    use milter_proto::flags::Actions;
     /// SMFIF_ADDHDRS: add headers.
-    pub const ADDHDRS: u32 = 0x1;
+    pub const ADDHDRS: u32 = Actions::ADDHDRS.bits();
     /// SMFIF_CHGBODY: replace the body.
-    pub const CHGBODY: u32 = 0x2;
+    pub const CHGBODY: u32 = Actions::CHGBODY.bits();
     /// SMFIF_ADDRCPT: add recipients.
-    pub const ADDRCPT: u32 = 0x4;
+    pub const ADDRCPT: u32 = Actions::ADDRCPT.bits();
     /// SMFIF_DELRCPT: delete recipients.
-    pub const DELRCPT: u32 = 0x8;
+    pub const DELRCPT: u32 = Actions::DELRCPT.bits();
     /// SMFIF_CHGHDRS: change or delete headers.
-    pub const CHGHDRS: u32 = 0x10;
+    pub const CHGHDRS: u32 = Actions::CHGHDRS.bits();
     /// SMFIF_QUARANTINE: quarantine the message.
-    pub const QUARANTINE: u32 = 0x20;
+    pub const QUARANTINE: u32 = Actions::QUARANTINE.bits();
 }
 
-/// `SMFIP_*` protocol flags.
+/// `SMFIP_*` protocol flags as plain masks, taken from [`milter_proto::flags::Protocol`].
 pub mod proto {
+    use milter_proto::flags::Protocol;
     /// SMFIP_NR_HDR: no reply to HEADER.
-    pub const NR_HDR: u32 = 0x80;
+    pub const NR_HDR: u32 = Protocol::NR_HDR.bits();
     /// SMFIP_NR_CONN: no reply to CONNECT.
-    pub const NR_CONN: u32 = 0x1000;
+    pub const NR_CONN: u32 = Protocol::NR_CONN.bits();
     /// SMFIP_NR_HELO: no reply to HELO.
-    pub const NR_HELO: u32 = 0x2000;
+    pub const NR_HELO: u32 = Protocol::NR_HELO.bits();
     /// SMFIP_NR_MAIL: no reply to MAIL.
-    pub const NR_MAIL: u32 = 0x4000;
+    pub const NR_MAIL: u32 = Protocol::NR_MAIL.bits();
     /// SMFIP_NR_RCPT: no reply to RCPT.
-    pub const NR_RCPT: u32 = 0x8000;
+    pub const NR_RCPT: u32 = Protocol::NR_RCPT.bits();
     /// SMFIP_NR_DATA: no reply to DATA.
-    pub const NR_DATA: u32 = 0x10000;
+    pub const NR_DATA: u32 = Protocol::NR_DATA.bits();
     /// SMFIP_NR_UNKN: no reply to UNKNOWN.
-    pub const NR_UNKN: u32 = 0x20000;
+    pub const NR_UNKN: u32 = Protocol::NR_UNKN.bits();
     /// SMFIP_NR_EOH: no reply to EOH.
-    pub const NR_EOH: u32 = 0x40000;
+    pub const NR_EOH: u32 = Protocol::NR_EOH.bits();
     /// SMFIP_NR_BODY: no reply to BODY chunks.
-    pub const NR_BODY: u32 = 0x80000;
+    pub const NR_BODY: u32 = Protocol::NR_BODY.bits();
     /// Every `NR_*` flag.
     pub const ALL_NR: u32 =
         NR_HDR | NR_CONN | NR_HELO | NR_MAIL | NR_RCPT | NR_DATA | NR_UNKN | NR_EOH | NR_BODY;
