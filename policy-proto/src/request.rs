@@ -1,6 +1,10 @@
 //! [`PolicyRequest`]: the attributes of one request, in order, with typed accessors.
 
+use std::net::IpAddr;
+
 use bytes::{BufMut, BytesMut};
+
+use crate::AttributeError;
 
 /// One policy request: every `name=value` attribute in the order received.
 ///
@@ -31,14 +35,36 @@ impl PolicyRequest {
     }
 
     /// Appends an attribute (builder style, for clients and tests).
-    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.push(name, value);
-        self
+    pub fn with(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, AttributeError> {
+        self.push(name, value)?;
+        Ok(self)
     }
 
-    /// Appends an attribute.
-    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.attrs.push((name.into(), value.into()));
+    /// Appends an attribute, refusing what Postfix would never send and the decoder would not
+    /// read back: an empty name, `=` in the name, LF or NUL anywhere.
+    pub fn push(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), AttributeError> {
+        let (name, value) = (name.into(), value.into());
+        if name.is_empty() || name.contains(['=', '\n', '\0']) {
+            return Err(AttributeError::BadName);
+        }
+        if value.contains(['\n', '\0']) {
+            return Err(AttributeError::BadValue);
+        }
+        self.attrs.push((name, value));
+        Ok(())
+    }
+
+    /// Appends an attribute the decoder has already checked.
+    pub(crate) fn push_decoded(&mut self, name: String, value: String) {
+        self.attrs.push((name, value));
     }
 
     /// Every attribute, in the order received (duplicates included).
@@ -46,7 +72,7 @@ impl PolicyRequest {
         &self.attrs
     }
 
-    /// The last value of `name`, if present.
+    /// The last value of `name`, if present (the raw text of any attribute).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
@@ -66,8 +92,6 @@ impl PolicyRequest {
     accessors! {
         /// `request` (2.1): always `smtpd_access_policy` from smtpd.
         request => "request";
-        /// `protocol_state` (2.1): CONNECT, EHLO, HELO, MAIL, RCPT, DATA, END-OF-MESSAGE, VRFY, ETRN.
-        protocol_state => "protocol_state";
         /// `protocol_name` (2.1): SMTP or ESMTP.
         protocol_name => "protocol_name";
         /// `helo_name` (2.1).
@@ -78,8 +102,6 @@ impl PolicyRequest {
         sender => "sender";
         /// `recipient` (2.1).
         recipient => "recipient";
-        /// `client_address` (2.1), without brackets or `IPv6:`.
-        client_address => "client_address";
         /// `client_name` (2.1), `unknown` when not verified.
         client_name => "client_name";
         /// `reverse_client_name` (2.1).
@@ -106,12 +128,8 @@ impl PolicyRequest {
         encryption_cipher => "encryption_cipher";
         /// `etrn_domain` (2.3).
         etrn_domain => "etrn_domain";
-        /// `stress` (2.5): `yes` under stress.
-        stress => "stress";
         /// `policy_context` (3.1).
         policy_context => "policy_context";
-        /// `server_address` (3.2).
-        server_address => "server_address";
         /// `compatibility_level` (3.8).
         compatibility_level => "compatibility_level";
         /// `mail_version` (3.8).
@@ -145,11 +163,36 @@ impl PolicyRequest {
         self.get("server_port")?.parse().ok()
     }
 
+    /// `protocol_state` (2.1): the SMTP stage of this request.
+    pub fn protocol_state(&self) -> Option<ProtocolState> {
+        self.get("protocol_state").map(ProtocolState::from_wire)
+    }
+
+    /// `client_address` (2.1) as an address; `None` when absent or not an IP address
+    /// (Postfix sends `unknown` for a client it could not identify).
+    pub fn client_address(&self) -> Option<IpAddr> {
+        self.get("client_address")?.parse().ok()
+    }
+
+    /// `server_address` (3.2) as an address.
+    pub fn server_address(&self) -> Option<IpAddr> {
+        self.get("server_address")?.parse().ok()
+    }
+
+    /// `stress` (2.5): true when smtpd runs in stress mode (`stress=yes`).
+    pub fn stress(&self) -> bool {
+        self.get("stress") == Some("yes")
+    }
+
+    /// `sender` (2.1) as `Some(address)`, or `None` for the null sender (`<>`, sent as an
+    /// empty value) and when absent.
+    pub fn sender_address(&self) -> Option<&str> {
+        self.sender().filter(|s| !s.is_empty())
+    }
+
     /// Appends the wire form (`name=value\n` lines, then an empty line) to `out`.
     ///
-    /// Names and values are written as given: build requests from decoded ones or from
-    /// values without `\n` or NUL (a client sending Postfix-like requests), as the decoder
-    /// would refuse the rest.
+    /// Re-encoding a decoded request gives back its bytes (for UTF-8 input).
     pub fn encode(&self, out: &mut BytesMut) {
         for (name, value) in &self.attrs {
             out.reserve(name.len() + value.len() + 2);
@@ -197,3 +240,63 @@ pub const KNOWN: &[&str] = &[
     "mail_version",
     "tls_sni",
 ];
+
+/// The SMTP stage a request is about (`protocol_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProtocolState {
+    /// `CONNECT`: `smtpd_client_restrictions`.
+    Connect,
+    /// `EHLO`.
+    Ehlo,
+    /// `HELO`.
+    Helo,
+    /// `MAIL`: MAIL FROM.
+    Mail,
+    /// `RCPT`: RCPT TO.
+    Rcpt,
+    /// `DATA` (also BDAT since 3.4).
+    Data,
+    /// `END-OF-MESSAGE`.
+    EndOfMessage,
+    /// `VRFY`.
+    Vrfy,
+    /// `ETRN`.
+    Etrn,
+    /// A value this crate does not know (the raw text is in [`PolicyRequest::get`]).
+    Other,
+}
+
+impl ProtocolState {
+    /// Reads the wire value (exact, upper case, as smtpd sends it).
+    pub fn from_wire(s: &str) -> Self {
+        match s {
+            "CONNECT" => Self::Connect,
+            "EHLO" => Self::Ehlo,
+            "HELO" => Self::Helo,
+            "MAIL" => Self::Mail,
+            "RCPT" => Self::Rcpt,
+            "DATA" => Self::Data,
+            "END-OF-MESSAGE" => Self::EndOfMessage,
+            "VRFY" => Self::Vrfy,
+            "ETRN" => Self::Etrn,
+            _ => Self::Other,
+        }
+    }
+
+    /// The wire value (`None` for [`ProtocolState::Other`]).
+    pub fn as_wire(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Connect => "CONNECT",
+            Self::Ehlo => "EHLO",
+            Self::Helo => "HELO",
+            Self::Mail => "MAIL",
+            Self::Rcpt => "RCPT",
+            Self::Data => "DATA",
+            Self::EndOfMessage => "END-OF-MESSAGE",
+            Self::Vrfy => "VRFY",
+            Self::Etrn => "ETRN",
+            Self::Other => return None,
+        })
+    }
+}

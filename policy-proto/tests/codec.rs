@@ -2,7 +2,14 @@
 //! a request needs more, arbitrary bytes never panic; plus the limits and the protocol rules.
 
 use bytes::BytesMut;
-use policy_proto::{Action, ActionError, DecodeError, PolicyRequest, RequestDecoder, decode_reply};
+use policy_proto::{
+    Action, ActionError, AttributeError, DecodeError, PolicyRequest, ProtocolState, ReplyDecoder,
+    RequestDecoder,
+};
+
+fn decode_reply(buf: &mut BytesMut) -> Result<Option<Action>, DecodeError> {
+    ReplyDecoder::new().decode(buf)
+}
 use proptest::prelude::*;
 
 fn name() -> impl Strategy<Value = String> {
@@ -17,13 +24,68 @@ fn request() -> impl Strategy<Value = PolicyRequest> {
     prop::collection::vec((name(), value()), 1..30).prop_map(|attrs| {
         let mut r = PolicyRequest::new();
         for (n, v) in attrs {
-            r.push(n, v);
+            r.push(n, v).unwrap();
         }
         r
     })
 }
 
+fn text() -> impl Strategy<Value = String> {
+    "[!-~][ -~]{0,30}"
+}
+
+fn opt_text() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(text())
+}
+
+/// Any valid action: every variant, random arguments.
+fn action() -> impl Strategy<Value = Action> {
+    let word = "[a-z0-9.]{1,10}";
+    prop_oneof![
+        Just(Action::Ok),
+        Just(Action::Dunno),
+        opt_text().prop_map(|t| Action::reject(t.as_deref()).unwrap()),
+        opt_text().prop_map(|t| Action::defer(t.as_deref()).unwrap()),
+        opt_text().prop_map(|t| Action::defer_if_reject(t.as_deref()).unwrap()),
+        opt_text().prop_map(|t| Action::defer_if_permit(t.as_deref()).unwrap()),
+        opt_text().prop_map(|t| Action::warn(t.as_deref()).unwrap()),
+        opt_text().prop_map(|t| Action::info(t.as_deref()).unwrap()),
+        opt_text().prop_map(|t| Action::hold(t.as_deref()).unwrap()),
+        opt_text().prop_map(|t| Action::discard(t.as_deref()).unwrap()),
+        (
+            4u16..6,
+            0u16..100,
+            prop::option::of((0u16..1000, 0u16..1000)),
+            "[A-Za-z][ -~]{0,30}"
+        )
+            .prop_map(|(c, n, e, t)| {
+                let code = c * 100 + n;
+                let enh = e.map(|(s, d)| format!("{c}.{s}.{d}"));
+                Action::smtp(code, enh.as_deref(), &t).unwrap()
+            }),
+        ("[A-Za-z][A-Za-z0-9-]{0,20}", "[ -~]{0,30}")
+            .prop_map(|(n, v)| Action::prepend(&format!("{n}: {v}")).unwrap()),
+        (word, word).prop_map(|(a, b)| Action::filter(&format!("{a}:{b}")).unwrap()),
+        (word, word).prop_map(|(a, b)| Action::redirect(&format!("{a}@{b}")).unwrap()),
+        (word, word).prop_map(|(a, b)| Action::bcc(&format!("{a}@{b}")).unwrap()),
+    ]
+}
+
 proptest! {
+    #[test]
+    fn every_action_round_trips_and_its_prefixes_need_more(a in action()) {
+        let mut wire = BytesMut::new();
+        a.encode(&mut wire);
+        prop_assert!(wire.ends_with(b"\n\n") && !wire[..wire.len() - 2].contains(&b'\n'));
+        for cut in 0..wire.len() {
+            let mut part = BytesMut::from(&wire[..cut]);
+            prop_assert_eq!(ReplyDecoder::new().decode(&mut part).unwrap(), None);
+            prop_assert_eq!(part.len(), cut);
+        }
+        prop_assert_eq!(decode_reply(&mut wire).unwrap(), Some(a));
+        prop_assert!(wire.is_empty());
+    }
+
     #[test]
     fn request_round_trips_and_reencodes_identically(req in request()) {
         let mut wire = BytesMut::new();
@@ -154,26 +216,55 @@ fn misreadable_replies_cannot_be_built() {
     );
     assert_eq!(
         Action::reject(Some("a\nb")),
-        Err(ActionError::LineBreak("REJECT text"))
+        Err(ActionError::ControlChar("REJECT text"))
     );
     assert_eq!(
         Action::prepend("X-A: b\n\tc"),
-        Err(ActionError::LineBreak("PREPEND header"))
+        Err(ActionError::ControlChar("PREPEND header"))
     );
     assert_eq!(Action::prepend("no header"), Err(ActionError::BadHeader));
     assert_eq!(
         Action::redirect("a b@c"),
-        Err(ActionError::BadArgument("REDIRECT address"))
+        Err(ActionError::BadArgument("REDIRECT/BCC address"))
     );
     assert_eq!(Action::parse("550"), Err(ActionError::BadCode));
+    assert_eq!(Action::parse("1234"), Err(ActionError::BadCode));
+    assert_eq!(Action::parse("550 5.7.1"), Err(ActionError::BadCode));
     assert_eq!(
         Action::parse("PERMIT_MYNETWORKS"),
         Err(ActionError::UnknownAction)
     );
+    assert_eq!(Action::parse("RELAY"), Err(ActionError::UnknownAction));
+    assert_eq!(Action::parse(" OK"), Err(ActionError::UnknownAction));
+    assert_eq!(
+        Action::redirect("nobody"),
+        Err(ActionError::BadArgument("REDIRECT/BCC address"))
+    );
+    assert_eq!(
+        Action::filter("smtp"),
+        Err(ActionError::BadArgument("FILTER transport:destination"))
+    );
+    assert_eq!(
+        Action::reject(Some(" leading")),
+        Err(ActionError::LeadingSpace("REJECT text"))
+    );
+    assert_eq!(
+        Action::reject(Some("tab\there")),
+        Err(ActionError::ControlChar("REJECT text"))
+    );
     let mut wire = BytesMut::from(&b"foo=bar\naction=DUNNO\n\n"[..]);
     assert_eq!(decode_reply(&mut wire), Ok(Some(Action::Dunno)));
     let mut wire = BytesMut::from(&b"\n"[..]);
-    assert_eq!(decode_reply(&mut wire), Err(ActionError::MissingAction));
+    assert_eq!(decode_reply(&mut wire), Err(DecodeError::MissingAction));
+    let mut wire = BytesMut::from(&b"action=550\n\n"[..]);
+    assert_eq!(
+        decode_reply(&mut wire),
+        Err(DecodeError::BadAction(ActionError::BadCode))
+    );
+    let mut wire = BytesMut::from(&b"action=REJECT \xff\n\n"[..]);
+    assert_eq!(decode_reply(&mut wire), Err(DecodeError::NotUtf8));
+    let mut wire = BytesMut::from(&b"garbage\n\n"[..]);
+    assert_eq!(decode_reply(&mut wire), Err(DecodeError::MissingEquals));
 }
 
 #[test]
@@ -189,6 +280,11 @@ fn typed_accessors_cover_postfix_3_12_attributes() {
     let mut buf = BytesMut::from(wire.as_bytes());
     let r = RequestDecoder::new().decode(&mut buf).unwrap().unwrap();
     assert_eq!(r.unknown().count(), 0);
+    assert_eq!(r.protocol_state(), Some(ProtocolState::Rcpt));
+    assert_eq!(r.client_address(), Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(r.server_address(), Some("192.0.2.25".parse().unwrap()));
+    assert!(!r.stress());
+    assert_eq!(r.sender_address(), Some("a@example.com"));
     assert_eq!(r.client_port(), Some(41234));
     assert_eq!(r.server_port(), Some(25));
     assert_eq!(r.size(), Some(1234));
@@ -198,4 +294,96 @@ fn typed_accessors_cover_postfix_3_12_attributes() {
     assert_eq!(r.mail_version(), Some("3.12.0"));
     assert_eq!(r.queue_id(), Some(""));
     assert_eq!(r.attributes().len(), 32);
+}
+
+#[test]
+fn actions_read_as_postfix_reads_them() {
+    let cases: &[(&str, Action)] = &[
+        ("ok", Action::Ok),
+        ("OK whatever follows", Action::Ok),
+        ("dunno", Action::Dunno),
+        ("reject", Action::Reject(None)),
+        (
+            "REJECT\t  5.7.1 go away",
+            Action::reject(Some("5.7.1 go away")).unwrap(),
+        ),
+        ("DEFER", Action::Defer(None)),
+        ("defer_if_reject", Action::DeferIfReject(None)),
+        (
+            "550 5.7.23 SPF fail",
+            Action::smtp(550, Some("5.7.23"), "SPF fail").unwrap(),
+        ),
+        ("421 bye", Action::smtp(421, None, "bye").unwrap()),
+        ("PREPEND X-A: b", Action::prepend("X-A: b").unwrap()),
+        ("WARN", Action::Warn(None)),
+        ("INFO note", Action::info(Some("note")).unwrap()),
+        ("HOLD", Action::Hold(None)),
+        ("DISCARD spam", Action::discard(Some("spam")).unwrap()),
+        (
+            "FILTER smtp:[127.0.0.1]:10025",
+            Action::filter("smtp:[127.0.0.1]:10025").unwrap(),
+        ),
+        (
+            "REDIRECT a@b.example",
+            Action::redirect("a@b.example").unwrap(),
+        ),
+        ("BCC a@b.example", Action::bcc("a@b.example").unwrap()),
+    ];
+    for (wire, want) in cases {
+        assert_eq!(&Action::parse(wire).unwrap(), want, "{wire}");
+        let again: Action = want.to_string().parse().unwrap();
+        assert_eq!(&again, want);
+    }
+    // Postfix reads a leading DSN in 4NN/5NN text as the enhanced code: so do we.
+    let a = Action::smtp(550, None, "5.7.1 no").unwrap();
+    assert_eq!(a.to_string(), "550 5.7.1 no");
+    match a {
+        Action::Smtp(r) => assert_eq!(
+            (r.code(), r.enhanced(), r.text()),
+            (550, Some("5.7.1"), "no")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(Action::smtp(450, None, "4.7.1"), Err(ActionError::BadCode));
+    assert_eq!(
+        Action::smtp(550, Some("5.7"), "x"),
+        Err(ActionError::BadEnhancedCode)
+    );
+    assert_eq!(
+        Action::smtp(550, Some("5.1234.1"), "x"),
+        Err(ActionError::BadEnhancedCode)
+    );
+}
+
+#[test]
+fn requests_refuse_what_postfix_never_sends() {
+    let mut r = PolicyRequest::new();
+    assert_eq!(r.push("", "v"), Err(AttributeError::BadName));
+    assert_eq!(r.push("a=b", "v"), Err(AttributeError::BadName));
+    assert_eq!(r.push("a", "v\nsender=x"), Err(AttributeError::BadValue));
+    assert_eq!(r.push("a", "v\0"), Err(AttributeError::BadValue));
+    assert!(r.attributes().is_empty());
+    let r = PolicyRequest::new()
+        .with("sender", "")
+        .and_then(|r| r.with("stress", "yes"))
+        .unwrap();
+    assert_eq!(r.sender(), Some(""));
+    assert_eq!(r.sender_address(), None, "empty sender is the null sender");
+    assert!(r.stress());
+}
+
+#[test]
+fn replies_split_across_reads_and_pipelined() {
+    let wire = b"x=1\naction=REJECT no\nextra=2\n\naction=DUNNO\n\n";
+    let mut dec = ReplyDecoder::new();
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    for b in wire {
+        buf.extend_from_slice(&[*b]);
+        while let Some(a) = dec.decode(&mut buf).unwrap() {
+            got.push(a);
+        }
+    }
+    assert_eq!(got, [Action::reject(Some("no")).unwrap(), Action::Dunno]);
+    assert!(!dec.in_reply());
 }

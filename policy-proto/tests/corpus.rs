@@ -2,7 +2,7 @@
 //! checks the seeds still mean what they were written for.
 
 use bytes::BytesMut;
-use policy_proto::{Action, RequestDecoder, decode_reply};
+use policy_proto::{Action, ReplyDecoder, RequestDecoder};
 
 #[test]
 fn policy_request_corpus_replays() {
@@ -20,7 +20,7 @@ fn policy_request_corpus_replays() {
     assert_eq!(r.queue_id(), Some("8045F2AB23"));
     let mut buf = BytesMut::from(&std::fs::read(dir.join("reply_prepend")).unwrap()[..]);
     assert_eq!(
-        decode_reply(&mut buf).unwrap(),
+        ReplyDecoder::new().decode(&mut buf).unwrap(),
         Some(Action::prepend("X-Test: yes").unwrap())
     );
 }
