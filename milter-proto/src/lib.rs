@@ -74,16 +74,38 @@
     )
 )]
 
+#[cfg(feature = "tokio")]
+pub mod client;
 pub mod command;
 pub mod flags;
 pub mod frame;
 #[doc(hidden)]
 #[allow(clippy::panic)]
 pub mod fuzzing;
+pub mod macros;
 pub mod negotiate;
 pub mod reply;
+#[cfg(feature = "tokio")]
+pub mod server;
 pub mod session;
+pub mod socket;
 mod wire;
+
+/// A mistake by the code using this crate (not by the peer), e.g. queueing a modification
+/// that was not negotiated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiMisuse {
+    /// The modification needs an action (`SMFIF_*`) that negotiation did not agree.
+    #[error("milter action {0:?} was not negotiated")]
+    NotNegotiated(flags::Actions),
+    /// Modifications can only be made at end of message.
+    #[error("milter modifications are only possible at end of message")]
+    NotAtEndOfMessage,
+    /// A string field contains NUL, which ends fields on the wire.
+    #[error("milter string field contains NUL")]
+    ContainsNul,
+}
 
 /// Why bytes from the peer could not be decoded. Once returned, the stream is out of sync:
 /// answer with the configured default (tempfail) if possible, and close the connection.

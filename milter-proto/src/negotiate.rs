@@ -25,6 +25,37 @@ pub struct Needs {
     /// Macro lists per stage (0 connect .. 6 eoh), space-separated names; sent only when the
     /// MTA offers `SETSYMLIST`.
     pub macros: Vec<(u32, Bytes)>,
+    /// Actions the filter cannot work without: [`Negotiated::negotiate`] refuses an MTA that
+    /// does not offer them (the others in `actions` are dropped silently when not offered).
+    pub required_actions: Actions,
+    /// Protocol options the filter cannot work without (e.g. `HDR_LEADSPC` for a verifier that
+    /// needs exact header bytes).
+    pub required_protocol: Protocol,
+}
+
+/// Why negotiation failed: the MTA does not offer something the filter requires. The server
+/// closes the connection (the MTA then applies its default action, `milter_default_action`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NegotiateError {
+    /// Required actions (`SMFIF_*`) missing from the offer or from the agreed version.
+    #[error("MTA (protocol version {version}) does not offer required milter actions {missing:?}")]
+    MissingActions {
+        /// Agreed version.
+        version: u32,
+        /// The required actions not agreed.
+        missing: Actions,
+    },
+    /// Required protocol options (`SMFIP_*`) missing from the offer or the agreed version.
+    #[error(
+        "MTA (protocol version {version}) does not offer required milter protocol options {missing:?}"
+    )]
+    MissingProtocol {
+        /// Agreed version.
+        version: u32,
+        /// The required options not agreed.
+        missing: Protocol,
+    },
 }
 
 /// The result of negotiation: what both sides will do on this connection.
@@ -62,6 +93,32 @@ impl Negotiated {
             protocol,
             macros,
         }
+    }
+
+    /// Like [`Negotiated::new`], but refuse when a required action or protocol option of
+    /// `needs` is not agreed (not offered, or unknown to the MTA's version).
+    pub fn negotiate(
+        mta_version: u32,
+        offered: Actions,
+        offered_proto: Protocol,
+        needs: &Needs,
+    ) -> Result<Self, NegotiateError> {
+        let n = Self::new(mta_version, offered, offered_proto, needs);
+        let missing = needs.required_actions - n.actions;
+        if !missing.is_empty() {
+            return Err(NegotiateError::MissingActions {
+                version: n.version,
+                missing,
+            });
+        }
+        let missing = needs.required_protocol - n.protocol;
+        if !missing.is_empty() {
+            return Err(NegotiateError::MissingProtocol {
+                version: n.version,
+                missing,
+            });
+        }
+        Ok(n)
     }
 
     /// The OPTNEG answer to send.
@@ -134,6 +191,7 @@ mod tests {
             actions: Actions::ADDHDRS | Actions::CHGFROM | Actions::SETSYMLIST,
             protocol: Protocol::NOCONNECT | Protocol::NR_HDR | Protocol::HDR_LEADSPC,
             macros: vec![(5, Bytes::from_static(b"i {auth_type}"))],
+            ..Needs::default()
         }
     }
 
@@ -172,6 +230,30 @@ mod tests {
             name: Bytes::new(),
             value: Bytes::new()
         }));
+    }
+
+    #[test]
+    fn required_but_not_offered_is_refused() {
+        let strict = Needs {
+            required_actions: Actions::CHGFROM,
+            ..needs()
+        };
+        assert_eq!(
+            Negotiated::negotiate(2, Actions::all(), Protocol::all(), &strict),
+            Err(NegotiateError::MissingActions {
+                version: 2,
+                missing: Actions::CHGFROM
+            })
+        );
+        let strict = Needs {
+            required_protocol: Protocol::HDR_LEADSPC,
+            ..needs()
+        };
+        assert!(matches!(
+            Negotiated::negotiate(6, Actions::all(), Protocol::NOCONNECT, &strict),
+            Err(NegotiateError::MissingProtocol { .. })
+        ));
+        assert!(Negotiated::negotiate(6, Actions::all(), Protocol::all(), &strict).is_ok());
     }
 
     #[test]

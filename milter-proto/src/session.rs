@@ -15,8 +15,13 @@
 //! CONNECT and HELO only outside a message; OPTNEG only first. Anything else is
 //! [`ProtocolError::OutOfOrder`]: answer with the configured default (tempfail) and close.
 //! MACRO, ABORT and UNKNOWN are accepted anywhere after OPTNEG.
+//!
+//! Macros are kept per stage in [`Session::macros`] (see [`crate::macros`] for their lifetime):
+//! a message's macros stay readable while its end of message is answered and are dropped at the
+//! next command.
 
 use crate::command::Command;
+use crate::macros::Macros;
 use crate::negotiate::Negotiated;
 
 /// Why a command was refused by the state machine.
@@ -57,6 +62,9 @@ enum State {
 pub struct Session {
     state: State,
     negotiated: Option<Negotiated>,
+    macros: Macros,
+    /// The last command ended a message: drop its macros at the next command.
+    message_done: bool,
 }
 
 impl Default for Session {
@@ -71,6 +79,8 @@ impl Session {
         Self {
             state: State::AwaitOptNeg,
             negotiated: None,
+            macros: Macros::default(),
+            message_done: false,
         }
     }
 
@@ -80,9 +90,32 @@ impl Session {
         self.negotiated = Some(n);
     }
 
+    /// The negotiation result, once [`Session::set_negotiated`] was called.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// The macros received so far (see the module doc for when they are cleared).
+    pub fn macros(&self) -> &Macros {
+        &self.macros
+    }
+
     /// Whether a message transaction is open.
     pub fn in_message(&self) -> bool {
         matches!(self.state, State::Message(_))
+    }
+
+    fn keep_macros(&mut self, cmd: &Command) {
+        if std::mem::take(&mut self.message_done) {
+            self.macros.clear_message();
+        }
+        match cmd {
+            Command::Macro { stage, pairs } => self.macros.set(*stage, pairs.clone()),
+            Command::Abort => self.macros.clear_message(),
+            Command::QuitNc => self.macros.clear(),
+            Command::BodyEob(_) => self.message_done = true,
+            _ => {}
+        }
     }
 
     /// Advance on `cmd`.
@@ -119,6 +152,7 @@ impl Session {
             _ => return Err(out_of_order()),
         };
         self.state = next;
+        self.keep_macros(cmd);
         let reply_due = match &self.negotiated {
             Some(n) => n.expects_reply(cmd),
             None => !matches!(

@@ -1,0 +1,702 @@
+//! A milter server on tokio (feature `tokio`): accept loop, one task per MTA connection, a
+//! [`Handler`] with one async method per stage.
+//!
+//! ```no_run
+//! use milter_proto::server::{Context, Decision, Handler, ServerConfig, serve};
+//! use milter_proto::socket::{Listener, UnixSocketOptions};
+//! use milter_proto::flags::Actions;
+//! use milter_proto::negotiate::Needs;
+//!
+//! /// Adds `X-Stamp: yes` to every message.
+//! struct Stamp;
+//!
+//! #[async_trait::async_trait]
+//! impl Handler for Stamp {
+//!     fn needs(&self) -> Needs {
+//!         Needs { actions: Actions::ADDHDRS, ..Needs::default() }
+//!     }
+//!     async fn eom(&mut self, ctx: &mut Context) -> Decision {
+//!         match ctx.add_header("X-Stamp", "yes") {
+//!             Ok(()) => Decision::Continue,
+//!             Err(_) => Decision::Tempfail,
+//!         }
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let spec = "inet:127.0.0.1:8891".parse().expect("valid spec");
+//! let listener = Listener::bind(&spec, &UnixSocketOptions::default()).await?;
+//! serve(listener, || Stamp, ServerConfig::default(), std::future::pending()).await
+//! # }
+//! ```
+//!
+//! How a connection runs: read a command (the length is checked before anything is
+//! reserved), feed it to [`Session::handle`], call the handler's method for that stage, then
+//! write what is due (nothing for a stage negotiated `NR_*`; at end of message every queued
+//! modification and the final reply) in **one** write. A malformed packet, an out-of-order
+//! command, a refused negotiation or a timeout ends the connection after
+//! [`ServerConfig::error_reply`] (tempfail) is sent.
+//!
+//! Logging (crate `tracing`): `debug` for routine per-connection events and peers that hang
+//! up; `warn` for peer errors (malformed packets, out-of-order commands, timeouts) naming the
+//! error; `error` only for our own failures (a handler that panicked, accept failing).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::command::{Command, ConnAddr};
+use crate::flags::{Actions, Protocol};
+use crate::frame::DEFAULT_MAX_FRAME_LEN;
+use crate::macros::Macros;
+use crate::negotiate::{Needs, NegotiateError, Negotiated};
+use crate::reply::{MAX_REPLBODY_CHUNK, Reply};
+use crate::session::{ProtocolError, Session};
+use crate::socket::Listener;
+use crate::{ApiMisuse, DecodeError};
+
+/// Longest wait for the next command between commands: libmilter's default `timeout`
+/// (7210 s, longer than Postfix's 300 s `milter_content_timeout` plus its SMTP timeouts).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(7210);
+/// Longest wait for the rest of a command once its first byte arrived, and for one write:
+/// Postfix's `milter_command_timeout` (30 s).
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; further MTA connections wait in the listen queue. Postfix opens
+/// one milter connection per SMTP connection, so this bounds concurrent SMTP sessions filtered.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Server limits and defaults; [`ServerConfig::default`] gives the documented constants.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// See [`DEFAULT_IO_TIMEOUT`].
+    pub io_timeout: Duration,
+    /// See [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Sent before closing on a peer error or timeout (default [`Reply::Tempfail`], what
+    /// Postfix's `milter_default_action = tempfail` would do anyway).
+    pub error_reply: Reply,
+    /// While [`Handler::eom`] runs, send PROGRESS this often (resets the MTA's timeout).
+    /// `None` (default): only when the handler calls [`Context::progress`].
+    pub progress_interval: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            error_reply: Reply::Tempfail,
+            progress_interval: None,
+        }
+    }
+}
+
+/// A handler's answer to one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// `SMFIR_CONTINUE`: go on.
+    Continue,
+    /// `SMFIR_ACCEPT`: accept; no more events for this message (at CONNECT/HELO: for the
+    /// connection).
+    Accept,
+    /// `SMFIR_REJECT`: reject (at RCPT: this recipient).
+    Reject,
+    /// `SMFIR_TEMPFAIL`: temporary failure.
+    Tempfail,
+    /// `SMFIR_DISCARD`: accept and silently drop the message.
+    Discard,
+    /// `SMFIR_REPLYCODE`: an explicit SMTP reply such as `550 5.7.1 Spam`.
+    ReplyCode(Bytes),
+    /// `SMFIR_SKIP`: no more body chunks (only from [`Handler::body`] and only if the MTA
+    /// offered `SMFIP_SKIP`; otherwise sent as CONTINUE).
+    Skip,
+    /// `SMFIR_SHUTDOWN`: 421, close the SMTP session.
+    Shutdown,
+    /// `SMFIR_CONN_FAIL`: connection failure.
+    ConnFail,
+}
+
+impl Decision {
+    /// The reply for this decision; SKIP is only valid for body chunks, where the caller
+    /// handles it, so here it becomes CONTINUE.
+    fn into_reply(self) -> Reply {
+        match self {
+            Self::Continue => Reply::Continue,
+            Self::Accept => Reply::Accept,
+            Self::Reject => Reply::Reject,
+            Self::Tempfail => Reply::Tempfail,
+            Self::Discard => Reply::Discard,
+            Self::ReplyCode(t) => Reply::ReplyCode(t),
+            Self::Skip => Reply::Continue,
+            Self::Shutdown => Reply::Shutdown,
+            Self::ConnFail => Reply::ConnFail,
+        }
+    }
+}
+
+/// What a filter does at each stage. One value per MTA connection (see [`serve`]'s factory),
+/// so `&mut self` can hold per-connection and per-message state. Every method has a default
+/// that continues; a stage negotiated away (`NO*`) is never called, and the decision of a
+/// stage negotiated `NR_*` is not sent.
+#[async_trait::async_trait]
+pub trait Handler: Send + 'static {
+    /// What to ask for in negotiation (actions, `NO*`/`NR_*` options, macro lists, required
+    /// features). Default: nothing, every event with a reply.
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
+    /// `SMFIC_CONNECT`: client host name and address.
+    async fn connect(
+        &mut self,
+        _ctx: &mut Context,
+        _hostname: &[u8],
+        _addr: &ConnAddr,
+    ) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_HELO`: the HELO/EHLO argument.
+    async fn helo(&mut self, _ctx: &mut Context, _helo: &[u8]) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_MAIL`: sender (usually `<addr>`) and ESMTP arguments. Starts a message.
+    async fn mail(&mut self, _ctx: &mut Context, _sender: &[u8], _args: &[Bytes]) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_RCPT`: one recipient and its ESMTP arguments.
+    async fn rcpt(&mut self, _ctx: &mut Context, _rcpt: &[u8], _args: &[Bytes]) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_DATA`.
+    async fn data(&mut self, _ctx: &mut Context) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_HEADER`: one header (folds joined with `\n`).
+    async fn header(&mut self, _ctx: &mut Context, _name: &[u8], _value: &[u8]) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_EOH`: end of headers.
+    async fn eoh(&mut self, _ctx: &mut Context) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_BODY`: one body chunk (CRLF line ends, at most the negotiated frame size).
+    async fn body(&mut self, _ctx: &mut Context, _chunk: &Bytes) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_BODYEOB`: end of message. Queue modifications with [`Context`]'s methods
+    /// ([`Context::add_header`], ...); they are sent before the returned decision, all in one
+    /// write. For a long run call [`Context::progress`] (or clone [`Context::progress_handle`]
+    /// into a task) to keep the MTA waiting.
+    async fn eom(&mut self, _ctx: &mut Context) -> Decision {
+        Decision::Continue
+    }
+
+    /// `SMFIC_ABORT`: the current message (if any) is over; the connection goes on.
+    async fn abort(&mut self, _ctx: &mut Context) {}
+
+    /// The MTA connection ends (QUIT, QUIT_NC, the peer hung up, or an error). After QUIT_NC a
+    /// new SMTP connection (CONNECT...) follows on the same handler.
+    async fn close(&mut self, _ctx: &mut Context) {}
+
+    /// `SMFIC_UNKNOWN`: an SMTP command the MTA did not recognise.
+    async fn unknown(&mut self, _ctx: &mut Context, _command: &[u8]) -> Decision {
+        Decision::Continue
+    }
+}
+
+/// Asks the connection to send one PROGRESS now; `Clone + Send`, so a task spawned during
+/// [`Handler::eom`] can keep the MTA waiting. Ignored outside end of message.
+#[derive(Debug, Clone)]
+pub struct ProgressHandle(Arc<Notify>);
+
+impl ProgressHandle {
+    /// Request one PROGRESS (several requests before it is sent count as one).
+    pub fn progress(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Per-connection state a handler sees: negotiated options, macros, the modification queue.
+#[derive(Debug)]
+pub struct Context {
+    session: Session,
+    negotiated: Negotiated,
+    mods: Vec<Reply>,
+    in_eom: bool,
+    progress: ProgressHandle,
+}
+
+impl Context {
+    fn new() -> Self {
+        Self {
+            session: Session::new(),
+            negotiated: Negotiated::new(2, Actions::empty(), Protocol::empty(), &Needs::default()),
+            mods: Vec::new(),
+            in_eom: false,
+            progress: ProgressHandle(Arc::new(Notify::new())),
+        }
+    }
+
+    /// What was agreed in OPTNEG (every handler method runs after it).
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// The value of macro `name` (`i` or `{i}`), latest stage first.
+    pub fn macro_value(&self, name: &str) -> Option<&Bytes> {
+        self.session.macros().get(name)
+    }
+
+    /// All macros received and still valid (see [`crate::macros`]).
+    pub fn macros(&self) -> &Macros {
+        self.session.macros()
+    }
+
+    /// Send one PROGRESS as soon as possible (during [`Handler::eom`] only).
+    pub fn progress(&self) {
+        self.progress.progress();
+    }
+
+    /// A handle to request PROGRESS from another task.
+    pub fn progress_handle(&self) -> ProgressHandle {
+        self.progress.clone()
+    }
+
+    fn queue(&mut self, needs: Actions, reply: Reply) -> Result<(), ApiMisuse> {
+        if !self.in_eom {
+            return Err(ApiMisuse::NotAtEndOfMessage);
+        }
+        if !self.negotiated.actions.contains(needs) {
+            return Err(ApiMisuse::NotNegotiated(needs));
+        }
+        self.mods.push(reply);
+        Ok(())
+    }
+
+    /// `SMFIR_ADDHEADER` (needs `ADDHDRS`): append a header. Fold lines with `\n\t`, not
+    /// `\r\n`.
+    pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), ApiMisuse> {
+        let (name, value) = (text(name)?, text(value)?);
+        self.queue(Actions::ADDHDRS, Reply::AddHeader { name, value })
+    }
+
+    /// `SMFIR_INSHEADER` (needs `ADDHDRS`): insert at `index` (0 = top).
+    pub fn insert_header(&mut self, index: u32, name: &str, value: &str) -> Result<(), ApiMisuse> {
+        let (name, value) = (text(name)?, text(value)?);
+        let r = Reply::InsHeader { index, name, value };
+        self.queue(Actions::ADDHDRS, r)
+    }
+
+    /// `SMFIR_CHGHEADER` (needs `CHGHDRS`): set the `index`-th (1-based) header `name`.
+    pub fn change_header(&mut self, name: &str, index: u32, value: &str) -> Result<(), ApiMisuse> {
+        let (name, value) = (text(name)?, text(value)?);
+        let r = Reply::ChgHeader { index, name, value };
+        self.queue(Actions::CHGHDRS, r)
+    }
+
+    /// `SMFIR_CHGHEADER` with an empty value (needs `CHGHDRS`): delete the `index`-th
+    /// (1-based) header `name`.
+    pub fn delete_header(&mut self, name: &str, index: u32) -> Result<(), ApiMisuse> {
+        self.change_header(name, index, "")
+    }
+
+    /// `SMFIR_ADDRCPT` (needs `ADDRCPT`).
+    pub fn add_rcpt(&mut self, rcpt: &str) -> Result<(), ApiMisuse> {
+        let r = Reply::AddRcpt(text(rcpt)?);
+        self.queue(Actions::ADDRCPT, r)
+    }
+
+    /// `SMFIR_ADDRCPT_PAR` (needs `ADDRCPT_PAR`): add a recipient with ESMTP arguments.
+    pub fn add_rcpt_with_args(&mut self, rcpt: &str, args: &str) -> Result<(), ApiMisuse> {
+        let r = Reply::AddRcptPar {
+            rcpt: text(rcpt)?,
+            args: Some(text(args)?),
+        };
+        self.queue(Actions::ADDRCPT_PAR, r)
+    }
+
+    /// `SMFIR_DELRCPT` (needs `DELRCPT`): the recipient as the MTA sent it.
+    pub fn delete_rcpt(&mut self, rcpt: &str) -> Result<(), ApiMisuse> {
+        let r = Reply::DelRcpt(text(rcpt)?);
+        self.queue(Actions::DELRCPT, r)
+    }
+
+    /// `SMFIR_CHGFROM` (needs `CHGFROM`): new envelope sender and optional ESMTP arguments.
+    pub fn change_from(&mut self, from: &str, args: Option<&str>) -> Result<(), ApiMisuse> {
+        let r = Reply::ChgFrom {
+            from: text(from)?,
+            args: args.map(text).transpose()?,
+        };
+        self.queue(Actions::CHGFROM, r)
+    }
+
+    /// `SMFIR_REPLBODY` (needs `CHGBODY`): append `body` to the replacement body; sent in
+    /// chunks of at most [`MAX_REPLBODY_CHUNK`] bytes. CRLF line ends.
+    pub fn replace_body(&mut self, body: Bytes) -> Result<(), ApiMisuse> {
+        let mut rest = body;
+        while !rest.is_empty() {
+            let chunk = rest.split_to(rest.len().min(MAX_REPLBODY_CHUNK));
+            self.queue(Actions::CHGBODY, Reply::ReplBody(chunk))?;
+        }
+        Ok(())
+    }
+
+    /// `SMFIR_QUARANTINE` (needs `QUARANTINE`): Postfix puts the message on hold.
+    pub fn quarantine(&mut self, reason: &str) -> Result<(), ApiMisuse> {
+        let r = Reply::Quarantine(text(reason)?);
+        self.queue(Actions::QUARANTINE, r)
+    }
+}
+
+/// A string field: must not contain NUL (it ends fields on the wire).
+fn text(s: &str) -> Result<Bytes, ApiMisuse> {
+    if s.as_bytes().contains(&0) {
+        return Err(ApiMisuse::ContainsNul);
+    }
+    Ok(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+/// Why a connection ended abnormally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// Reading or writing the socket failed.
+    #[error("milter connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The MTA sent bytes that do not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The MTA sent a command out of order.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The MTA does not offer what the handler requires.
+    #[error(transparent)]
+    Negotiate(#[from] NegotiateError),
+    /// No command within [`ServerConfig::idle_timeout`].
+    #[error("milter connection idle for longer than {0:?}")]
+    IdleTimeout(Duration),
+    /// A command was not completed, or a write not accepted, within
+    /// [`ServerConfig::io_timeout`].
+    #[error("milter connection stalled for longer than {0:?}")]
+    IoTimeout(Duration),
+    /// The peer closed in the middle of a packet.
+    #[error("MTA closed the milter connection in the middle of a packet")]
+    Truncated,
+}
+
+/// Serve `listener` until `shutdown` completes, with one handler from `make_handler` per MTA
+/// connection. On shutdown: stop accepting, let connections finish the message in flight
+/// (idle ones close at once), wait for them, return. `Err` only if accepting fails fatally.
+pub async fn serve<H, F, S>(
+    listener: Listener,
+    make_handler: F,
+    config: ServerConfig,
+    shutdown: S,
+) -> std::io::Result<()>
+where
+    H: Handler,
+    F: Fn() -> H,
+    S: Future<Output = ()>,
+{
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let config = Arc::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            s = listener.accept() => s,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("milter accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = make_handler();
+        let (config, stop) = (config.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = run(stream, handler, &config, stop).await {
+                tracing::warn!("milter connection ended: {e}");
+            }
+        });
+        while let Some(done) = tasks.try_join_next() {
+            log_join(done);
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        log_join(done);
+    }
+    Ok(())
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!("milter connection task failed: {e}");
+    }
+}
+
+/// Serve one MTA connection (already accepted) with `handler` until QUIT, the peer closes, or
+/// an error. For custom accept loops and tests; [`serve`] uses the same code.
+pub async fn serve_connection<S, H>(
+    stream: S,
+    handler: H,
+    config: &ServerConfig,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    let (_keep, stop) = watch::channel(false);
+    run(stream, handler, config, stop).await
+}
+
+struct Conn<'a, S, H> {
+    stream: S,
+    handler: H,
+    config: &'a ServerConfig,
+    ctx: Context,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_len: u32,
+    stop: watch::Receiver<bool>,
+}
+
+async fn run<S, H>(
+    stream: S,
+    handler: H,
+    config: &ServerConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    let mut conn = Conn {
+        stream,
+        handler,
+        config,
+        ctx: Context::new(),
+        rbuf: BytesMut::with_capacity(8 * 1024),
+        wbuf: BytesMut::new(),
+        max_len: DEFAULT_MAX_FRAME_LEN,
+        stop,
+    };
+    let result = conn.run().await;
+    if let Err(e) = &result {
+        // A negotiation refusal is answered by closing: the MTA awaits an OPTNEG, not a verdict.
+        let reply_possible = !matches!(
+            e,
+            ConnectionError::Io(_) | ConnectionError::Truncated | ConnectionError::Negotiate(_)
+        );
+        if reply_possible {
+            conn.wbuf.clear();
+            conn.config.error_reply.encode(&mut conn.wbuf);
+            let _ = conn.flush().await;
+        }
+    }
+    conn.handler.close(&mut conn.ctx).await;
+    let _ = conn.stream.shutdown().await;
+    result
+}
+
+impl<S, H> Conn<'_, S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    async fn run(&mut self) -> Result<(), ConnectionError> {
+        loop {
+            let Some(cmd) = self.read_command().await? else {
+                return Ok(());
+            };
+            let step = self.ctx.session.handle(&cmd)?;
+            let decision = self.dispatch(cmd).await?;
+            if step.reply_due
+                && let Some(d) = decision
+            {
+                d.encode(&mut self.wbuf);
+            }
+            self.flush().await?;
+            if step.close {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Read one command; `None` at a clean end (peer closed between packets, or shutdown
+    /// while no message is open).
+    async fn read_command(&mut self) -> Result<Option<Command>, ConnectionError> {
+        loop {
+            if let Some(cmd) = Command::decode(&mut self.rbuf, self.max_len)? {
+                return Ok(Some(cmd));
+            }
+            let idle = self.rbuf.is_empty();
+            let wait = if idle {
+                self.config.idle_timeout
+            } else {
+                self.config.io_timeout
+            };
+            let may_stop = idle && !self.ctx.session.in_message();
+            let read = tokio::select! {
+                r = tokio::time::timeout(wait, self.stream.read_buf(&mut self.rbuf)) => r,
+                () = stopped(&mut self.stop), if may_stop => return Ok(None),
+            };
+            match read {
+                Err(_) if idle => return Err(ConnectionError::IdleTimeout(wait)),
+                Err(_) => return Err(ConnectionError::IoTimeout(wait)),
+                Ok(Ok(0)) if idle => return Ok(None),
+                Ok(Ok(0)) => return Err(ConnectionError::Truncated),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Write everything due in one write.
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        flush_to(&mut self.stream, &mut self.wbuf, self.config.io_timeout).await
+    }
+
+    /// Run the handler for `cmd`; returns the reply to send if one is due.
+    async fn dispatch(&mut self, cmd: Command) -> Result<Option<Reply>, ConnectionError> {
+        let (h, ctx) = (&mut self.handler, &mut self.ctx);
+        let decision = match cmd {
+            Command::OptNeg {
+                version,
+                actions,
+                protocol,
+            } => {
+                let n = Negotiated::negotiate(version, actions, protocol, &h.needs())?;
+                self.max_len = n.max_frame_len();
+                let reply = n.reply();
+                ctx.session.set_negotiated(n.clone());
+                ctx.negotiated = n;
+                return Ok(Some(reply));
+            }
+            Command::Macro { .. } | Command::Quit => return Ok(None),
+            Command::Connect { hostname, addr } => h.connect(ctx, &hostname, &addr).await,
+            Command::Helo(helo) => h.helo(ctx, &helo).await,
+            Command::Mail { sender, args } => h.mail(ctx, &sender, &args).await,
+            Command::Rcpt { rcpt, args } => h.rcpt(ctx, &rcpt, &args).await,
+            Command::Data => h.data(ctx).await,
+            Command::Header { name, value } => h.header(ctx, &name, &value).await,
+            Command::Eoh => h.eoh(ctx).await,
+            Command::Body(chunk) => {
+                let d = h.body(ctx, &chunk).await;
+                if d == Decision::Skip && ctx.negotiated.protocol.contains(Protocol::SKIP) {
+                    return Ok(Some(Reply::Skip));
+                }
+                d
+            }
+            Command::BodyEob(tail) => return self.end_of_message(tail).await.map(Some),
+            Command::Abort => {
+                h.abort(ctx).await;
+                return Ok(None);
+            }
+            Command::QuitNc => {
+                h.close(ctx).await;
+                return Ok(None);
+            }
+            Command::Unknown(c) => h.unknown(ctx, &c).await,
+        };
+        Ok(Some(decision.into_reply()))
+    }
+
+    /// BODYEOB: a last chunk (sendmail) goes to `body` first; then `eom` runs while PROGRESS
+    /// requests are served; the modifications go into the write buffer before the final reply.
+    async fn end_of_message(&mut self, tail: Bytes) -> Result<Reply, ConnectionError> {
+        if !tail.is_empty() {
+            match self.handler.body(&mut self.ctx, &tail).await {
+                Decision::Continue | Decision::Skip => {}
+                other => return Ok(other.into_reply()),
+            }
+        }
+        self.ctx.in_eom = true;
+        self.ctx.mods.clear();
+        let notify = self.ctx.progress.0.clone();
+        let every = self.config.progress_interval;
+        let decision = {
+            let mut eom = self.handler.eom(&mut self.ctx);
+            let mut tick =
+                every.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
+            loop {
+                tokio::select! {
+                    d = &mut eom => break d,
+                    () = notify.notified() => {}
+                    _ = tick_or_never(&mut tick) => {}
+                }
+                Reply::Progress.encode(&mut self.wbuf);
+                flush_to(&mut self.stream, &mut self.wbuf, self.config.io_timeout).await?;
+            }
+        };
+        self.ctx.in_eom = false;
+        for m in self.ctx.mods.drain(..) {
+            m.encode(&mut self.wbuf);
+        }
+        Ok(decision.into_reply())
+    }
+}
+
+async fn flush_to<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Result<(), ConnectionError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(wait, stream.write_all(buf)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ConnectionError::IoTimeout(wait)),
+    }
+    buf.clear();
+    Ok(())
+}
+
+async fn tick_or_never(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once shutdown was requested (never if the sender is gone without requesting it).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
