@@ -1,41 +1,122 @@
-//! The Postfix SMTPD access policy delegation protocol, sans-IO.
+//! The Postfix SMTPD access policy delegation protocol: a sans-IO codec, and (feature
+//! `tokio`) a server and a client.
 //!
-//! Postfix's smtpd sends a policy server a request of `name=value` lines ended by an empty
-//! line, and reads back `action=<access(5) action>` and an empty line, many times over one
-//! connection (`docs/spec/policy-delegation.md`, from `SMTPD_POLICY_README`). This crate holds
-//! the wire types and the codec, and does no I/O: the caller reads bytes into a
-//! [`bytes::BytesMut`], asks a [`RequestDecoder`] for requests, and writes what
-//! [`Action::encode`] appends.
+//! # The protocol
 //!
-//! Protocol rules the crate keeps:
-//! - unknown attributes are kept, in order ([`PolicyRequest::unknown`]);
-//! - a duplicated attribute: accessors return the last value;
-//! - only the first `=` of a line splits name from value;
-//! - on a malformed request a server sends **nothing**, logs, and closes ([`DecodeError`]);
-//!   Postfix then retries;
-//! - a reply can only hold what Postfix reads as meant ([`Action`]'s constructors).
+//! Postfix's smtpd (`check_policy_service`, since 2.1) sends a policy server a request of
+//! `name=value` lines ended by an empty line, and reads back `action=<access(5) action>` and
+//! an empty line, many times over one connection (`docs/spec/policy-delegation.md`, from
+//! `SMTPD_POLICY_README`):
 //!
-//! # Layout
-//! - [`RequestDecoder`]: incremental, bounded request decoding ([`MAX_LINE`], [`MAX_ATTRS`],
-//!   [`MAX_REQUEST`]).
-//! - [`PolicyRequest`]: the attributes, typed accessors for every one smtpd sends (2.1 to
-//!   3.12), and `encode` for clients.
-//! - [`Action`]: the reply, its encoder, and [`ReplyDecoder`] for clients.
+//! ```text
+//!  smtpd                                   policy server
+//!    | request=smtpd_access_policy\n            |
+//!    | protocol_state=RCPT\n                    |
+//!    | sender=a@example.com\n ... \n             |
+//!    |----------------------------------------->|  decode: RequestDecoder
+//!    |                                          |  decide: Handler
+//!    |<-----------------------------------------|  encode: Action::encode
+//!    |          action=DEFER_IF_PERMIT later\n\n |
+//!    |  ... next request on the same connection |
+//!    |  on trouble: no reply, close ----------->|  Postfix retries, then default_action
+//! ```
+//!
+//! Rules the crate keeps:
+//! - unknown attributes are kept, in order ([`PolicyRequest::unknown`]), never dropped;
+//! - a duplicated attribute is kept twice; the accessors return the last value;
+//! - only the first `=` of a line splits name from value (values may hold `=`);
+//! - limits are named ([`MAX_LINE`], [`MAX_ATTRS`] = Postfix's 1024, [`MAX_REQUEST`]) and
+//!   checked before the buffer grows further;
+//! - on a malformed request a server sends **nothing**, logs a warning and closes
+//!   ([`DecodeError::server_response`]); Postfix then retries and finally applies
+//!   `smtpd_policy_service_default_action`;
+//! - a reply can only hold what Postfix reads as meant: no bare `550` (read as OK), no
+//!   unknown word (read as a restriction name), no line break ([`Action`]'s argument types
+//!   check at construction).
+//!
+//! # Who does the I/O
+//!
+//! Without features this crate does no I/O and depends on `bytes` and `thiserror` only: the
+//! caller reads bytes into a [`bytes::BytesMut`], asks a [`RequestDecoder`] for requests, and
+//! writes what [`Action::encode`] appends (or, as a client, [`PolicyRequest::encode`] and
+//! [`ReplyDecoder`]).
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use policy_proto::{Action, RequestDecoder};
+//! use policy_proto::{Action, ProtocolState, RequestDecoder};
 //!
-//! let mut buf = BytesMut::from(&b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@example.com\n\n"[..]);
-//! let req = RequestDecoder::new().decode(&mut buf).unwrap().unwrap();
+//! let mut dec = RequestDecoder::new();
+//! let mut buf = BytesMut::from(&b"request=smtpd_access_policy\nprotocol_state=RCPT\n"[..]);
+//! assert_eq!(dec.decode(&mut buf), Ok(None)); // need more
+//! buf.extend_from_slice(b"sender=a@example.com\n\n");
+//! let req = dec.decode(&mut buf).unwrap().unwrap();
+//! assert_eq!(req.protocol_state(), Some(ProtocolState::Rcpt));
 //! assert_eq!(req.sender(), Some("a@example.com"));
 //! let mut out = BytesMut::new();
 //! Action::smtp(550, Some("5.7.1"), "no thanks").unwrap().encode(&mut out);
 //! assert_eq!(&out[..], b"action=550 5.7.1 no thanks\n\n");
 //! ```
 //!
-//! Not yet here: the tokio server and client (unix socket, TCP, spawn(8) stdin/stdout);
-//! `mailstack`'s `spf-policyd` still serves the protocol with its own loop.
+//! With the `tokio` feature the crate also runs the I/O: implement [`Handler`] (one async
+//! method, request in, `Option<Action>` out; `None` closes without a reply) and hand it to a
+//! [`Server`], which serves
+//! - a [`Listener`] bound from a Postfix-style [`SocketSpec`] (`unix:/path`, `local:/path`, a
+//!   bare path, `inet:host:port`): [`Server::serve`] with a shutdown future; UNIX sockets get
+//!   a mode and group ([`UnixOptions`]) and a stale socket file is replaced only when nothing
+//!   listens on it;
+//! - stdin/stdout under Postfix spawn(8): [`Server::serve_stdio`] (stderr is the connection
+//!   too there: log to a file or syslog);
+//! - any stream: [`Server::serve_connection`].
+//!
+//! Connections are reused for many requests, closed after [`Limits::idle_timeout`] of
+//! silence or [`Limits::max_requests`], and a graceful shutdown finishes the request in
+//! progress. [`Client`] is the other side (what smtpd does), for tests, benches and tools.
+//!
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
+//! # async fn run() -> std::io::Result<()> {
+//! use policy_proto::{Action, ConnInfo, Handler, Listener, PolicyRequest, Server, UnixOptions};
+//!
+//! struct Greylist;
+//!
+//! impl Handler for Greylist {
+//!     async fn handle(&self, req: PolicyRequest, _conn: &ConnInfo) -> Option<Action> {
+//!         match req.sender_address() {
+//!             None => Some(Action::Dunno), // null sender
+//!             Some(_) => Action::defer_if_permit(Some("4.7.1 try again later")).ok(),
+//!         }
+//!     }
+//! }
+//!
+//! let opts = UnixOptions::new(Some(0o660), Some("postfix".into()));
+//! let listener = Listener::bind_spec("unix:/var/spool/postfix/private/greylist", &opts).await?;
+//! Server::new(Greylist)
+//!     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//! - `decoder`: [`RequestDecoder`] and [`ReplyDecoder`], incremental and bounded
+//!   ([`MAX_LINE`], [`MAX_ATTRS`], [`MAX_REQUEST`], [`MAX_REPLY`]).
+//! - `request`: [`PolicyRequest`], typed accessors for every attribute smtpd sends from 2.1
+//!   to 3.12 ([`KNOWN`]), [`ProtocolState`], and `encode` for clients.
+//! - `action`: [`Action`] and its checked arguments ([`Text`], [`SmtpReply`], [`Header`],
+//!   [`FilterTarget`], [`Address`]), encode and parse.
+//! - `error`: [`DecodeError`] (the peer's fault, and the one wire consequence),
+//!   [`ActionError`] and [`AttributeError`] (our caller's).
+//! - `spec`: [`SocketSpec`], Postfix socket notation.
+//! - `server` (feature `tokio`): [`Handler`], [`Server`], [`Listener`], [`Limits`] and the
+//!   timeouts, the logging policy.
+//! - `client` (feature `tokio`): [`Client`].
+//! - `fuzzing` (hidden): entry points for `fuzz/fuzz_targets/policy_request.rs` and the
+//!   corpus replay test.
+//!
+//! Tests: `tests/codec.rs` (proptests), `tests/vectors/` (one request per Postfix version and
+//! its decoded form, runner `tests/vectors.rs`), `tests/corpus.rs` (fuzz seeds on stable),
+//! `tests/server.rs` (server and client). The interop tests against real Postfix are in
+//! `examples/tests/policy_postfix.rs`.
 
 #![cfg_attr(
     not(test),
@@ -51,11 +132,27 @@ mod action;
 mod decoder;
 mod error;
 mod request;
+mod spec;
+
+#[cfg(feature = "tokio")]
+mod client;
+#[cfg(feature = "tokio")]
+mod server;
 
 pub use action::{Action, Address, FilterTarget, Header, SmtpReply, Text};
 pub use decoder::{MAX_ATTRS, MAX_LINE, MAX_REPLY, MAX_REQUEST, ReplyDecoder, RequestDecoder};
 pub use error::{ActionError, AttributeError, DecodeError, ServerResponse};
 pub use request::{KNOWN, PolicyRequest, ProtocolState};
+pub use spec::{SocketSpec, SpecError};
+
+#[cfg(feature = "tokio")]
+pub use client::{CLIENT_TIMEOUT, Client, ClientError};
+#[cfg(feature = "tokio")]
+pub use server::{
+    ConnEnd, ConnError, ConnInfo, FnHandler, Handler, IDLE_TIMEOUT, IO_TIMEOUT, Limits, Listener,
+    MAX_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION, Peer, SHUTDOWN_GRACE, Server, UnixOptions,
+    handler_fn, log_error,
+};
 
 /// Entry points for the cargo-fuzz targets in `fuzz/` and the stable corpus-replay test.
 /// Not a public API.
