@@ -8,12 +8,14 @@
 //! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
 //! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed verdicts).
 //! - [`av`]: clamav-milter's configuration and decisions over [`clamd`].
+//! - [`dkim`]: DKIM signing and verification with OpenDKIM's configuration, and its milter.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 
 pub mod auth_results;
 pub mod av;
 pub mod clamd;
 pub mod config;
+pub mod dkim;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,0 +1,365 @@
+//! OpenDKIM "data sets" (opendkim(8), DATA SETS) and peer lists.
+//!
+//! Supported kinds: `file:` and a value starting with `/` (flat file, `key value` per line),
+//! `refile:` (patterns with `*` wildcards, first match in file order wins), `csl:` and a bare
+//! comma-separated list (`x=y` items are key/value pairs). The database kinds (`db:`, `dsn:`,
+//! `ldap:`, `ldaps:`, `ldapi:`, `lua:`, `memcache:`, `mdb:`, `erlang:`, a `*.db` file) are
+//! refused by name.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+/// Largest data set file we read (4 MiB): key and signing tables of a large host are well
+/// below; anything bigger is likely the wrong file.
+pub const MAX_DATASET_FILE: u64 = 4 * 1024 * 1024;
+
+/// A data set: ordered `(key, value)` entries (value empty for plain lists).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Dataset {
+    /// Entries in file order.
+    pub entries: Vec<(String, String)>,
+    /// `refile:`: keys are `*` wildcard patterns.
+    pub wildcard: bool,
+}
+
+impl Dataset {
+    /// Parses a data set specification; flat files are read now. `Err` is the message for the
+    /// option's line.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        for refused in [
+            "db:",
+            "dsn:",
+            "ldap:",
+            "ldaps:",
+            "ldapi:",
+            "lua:",
+            "memcache:",
+            "mdb:",
+            "erlang:",
+        ] {
+            if spec.len() >= refused.len() && spec[..refused.len()].eq_ignore_ascii_case(refused) {
+                return Err(format!(
+                    "data set type {:?} is not supported (flat files, refile: and csl: are)",
+                    &refused[..refused.len() - 1]
+                ));
+            }
+        }
+        if let Some(path) = spec.strip_prefix("file:") {
+            return Self::read_file(path, false);
+        }
+        if let Some(path) = spec.strip_prefix("refile:") {
+            return Self::read_file(path, true);
+        }
+        if spec.starts_with('/') {
+            if spec.ends_with(".db") {
+                return Err("Berkeley DB data sets (*.db) are not supported".into());
+            }
+            return Self::read_file(spec, false);
+        }
+        let list = spec.strip_prefix("csl:").unwrap_or(spec);
+        let entries = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|item| match item.split_once('=') {
+                Some((k, v)) => (k.trim().to_owned(), v.trim().to_owned()),
+                None => (item.to_owned(), String::new()),
+            })
+            .collect();
+        Ok(Self {
+            entries,
+            wildcard: false,
+        })
+    }
+
+    /// A list data set from literal items.
+    pub fn list<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Self {
+        Self {
+            entries: items
+                .into_iter()
+                .map(|s| (s.into(), String::new()))
+                .collect(),
+            wildcard: false,
+        }
+    }
+
+    fn read_file(path: &str, wildcard: bool) -> Result<Self, String> {
+        let path = Path::new(path);
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.len() > MAX_DATASET_FILE {
+            return Err(format!(
+                "{}: {} bytes, larger than the {MAX_DATASET_FILE} accepted",
+                path.display(),
+                meta.len()
+            ));
+        }
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&text);
+        Ok(Self::parse_lines(&text, wildcard))
+    }
+
+    /// Parses the text of a flat file: `key [value]` per line, `#` comments.
+    pub fn parse_lines(text: &str, wildcard: bool) -> Self {
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (k, v) = match line.find(char::is_whitespace) {
+                Some(at) => (&line[..at], line[at..].trim()),
+                None => (line, ""),
+            };
+            entries.push((k.to_owned(), v.to_owned()));
+        }
+        Self { entries, wildcard }
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// Whether `key` is present (case-insensitive; wildcards honoured for `refile:`).
+    pub fn contains(&self, key: &str) -> bool {
+        self.lookup(key).is_some()
+    }
+
+    /// The value of the first entry matching `key` (case-insensitive; wildcards for
+    /// `refile:`).
+    pub fn lookup(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| {
+                if self.wildcard {
+                    wildcard_match(k, key)
+                } else {
+                    k.eq_ignore_ascii_case(key)
+                }
+            })
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value whose key matches `key`, in order.
+    pub fn lookup_all(&self, key: &str) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| {
+                if self.wildcard {
+                    wildcard_match(k, key)
+                } else {
+                    k.eq_ignore_ascii_case(key)
+                }
+            })
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// `*` matches any run of characters (case-insensitive), as OpenDKIM's `refile:`.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
+    let parts: Vec<&str> = p.split('*').collect();
+    if parts.len() == 1 {
+        return p == t;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !t.starts_with(first) || t.len() < first.len() + last.len() || !t.ends_with(last) {
+        return false;
+    }
+    let mut rest = &t[first.len()..t.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(at) => rest = &rest[at + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// One peer list entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Peer {
+    Net(IpAddr, u8),
+    /// Exact host name, or a `.domain` suffix.
+    Host(String),
+}
+
+/// A peer list (`InternalHosts`, `ExternalIgnoreList`, `PeerList`): host names, `.domain`
+/// suffixes, IPv4/IPv6 addresses and CIDR networks, each possibly negated with `!`. Among the
+/// matching network entries the most specific (longest prefix) decides; a negated match means
+/// "not in the list".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerList {
+    entries: Vec<(bool, Peer)>,
+}
+
+impl PeerList {
+    /// Builds the list from a data set's keys. `Err` names the bad entry.
+    pub fn from_dataset(ds: &Dataset) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for item in ds.keys() {
+            let (neg, item) = match item.strip_prefix('!') {
+                Some(rest) => (true, rest),
+                None => (false, item),
+            };
+            let bare = item.trim_start_matches('[').replace(']', "");
+            let (addr, bits) = match bare.split_once('/') {
+                Some((a, b)) => (a.to_owned(), Some(b)),
+                None => (bare.clone(), None),
+            };
+            let peer = match addr.parse::<IpAddr>() {
+                Ok(ip) => {
+                    let max = if ip.is_ipv4() { 32 } else { 128 };
+                    let bits = match bits {
+                        None => max,
+                        Some(b) => b
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|b| *b <= max)
+                            .ok_or_else(|| format!("bad network length in {item:?}"))?,
+                    };
+                    Peer::Net(ip, bits)
+                }
+                Err(_) if bits.is_some() => return Err(format!("bad network {item:?}")),
+                Err(_) => Peer::Host(item.to_ascii_lowercase()),
+            };
+            entries.push((neg, peer));
+        }
+        Ok(Self { entries })
+    }
+
+    /// OpenDKIM's compiled-in `InternalHosts` default: `127.0.0.1` and `::1`.
+    pub fn loopback() -> Self {
+        Self {
+            entries: vec![
+                (false, Peer::Net(IpAddr::from([127, 0, 0, 1]), 32)),
+                (
+                    false,
+                    Peer::Net(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128),
+                ),
+            ],
+        }
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether a client with address `ip` (if known) and host name `host` is in the list.
+    pub fn contains(&self, ip: Option<IpAddr>, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = host.to_ascii_lowercase();
+        let mut best: Option<(u8, bool)> = None;
+        if let Some(ip) = ip.map(canonical_ip) {
+            for (neg, p) in &self.entries {
+                if let Peer::Net(net, bits) = p
+                    && in_net(ip, *net, *bits)
+                    && best.is_none_or(|(b, _)| *bits > b)
+                {
+                    best = Some((*bits, *neg));
+                }
+            }
+        }
+        if let Some((_, neg)) = best {
+            return !neg;
+        }
+        let mut found = false;
+        for (neg, p) in &self.entries {
+            if let Peer::Host(h) = p {
+                let hit = if let Some(suffix) = h.strip_prefix('.') {
+                    host.ends_with(h.as_str()) || host == suffix
+                } else {
+                    host == *h
+                };
+                if hit {
+                    if *neg {
+                        return false;
+                    }
+                    found = true;
+                }
+            }
+        }
+        found
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, canonical_ip(net)) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*@example.com", "Alice@Example.com"));
+        assert!(wildcard_match("*", "x"));
+        assert!(wildcard_match("a*b*c", "aXXbYYc"));
+        assert!(!wildcard_match("*@example.com", "a@example.org"));
+        assert!(!wildcard_match("a*a", "a"));
+    }
+
+    #[test]
+    fn csl_and_refused_kinds() {
+        let d = Dataset::parse("csl:a.example, b=c").unwrap();
+        assert_eq!(
+            d.entries,
+            [
+                ("a.example".to_owned(), String::new()),
+                ("b".to_owned(), "c".to_owned())
+            ]
+        );
+        assert!(
+            Dataset::parse("ldap://x")
+                .unwrap_err()
+                .contains("\"ldap\" is not supported")
+        );
+        assert!(Dataset::parse("dsn:mysql://x").is_err());
+        assert!(Dataset::parse("/etc/x.db").is_err());
+    }
+
+    #[test]
+    fn peer_lists() {
+        let ds = Dataset::list([
+            "192.0.2.0/24",
+            "!192.0.2.7",
+            ".example.net",
+            "::1",
+            "host.a",
+        ]);
+        let p = PeerList::from_dataset(&ds).unwrap();
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert!(p.contains(ip("192.0.2.8"), ""));
+        assert!(!p.contains(ip("192.0.2.7"), ""));
+        assert!(p.contains(ip("::ffff:192.0.2.9"), ""));
+        assert!(p.contains(ip("::1"), ""));
+        assert!(!p.contains(ip("198.51.100.1"), "unknown"));
+        assert!(p.contains(ip("198.51.100.1"), "mx.example.net"));
+        assert!(p.contains(None, "HOST.a"));
+        assert!(PeerList::loopback().contains(ip("127.0.0.1"), ""));
+        assert!(!PeerList::loopback().contains(ip("127.0.0.2"), ""));
+        assert!(PeerList::from_dataset(&Dataset::list(["1.2.3.4/40"])).is_err());
+    }
+}
