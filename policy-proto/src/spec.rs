@@ -12,6 +12,7 @@ use std::str::FromStr;
 /// | `unix:/run/policy.sock`, `local:/run/policy.sock` | a UNIX-domain stream socket |
 /// | `/run/policy.sock`, `private/policy` | a bare path: a UNIX-domain socket too |
 /// | `inet:127.0.0.1:10023`, `inet:localhost:10023`, `inet:[::1]:10023` | TCP |
+/// | `inet:10023@127.0.0.1` | TCP, in the `port@host` form libmilter and our daemons also take |
 ///
 /// A relative UNIX path is relative to the current directory (Postfix takes it relative to
 /// its queue directory, so `unix:private/NAME` in `main.cf` is `$queue_directory/private/NAME`).
@@ -37,9 +38,11 @@ pub enum SpecError {
     #[error("empty socket spec")]
     Empty,
     /// A `type:` prefix other than `unix:`, `local:` or `inet:`.
-    #[error("unknown socket type (use unix:PATH, local:PATH, inet:HOST:PORT or a path)")]
+    #[error(
+        "unknown socket type (use unix:PATH, local:PATH, inet:HOST:PORT, inet:PORT@HOST or a path)"
+    )]
     UnknownType,
-    /// `inet:` without `host:port`, with an empty host, or with a port that is not 0-65535.
+    /// `inet:` without `host:port` (or `port@host`), with an empty host, or with a port that is not 0-65535.
     #[error("inet socket needs HOST:PORT")]
     BadInet,
 }
@@ -67,7 +70,13 @@ impl FromStr for SocketSpec {
 }
 
 fn parse_inet(rest: &str) -> Result<SocketSpec, SpecError> {
-    let (host, port) = rest.rsplit_once(':').ok_or(SpecError::BadInet)?;
+    // `port@host` (libmilter's form) when what precedes the first `@` is a number.
+    let (host, port) = match rest.split_once('@') {
+        Some((port, host)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, port)
+        }
+        _ => rest.rsplit_once(':').ok_or(SpecError::BadInet)?,
+    };
     let host = match host.strip_prefix('[') {
         Some(h) => h.strip_suffix(']').ok_or(SpecError::BadInet)?,
         None => host,
@@ -114,6 +123,8 @@ mod tests {
             ("inet:127.0.0.1:10023", inet("127.0.0.1", 10023)),
             ("inet:localhost:0", inet("localhost", 0)),
             ("inet:[::1]:9998", inet("::1", 9998)),
+            ("inet:10023@127.0.0.1", inet("127.0.0.1", 10023)),
+            ("inet:9998@[::1]", inet("::1", 9998)),
         ] {
             assert_eq!(s.parse::<SocketSpec>(), Ok(want.clone()), "{s}");
             assert_eq!(want.to_string().parse::<SocketSpec>(), Ok(want));
@@ -126,6 +137,8 @@ mod tests {
             ("inet::25", SpecError::BadInet),
             ("inet:host:70000", SpecError::BadInet),
             ("inet:[::1:25", SpecError::BadInet),
+            ("inet:25@", SpecError::BadInet),
+            ("inet:99999@localhost", SpecError::BadInet),
         ] {
             assert_eq!(s.parse::<SocketSpec>(), Err(err), "{s}");
         }
