@@ -11,7 +11,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mailstack_examples::milter::{Client, Envelope, Reply, SocketSpec, action};
+use bytes::Bytes;
+use milter_proto::client::{Client, ClientConfig, Connection, Message};
+use milter_proto::flags::{Actions, Protocol};
+use milter_proto::reply::Reply;
+use milter_proto::socket::SocketSpec;
 use support::milters::Daemon;
 
 const AV_MILTER: &str = env!("CARGO_BIN_EXE_av-milter");
@@ -105,28 +109,23 @@ fn fifty_megabyte_message_keeps_peak_rss_bounded() {
     while raw.len() < 50 * 1024 * 1024 {
         raw.extend_from_slice(&line);
     }
-    let env = Envelope {
-        hostname: "client.example".into(),
-        addr: "192.0.2.1".into(),
-        port: 4000,
-        helo: "client.example".into(),
-        from: "a@src.example".into(),
-        rcpts: vec!["b@dest.example".into()],
-        macros: vec![("i".into(), "BIG1".into())],
-    };
+    let mut msg = Message::parse(b"<a@src.example>", &[b"<b@dest.example>"], &raw);
+    msg.macros = vec![(b'M', vec![(Bytes::from("i"), Bytes::from("BIG1"))])];
+    let config = ClientConfig::offer(
+        6,
+        Actions::ADDHDRS | Actions::CHGHDRS | Actions::QUARANTINE,
+        Protocol::empty(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let t = Instant::now();
     let outcome = rt.block_on(async {
-        let mut c = Client::connect(&SocketSpec::Unix(dir.join("av.sock")))
-            .await
-            .unwrap();
-        c.negotiate(action::ADDHDRS | action::CHGHDRS | action::QUARANTINE, 0)
-            .await
-            .unwrap();
-        c.send_message(&env, &raw).await.unwrap()
+        let spec = SocketSpec::Unix(dir.join("av.sock"));
+        let mut c = Client::connect(&spec, config).await.unwrap();
+        c.connection(&Connection::default()).await.unwrap();
+        c.message(&msg).await.unwrap()
     });
     let elapsed = t.elapsed();
     let peak_kb = vm_kb(milter.pid(), "VmHWM:");
@@ -136,7 +135,7 @@ fn fifty_megabyte_message_keeps_peak_rss_bounded() {
         "av-milter, {} byte message: VmHWM idle {idle_kb} kB, after {peak_kb} kB; scan round trip {elapsed:?}",
         raw.len()
     );
-    assert_eq!(outcome.decision, Some(Reply::Accept), "{outcome:?}");
+    assert_eq!(outcome.decision, Reply::Accept, "{outcome:?}");
     assert!(
         format!("{:?}", outcome.modifications).contains("Clean"),
         "the 50 MB message was scanned and found clean: {outcome:?}"

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mailstack_examples::milter::{Client, Envelope, Modification, Outcome, Reply, SocketSpec};
+use bytes::Bytes;
+use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
+use milter_proto::reply::Reply;
+use milter_proto::socket::{MilterStream, SocketSpec};
 use support::milters::Daemon;
 
 const AV_MILTER: &str = env!("CARGO_BIN_EXE_av-milter");
@@ -67,31 +70,30 @@ fn eicar() -> Vec<u8> {
         .collect()
 }
 
-fn env(i: usize) -> Envelope {
-    Envelope {
-        hostname: "client.example".into(),
-        addr: "192.0.2.1".into(),
-        port: 4000,
-        helo: "client.example".into(),
-        from: "a@src.example".into(),
-        rcpts: vec!["b@dest.example".into()],
-        macros: vec![("i".into(), format!("Q{i}"))],
-    }
+fn message(i: usize, raw: &[u8]) -> Message {
+    let mut m = Message::parse(b"<a@src.example>", &[b"<b@dest.example>"], raw);
+    m.macros = vec![(b'M', vec![(Bytes::from("i"), Bytes::from(format!("Q{i}")))])];
+    m
 }
 
 fn status(o: &Outcome) -> Vec<String> {
     o.modifications
         .iter()
         .filter_map(|m| match m {
-            Modification::AddHeader(n, v) if n == "X-Virus-Status" => Some(v.clone()),
+            Reply::AddHeader { name, value } if name == "X-Virus-Status" => {
+                Some(String::from_utf8_lossy(value).into_owned())
+            }
             _ => None,
         })
         .collect()
 }
 
-async fn connect(spec: &SocketSpec) -> Client<Box<dyn mailstack_examples::milter::AsyncStream>> {
-    let mut c = Client::connect(spec).await.unwrap();
-    c.negotiate(0x1FF, 0x1F_FFFF).await.unwrap();
+/// Connects and negotiates as Postfix 3.x (every action and option offered).
+async fn connect(spec: &SocketSpec) -> Client<MilterStream> {
+    let mut c = Client::connect(spec, ClientConfig::default())
+        .await
+        .unwrap();
+    c.connection(&Connection::default()).await.unwrap();
     c
 }
 
@@ -101,7 +103,7 @@ async fn run(spec: &SocketSpec, raw: &[u8], n: usize) -> (Outcome, Duration) {
     let t = Instant::now();
     let mut last = None;
     for i in 0..n {
-        last = Some(c.send_message(&env(i), raw).await.unwrap());
+        last = Some(c.message(&message(i, raw)).await.unwrap());
     }
     (last.unwrap(), t.elapsed())
 }
@@ -211,12 +213,12 @@ fn av_milter_agrees_with_clamav_milter_and_both_are_timed() {
             );
             assert_eq!(status(&clean), ["Clean"], "{name}: {clean:?}");
             assert!(
-                matches!(clean.decision, Some(Reply::Accept | Reply::Continue)),
+                matches!(clean.decision, Reply::Accept | Reply::Continue),
                 "{name}: {clean:?}"
             );
             assert_eq!(
                 bad.decision,
-                Some(Reply::Code(format!(
+                Reply::ReplyCode(Bytes::from(format!(
                     "550 5.7.1 Virus {SIG} found, rejected"
                 ))),
                 "{name}: {bad:?}"

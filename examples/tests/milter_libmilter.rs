@@ -1,7 +1,7 @@
-//! Our MTA-side client (`mailstack_examples::milter::Client`, and the `milter-client` CLI)
-//! drives a real libmilter milter: `tests/c/c_milter.c`, built here with `cc ... -lmilter`
-//! (Debian libmilter-dev). Null mode answers CONTINUE everywhere; `-n` negotiates the `NR_*`
-//! options; stamp mode (`-s`) adds a header and a recipient or rejects with its own reply.
+//! Our MTA-side client (`milter_proto::client::Client`, and the `milter-client` CLI) drives a
+//! real libmilter milter: `tests/c/c_milter.c`, built here with `cc ... -lmilter` (Debian
+//! libmilter-dev). Null mode answers CONTINUE everywhere; `-n` negotiates the `NR_*` options;
+//! stamp mode (`-s`) adds a header and a recipient or rejects with its own reply.
 //!
 //! Run: `cargo test -p mailstack-examples --test milter_libmilter`.
 
@@ -9,11 +9,13 @@ mod support;
 
 use std::process::Command;
 
-use mailstack_examples::milter::{AnyClient, Envelope, Modification, Reply, proto};
+use bytes::Bytes;
+use milter_proto::client::{Client, ClientConfig, Connection, Message};
+use milter_proto::flags::{Actions, Protocol};
+use milter_proto::reply::Reply;
+use milter_proto::socket::SocketSpec;
 use support::milters::{Daemon, build_c_milter};
 
-const ALL_ACTIONS: u32 = 0x1FF;
-const ALL_PROTOCOL: u32 = 0x1F_FFFF;
 const MESSAGE: &[u8] = b"From: alice@src.example\r\nSubject: hi\r\n\r\nbody line\r\n";
 
 /// Runs `f`, failing the test instead of hanging if the conversation stalls.
@@ -26,32 +28,49 @@ fn run<T>(f: impl Future<Output = T>) -> T {
         .expect("the milter conversation stalled for 30 s")
 }
 
+/// Connect and negotiate as Postfix 3.x does (version 6, every action and option).
+async fn connect(milter: &Daemon) -> Client<milter_proto::socket::MilterStream> {
+    let spec: SocketSpec = milter.spec().parse().unwrap();
+    Client::connect(&spec, ClientConfig::default())
+        .await
+        .unwrap()
+}
+
+fn message(raw: &[u8]) -> Message {
+    let mut m = Message::parse(b"<sender@src.example>", &[b"<rcpt@dest.example>"], raw);
+    m.macros = vec![(b'M', vec![(Bytes::from("i"), Bytes::from("4ABCDEF"))])];
+    m
+}
+
 #[test]
 fn null_c_milter_continues_every_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c_milter(tmp.path());
     let milter = Daemon::start_c(&exe, tmp.path(), "null", &[]);
-    let socket = milter.spec().parse().unwrap();
     run(async {
-        let mut c = AnyClient::connect(&socket).await.unwrap();
-        let (version, actions, protocol) = c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap();
-        assert_eq!(version, 6);
-        assert_eq!(actions, 0x1 | 0x4, "the C milter registers ADDHDRS|ADDRCPT");
-        assert_eq!(protocol & proto::ALL_NR, 0);
+        let mut c = connect(&milter).await;
+        let n = c.negotiated().clone();
+        assert_eq!(n.version, 6);
+        assert_eq!(
+            n.actions,
+            Actions::ADDHDRS | Actions::ADDRCPT,
+            "the C milter registers ADDHDRS|ADDRCPT"
+        );
+        assert!(!n.protocol.intersects(Protocol::ALL_NR));
+        let greeting = c.connection(&Connection::default()).await.unwrap();
+        let stages: Vec<u8> = greeting.replies.iter().map(|(s, _)| *s).collect();
+        assert_eq!(stages, b"CH");
         // Two messages on one connection (ABORT between them, as Postfix does).
-        let message_stages = [
-            "mail", "rcpt", "data", "header", "header", "eoh", "body", "eom",
-        ];
-        for first in [true, false] {
-            let o = c.send_message(&Envelope::default(), MESSAGE).await.unwrap();
-            let stages: Vec<&str> = o.replies.iter().map(|(s, _)| *s).collect();
-            let greeting: &[&str] = if first { &["connect", "helo"] } else { &[] };
-            assert_eq!(stages, [greeting, &message_stages].concat());
+        for _ in 0..2 {
+            let o = c.message(&message(MESSAGE)).await.unwrap();
+            let stages: Vec<u8> = o.replies.iter().map(|(s, _)| *s).collect();
+            assert_eq!(stages, b"MRTLLNBE");
             assert!(
                 o.replies.iter().all(|(_, r)| *r == Reply::Continue),
                 "{o:?}"
             );
             assert!(o.modifications.is_empty());
+            assert_eq!(o.decision, Reply::Continue);
         }
         c.quit().await.unwrap();
     });
@@ -62,13 +81,14 @@ fn no_reply_c_milter_answers_only_end_of_message() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c_milter(tmp.path());
     let milter = Daemon::start_c(&exe, tmp.path(), "nr", &["-n"]);
-    let socket = milter.spec().parse().unwrap();
     run(async {
-        let mut c = AnyClient::connect(&socket).await.unwrap();
-        let (_, _, protocol) = c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap();
-        assert_eq!(protocol & proto::ALL_NR, proto::ALL_NR, "{protocol:#x}");
-        let o = c.send_message(&Envelope::default(), MESSAGE).await.unwrap();
-        assert_eq!(o.replies, [("eom", Reply::Continue)]);
+        let mut c = connect(&milter).await;
+        let protocol = c.negotiated().protocol;
+        assert!(protocol.contains(Protocol::ALL_NR), "{protocol:?}");
+        let greeting = c.connection(&Connection::default()).await.unwrap();
+        assert!(greeting.replies.is_empty(), "{greeting:?}");
+        let o = c.message(&message(MESSAGE)).await.unwrap();
+        assert_eq!(o.replies, [(b'E', Reply::Continue)]);
         c.quit().await.unwrap();
     });
 }
@@ -78,26 +98,53 @@ fn stamp_c_milter_modifies_and_rejects() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_c_milter(tmp.path());
     let milter = Daemon::start_c(&exe, tmp.path(), "stamp", &["-s"]);
-    let socket = milter.spec().parse().unwrap();
     run(async {
-        let mut c = AnyClient::connect(&socket).await.unwrap();
-        c.negotiate(ALL_ACTIONS, ALL_PROTOCOL).await.unwrap();
-        let o = c.send_message(&Envelope::default(), MESSAGE).await.unwrap();
+        let mut c = connect(&milter).await;
+        c.connection(&Connection::default()).await.unwrap();
+        let o = c.message(&message(MESSAGE)).await.unwrap();
         assert_eq!(
             o.modifications,
             [
-                Modification::AddHeader("X-C-Milter".into(), "stamped".into()),
-                Modification::AddRcpt("<added@dest.example>".into()),
+                Reply::AddHeader {
+                    name: Bytes::from("X-C-Milter"),
+                    value: Bytes::from("stamped"),
+                },
+                Reply::AddRcpt(Bytes::from("<added@dest.example>")),
             ]
         );
-        assert_eq!(o.decision, Some(Reply::Continue));
+        assert_eq!(o.decision, Reply::Continue);
         let spam = b"Subject: please reject-me\r\n\r\nx\r\n";
-        let o = c.send_message(&Envelope::default(), spam).await.unwrap();
+        let o = c.message(&message(spam)).await.unwrap();
         assert!(o.modifications.is_empty());
         assert_eq!(
             o.decision,
-            Some(Reply::Code("550 5.7.1 c-milter says no".into()))
+            Reply::ReplyCode(Bytes::from("550 5.7.1 c-milter says no"))
         );
+        c.quit().await.unwrap();
+    });
+}
+
+#[test]
+fn v2_peer_gets_v2_masks_from_libmilter() {
+    // An MTA speaking protocol version 2 (sendmail 8.13 era): libmilter answers with version 2
+    // and only the v2 actions and protocol bits, and the conversation still works.
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_c_milter(tmp.path());
+    let milter = Daemon::start_c(&exe, tmp.path(), "v2", &["-s"]);
+    run(async {
+        let spec: SocketSpec = milter.spec().parse().unwrap();
+        let config = ClientConfig::offer(
+            2,
+            Actions::from_bits_retain(0x3F),
+            Protocol::from_bits_retain(0x7F),
+        );
+        let mut c = Client::connect(&spec, config).await.unwrap();
+        assert_eq!(c.negotiated().version, 2);
+        assert_eq!(c.negotiated().actions, Actions::ADDHDRS | Actions::ADDRCPT);
+        c.connection(&Connection::default()).await.unwrap();
+        let o = c.message(&message(MESSAGE)).await.unwrap();
+        assert_eq!(o.modifications.len(), 2, "{o:?}");
+        assert_eq!(o.decision, Reply::Continue);
         c.quit().await.unwrap();
     });
 }
@@ -130,5 +177,5 @@ fn milter_client_cli_prints_negotiation_replies_and_modifications() {
         stdout.contains(r#"modification: AddHeader("X-C-Milter", "stamped")"#),
         "{stdout}"
     );
-    assert!(stdout.contains("decision: Some(Continue)"), "{stdout}");
+    assert!(stdout.contains("decision: Continue"), "{stdout}");
 }

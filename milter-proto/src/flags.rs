@@ -78,3 +78,17 @@ bitflags::bitflags! {
         const MDS_1M = 0x2000_0000;
     }
 }
+
+impl Protocol {
+    /// Every `NR_*` ("no reply") option: only end of message is answered. What a filter that
+    /// never decides before end of message asks for (libmilter's null filters do).
+    pub const ALL_NR: Self = Self::NR_CONN
+        .union(Self::NR_HELO)
+        .union(Self::NR_MAIL)
+        .union(Self::NR_RCPT)
+        .union(Self::NR_DATA)
+        .union(Self::NR_UNKN)
+        .union(Self::NR_HDR)
+        .union(Self::NR_EOH)
+        .union(Self::NR_BODY);
+}

@@ -60,6 +60,10 @@ use crate::session::{ProtocolError, Session};
 use crate::socket::Listener;
 use crate::{ApiMisuse, DecodeError};
 
+/// The attribute [`Handler`] implementations carry (`#[async_trait]`), re-exported so a
+/// filter needs no dependency of its own on `async-trait`.
+pub use async_trait::async_trait;
+
 /// Longest wait for the next command between commands: libmilter's default `timeout`
 /// (7210 s, longer than Postfix's 300 s `milter_content_timeout` plus its SMTP timeouts).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(7210);

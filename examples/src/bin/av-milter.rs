@@ -9,22 +9,23 @@
 //! Run: `av-milter --config /etc/clamav/clamav-milter.conf` and point Postfix at the
 //! `MilterSocket` (`smtpd_milters = unix:/run/clamav/clamav-milter.ctl`).
 //!
-//! The milter server loop is written here over the stand-in framing in
-//! `mailstack_examples::milter` (`milter-proto` has not landed); it needs per-chunk streaming
-//! and an async end of message, which the stand-in `Filter` does not offer.
+//! It runs on `milter-proto`'s server: one `Av` handler per MTA connection streams each
+//! header and body chunk to clamd from its stage method and decides in `eom`.
 
-use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use clap::Parser;
 use mailstack::av::{self, Action, AddHeader, AvConfig, LogLevel, MessageScan, Outcome};
 use mailstack::notify::{MsmtpConfig, Notifier};
-use mailstack_examples::milter::{self, SocketSpec, action, encode_frame, read_frame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, UnixListener};
+use mailstack_examples::shutdown_signal;
+use milter_proto::command::ConnAddr;
+use milter_proto::flags::Actions;
+use milter_proto::negotiate::Needs;
+use milter_proto::server::{self, Context, Decision, Handler, ServerConfig, async_trait};
+use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions, group_id};
 
 /// Antivirus milter: scans each message with clamd while it arrives and accepts, rejects,
 /// defers, discards or quarantines it as clamav-milter.conf says.
@@ -168,79 +169,32 @@ fn main() {
     }
 }
 
-/// The gid of `group` from /etc/group.
-fn group_id(group: &str) -> Option<u32> {
-    if let Ok(n) = group.parse() {
-        return Some(n);
-    }
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == group).then(|| f.nth(1)?.parse().ok())?
-    })
-}
-
 async fn serve(spec: &SocketSpec, ctx: Arc<Ctx>) -> io::Result<()> {
-    match spec {
-        SocketSpec::Unix(path) => {
-            if ctx.cfg.fix_stale_socket
-                && path.exists()
-                && std::os::unix::net::UnixStream::connect(path).is_err()
-            {
-                std::fs::remove_file(path)?;
-            }
-            let listener = UnixListener::bind(path)?;
-            if let Some(mode) = ctx.cfg.milter_socket_mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-            }
-            if let Some(g) = &ctx.cfg.milter_socket_group {
-                let gid = group_id(g).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("MilterSocketGroup {g}: no such group"),
-                    )
-                })?;
-                std::os::unix::fs::chown(path, None, Some(gid))?;
-            }
-            tracing::info!(socket = %path.display(), "listening");
-            loop {
-                let (s, _) = listener.accept().await?;
-                spawn(s, Arc::clone(&ctx));
-            }
-        }
-        SocketSpec::Tcp(addr) => {
-            let listener = TcpListener::bind(addr.as_str()).await?;
-            tracing::info!(socket = %addr, "listening");
-            loop {
-                let (s, _) = listener.accept().await?;
-                s.set_nodelay(true)?;
-                spawn(s, Arc::clone(&ctx));
-            }
-        }
+    let cfg = &ctx.cfg;
+    if let SocketSpec::Unix(path) = spec
+        && !cfg.fix_stale_socket
+        && std::fs::symlink_metadata(path).is_ok()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} exists and FixStaleSocket is no", path.display()),
+        ));
     }
-}
-
-fn spawn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(s: S, ctx: Arc<Ctx>) {
-    tokio::spawn(async move {
-        if let Err(e) = serve_conn(s, &ctx).await {
-            tracing::warn!(error = %e, "milter connection ended with an error");
-        }
-    });
-}
-
-fn cstrings(data: &[u8]) -> Vec<String> {
-    data.split(|&b| b == 0)
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
-fn frame_strs(cmd: u8, prefix: &[u8], strs: &[&str], out: &mut Vec<u8>) {
-    let mut d = prefix.to_vec();
-    for s in strs {
-        d.extend_from_slice(s.as_bytes());
-        d.push(0);
-    }
-    encode_frame(cmd, &d, out);
+    let group = match &cfg.milter_socket_group {
+        Some(g) => Some(
+            group_id(g)
+                .map_err(|e| io::Error::new(e.kind(), format!("MilterSocketGroup {g}: {e}")))?,
+        ),
+        None => None,
+    };
+    let unix = UnixSocketOptions {
+        mode: cfg.milter_socket_mode,
+        group,
+    };
+    let listener = Listener::bind(spec, &unix).await?;
+    tracing::info!(socket = %spec, "listening");
+    let make = move || Av::new(Arc::clone(&ctx));
+    server::serve(listener, make, ServerConfig::default(), shutdown_signal()).await
 }
 
 /// Per-message state.
@@ -257,21 +211,32 @@ struct Msg {
     date: Option<String>,
 }
 
+/// One MTA connection.
+struct Av {
+    ctx: Arc<Ctx>,
+    /// The client is in `LocalNet`: accept without scanning.
+    local: bool,
+    msg: Msg,
+}
+
+impl Av {
+    fn new(ctx: Arc<Ctx>) -> Self {
+        Self {
+            ctx,
+            local: false,
+            msg: Msg::default(),
+        }
+    }
+}
+
 /// Whether the connecting client is in `LocalNet` (family `L`/`U` = local, non-SMTP).
-fn client_is_local(cfg: &AvConfig, data: &[u8]) -> bool {
-    let Some(nul) = data.iter().position(|&b| b == 0) else {
-        return false;
-    };
-    let rest = &data[nul + 1..];
-    let Some((&family, rest)) = rest.split_first() else {
-        return false;
-    };
-    let ip = match family {
-        b'4' | b'6' => rest.get(2..).map(cstrings).and_then(|s| {
-            s.into_iter()
-                .next()
+fn client_is_local(cfg: &AvConfig, addr: &ConnAddr) -> bool {
+    let ip = match addr {
+        ConnAddr::Inet { address, .. } | ConnAddr::Inet6 { address, .. } => {
+            std::str::from_utf8(address)
+                .ok()
                 .and_then(|a| a.trim_start_matches("IPv6:").parse().ok())
-        }),
+        }
         _ => None,
     };
     cfg.local_net.iter().any(|n| match (n, ip) {
@@ -281,126 +246,106 @@ fn client_is_local(cfg: &AvConfig, data: &[u8]) -> bool {
     })
 }
 
-async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(stream: S, ctx: &Ctx) -> io::Result<()> {
-    let cfg = &ctx.cfg;
-    let (r, mut w) = tokio::io::split(stream);
-    let mut r = BufReader::with_capacity(64 * 1024, r);
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut macros: HashMap<String, String> = HashMap::new();
-    let mut msg = Msg::default();
-    let mut skip = false;
-    while let Some(cmd) = read_frame(&mut r, &mut buf).await? {
-        out.clear();
-        match cmd {
-            b'O' => {
-                let word = |i: usize| {
-                    buf.get(i * 4..i * 4 + 4)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u32::from_be_bytes)
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short OPTNEG"))
-                };
-                let (version, actions) = (word(0)?, word(1)?);
-                let want = action::ADDHDRS | action::CHGHDRS | action::QUARANTINE;
-                let mut d = Vec::with_capacity(12);
-                d.extend_from_slice(&version.min(milter::VERSION).to_be_bytes());
-                d.extend_from_slice(&(want & actions).to_be_bytes());
-                d.extend_from_slice(&0u32.to_be_bytes());
-                encode_frame(b'O', &d, &mut out);
-            }
-            b'D' => {
-                if let Some((_, pairs)) = buf.split_first() {
-                    let mut s = cstrings(pairs).into_iter();
-                    while let (Some(k), Some(v)) = (s.next(), s.next()) {
-                        macros.insert(k.trim_matches(['{', '}']).to_owned(), v);
-                    }
-                }
-            }
-            b'C' => {
-                skip = client_is_local(cfg, &buf);
-                encode_frame(if skip { b'a' } else { b'c' }, &[], &mut out);
-            }
-            b'M' => {
-                msg = Msg::default();
-                msg.sender = cstrings(&buf).into_iter().next().unwrap_or_default();
-                let authed = macros.get("auth_authen").filter(|a| !a.is_empty());
-                let skip_msg = skip
-                    || matches!((&cfg.skip_authenticated, authed), (Some(s), Some(a)) if s.matches(a));
-                if skip_msg {
-                    encode_frame(b'a', &[], &mut out);
-                } else {
-                    msg.scan = Some(MessageScan::new(cfg));
-                    encode_frame(b'c', &[], &mut out);
-                }
-            }
-            b'R' => {
-                msg.rcpts.extend(cstrings(&buf).into_iter().next());
-                encode_frame(b'c', &[], &mut out);
-            }
-            b'L' => {
-                let mut s = cstrings(&buf).into_iter();
-                let (name, value) = (s.next().unwrap_or_default(), s.next().unwrap_or_default());
-                let first = |slot: &mut Option<String>| {
-                    if slot.is_none() {
-                        *slot = Some(value.clone());
-                    }
-                };
-                if name.eq_ignore_ascii_case("X-Virus-Scanned") {
-                    msg.old_scanned += 1;
-                } else if name.eq_ignore_ascii_case("X-Virus-Status") {
-                    msg.old_status += 1;
-                } else if name.eq_ignore_ascii_case("Subject") {
-                    first(&mut msg.subject);
-                } else if name.eq_ignore_ascii_case("Message-ID") {
-                    first(&mut msg.message_id);
-                } else if name.eq_ignore_ascii_case("Date") {
-                    first(&mut msg.date);
-                }
-                if let Some(scan) = msg.scan.as_mut() {
-                    scan.header(&name, &value).await;
-                }
-                encode_frame(b'c', &[], &mut out);
-            }
-            b'N' => {
-                if let Some(scan) = msg.scan.as_mut() {
-                    scan.end_of_headers().await;
-                }
-                encode_frame(b'c', &[], &mut out);
-            }
-            b'B' => {
-                if let Some(scan) = msg.scan.as_mut() {
-                    scan.body(&buf).await;
-                }
-                encode_frame(b'c', &[], &mut out);
-            }
-            b'E' => {
-                let mut m = std::mem::take(&mut msg);
-                match m.scan.take() {
-                    Some(mut scan) => {
-                        scan.body(&buf).await;
-                        let outcome = scan.finish().await;
-                        end_of_message(ctx, &macros, &m, &outcome, &mut out);
-                    }
-                    None => encode_frame(b'a', &[], &mut out),
-                }
-            }
-            b'A' => msg = Msg::default(),
-            b'Q' => break,
-            b'K' => {
-                msg = Msg::default();
-                macros.clear();
-                skip = false;
-            }
-            // HELO, DATA, unknown command: we negotiated no NR_* flags, so every stage gets
-            // an answer.
-            b'H' | b'T' | b'U' => encode_frame(b'c', &[], &mut out),
-            _ => {}
-        }
-        if !out.is_empty() {
-            w.write_all(&out).await?;
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[async_trait]
+impl Handler for Av {
+    fn needs(&self) -> Needs {
+        Needs {
+            actions: Actions::ADDHDRS | Actions::CHGHDRS | Actions::QUARANTINE,
+            ..Needs::default()
         }
     }
-    Ok(())
+
+    async fn connect(&mut self, _ctx: &mut Context, _host: &[u8], addr: &ConnAddr) -> Decision {
+        self.local = client_is_local(&self.ctx.cfg, addr);
+        if self.local {
+            Decision::Accept
+        } else {
+            Decision::Continue
+        }
+    }
+
+    async fn mail(&mut self, ctx: &mut Context, sender: &[u8], _args: &[Bytes]) -> Decision {
+        let cfg = &self.ctx.cfg;
+        self.msg = Msg {
+            sender: lossy(sender),
+            ..Msg::default()
+        };
+        let authed = ctx.macro_value("auth_authen").filter(|a| !a.is_empty());
+        let skip = self.local
+            || matches!((&cfg.skip_authenticated, authed),
+                (Some(s), Some(a)) if s.matches(&String::from_utf8_lossy(a)));
+        if skip {
+            return Decision::Accept;
+        }
+        self.msg.scan = Some(MessageScan::new(cfg));
+        Decision::Continue
+    }
+
+    async fn rcpt(&mut self, _ctx: &mut Context, rcpt: &[u8], _args: &[Bytes]) -> Decision {
+        self.msg.rcpts.push(lossy(rcpt));
+        Decision::Continue
+    }
+
+    async fn header(&mut self, _ctx: &mut Context, name: &[u8], value: &[u8]) -> Decision {
+        let (name, value) = (lossy(name), lossy(value));
+        let m = &mut self.msg;
+        let first = |slot: &mut Option<String>| {
+            if slot.is_none() {
+                *slot = Some(value.clone());
+            }
+        };
+        if name.eq_ignore_ascii_case("X-Virus-Scanned") {
+            m.old_scanned += 1;
+        } else if name.eq_ignore_ascii_case("X-Virus-Status") {
+            m.old_status += 1;
+        } else if name.eq_ignore_ascii_case("Subject") {
+            first(&mut m.subject);
+        } else if name.eq_ignore_ascii_case("Message-ID") {
+            first(&mut m.message_id);
+        } else if name.eq_ignore_ascii_case("Date") {
+            first(&mut m.date);
+        }
+        if let Some(scan) = m.scan.as_mut() {
+            scan.header(&name, &value).await;
+        }
+        Decision::Continue
+    }
+
+    async fn eoh(&mut self, _ctx: &mut Context) -> Decision {
+        if let Some(scan) = self.msg.scan.as_mut() {
+            scan.end_of_headers().await;
+        }
+        Decision::Continue
+    }
+
+    async fn body(&mut self, _ctx: &mut Context, chunk: &Bytes) -> Decision {
+        if let Some(scan) = self.msg.scan.as_mut() {
+            scan.body(chunk).await;
+        }
+        Decision::Continue
+    }
+
+    async fn eom(&mut self, ctx: &mut Context) -> Decision {
+        let mut m = std::mem::take(&mut self.msg);
+        let Some(scan) = m.scan.take() else {
+            return Decision::Accept;
+        };
+        let outcome = scan.finish().await;
+        end_of_message(&self.ctx, ctx, &m, &outcome)
+    }
+
+    async fn abort(&mut self, _ctx: &mut Context) {
+        self.msg = Msg::default();
+    }
+
+    async fn close(&mut self, _ctx: &mut Context) {
+        self.msg = Msg::default();
+        self.local = false;
+    }
 }
 
 /// Addresses are passed without angle brackets (clamav-milter uses the `{mail_addr}` and
@@ -422,16 +367,8 @@ fn clean_arg(v: Option<&str>) -> String {
     }
 }
 
-fn end_of_message(
-    ctx: &Ctx,
-    macros: &HashMap<String, String>,
-    m: &Msg,
-    outcome: &Outcome,
-    out: &mut Vec<u8>,
-) {
-    let cfg = &ctx.cfg;
-    let qid = macros.get("i").map_or("NOQUEUE", String::as_str);
-    let d = av::decide(cfg, outcome, PRODUCT, ctx.hostname.as_deref());
+/// Logs the scan as `LogInfected` / `LogClean` ask.
+fn log_scan(cfg: &AvConfig, qid: &str, m: &Msg, outcome: &Outcome, action: Action) {
     let level = match outcome {
         Outcome::Infected(_) => cfg.log_infected,
         Outcome::Clean => cfg.log_clean,
@@ -439,11 +376,11 @@ fn end_of_message(
     };
     match level {
         LogLevel::Off => {}
-        LogLevel::Basic => tracing::info!(queue_id = qid, ?outcome, action = ?d.action, "scanned"),
+        LogLevel::Basic => tracing::info!(queue_id = qid, ?outcome, ?action, "scanned"),
         LogLevel::Full => tracing::info!(
             queue_id = qid,
             ?outcome,
-            action = ?d.action,
+            ?action,
             sender = %m.sender,
             rcpts = ?m.rcpts,
             subject = m.subject.as_deref().unwrap_or(""),
@@ -451,89 +388,124 @@ fn end_of_message(
             "scanned"
         ),
     }
-    // Header fields first (clamav-milter adds them for infected mail too, before the action).
-    if !d.headers.is_empty() {
-        if cfg.add_header == AddHeader::Replace {
-            for (name, n) in [
-                ("X-Virus-Scanned", m.old_scanned),
-                ("X-Virus-Status", m.old_status),
-            ] {
-                for i in (1..=n).rev() {
-                    frame_strs(b'm', &i.to_be_bytes(), &[name, ""], out);
-                }
-            }
-        }
-        for (name, value) in &d.headers {
-            if cfg.add_header == AddHeader::Add {
-                frame_strs(b'i', &1u32.to_be_bytes(), &[name, value], out);
-            } else {
-                frame_strs(b'h', &[], &[name, value], out);
+}
+
+/// Queues the `AddHeader` fields (clamav-milter adds them for infected mail too, before the
+/// action).
+fn queue_headers(
+    cfg: &AvConfig,
+    ctx: &mut Context,
+    m: &Msg,
+    headers: &[(String, String)],
+) -> Result<(), milter_proto::ApiMisuse> {
+    if headers.is_empty() {
+        return Ok(());
+    }
+    if cfg.add_header == AddHeader::Replace {
+        for (name, n) in [
+            ("X-Virus-Scanned", m.old_scanned),
+            ("X-Virus-Status", m.old_status),
+        ] {
+            for i in (1..=n).rev() {
+                ctx.delete_header(name, i)?;
             }
         }
     }
-    if let (Outcome::Infected(virus), Some(prog)) = (outcome, &cfg.virus_action) {
-        let rcpts: Vec<String> = if cfg.support_multiple_recipients {
-            m.rcpts.clone()
+    for (name, value) in headers {
+        if cfg.add_header == AddHeader::Add {
+            ctx.insert_header(1, name, value)?;
         } else {
-            m.rcpts.last().cloned().into_iter().collect()
-        };
-        for rcpt in rcpts {
-            let argv = [
-                virus.clone(),
-                qid.to_owned(),
-                clean_arg(Some(m.sender.trim_start_matches('<').trim_end_matches('>'))),
-                clean_arg(Some(rcpt.trim_start_matches('<').trim_end_matches('>'))),
-                clean_arg(m.subject.as_deref()),
-                clean_arg(m.message_id.as_deref()),
-                clean_arg(m.date.as_deref()),
-            ];
-            let prog = prog.clone();
-            // Run in the background: the verdict never waits for the program.
+            ctx.add_header(name, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `VirusAction` in the background (the verdict never waits for the program).
+fn virus_action(cfg: &AvConfig, prog: &std::path::Path, virus: &str, qid: &str, m: &Msg) {
+    let rcpts: Vec<String> = if cfg.support_multiple_recipients {
+        m.rcpts.clone()
+    } else {
+        m.rcpts.last().cloned().into_iter().collect()
+    };
+    for rcpt in rcpts {
+        let argv = [
+            virus.to_owned(),
+            qid.to_owned(),
+            clean_arg(Some(m.sender.trim_start_matches('<').trim_end_matches('>'))),
+            clean_arg(Some(rcpt.trim_start_matches('<').trim_end_matches('>'))),
+            clean_arg(m.subject.as_deref()),
+            clean_arg(m.message_id.as_deref()),
+            clean_arg(m.date.as_deref()),
+        ];
+        let prog = prog.to_owned();
+        tokio::spawn(async move {
+            match tokio::process::Command::new(&prog)
+                .args(&argv)
+                .status()
+                .await
+            {
+                Ok(s) if s.success() => {}
+                Ok(s) => tracing::warn!(program = %prog.display(), %s, "VirusAction failed"),
+                Err(e) => tracing::warn!(program = %prog.display(), error = %e, "VirusAction"),
+            }
+        });
+    }
+}
+
+/// Sends the infected-mail notification in the background (with its retries).
+fn notify(n: &Notifier, to: &str, virus: &str, qid: &str, m: &Msg) {
+    let (subject, body) = mailstack::notify::infected_text([
+        virus,
+        qid,
+        &m.sender,
+        &m.rcpts.join(", "),
+        m.subject.as_deref().unwrap_or(""),
+        m.message_id.as_deref().unwrap_or(""),
+    ]);
+    match n.send(to, &subject, &body) {
+        Ok(h) => {
             tokio::spawn(async move {
-                match tokio::process::Command::new(&prog)
-                    .args(&argv)
-                    .status()
-                    .await
-                {
-                    Ok(s) if s.success() => {}
-                    Ok(s) => tracing::warn!(program = %prog.display(), %s, "VirusAction failed"),
-                    Err(e) => tracing::warn!(program = %prog.display(), error = %e, "VirusAction"),
+                match h.await {
+                    Ok(Ok(())) => tracing::info!("notification sent"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "notification"),
+                    Err(e) => tracing::warn!(error = %e, "notification task"),
                 }
             });
         }
+        Err(e) => tracing::warn!(error = %e, "notification"),
     }
-    if let (Outcome::Infected(virus), Some((n, to))) = (outcome, &ctx.notify) {
-        let (subject, body) = mailstack::notify::infected_text([
-            virus,
-            qid,
-            &m.sender,
-            &m.rcpts.join(", "),
-            m.subject.as_deref().unwrap_or(""),
-            m.message_id.as_deref().unwrap_or(""),
-        ]);
-        // Delivery (with its retries) runs in the background; the verdict does not wait.
-        match n.send(to, &subject, &body) {
-            Ok(h) => {
-                tokio::spawn(async move {
-                    match h.await {
-                        Ok(Ok(())) => tracing::info!("notification sent"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "notification"),
-                        Err(e) => tracing::warn!(error = %e, "notification task"),
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "notification"),
+}
+
+fn end_of_message(app: &Ctx, ctx: &mut Context, m: &Msg, outcome: &Outcome) -> Decision {
+    let cfg = &app.cfg;
+    let qid = ctx
+        .macro_value("i")
+        .map_or_else(|| "NOQUEUE".to_owned(), |q| lossy(q));
+    let d = av::decide(cfg, outcome, PRODUCT, app.hostname.as_deref());
+    log_scan(cfg, &qid, m, outcome, d.action);
+    if let Err(e) = queue_headers(cfg, ctx, m, &d.headers) {
+        tracing::warn!(queue_id = qid, "cannot write the AddHeader fields: {e}");
+    }
+    if let Outcome::Infected(virus) = outcome {
+        if let Some(prog) = &cfg.virus_action {
+            virus_action(cfg, prog, virus, &qid, m);
+        }
+        if let Some((n, to)) = &app.notify {
+            notify(n, to, virus, &qid, m);
         }
     }
     match (d.action, d.reply) {
-        (Action::Accept, _) => encode_frame(b'a', &[], out),
-        (Action::Reject, Some(reply)) => frame_strs(b'y', &[], &[&reply], out),
-        (Action::Reject, None) => encode_frame(b'r', &[], out),
-        (Action::Defer, _) => encode_frame(b't', &[], out),
-        (Action::Blackhole, _) => encode_frame(b'd', &[], out),
+        (Action::Accept, _) => Decision::Accept,
+        (Action::Reject, Some(reply)) => Decision::ReplyCode(reply.into()),
+        (Action::Reject, None) => Decision::Reject,
+        (Action::Defer, _) => Decision::Tempfail,
+        (Action::Blackhole, _) => Decision::Discard,
         (Action::Quarantine, _) => {
-            frame_strs(b'q', &[], &[QUARANTINE_REASON], out);
-            encode_frame(b'a', &[], out);
+            if let Err(e) = ctx.quarantine(QUARANTINE_REASON) {
+                tracing::warn!(queue_id = qid, "cannot quarantine: {e}");
+            }
+            Decision::Accept
         }
     }
 }
