@@ -72,12 +72,21 @@ pub fn free_port() -> u16 {
 pub struct PostfixBuilder {
     main: Vec<(String, String)>,
     master: Vec<String>,
+    conf_files: Vec<(String, String)>,
 }
 
 impl PostfixBuilder {
     /// Sets a `main.cf` parameter (overrides the fixture's default of the same name).
     pub fn main(mut self, name: &str, value: impl Into<String>) -> Self {
         self.main.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// Writes a file under the configuration directory before Postfix starts, e.g.
+    /// `sasl/smtpd.conf` (Debian's smtpd reads Cyrus SASL's configuration from
+    /// `$config_directory/sasl`).
+    pub fn conf_file(mut self, relative: &str, contents: impl Into<String>) -> Self {
+        self.conf_files.push((relative.to_owned(), contents.into()));
         self
     }
 
@@ -113,6 +122,13 @@ impl PostfixBuilder {
         .expect("write main.cf");
         std::fs::write(dir.join("conf/master.cf"), master_cf(port, &self.master))
             .expect("write master.cf");
+        for (relative, contents) in &self.conf_files {
+            let path = dir.join("conf").join(relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create conf subdirectory");
+            }
+            std::fs::write(&path, contents).expect("write conf file");
+        }
         let pf = Postfix {
             dir,
             port,
