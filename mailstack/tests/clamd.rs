@@ -1,7 +1,9 @@
 //! The clamd client against a real clamd (Debian clamav-daemon 1.4.6, `/usr/sbin/clamd`),
 //! started once per test binary with a private configuration and a signature database
-//! written here (the EICAR string as a `.ndb` hex body signature): no freshclam, no network.
-//! A missing clamd fails the tests with a clear message.
+//! written here (the EICAR string as a `.ndb` hex body signature, and the MD5 of ClamAV's own
+//! test executable `clam.exe` from Debian's clamav-testfiles as a `.hdb` signature): no
+//! freshclam, no network. A missing clamd or clamav-testfiles fails the tests with a clear
+//! message.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -16,6 +18,21 @@ const CLAMD: &str = "/usr/sbin/clamd";
 const EICAR_HEX: &str = "58354f2150254041505b345c505a58353428505e2937434329377d2445494341522d5354414e444152442d414e544956495255532d544553542d46494c452124482b482a";
 const SIG: &str = "Mailstack.Test.EICAR.UNOFFICIAL";
 const STREAM_MAX: usize = 1024 * 1024;
+/// Debian's clamav-testfiles: ClamAV's test executable and the same file inside archives,
+/// encodings and documents.
+const TESTFILES: &str = "/usr/share/clamav-testfiles";
+const CLAM_EXE_SIG: &str = "Mailstack.Test.ClamExe.UNOFFICIAL";
+
+/// `md5:size:name`, the hash signature of `clam.exe` (written only when the package is there;
+/// the test that needs it checks for the package itself).
+fn clam_exe_hdb() -> Option<String> {
+    let exe = std::path::Path::new(TESTFILES).join("clam.exe");
+    let size = std::fs::metadata(&exe).ok()?.len();
+    let out = Command::new("md5sum").arg(&exe).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let md5 = text.split_whitespace().next()?;
+    Some(format!("{md5}:{size}:Mailstack.Test.ClamExe\n"))
+}
 
 fn eicar() -> Vec<u8> {
     (0..EICAR_HEX.len())
@@ -45,6 +62,9 @@ fn start_clamd() -> Clamd {
         format!("Mailstack.Test.EICAR:0:*:{EICAR_HEX}\n"),
     )
     .unwrap();
+    if let Some(hdb) = clam_exe_hdb() {
+        std::fs::write(db.join("mailstack.hdb"), hdb).unwrap();
+    }
     let socket = dir.path().join("clamd.sock");
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
@@ -269,6 +289,54 @@ async fn eicar_in_zip_is_found_raw_and_as_attachment() {
     assert_eq!(
         scan_chunked(&client(), &mail(&body), 100).await.unwrap(),
         infected()
+    );
+}
+
+/// ClamAV's own test files (Debian's clamav-testfiles): `clam.exe` is found as itself, inside
+/// archives and compressed files, and inside mail encodings (base64 MIME, uuencode, BinHex),
+/// streamed to clamd as a mail would be.
+#[tokio::test]
+async fn clamav_testfiles_are_found_in_archives_and_encodings() {
+    assert!(
+        std::path::Path::new(TESTFILES).join("clam.exe").exists(),
+        "{TESTFILES} is missing: install Debian's clamav-testfiles"
+    );
+    let expected = Verdict::Infected(vec![CLAM_EXE_SIG.to_owned()]);
+    let mut missed = Vec::new();
+    for name in [
+        "clam.exe",
+        "clam.zip",
+        "clam.7z",
+        "clam.tar.gz",
+        "clam.exe.bz2",
+        "clam.cab",
+        "clam.arj",
+        "clam.exe.mbox.base64",
+        "clam.exe.mbox.uu",
+        "clam.exe.binhex",
+        "clam.mail",
+    ] {
+        let data = std::fs::read(std::path::Path::new(TESTFILES).join(name)).unwrap();
+        let v = scan_chunked(&client(), &data, 4096).await.unwrap();
+        if v != expected {
+            missed.push(format!("{name}: {v:?}"));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "not found as {CLAM_EXE_SIG}: {missed:#?}"
+    );
+    // clam.zip as a base64 attachment of a mail, in small chunks.
+    let zip = std::fs::read(std::path::Path::new(TESTFILES).join("clam.zip")).unwrap();
+    let body = format!(
+        "Content-Type: multipart/mixed; boundary=\"b3\"\r\n\r\n--b3\r\n\
+         Content-Type: application/zip; name=\"clam.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         {}\r\n--b3--\r\n",
+        base64(&zip)
+    );
+    assert_eq!(
+        scan_chunked(&client(), &mail(&body), 100).await.unwrap(),
+        expected
     );
 }
 
