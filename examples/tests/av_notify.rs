@@ -198,48 +198,40 @@ fn auth_postfix(dir: &Path, smtps_port: u16) -> (Postfix, PathBuf) {
     (pf, cert)
 }
 
-/// The seed's msmtp setup: AUTH over STARTTLS on the submission port.
-#[test]
-fn notification_with_auth_over_starttls() {
+/// Sends the notification with AUTH, over STARTTLS on the SMTP port or over implicit TLS on
+/// the smtps port, and checks that it arrived and that Postfix logged the login.
+fn notification_with_auth(implicit_tls: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let (pf, cert) = auth_postfix(tmp.path(), free_port());
+    let smtps = free_port();
+    let (pf, cert) = auth_postfix(tmp.path(), smtps);
+    let (port, starttls) = match implicit_tls {
+        true => (smtps, "off"),
+        false => (pf.smtp_port(), "on"),
+    };
     let n = notifier(&format!(
-        "host localhost\nport {}\nfrom av@src.example\ntls on\ntls_starttls on\ntls_trust_file {}\nauth on\nuser {SASL_USER}\npassword {SASL_PASSWORD}\n",
-        pf.smtp_port(),
+        "host localhost\nport {port}\nfrom av@src.example\ntls on\ntls_starttls {starttls}\ntls_trust_file {}\nauth on\nuser {SASL_USER}\npassword {SASL_PASSWORD}\n",
         cert.display()
     ));
     send(&n, &pf);
     check(&pf);
+    let login = format!("sasl_username={SASL_USER}");
     assert!(
-        pf.wait_for_log(
-            &format!("sasl_username={SASL_USER}"),
-            Duration::from_secs(10)
-        ),
+        pf.wait_for_log(&login, Duration::from_secs(10)),
         "Postfix did not log the SASL login:\n{}",
         pf.log()
     );
 }
 
+/// The seed's msmtp setup: AUTH over STARTTLS on the submission port.
+#[test]
+fn notification_with_auth_over_starttls() {
+    notification_with_auth(false);
+}
+
 /// AUTH over implicit TLS (`tls_starttls off`, smtps).
 #[test]
 fn notification_with_auth_over_implicit_tls() {
-    let tmp = tempfile::tempdir().unwrap();
-    let smtps = free_port();
-    let (pf, cert) = auth_postfix(tmp.path(), smtps);
-    let n = notifier(&format!(
-        "host localhost\nport {smtps}\nfrom av@src.example\ntls on\ntls_starttls off\ntls_trust_file {}\nauth on\nuser {SASL_USER}\npassword {SASL_PASSWORD}\n",
-        cert.display()
-    ));
-    send(&n, &pf);
-    check(&pf);
-    assert!(
-        pf.wait_for_log(
-            &format!("sasl_username={SASL_USER}"),
-            Duration::from_secs(10)
-        ),
-        "Postfix did not log the SASL login:\n{}",
-        pf.log()
-    );
+    notification_with_auth(true);
 }
 
 /// Without AUTH, and with a wrong password, the server refuses the notification: the notifier
