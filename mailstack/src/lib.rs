@@ -8,6 +8,7 @@
 //! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
 //! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed verdicts).
 //! - [`av`]: clamav-milter's configuration and decisions over [`clamd`].
+//! - [`dmarc`]: DMARC evaluation and enforcement, a drop-in for OpenDMARC (milter handler included).
 //! - [`dkim`]: DKIM signing and verification with OpenDKIM's configuration, and its milter.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 
@@ -16,6 +17,7 @@ pub mod av;
 pub mod clamd;
 pub mod config;
 pub mod dkim;
+pub mod dmarc;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,0 +1,570 @@
+//! Reading `opendmarc.conf` (OpenDMARC 1.4.2 option names and defaults).
+//!
+//! Supported with OpenDMARC's meaning and default:
+//!
+//! | option | default | |
+//! |---|---|---|
+//! | `AuthservID` | the MTA's `j` macro, else this host's name; `HOSTNAME` means this host | authserv-id we write and trust |
+//! | `AuthservIDWithJobID` | no | write `id/jobid` |
+//! | `TrustedAuthservIDs` | the `AuthservID` | comma list of upstream authserv-ids believed |
+//! | `IgnoreAuthenticatedClients` | no | skip mail whose `{auth_authen}` is set |
+//! | `IgnoreHosts` | `127.0.0.1` only | file of host names, `.domain` suffixes, addresses and CIDRs to skip |
+//! | `IgnoreMailFrom` | empty | comma list of From: domains to skip |
+//! | `IgnoreMailTo` | empty | comma list of recipients kept out of the history |
+//! | `RejectFailures` | no | reject `p=reject` failures (subject to `pct`), tempfail on errors |
+//! | `RejectString` | `rejected by DMARC policy for %s` | reply text; `%s` is the From domain |
+//! | `HoldQuarantinedMessages` | no | with `RejectFailures`, `p=quarantine` failures are quarantined (Postfix: hold) |
+//! | `SPFIgnoreResults` | no | ignore SPF results found in headers |
+//! | `SPFSelfValidate` | no | run our SPF evaluator when no usable SPF result was found |
+//! | `RequiredHeaders` | no | reject mail without exactly one From (and one Date, ...; RFC 5322 §3.6) |
+//! | `RejectMultiValueFrom` | no | reject a From with several addresses of different domains (else skip) |
+//! | `HistoryFile` | none | where per-message records for aggregate reports go ([`super::history`]) |
+//! | `RecordAllMessages` | no | also record mail from domains without a DMARC record |
+//! | `PublicSuffixList` | none | Organizational Domains (RFC 7489 §3.2); without it only the exact domain is queried |
+//! | `Socket` | none | where the milter listens |
+//! | `DNSTimeout` | 5 | seconds per DNS query |
+//! | `SoftwareHeader` | no | add `DMARC-Filter: <product> <host> <jobid>` |
+//! | `DKIMSelfValidate` | no | **mailstack only**: verify DKIM signatures in this process ([`super::dkim`]) instead of reading upstream `dkim=` results |
+//! | `DMARCSpecification` | `rfc7489` | **mailstack only**: `rfc7489` (pct, public suffix list, as OpenDMARC) or `dmarcbis` (RFC 9989 DNS tree walk, `t=`, `np=`, no `pct`) |
+//!
+//! Accepted without effect (listed in [`DmarcConfig::ignored`] so the daemon can warn): process
+//! and logging options (`AutoRestart`, `AutoRestartCount`, `AutoRestartRate`, `Background`,
+//! `BaseDirectory`, `ChangeRootDirectory`, `PidFile`, `Syslog`, `SyslogFacility`,
+//! `SyslogSuccess`, `UMask`, `UserID`, `MilterDebug`, `LogWhy`), and the failure-report and ARC
+//! options when they are off (`FailureReports no`, `FailureReportsOnNone no`).
+//!
+//! Refused by name with file and line: failure reports (`FailureReports yes`,
+//! `FailureReportsOnNone yes`, `FailureReportsBcc`, `FailureReportsSentBy`, `ReportCommand`,
+//! `CopyFailuresTo`) and the ARC whitelists (`DomainWhitelist`, `DomainWhitelistFile`,
+//! `DomainWhitelistSize`), which this filter does not implement; anything unknown.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{ConfigError, ConfigFile, Entry, Syntax};
+
+use super::psl::PublicSuffixList;
+
+/// OpenDMARC's `RejectString` default; `%s` becomes the From domain.
+pub const DEFAULT_REJECT_STRING: &str = "rejected by DMARC policy for %s";
+/// The reply text used when `HoldQuarantinedMessages` quarantines (OpenDMARC's, fixed).
+pub const QUARANTINE_STRING: &str = "quarantined by DMARC policy for %s";
+/// OpenDMARC's `DNSTimeout` default (5 s).
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// `AuthservID` / `TrustedAuthservIDs` value that stands for this host's name.
+pub const HOSTNAME_KEYWORD: &str = "HOSTNAME";
+
+/// Which DMARC specification the evaluation follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Specification {
+    /// RFC 7489 (what OpenDMARC 1.4 implements): the Organizational Domain comes from the
+    /// public suffix list (`PublicSuffixList`), `pct=` samples which failures get the policy.
+    #[default]
+    Rfc7489,
+    /// RFC 9989 ("DMARCbis"): policy discovery and the Organizational Domain by the DNS tree
+    /// walk (`psd=`), `pct=` ignored, `t=y` lowers the policy one step, `np=` for
+    /// non-existent subdomains. `PublicSuffixList` has no effect.
+    DmarcBis,
+}
+
+/// One `IgnoreHosts` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostPattern {
+    /// An address with a prefix length (a plain address is a /32 or /128).
+    Net(IpAddr, u8),
+    /// A host name, compared case-insensitively.
+    Name(String),
+    /// `.example.com`: any name below that domain.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parses one entry: `addr`, `addr/bits`, `[addr]`, `host` or `.domain`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().trim_start_matches('[').trim_end_matches(']');
+        if s.is_empty() {
+            return None;
+        }
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        if let Ok(ip) = addr.parse::<IpAddr>() {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max)?,
+                None => max,
+            };
+            return Some(Self::Net(ip, bits));
+        }
+        if bits.is_some() {
+            return None;
+        }
+        let name = s.to_ascii_lowercase();
+        Some(match name.strip_prefix('.') {
+            Some(d) => Self::Suffix(d.to_owned()),
+            None => Self::Name(name),
+        })
+    }
+
+    /// Whether a client with address `ip` and host name `host` matches.
+    pub fn matches(&self, ip: Option<IpAddr>, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match self {
+            Self::Net(net, bits) => ip.is_some_and(|ip| in_net(*net, *bits, ip)),
+            Self::Name(n) => *n == host,
+            Self::Suffix(d) => host
+                .strip_suffix(d.as_str())
+                .is_some_and(|rest| rest.ends_with('.')),
+        }
+    }
+}
+
+fn in_net(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// A parsed `opendmarc.conf`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DmarcConfig {
+    /// `AuthservID`; `None`: the MTA's `j` macro, else [`local_hostname`].
+    pub authserv_id: Option<String>,
+    /// `AuthservIDWithJobID`.
+    pub authserv_id_with_job_id: bool,
+    /// `TrustedAuthservIDs` (lower-cased); empty: only the authserv-id in force.
+    pub trusted_authserv_ids: Vec<String>,
+    /// `IgnoreAuthenticatedClients`.
+    pub ignore_authenticated_clients: bool,
+    /// `IgnoreHosts` entries (default: `127.0.0.1`).
+    pub ignore_hosts: Vec<HostPattern>,
+    /// `IgnoreMailFrom` domains (lower-cased).
+    pub ignore_mail_from: Vec<String>,
+    /// `IgnoreMailTo` recipients (lower-cased).
+    pub ignore_mail_to: Vec<String>,
+    /// `RejectFailures`.
+    pub reject_failures: bool,
+    /// `RejectString` (one `%s`).
+    pub reject_string: String,
+    /// `HoldQuarantinedMessages`.
+    pub hold_quarantined_messages: bool,
+    /// `SPFIgnoreResults`.
+    pub spf_ignore_results: bool,
+    /// `SPFSelfValidate`.
+    pub spf_self_validate: bool,
+    /// `RequiredHeaders`.
+    pub required_headers: bool,
+    /// `RejectMultiValueFrom`.
+    pub reject_multi_value_from: bool,
+    /// `HistoryFile`.
+    pub history_file: Option<PathBuf>,
+    /// `RecordAllMessages`.
+    pub record_all_messages: bool,
+    /// `PublicSuffixList`, loaded.
+    pub public_suffix_list: Option<PublicSuffixList>,
+    /// `Socket` as written.
+    pub socket: Option<String>,
+    /// `DNSTimeout`.
+    pub dns_timeout: Duration,
+    /// `SoftwareHeader`.
+    pub software_header: bool,
+    /// `DKIMSelfValidate` (mailstack only).
+    pub dkim_self_validate: bool,
+    /// `DMARCSpecification`.
+    pub specification: Specification,
+    /// Options accepted without effect: (line, name).
+    pub ignored: Vec<(usize, String)>,
+}
+
+impl Default for DmarcConfig {
+    /// OpenDMARC's defaults.
+    fn default() -> Self {
+        Self {
+            authserv_id: None,
+            authserv_id_with_job_id: false,
+            trusted_authserv_ids: Vec::new(),
+            ignore_authenticated_clients: false,
+            ignore_hosts: vec![HostPattern::Net(IpAddr::from([127, 0, 0, 1]), 32)],
+            ignore_mail_from: Vec::new(),
+            ignore_mail_to: Vec::new(),
+            reject_failures: false,
+            reject_string: DEFAULT_REJECT_STRING.into(),
+            hold_quarantined_messages: false,
+            spf_ignore_results: false,
+            spf_self_validate: false,
+            required_headers: false,
+            reject_multi_value_from: false,
+            history_file: None,
+            record_all_messages: false,
+            public_suffix_list: None,
+            socket: None,
+            dns_timeout: DEFAULT_DNS_TIMEOUT,
+            software_header: false,
+            dkim_self_validate: false,
+            specification: Specification::Rfc7489,
+            ignored: Vec::new(),
+        }
+    }
+}
+
+/// Options accepted and ignored: process management and logging.
+const IGNORED: &[&str] = &[
+    "AutoRestart",
+    "AutoRestartCount",
+    "AutoRestartRate",
+    "Background",
+    "BaseDirectory",
+    "ChangeRootDirectory",
+    "PidFile",
+    "Syslog",
+    "SyslogFacility",
+    "SyslogSuccess",
+    "UMask",
+    "UserID",
+    "MilterDebug",
+    "LogWhy",
+];
+
+/// Options refused (not implemented), with why.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("FailureReportsBcc", "failure reports are not implemented"),
+    (
+        "FailureReportsSentBy",
+        "failure reports are not implemented",
+    ),
+    ("ReportCommand", "failure reports are not implemented"),
+    ("CopyFailuresTo", "copying failing mail is not implemented"),
+    ("DomainWhitelist", "ARC whitelists are not implemented"),
+    ("DomainWhitelistFile", "ARC whitelists are not implemented"),
+    ("DomainWhitelistSize", "ARC whitelists are not implemented"),
+];
+
+/// This host's name (`/proc/sys/kernel/hostname`, else `/etc/hostname`, else `localhost`).
+pub fn local_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+impl DmarcConfig {
+    /// Reads `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_file(&ConfigFile::read(path, Syntax::Whitespace)?)
+    }
+
+    /// Parses `text` as if read from `path` (files it names, such as `IgnoreHosts`, are read).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::from_file(&ConfigFile::parse(path, text, Syntax::Whitespace)?)
+    }
+
+    fn from_file(file: &ConfigFile) -> Result<Self, ConfigError> {
+        let mut cfg = Self::default();
+        for e in &file.entries {
+            cfg.apply(file, e)?;
+        }
+        if cfg.reject_string.matches("%s").count() != 1 || cfg.reject_string.contains('\n') {
+            let line = line_of(file, "RejectString");
+            return Err(ConfigError::at(
+                &file.path,
+                line,
+                "RejectString: expected one line with exactly one %s (the From domain)",
+            ));
+        }
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, f: &ConfigFile, e: &Entry) -> Result<(), ConfigError> {
+        let v = e.value.as_str();
+        let key = e.key.as_str();
+        match key {
+            "AuthservID" => self.authserv_id = Some(non_empty(f, e)?.to_owned()),
+            "AuthservIDWithJobID" => self.authserv_id_with_job_id = f.bool(e)?,
+            "TrustedAuthservIDs" => self.trusted_authserv_ids = comma_list(v),
+            "IgnoreAuthenticatedClients" => self.ignore_authenticated_clients = f.bool(e)?,
+            "IgnoreHosts" => self.ignore_hosts = read_hosts(f, e)?,
+            "IgnoreMailFrom" => self.ignore_mail_from = comma_list(v),
+            "IgnoreMailTo" => self.ignore_mail_to = comma_list(v),
+            "RejectFailures" => self.reject_failures = f.bool(e)?,
+            "RejectString" => self.reject_string = non_empty(f, e)?.to_owned(),
+            "HoldQuarantinedMessages" => self.hold_quarantined_messages = f.bool(e)?,
+            "SPFIgnoreResults" => self.spf_ignore_results = f.bool(e)?,
+            "SPFSelfValidate" => self.spf_self_validate = f.bool(e)?,
+            "RequiredHeaders" => self.required_headers = f.bool(e)?,
+            "RejectMultiValueFrom" => self.reject_multi_value_from = f.bool(e)?,
+            "HistoryFile" => self.history_file = Some(PathBuf::from(non_empty(f, e)?)),
+            "RecordAllMessages" => self.record_all_messages = f.bool(e)?,
+            "PublicSuffixList" => {
+                let path = Path::new(non_empty(f, e)?);
+                let psl = PublicSuffixList::read(path).map_err(|err| {
+                    f.error(
+                        e,
+                        format_args!("PublicSuffixList: {}: {err}", path.display()),
+                    )
+                })?;
+                self.public_suffix_list = Some(psl);
+            }
+            "Socket" => self.socket = Some(non_empty(f, e)?.to_owned()),
+            "DNSTimeout" => self.dns_timeout = Duration::from_secs(f.number::<u64>(e)?.max(1)),
+            "SoftwareHeader" => self.software_header = f.bool(e)?,
+            "DKIMSelfValidate" => self.dkim_self_validate = f.bool(e)?,
+            "DMARCSpecification" => {
+                self.specification = match v.to_ascii_lowercase().as_str() {
+                    "rfc7489" => Specification::Rfc7489,
+                    "dmarcbis" | "rfc9989" => Specification::DmarcBis,
+                    _ => {
+                        return Err(f.error(
+                            e,
+                            format_args!(
+                                "DMARCSpecification: expected rfc7489 or dmarcbis, found {v:?}"
+                            ),
+                        ));
+                    }
+                }
+            }
+            "FailureReports" | "FailureReportsOnNone" => {
+                if f.bool(e)? {
+                    return Err(f.error(
+                        e,
+                        format_args!(
+                            "{key} yes is not supported: failure reports are not implemented"
+                        ),
+                    ));
+                }
+                self.ignored.push((e.line, key.to_owned()));
+            }
+            _ if IGNORED.contains(&key) => self.ignored.push((e.line, key.to_owned())),
+            _ => {
+                if let Some((_, why)) = UNSUPPORTED.iter().find(|(k, _)| *k == key) {
+                    return Err(f.error(e, format_args!("{key} is not supported: {why}")));
+                }
+                return Err(f.unknown(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The authserv-id in force: `AuthservID` (`HOSTNAME` = this host), else the MTA's `j`
+    /// macro, else this host's name.
+    pub fn authserv_id(&self, mta_name: Option<&str>) -> String {
+        match self.authserv_id.as_deref() {
+            Some(HOSTNAME_KEYWORD) => local_hostname(),
+            Some(id) => id.to_owned(),
+            None => mta_name
+                .filter(|s| !s.is_empty())
+                .map_or_else(local_hostname, str::to_owned),
+        }
+    }
+
+    /// Whether an upstream authserv-id is trusted: equal (case-insensitively) to `ours` or in
+    /// `TrustedAuthservIDs` (where `hostname` stands for this host); with
+    /// `AuthservIDWithJobID`, `trusted/<job_id>` is accepted too.
+    pub fn is_trusted(&self, id: &str, ours: &str, job_id: Option<&str>) -> bool {
+        let id = id.to_ascii_lowercase();
+        let base = match (self.authserv_id_with_job_id, job_id) {
+            (true, Some(job)) => id
+                .strip_suffix(&format!("/{}", job.to_ascii_lowercase()))
+                .map_or(id.clone(), str::to_owned),
+            _ => id.clone(),
+        };
+        let ours = ours.to_ascii_lowercase();
+        [id, base].iter().any(|cand| {
+            *cand == ours
+                || self.trusted_authserv_ids.iter().any(|t| {
+                    t == cand || (t == "hostname" && *cand == local_hostname().to_ascii_lowercase())
+                })
+        })
+    }
+
+    /// Whether the client is in `IgnoreHosts`.
+    pub fn ignores_host(&self, ip: Option<IpAddr>, host: &str) -> bool {
+        self.ignore_hosts.iter().any(|p| p.matches(ip, host))
+    }
+}
+
+fn non_empty<'a>(f: &ConfigFile, e: &'a Entry) -> Result<&'a str, ConfigError> {
+    if e.value.is_empty() {
+        return Err(f.error(e, format_args!("{}: expected a value", e.key)));
+    }
+    Ok(&e.value)
+}
+
+fn line_of(f: &ConfigFile, key: &str) -> usize {
+    f.entries
+        .iter()
+        .rev()
+        .find(|e| e.key == key)
+        .map_or(0, |e| e.line)
+}
+
+/// Reads an `IgnoreHosts` file: one pattern per line, `#` comments.
+fn read_hosts(f: &ConfigFile, e: &Entry) -> Result<Vec<HostPattern>, ConfigError> {
+    let path = Path::new(non_empty(f, e)?);
+    let file = ConfigFile::read(path, Syntax::Whitespace)
+        .map_err(|err| f.error(e, format_args!("IgnoreHosts: {err}")))?;
+    file.entries
+        .iter()
+        .map(|h| {
+            let text = format!("{} {}", h.key, h.value);
+            HostPattern::parse(&h.key).ok_or_else(|| {
+                f.error(
+                    e,
+                    format_args!(
+                        "IgnoreHosts: {}:{}: expected a host name, .domain, address or \
+                         address/bits, found {:?}",
+                        path.display(),
+                        h.line,
+                        text.trim()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DmarcConfig, ConfigError> {
+        DmarcConfig::parse(Path::new("/etc/opendmarc.conf"), text)
+    }
+
+    #[test]
+    fn defaults_are_opendmarcs() {
+        let c = parse("").unwrap();
+        assert!(!c.reject_failures && !c.spf_self_validate && !c.ignore_authenticated_clients);
+        assert_eq!(c.reject_string, "rejected by DMARC policy for %s");
+        assert_eq!(c.dns_timeout, Duration::from_secs(5));
+        assert_eq!(c.specification, Specification::Rfc7489);
+        assert!(c.ignores_host(Some("127.0.0.1".parse().unwrap()), "x"));
+        assert!(!c.ignores_host(Some("127.0.0.2".parse().unwrap()), "localhost"));
+        assert_eq!(c.authserv_id(Some("mx.example")), "mx.example");
+    }
+
+    #[test]
+    fn debian_sample_config_reads() {
+        let c = parse("PidFile /run/opendmarc/opendmarc.pid\nPublicSuffixList /nonexistent\n")
+            .unwrap_err();
+        assert!(
+            c.to_string()
+                .starts_with("/etc/opendmarc.conf:2: PublicSuffixList: /nonexistent: "),
+            "{c}"
+        );
+        let c = parse(
+            "PidFile /run/opendmarc/opendmarc.pid\nSocket local:/run/opendmarc/opendmarc.sock\n\
+             Syslog true\nUMask 0002\nUserID opendmarc\nAuthservID mx.example\n\
+             TrustedAuthservIDs mx.example, Upstream.Example\nRejectFailures true\n\
+             SPFSelfValidate yes\nDMARCSpecification dmarcbis\nFailureReports false\n",
+        )
+        .unwrap();
+        assert!(c.reject_failures && c.spf_self_validate);
+        assert_eq!(
+            c.socket.as_deref(),
+            Some("local:/run/opendmarc/opendmarc.sock")
+        );
+        assert_eq!(c.specification, Specification::DmarcBis);
+        assert!(c.is_trusted("UPSTREAM.example", "mx.example", None));
+        assert!(c.is_trusted("mx.example", "mx.example", None));
+        assert!(!c.is_trusted("evil.example", "mx.example", None));
+        assert_eq!(c.ignored.len(), 5);
+        assert_eq!(c.ignored[0], (1, "PidFile".into()));
+    }
+
+    #[test]
+    fn unsupported_and_unknown_are_refused_by_name_and_line() {
+        let e = parse("RejectFailures yes\nFailureReports yes\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:2: FailureReports yes is not supported: failure reports are \
+             not implemented"
+        );
+        let e = parse("\nDomainWhitelist a.example\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:2: DomainWhitelist is not supported: ARC whitelists are not \
+             implemented"
+        );
+        let e = parse("Bogus 1\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:1: unknown option \"Bogus\""
+        );
+        let e = parse("RejectString no domain here\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/opendmarc.conf:1: RejectString")
+        );
+        let e = parse("DMARCSpecification rfc1\n").unwrap_err();
+        assert!(e.to_string().contains("expected rfc7489 or dmarcbis"));
+        let e = parse("SPFSelfValidate perhaps\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:1: SPFSelfValidate: expected yes or no, found \"perhaps\""
+        );
+    }
+
+    #[test]
+    fn ignore_hosts_file_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("ignore.hosts");
+        std::fs::write(
+            &hosts,
+            "# local\n127.0.0.1\n10.0.0.0/8\n::1\n.internal.example\nrelay.example\n",
+        )
+        .unwrap();
+        let c = parse(&format!("IgnoreHosts {}\n", hosts.display())).unwrap();
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert!(c.ignores_host(ip("10.1.2.3"), "unknown"));
+        assert!(c.ignores_host(ip("::1"), ""));
+        assert!(c.ignores_host(ip("::ffff:10.0.0.1"), ""));
+        assert!(c.ignores_host(ip("192.0.2.1"), "a.internal.example"));
+        assert!(!c.ignores_host(ip("192.0.2.1"), "internal.example"));
+        assert!(c.ignores_host(ip("192.0.2.1"), "RELAY.example."));
+        assert!(!c.ignores_host(ip("192.0.2.1"), "other.example"));
+        std::fs::write(&hosts, "10.0.0.0/99\n").unwrap();
+        let e = parse(&format!("\nIgnoreHosts {}\n", hosts.display())).unwrap_err();
+        assert!(e.to_string().contains(":2: IgnoreHosts: "), "{e}");
+        assert!(
+            e.to_string()
+                .contains("ignore.hosts:1: expected a host name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn job_id_suffix_is_trusted_only_when_configured() {
+        let c = parse("AuthservID mx.example\nAuthservIDWithJobID yes\n").unwrap();
+        assert!(c.is_trusted("mx.example/ABC123", "mx.example", Some("ABC123")));
+        assert!(!c.is_trusted("mx.example/OTHER", "mx.example", Some("ABC123")));
+        let c = parse("AuthservID mx.example\n").unwrap();
+        assert!(!c.is_trusted("mx.example/ABC123", "mx.example", Some("ABC123")));
+    }
+}

@@ -1,0 +1,162 @@
+//! In-process DKIM verification for DMARC (`DKIMSelfValidate yes`).
+//!
+//! This is a small private seam: [`InProcessDkim::verify`] takes the whole message and returns
+//! one [`DkimInput`] per signature. Today it uses mail-auth 0.13.3's verifier; when
+//! `mailstack::dkim` has its own verifier (which fixes mail-auth's relaxed body hash with
+//! trailing whitespace-only lines, reference §5.13), only the body of `verify` changes.
+//!
+//! DNS: mail-auth would query through its own hickory resolver. Instead every
+//! `<s>._domainkey.<d>` key is fetched first through our [`Resolver`] (the same one the DMARC
+//! and SPF lookups use, so tests run on a [`crate::dns::MemoryResolver`]) and handed to
+//! mail-auth through a pre-filled TXT cache; mail-auth's own resolver points at the discard
+//! port and is never meant to be asked.
+//!
+//! Known differences inherited from mail-auth 0.13.3 (reference §0.1, §0.5): a body-hash
+//! mismatch is reported `neutral` (OpenDKIM: `fail`) and a relaxed-body signature over a body
+//! ending in whitespace-only lines fails. For DMARC only `pass` counts, so the first changes
+//! nothing; the second can make such a message fail DKIM alignment.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mail_auth::common::parse::TxtRecordParser;
+use mail_auth::common::verify::DomainKey;
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, Txt};
+
+use crate::dns::Resolver;
+
+use super::eval::{DkimInput, DkimStatus};
+
+/// Signatures verified per message at most (OpenDKIM's `MaximumSignaturesToVerify`, 3);
+/// the others are ignored.
+pub const MAX_SIGNATURES: usize = 3;
+
+/// A TXT cache mail-auth reads, filled before verification.
+#[derive(Default)]
+struct KeyCache(Mutex<HashMap<Box<str>, Txt>>);
+
+impl mail_auth::ResolverCache<Box<str>, Txt> for KeyCache {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.lock().ok()?.get(name).cloned()
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0.lock().ok()?.remove(name)
+    }
+
+    fn insert(&self, key: Box<str>, value: Txt, _valid_until: std::time::Instant) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, value);
+        }
+    }
+}
+
+/// DKIM verification for the DMARC filter.
+pub struct InProcessDkim {
+    resolver: Arc<dyn Resolver>,
+    authenticator: MessageAuthenticator,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for InProcessDkim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessDkim")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcessDkim {
+    /// A verifier fetching keys through `resolver`, `timeout` per query.
+    pub fn new(resolver: Arc<dyn Resolver>, timeout: Duration) -> Result<Self, String> {
+        // mail-auth's own resolver: never used for keys (they come from the cache); the
+        // discard port answers nothing if an unexpected lookup (ATPS) happens.
+        let mut ns = NameServerConfig::udp(std::net::Ipv4Addr::LOCALHOST.into());
+        for conn in &mut ns.connections {
+            conn.port = 9;
+        }
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_millis(200);
+        opts.attempts = 1;
+        let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
+        let authenticator = MessageAuthenticator::new(config, opts).map_err(|e| e.to_string())?;
+        Ok(Self {
+            resolver,
+            authenticator,
+            timeout,
+        })
+    }
+
+    /// Verifies up to [`MAX_SIGNATURES`] signatures of `raw` (headers and body, CRLF).
+    pub async fn verify(&self, raw: &[u8]) -> Vec<DkimInput> {
+        let Some(msg) = AuthenticatedMessage::parse(raw) else {
+            return Vec::new();
+        };
+        let cache = KeyCache::default();
+        let far = std::time::Instant::now() + Duration::from_secs(3600);
+        for h in msg.dkim_headers.iter().take(MAX_SIGNATURES) {
+            let sig = &h.header;
+            let name = format!("{}._domainkey.{}", sig.s, sig.d).to_ascii_lowercase();
+            let txt = self.key(&name).await;
+            mail_auth::ResolverCache::insert(&cache, format!("{name}.").into(), txt, far);
+        }
+        let outputs = self
+            .authenticator
+            .verify_dkim(Parameters::new(&msg).with_txt_cache(&cache))
+            .await;
+        outputs
+            .iter()
+            .filter_map(|o| {
+                let sig = o.signature()?;
+                Some(DkimInput {
+                    domain: sig.d.to_ascii_lowercase(),
+                    selector: sig.s.clone(),
+                    status: match o.result() {
+                        DkimResult::Pass => DkimStatus::Pass,
+                        DkimResult::Neutral(_) => DkimStatus::Neutral,
+                        DkimResult::Fail(_) => DkimStatus::Fail,
+                        DkimResult::PermError(_) => DkimStatus::PermError,
+                        DkimResult::TempError(_) => DkimStatus::TempError,
+                        DkimResult::None => DkimStatus::None,
+                    },
+                })
+            })
+            .take(MAX_SIGNATURES)
+            .collect()
+    }
+
+    /// The key record at `name`, as mail-auth's cache holds it (errors included).
+    async fn key(&self, name: &str) -> Txt {
+        use mail_auth::{DnsError as MaDns, Error as MaError};
+        let answer = tokio::time::timeout(self.timeout, self.resolver.txt(name)).await;
+        match answer {
+            Ok(Ok(records)) => {
+                let mut last = MaError::Dns(MaDns::InvalidRecordType);
+                for r in &records {
+                    match DomainKey::parse(r) {
+                        Ok(k) => return Txt::DomainKey(Arc::new(k)),
+                        Err(e) => last = e,
+                    }
+                }
+                Txt::Error(last)
+            }
+            Ok(Err(e)) if e.is_void() => {
+                Txt::Error(MaError::Dns(MaDns::RecordNotFound(ResponseCode::NXDomain)))
+            }
+            Ok(Err(e)) => Txt::Error(MaError::Dns(MaDns::Resolver(e.to_string()))),
+            Err(_) => Txt::Error(MaError::Dns(MaDns::Resolver("DNS timeout".into()))),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Per-message records for DMARC aggregate reports (RFC 7489 §7.2), and the default store.
+//!
+//! A [`MessageRecord`] holds what an aggregate report row needs: source address, header
+//! From, envelope From, the policy domain and its published policy, every DKIM result, the SPF
+//! result, the alignment outcomes and the disposition applied. [`HistoryStore`] is the seam
+//! for other stores; [`HistoryFile`] is the embedded default.
+//!
+//! # The history file format
+//!
+//! [`HistoryFile`] appends one block per message in OpenDMARC 1.4's `HistoryFile` format, so
+//! sites that already run `opendmarc-import` (MySQL) and `opendmarc-reports` keep working:
+//! one `key value` line per fact, a block starting at `job`:
+//!
+//! ```text
+//! job 4XyZ1k2Abc
+//! reporter mx.example
+//! received 1764000000
+//! ipaddr 192.0.2.1
+//! from sender.example
+//! mfrom sender.example
+//! dkim sender.example mail 0
+//! spf 0
+//! pdomain sender.example
+//! policy 114
+//! rua mailto:dmarc@sender.example
+//! pct 100
+//! adkim 114
+//! aspf 114
+//! p 114
+//! sp 0
+//! align_dkim 4
+//! align_spf 5
+//! action 2
+//! ```
+//!
+//! Numbers are OpenDMARC's, as `opendmarc-reports` decodes them: results `0` pass, `2`
+//! softfail, `3` neutral, `4` temperror, `5` permerror, `6` none, `7` fail, `8` policy;
+//! `align_*` `4` pass, `5` fail; `p`, `sp`, `policy`, `adkim`, `aspf` the ASCII code of
+//! `n`/`q`/`r`/`s` (`0` for an absent `sp`); `action` `0` reject, `2` none, `4` quarantine.
+//!
+//! The file is bounded: when a record would grow it past [`HistoryFile::max_bytes`]
+//! (default [`DEFAULT_HISTORY_MAX_BYTES`]), it is renamed to `<path>.1` (replacing an older
+//! one) and a new file is started, so at most twice the bound is kept on disk. The importer
+//! is expected to consume the file in between (as with OpenDMARC, where the importer
+//! truncates it).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::spf::SpfResult;
+
+use super::eval::{DkimInput, DkimStatus};
+use super::record::{Alignment, DmarcRecord, Policy};
+
+/// Default bound of a [`HistoryFile`] (64 MiB, about 200,000 messages) before it rotates.
+pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What an aggregate report needs to know about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageRecord {
+    /// The MTA's queue id (`i` macro), or a generated id.
+    pub job_id: String,
+    /// Our authserv-id (the reporting host).
+    pub reporter: String,
+    /// Unix time the message was evaluated.
+    pub received: u64,
+    /// The SMTP client's address.
+    pub source_ip: Option<IpAddr>,
+    /// The RFC5322.From domain.
+    pub header_from: String,
+    /// The envelope sender's domain (empty for the null sender).
+    pub envelope_from: String,
+    /// Every DKIM result considered.
+    pub dkim: Vec<DkimInput>,
+    /// The SPF result considered (`None` when there was none).
+    pub spf: Option<SpfResult>,
+    /// The domain whose policy was applied, and its record.
+    pub policy: Option<(String, DmarcRecord)>,
+    /// The policy in force (`p`, `sp` or `np`).
+    pub policy_in_force: Policy,
+    /// An aligned DKIM pass.
+    pub dkim_aligned: bool,
+    /// An aligned SPF pass.
+    pub spf_aligned: bool,
+    /// The disposition applied.
+    pub disposition: Policy,
+}
+
+fn spf_code(r: Option<SpfResult>) -> u8 {
+    match r {
+        Some(SpfResult::Pass) => 0,
+        Some(SpfResult::SoftFail) => 2,
+        Some(SpfResult::Neutral) => 3,
+        Some(SpfResult::TempError) => 4,
+        Some(SpfResult::PermError) => 5,
+        Some(SpfResult::None) | None => 6,
+        Some(SpfResult::Fail) => 7,
+    }
+}
+
+fn dkim_code(s: DkimStatus) -> u8 {
+    match s {
+        DkimStatus::Pass => 0,
+        DkimStatus::Neutral => 3,
+        DkimStatus::TempError => 4,
+        DkimStatus::PermError => 5,
+        DkimStatus::None => 6,
+        DkimStatus::Fail => 7,
+        DkimStatus::Policy => 8,
+    }
+}
+
+fn policy_code(p: Policy) -> u8 {
+    match p {
+        Policy::None => b'n',
+        Policy::Quarantine => b'q',
+        Policy::Reject => b'r',
+    }
+}
+
+fn align_code(a: Alignment) -> u8 {
+    a.as_char() as u8
+}
+
+impl MessageRecord {
+    /// The record as an OpenDMARC `HistoryFile` block (see the module docs).
+    pub fn to_history_block(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "job {}", self.job_id);
+        let _ = writeln!(s, "reporter {}", self.reporter);
+        let _ = writeln!(s, "received {}", self.received);
+        let ip = self
+            .source_ip
+            .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+        let _ = writeln!(s, "ipaddr {ip}");
+        let _ = writeln!(s, "from {}", self.header_from);
+        let _ = writeln!(s, "mfrom {}", self.envelope_from);
+        for d in &self.dkim {
+            let sel = if d.selector.is_empty() {
+                "-"
+            } else {
+                &d.selector
+            };
+            let _ = writeln!(s, "dkim {} {sel} {}", d.domain, dkim_code(d.status));
+        }
+        let _ = writeln!(s, "spf {}", spf_code(self.spf));
+        let (pdomain, rec) = match &self.policy {
+            Some((d, r)) => (d.as_str(), Some(r)),
+            None => (self.header_from.as_str(), None),
+        };
+        let _ = writeln!(s, "pdomain {pdomain}");
+        let _ = writeln!(s, "policy {}", policy_code(self.policy_in_force));
+        match rec {
+            Some(r) if !r.rua.is_empty() => r.rua.iter().for_each(|u| {
+                let _ = writeln!(s, "rua {u}");
+            }),
+            _ => s.push_str("rua -\n"),
+        }
+        if let Some(r) = rec {
+            let _ = writeln!(s, "pct {}", r.pct);
+            let _ = writeln!(s, "adkim {}", align_code(r.adkim));
+            let _ = writeln!(s, "aspf {}", align_code(r.aspf));
+            let _ = writeln!(s, "p {}", policy_code(r.p));
+            let _ = writeln!(s, "sp {}", r.sp.map_or(0, policy_code));
+        }
+        let _ = writeln!(s, "align_dkim {}", if self.dkim_aligned { 4 } else { 5 });
+        let _ = writeln!(s, "align_spf {}", if self.spf_aligned { 4 } else { 5 });
+        let action = match self.disposition {
+            Policy::Reject => 0,
+            Policy::None => 2,
+            Policy::Quarantine => 4,
+        };
+        let _ = writeln!(s, "action {action}");
+        s
+    }
+}
+
+/// Somewhere to keep [`MessageRecord`]s until reports are sent.
+pub trait HistoryStore: Send + Sync + std::fmt::Debug {
+    /// Stores one record. An error is logged by the caller; mail is not held up by it.
+    fn record(&self, record: &MessageRecord) -> std::io::Result<()>;
+}
+
+/// The default store: an append-only file in OpenDMARC's format, bounded by rotation.
+#[derive(Debug)]
+pub struct HistoryFile {
+    path: PathBuf,
+    max_bytes: u64,
+    lock: Mutex<()>,
+}
+
+impl HistoryFile {
+    /// A store appending to `path`, rotating at [`DEFAULT_HISTORY_MAX_BYTES`].
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Sets the rotation bound.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The rotation bound.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rotated(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".1");
+        PathBuf::from(p)
+    }
+}
+
+impl HistoryStore for HistoryFile {
+    fn record(&self, record: &MessageRecord) -> std::io::Result<()> {
+        let block = record.to_history_block();
+        // A poisoned lock only means another writer panicked; the file is still consistent
+        // at block granularity, so go on.
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if len > 0 && len + block.len() as u64 > self.max_bytes {
+            std::fs::rename(&self.path, self.rotated())?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        f.write_all(block.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> MessageRecord {
+        MessageRecord {
+            job_id: "4XyZ1k2Abc".into(),
+            reporter: "mx.example".into(),
+            received: 1_764_000_000,
+            source_ip: Some("192.0.2.1".parse().unwrap()),
+            header_from: "sender.example".into(),
+            envelope_from: "sender.example".into(),
+            dkim: vec![DkimInput {
+                domain: "sender.example".into(),
+                selector: "mail".into(),
+                status: DkimStatus::Pass,
+            }],
+            spf: Some(SpfResult::Pass),
+            policy: Some((
+                "sender.example".into(),
+                DmarcRecord::parse(b"v=DMARC1; p=reject; rua=mailto:dmarc@sender.example").unwrap(),
+            )),
+            policy_in_force: Policy::Reject,
+            dkim_aligned: true,
+            spf_aligned: false,
+            disposition: Policy::None,
+        }
+    }
+
+    #[test]
+    fn block_matches_opendmarc_keys() {
+        let b = sample().to_history_block();
+        assert_eq!(
+            b,
+            "job 4XyZ1k2Abc\nreporter mx.example\nreceived 1764000000\nipaddr 192.0.2.1\n\
+             from sender.example\nmfrom sender.example\ndkim sender.example mail 0\nspf 0\n\
+             pdomain sender.example\npolicy 114\nrua mailto:dmarc@sender.example\npct 100\n\
+             adkim 114\naspf 114\np 114\nsp 0\nalign_dkim 4\nalign_spf 5\naction 2\n"
+        );
+    }
+
+    #[test]
+    fn file_appends_and_rotates_at_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history");
+        let one = sample().to_history_block().len() as u64;
+        let store = HistoryFile::new(&path).with_max_bytes(one * 2);
+        for _ in 0..2 {
+            store.record(&sample()).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), one * 2);
+        store.record(&sample()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), one);
+        assert_eq!(std::fs::metadata(store.rotated()).unwrap().len(), one * 2);
+    }
+}

@@ -1,0 +1,405 @@
+//! DMARC (RFC 7489, or RFC 9989 when configured) as a drop-in for OpenDMARC 1.4.
+//!
+//! [`DmarcFilter::check`] takes what the MTA told us about one message ([`MessageFacts`]) and
+//! returns a [`Verdict`]: the action (accept, reject with OpenDMARC's `550 5.7.1 rejected by
+//! DMARC policy for <domain>`, tempfail, quarantine) and the header fields to insert (the
+//! `Authentication-Results` OpenDMARC writes, `dmarc=<result> (p=<policy> dis=<disposition>)
+//! header.from=<domain>`). [`milter::DmarcMilter`] wraps it as a
+//! [`milter_proto::server::Handler`]; the `dmarc-milter` example binary is a thin `main`
+//! around that. [`config`] reads `opendmarc.conf`.
+//!
+//! # Which DMARC
+//!
+//! `DMARCSpecification` chooses, and the default is OpenDMARC's:
+//!
+//! - `rfc7489` (default): policy discovery queries `_dmarc.<From domain>`, then
+//!   `_dmarc.<Organizational Domain>` taken from the public suffix list (`PublicSuffixList`;
+//!   without one, only the From domain is queried and relaxed alignment needs equal domains);
+//!   `pct=` samples which failing messages get the policy, the others one step less.
+//! - `dmarcbis` (RFC 9989): the DNS tree walk (at most [`eval::MAX_TREE_WALK`] queries per
+//!   domain, `psd=` for the Organizational Domain), no `pct=`, `t=y` lowers the policy one step,
+//!   `np=` for a subdomain that does not exist (A query NXDOMAIN).
+//!
+//! # Where SPF and DKIM results come from
+//!
+//! As OpenDMARC: from trusted `Authentication-Results` (authserv-id equal to ours or listed in
+//! `TrustedAuthservIDs`), then from a `Received-SPF` for this envelope's MAIL FROM
+//! ([`headers::read_upstream`] lists the rules and the CVE fixes kept). With
+//! `SPFSelfValidate`, when no usable SPF result was found (or `SPFIgnoreResults` is set), our
+//! [`crate::spf`] evaluator checks the MAIL FROM (HELO for the null sender) and its result is
+//! added as its own `Authentication-Results`. With `DKIMSelfValidate` (mailstack only),
+//! signatures are verified here ([`dkim`]) and upstream `dkim=` results are not used.
+//!
+//! # Enforcement (OpenDMARC's rules)
+//!
+//! | result | `RejectFailures no` | `RejectFailures yes` |
+//! |---|---|---|
+//! | pass, none | AR, accept | AR, accept |
+//! | fail, disposition reject | AR `dis=none`, accept | `550 5.7.1 <RejectString>`, no AR |
+//! | fail, disposition quarantine | AR `dis=none`, accept | AR `dis=quarantine`; milter quarantine (Postfix hold) with `HoldQuarantinedMessages` |
+//! | temperror | AR, accept | tempfail, no AR |
+//! | permerror | AR `dmarc=permerror header.from=<d>`, accept | same |
+//!
+//! Each evaluated message becomes a [`history::MessageRecord`] in the configured
+//! [`history::HistoryStore`] (default: `HistoryFile` in OpenDMARC's format), for messages from
+//! domains with a record (all messages with `RecordAllMessages`).
+//!
+//! # Layout
+//! - [`config`]: reading `opendmarc.conf`.
+//! - [`record`]: DMARC record syntax.
+//! - [`psl`]: the public suffix list.
+//! - [`eval`]: policy discovery, alignment, the policy in force.
+//! - [`headers`]: From, upstream `Authentication-Results` and `Received-SPF`.
+//! - [`dkim`]: in-process DKIM verification.
+//! - [`history`]: aggregate-report records and their store.
+//! - [`milter`]: the milter handler.
+
+pub mod config;
+pub mod dkim;
+pub mod eval;
+pub mod headers;
+pub mod history;
+pub mod milter;
+pub mod psl;
+pub mod record;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::auth_results::{AuthResults, MethodResult};
+use crate::dns::Resolver;
+use crate::spf::{Identity, Limits, SpfEvaluator};
+
+pub use config::{DmarcConfig, Specification};
+pub use eval::{DkimInput, DkimStatus, DmarcEvaluator, DmarcResult, Evaluation, SpfInput};
+pub use headers::FromError;
+pub use history::{HistoryFile, HistoryStore, MessageRecord};
+pub use record::{Alignment, DmarcRecord, Policy};
+
+/// Messages larger than this (10,240,000 bytes, Postfix's default `message_size_limit`) are
+/// not buffered for in-process DKIM verification: they are evaluated with no DKIM results
+/// (so only SPF can make them pass).
+pub const MAX_DKIM_MESSAGE: usize = 10_240_000;
+
+/// Header bytes kept per message (Postfix's `header_size_limit` default, 102,400, times the
+/// fields we may need); beyond it further header fields are not kept.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// The reply used with `RequiredHeaders` when From is missing, repeated or unusable.
+pub const REQUIRED_HEADERS_REPLY: &str = "550 5.7.1 RFC5322 requirements not met";
+
+/// The reply used with `RejectMultiValueFrom`.
+pub const MULTI_FROM_REPLY: &str = "550 5.7.1 multi-valued From field detected";
+
+/// What the filter needs to know about one message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageFacts<'a> {
+    /// The SMTP client's address (`None` for a local submission).
+    pub client_ip: Option<IpAddr>,
+    /// The MAIL FROM address without brackets (empty for the null sender).
+    pub envelope_from: &'a str,
+    /// The HELO/EHLO name.
+    pub helo: &'a str,
+    /// The recipients (RCPT TO, without brackets).
+    pub rcpts: &'a [String],
+    /// The header fields `(name, value)` in order, folds joined with `\n`.
+    pub headers: &'a [(String, String)],
+    /// The whole message (headers and body, CRLF), when in-process DKIM is on and it was
+    /// within [`MAX_DKIM_MESSAGE`].
+    pub raw_message: Option<&'a [u8]>,
+    /// The MTA's queue id (`i` macro).
+    pub job_id: Option<&'a str>,
+    /// The MTA's name (`j` macro), the default authserv-id.
+    pub mta_name: Option<&'a str>,
+}
+
+/// What to do with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Let it through.
+    Accept,
+    /// Refuse it with this SMTP reply (`550 5.7.1 ...`).
+    Reject(String),
+    /// Refuse it temporarily (evaluation could not complete).
+    Tempfail,
+    /// Accept it into quarantine (Postfix: the hold queue) with this reason.
+    Quarantine(String),
+}
+
+/// The filter's answer for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub struct Verdict {
+    /// The action.
+    pub action: Action,
+    /// Header fields to insert at the top, `(name, value folded with "\n\t")`, in order.
+    pub headers: Vec<(String, String)>,
+    /// The evaluation, when one ran.
+    pub evaluation: Option<Evaluation>,
+    /// Why the message was not evaluated, when it was not.
+    pub skipped: Option<String>,
+}
+
+impl Verdict {
+    fn skip(why: impl Into<String>) -> Self {
+        Self {
+            action: Action::Accept,
+            headers: Vec::new(),
+            evaluation: None,
+            skipped: Some(why.into()),
+        }
+    }
+
+    fn refuse(reply: &str, why: impl Into<String>) -> Self {
+        Self {
+            action: Action::Reject(reply.to_owned()),
+            ..Self::skip(why)
+        }
+    }
+}
+
+/// The DMARC filter: configuration, evaluators and the history store.
+#[derive(Debug)]
+pub struct DmarcFilter {
+    cfg: Arc<DmarcConfig>,
+    evaluator: DmarcEvaluator,
+    spf: SpfEvaluator,
+    dkim: Option<dkim::InProcessDkim>,
+    history: Option<Arc<dyn HistoryStore>>,
+}
+
+impl DmarcFilter {
+    /// A filter for `cfg` doing its DNS through `resolver`; `HistoryFile`, when set, becomes a
+    /// [`HistoryFile`] store.
+    pub fn new(cfg: DmarcConfig, resolver: Arc<dyn Resolver>) -> Result<Self, String> {
+        let mut evaluator =
+            DmarcEvaluator::new(resolver.clone(), cfg.specification, cfg.dns_timeout);
+        if let Some(psl) = &cfg.public_suffix_list {
+            evaluator = evaluator.with_public_suffix_list(Arc::new(psl.clone()));
+        }
+        let spf = SpfEvaluator::new(resolver.clone(), Limits::default());
+        let dkim = if cfg.dkim_self_validate {
+            Some(dkim::InProcessDkim::new(resolver, cfg.dns_timeout)?)
+        } else {
+            None
+        };
+        let history = cfg
+            .history_file
+            .as_ref()
+            .map(|p| Arc::new(HistoryFile::new(p.clone())) as Arc<dyn HistoryStore>);
+        Ok(Self {
+            cfg: Arc::new(cfg),
+            evaluator,
+            spf,
+            dkim,
+            history,
+        })
+    }
+
+    /// Uses `store` for aggregate-report records instead of the configured `HistoryFile`.
+    pub fn with_history(mut self, store: Arc<dyn HistoryStore>) -> Self {
+        self.history = Some(store);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DmarcConfig {
+        &self.cfg
+    }
+
+    /// Whether the whole message must be passed in [`MessageFacts::raw_message`].
+    pub fn wants_message(&self) -> bool {
+        self.dkim.is_some()
+    }
+
+    /// Whether mail from this client is not evaluated (`IgnoreHosts`, or
+    /// `IgnoreAuthenticatedClients` with an SMTP AUTH login).
+    pub fn skips_client(&self, ip: Option<IpAddr>, host: &str, auth_login: Option<&str>) -> bool {
+        self.cfg.ignores_host(ip, host)
+            || (self.cfg.ignore_authenticated_clients && auth_login.is_some_and(|l| !l.is_empty()))
+    }
+
+    /// Evaluates one message.
+    pub async fn check(&self, m: &MessageFacts<'_>) -> Verdict {
+        let cfg = &self.cfg;
+        let froms: Vec<&str> = m
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let from = match headers::author_domain(&froms) {
+            Ok(d) => d,
+            Err(FromError::MultipleDomains) if cfg.reject_multi_value_from => {
+                return Verdict::refuse(MULTI_FROM_REPLY, FromError::MultipleDomains.to_string());
+            }
+            Err(e) if cfg.required_headers => {
+                return Verdict::refuse(REQUIRED_HEADERS_REPLY, e.to_string());
+            }
+            Err(e) => return Verdict::skip(e.to_string()),
+        };
+        if cfg.ignore_mail_from.contains(&from) {
+            return Verdict::skip(format!("{from} is in IgnoreMailFrom"));
+        }
+        let base_id = cfg.authserv_id(m.mta_name);
+        let ar_id = match (cfg.authserv_id_with_job_id, m.job_id) {
+            (true, Some(job)) => format!("{base_id}/{job}"),
+            _ => base_id.clone(),
+        };
+        let ctx = headers::UpstreamContext {
+            envelope_from: m.envelope_from,
+            spf_ignore_results: cfg.spf_ignore_results,
+        };
+        let upstream =
+            headers::read_upstream(m.headers, ctx, |id| cfg.is_trusted(id, &base_id, m.job_id));
+        let mut out_headers = Vec::new();
+        let spf = match upstream.spf {
+            Some(s) => Some(s),
+            None if cfg.spf_self_validate => {
+                let (s, ar) = self.self_spf(m, &ar_id).await;
+                out_headers.push(("Authentication-Results".to_owned(), ar));
+                Some(s)
+            }
+            None => None,
+        };
+        let dkim = match (&self.dkim, m.raw_message) {
+            (Some(v), Some(raw)) => v.verify(raw).await,
+            (Some(_), None) => Vec::new(),
+            (None, _) => upstream.dkim,
+        };
+        let ev = self.evaluator.evaluate(&from, spf.as_ref(), &dkim).await;
+        let (action, dis) = self.enforce(&ev);
+        if !matches!(action, Action::Reject(_) | Action::Tempfail) {
+            let ar = dmarc_ar(&ar_id, &ev, dis);
+            out_headers.insert(0, ("Authentication-Results".to_owned(), ar));
+        }
+        if cfg.software_header {
+            let job = m.job_id.unwrap_or("NOQUEUE");
+            let sw = format!(
+                "mailstack dmarc-milter v{} {base_id} {job}",
+                env!("CARGO_PKG_VERSION")
+            );
+            out_headers.insert(0, ("DMARC-Filter".to_owned(), sw));
+        }
+        self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, dis);
+        Verdict {
+            action,
+            headers: out_headers,
+            evaluation: Some(ev),
+            skipped: None,
+        }
+    }
+
+    /// SPF by our evaluator: MAIL FROM, or HELO for the null sender. Returns the input and its
+    /// `Authentication-Results` value (OpenDMARC: `spf=<res> smtp.mailfrom=<domain>`).
+    async fn self_spf(&self, m: &MessageFacts<'_>, ar_id: &str) -> (SpfInput, String) {
+        let ip = m.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let out = if m.envelope_from.is_empty() {
+            self.spf.check_helo(ip, m.helo).await
+        } else {
+            self.spf.check_mail_from(ip, m.helo, m.envelope_from).await
+        };
+        let prop = match out.identity {
+            Identity::MailFrom => "smtp.mailfrom",
+            Identity::Helo => "smtp.helo",
+        };
+        let mut ar = AuthResults::new(ar_id);
+        ar.push(MethodResult::new("spf", out.result.as_str()).property(prop, out.domain.clone()));
+        let input = SpfInput {
+            domain: out.domain.to_ascii_lowercase(),
+            identity: out.identity,
+            result: out.result,
+        };
+        (input, ar.to_single_line())
+    }
+
+    /// The action and the disposition taken (see the table in the module docs).
+    fn enforce(&self, ev: &Evaluation) -> (Action, Policy) {
+        let cfg = &self.cfg;
+        match ev.result {
+            DmarcResult::TempError if cfg.reject_failures => (Action::Tempfail, Policy::None),
+            DmarcResult::Fail if cfg.reject_failures => match ev.requested_disposition() {
+                Policy::Reject => {
+                    let text = cfg.reject_string.replacen("%s", &ev.from_domain, 1);
+                    (Action::Reject(format!("550 5.7.1 {text}")), Policy::Reject)
+                }
+                Policy::Quarantine if cfg.hold_quarantined_messages => {
+                    let text = config::QUARANTINE_STRING.replacen("%s", &ev.from_domain, 1);
+                    (Action::Quarantine(text), Policy::Quarantine)
+                }
+                Policy::Quarantine => (Action::Accept, Policy::Quarantine),
+                Policy::None => (Action::Accept, Policy::None),
+            },
+            _ => (Action::Accept, Policy::None),
+        }
+    }
+
+    fn record_history(
+        &self,
+        m: &MessageFacts<'_>,
+        reporter: &str,
+        ev: &Evaluation,
+        spf: Option<&SpfInput>,
+        dkim: &[DkimInput],
+        dis: Policy,
+    ) {
+        let Some(store) = &self.history else {
+            return;
+        };
+        if ev.record.is_none() && !self.cfg.record_all_messages {
+            return;
+        }
+        let ignored_to = &self.cfg.ignore_mail_to;
+        if !m.rcpts.is_empty()
+            && m.rcpts
+                .iter()
+                .all(|r| ignored_to.contains(&r.to_ascii_lowercase()))
+        {
+            return;
+        }
+        let received = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let rec = MessageRecord {
+            job_id: m.job_id.unwrap_or("NOQUEUE").to_owned(),
+            reporter: reporter.to_owned(),
+            received,
+            source_ip: m.client_ip,
+            header_from: ev.from_domain.clone(),
+            envelope_from: m
+                .envelope_from
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase(),
+            dkim: dkim.to_vec(),
+            spf: spf.map(|s| s.result),
+            policy: ev.policy_domain.clone().zip(ev.record.clone()),
+            policy_in_force: ev.policy,
+            dkim_aligned: ev.dkim_aligned,
+            spf_aligned: ev.spf_aligned,
+            disposition: dis,
+        };
+        if let Err(e) = store.record(&rec) {
+            tracing::warn!("DMARC history store: {e}");
+        }
+    }
+}
+
+/// The `Authentication-Results` value OpenDMARC writes for an evaluation.
+/// On one line, as OpenDMARC writes it (it fits well within 998 octets).
+fn dmarc_ar(id: &str, ev: &Evaluation, dis: Policy) -> String {
+    let mut ar = AuthResults::new(id);
+    let clause = match ev.result {
+        DmarcResult::PermError => MethodResult::new("dmarc", "permerror"),
+        r => MethodResult::new("dmarc", r.as_str()).comment(format!(
+            "p={} dis={}",
+            ev.policy.as_str(),
+            dis.as_str()
+        )),
+    };
+    ar.push(clause.property("header.from", ev.from_domain.clone()));
+    ar.to_single_line()
+}
