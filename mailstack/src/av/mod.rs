@@ -4,10 +4,12 @@
 //! clamav-milter sends, each header, the blank line, then each body chunk as received, so
 //! memory stays bounded by the chunk size. Only the first `MaxFileSize` bytes are scanned
 //! (clamav-milter truncates the same way). [`decide`] maps the outcome to the configured
-//! action, SMTP reply and `X-Virus-*` header fields. The milter glue lives in the
-//! `av-milter` example binary. [`config`] reads `clamav-milter.conf`.
+//! action, SMTP reply and `X-Virus-*` header fields. [`milter`] is the whole filter as a
+//! milter handler (the `av-milter` example binary serves it). [`config`] reads
+//! `clamav-milter.conf`.
 
 pub mod config;
+pub mod milter;
 
 use std::time::Duration;
 
