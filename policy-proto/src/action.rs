@@ -407,3 +407,92 @@ impl std::str::FromStr for Action {
         Self::parse(s)
     }
 }
+
+/// What a server writes for one request: the value of `action=`.
+///
+/// Usually an [`Action`] in this crate's spelling (`From<Action>`). Two more forms exist for
+/// servers that must match another implementation byte for byte or name a restriction class,
+/// and both are still checked so that Postfix cannot misread them:
+/// - [`Reply::spelled`]: an action written your way (`dunno`, `prepend X: y`,
+///   `defer_if_permit 4.7.24 text`), accepted only if it reads as an [`Action`] and holds no
+///   control character (python-policyd-spf writes lower-case words; Postfix matches action
+///   words case-insensitively, `docs/spec/policy-delegation.md` §1.3);
+/// - [`Reply::restriction_class`]: the name of a restriction (a class in
+///   `smtpd_restriction_classes`, or a built-in such as `permit_mynetworks`), which Postfix
+///   evaluates in place of an action. A name Postfix does not know gives `451 4.3.5 Server
+///   configuration error`, so use it only for names the operator configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    value: String,
+    action: Option<Action>,
+}
+
+impl From<Action> for Reply {
+    fn from(action: Action) -> Self {
+        Self {
+            value: action.to_string(),
+            action: Some(action),
+        }
+    }
+}
+
+impl Reply {
+    /// `value` as written, if it reads as an [`Action`] ([`Action::parse`]) and holds no
+    /// control character anywhere (text after `OK` or `DUNNO`, which Postfix ignores,
+    /// included).
+    pub fn spelled(value: &str) -> Result<Self, ActionError> {
+        if value.contains(char::is_control) {
+            return Err(ActionError::ControlChar("action"));
+        }
+        let action = Action::parse(value)?;
+        Ok(Self {
+            value: value.to_owned(),
+            action: Some(action),
+        })
+    }
+
+    /// A restriction name for Postfix to evaluate: one word of letters, digits and `_`
+    /// starting with a letter (how `main.cf` parameter names and built-in restrictions are
+    /// spelled), that is not an action word (those are [`Reply::spelled`] or an [`Action`])
+    /// and names no lookup table (Postfix refuses those in access results).
+    pub fn restriction_class(name: &str) -> Result<Self, ActionError> {
+        const WHAT: &str = "restriction class name";
+        let shaped = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !shaped {
+            return Err(ActionError::BadArgument(WHAT));
+        }
+        if Action::parse(name) != Err(ActionError::UnknownAction) {
+            return Err(ActionError::BadArgument(WHAT));
+        }
+        Ok(Self {
+            value: name.to_owned(),
+            action: None,
+        })
+    }
+
+    /// The action this reply reads as (`None` for a restriction class).
+    pub fn action(&self) -> Option<&Action> {
+        self.action.as_ref()
+    }
+
+    /// The value of `action=` as it is sent.
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+
+    /// Appends the whole reply, `action=...\n\n`, to `out` (write it with one write).
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.value.len() + 9);
+        out.put_slice(b"action=");
+        out.put_slice(self.value.as_bytes());
+        out.put_slice(b"\n\n");
+    }
+}
+
+impl fmt::Display for Reply {
+    /// The value of the `action=` attribute.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.value)
+    }
+}

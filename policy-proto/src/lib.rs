@@ -103,7 +103,8 @@
 //! - `request`: [`PolicyRequest`], typed accessors for every attribute smtpd sends from 2.1
 //!   to 3.12 ([`KNOWN`]), [`ProtocolState`], and `encode` for clients.
 //! - `action`: [`Action`] and its checked arguments ([`Text`], [`SmtpReply`], [`Header`],
-//!   [`FilterTarget`], [`Address`]), encode and parse.
+//!   [`FilterTarget`], [`Address`]), encode and parse; [`Reply`], what a server sends (an
+//!   action, an action in another server's spelling, or a restriction class name).
 //! - `error`: [`DecodeError`] (the peer's fault, and the one wire consequence),
 //!   [`ActionError`] and [`AttributeError`] (our caller's).
 //! - `spec`: [`SocketSpec`], Postfix socket notation.
@@ -139,7 +140,7 @@ mod client;
 #[cfg(feature = "tokio")]
 mod server;
 
-pub use action::{Action, Address, FilterTarget, Header, SmtpReply, Text};
+pub use action::{Action, Address, FilterTarget, Header, Reply, SmtpReply, Text};
 pub use decoder::{MAX_ATTRS, MAX_LINE, MAX_REPLY, MAX_REQUEST, ReplyDecoder, RequestDecoder};
 pub use error::{ActionError, AttributeError, DecodeError, ServerResponse};
 pub use request::{KNOWN, PolicyRequest, ProtocolState};

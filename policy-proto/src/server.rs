@@ -25,7 +25,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::{Action, DecodeError, MAX_ATTRS, MAX_LINE, MAX_REQUEST, PolicyRequest, RequestDecoder};
+use crate::{
+    Action, DecodeError, MAX_ATTRS, MAX_LINE, MAX_REQUEST, PolicyRequest, Reply, RequestDecoder,
+};
 use crate::{SocketSpec, SpecError};
 
 /// How long an idle connection (no request in progress) may stay silent: 330 s. Postfix
@@ -51,6 +53,10 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Answers policy requests. Implement it for your policy, or wrap a closure with
 /// [`handler_fn`].
 ///
+/// The server calls [`Handler::respond`], which by default sends [`Handler::handle`]'s
+/// [`Action`]. Override `respond` to send a [`Reply`] of another form (an action in another
+/// server's spelling, a restriction class name); `handle` then only serves direct callers.
+///
 /// ```
 /// use policy_proto::{Action, PolicyRequest};
 /// use policy_proto::{ConnInfo, Handler};
@@ -75,6 +81,16 @@ pub trait Handler: Send + Sync + 'static {
         request: PolicyRequest,
         conn: &ConnInfo,
     ) -> impl Future<Output = Option<Action>> + Send;
+
+    /// What the server sends for one request; `None` closes without a reply, as for
+    /// [`Handler::handle`]. The default sends `handle`'s action.
+    fn respond(
+        &self,
+        request: PolicyRequest,
+        conn: &ConnInfo,
+    ) -> impl Future<Output = Option<Reply>> + Send {
+        async move { self.handle(request, conn).await.map(Reply::from) }
+    }
 }
 
 /// A [`Handler`] made from a closure; see [`handler_fn`].
@@ -400,11 +416,11 @@ impl<H: Handler> Server<H> {
         let mut out = BytesMut::with_capacity(256);
         loop {
             while let Some(req) = decoder.decode(&mut buf)? {
-                let Some(action) = self.handler.handle(req, &info).await else {
+                let Some(reply) = self.handler.respond(req, &info).await else {
                     return Ok(ConnEnd::HandlerClosed);
                 };
                 out.clear();
-                action.encode(&mut out);
+                reply.encode(&mut out);
                 write_reply(&mut writer, &out, l.io_timeout).await?;
                 info.served += 1;
                 if info.served >= l.max_requests {

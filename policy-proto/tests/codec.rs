@@ -387,3 +387,49 @@ fn replies_split_across_reads_and_pipelined() {
     assert_eq!(got, [Action::reject(Some("no")).unwrap(), Action::Dunno]);
     assert!(!dec.in_reply());
 }
+
+#[test]
+fn replies_keep_a_checked_spelling_or_name_a_restriction_class() {
+    use policy_proto::Reply;
+    let r = Reply::spelled("defer_if_permit 4.7.24 later").unwrap();
+    assert_eq!(r.as_str(), "defer_if_permit 4.7.24 later");
+    assert_eq!(
+        r.action(),
+        Some(&Action::defer_if_permit(Some("4.7.24 later")).unwrap())
+    );
+    let mut out = BytesMut::new();
+    r.encode(&mut out);
+    assert_eq!(&out[..], b"action=defer_if_permit 4.7.24 later\n\n");
+    assert_eq!(
+        Reply::spelled("dunno mock text").unwrap().action(),
+        Some(&Action::Dunno)
+    );
+    assert_eq!(Reply::spelled("550"), Err(ActionError::BadCode));
+    assert_eq!(
+        Reply::spelled("spf_passed"),
+        Err(ActionError::UnknownAction)
+    );
+    assert_eq!(
+        Reply::spelled("dunno a\nb"),
+        Err(ActionError::ControlChar("action"))
+    );
+    let c = Reply::restriction_class("spf_passed").unwrap();
+    assert_eq!((c.as_str(), c.action()), ("spf_passed", None));
+    for bad in [
+        "",
+        "reject",
+        "DUNNO",
+        "550",
+        "hash:/etc/x",
+        "two words",
+        "_x",
+        "a-b",
+    ] {
+        assert_eq!(
+            Reply::restriction_class(bad),
+            Err(ActionError::BadArgument("restriction class name")),
+            "{bad}"
+        );
+    }
+    assert_eq!(Reply::from(Action::Dunno).as_str(), "DUNNO");
+}

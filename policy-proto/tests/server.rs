@@ -264,3 +264,41 @@ async fn shutdown_finishes_the_request_in_progress() {
     assert!(idle.request(&request("x@y")).await.is_err());
     assert!(Client::connect(&local).await.is_err(), "still accepting");
 }
+
+/// A handler that overrides `respond`: python-policyd-spf's lower-case spelling goes out as
+/// written, and a restriction class name is sent as is.
+struct Spelled;
+
+impl Handler for Spelled {
+    async fn handle(&self, req: PolicyRequest, conn: &ConnInfo) -> Option<Action> {
+        self.respond(req, conn).await?.action().cloned()
+    }
+
+    async fn respond(&self, req: PolicyRequest, _conn: &ConnInfo) -> Option<policy_proto::Reply> {
+        match req.sender() {
+            Some("class@x") => policy_proto::Reply::restriction_class("spf_passed").ok(),
+            _ => policy_proto::Reply::spelled("prepend X-Spelled: yes").ok(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn respond_sends_the_handlers_spelling() {
+    let server = Server::new(Spelled);
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let task = tokio::spawn(async move { server.serve_connection(theirs, Peer::Stream).await });
+    let mut raw = ours;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut wire = bytes::BytesMut::new();
+    request("a@x").encode(&mut wire);
+    request("class@x").encode(&mut wire);
+    raw.write_all(&wire).await.unwrap();
+    raw.shutdown().await.unwrap();
+    let mut out = String::new();
+    raw.read_to_string(&mut out).await.unwrap();
+    assert_eq!(
+        out,
+        "action=prepend X-Spelled: yes\n\naction=spf_passed\n\n"
+    );
+    assert_eq!(task.await.unwrap().unwrap(), ConnEnd::Eof);
+}
