@@ -22,7 +22,8 @@
 //! event unless negotiated `NO*`; a reply is awaited unless negotiated `NR_*`. Events without
 //! a reply are written together with the next one that has one. PROGRESS is counted and
 //! restarts the timeout. A recipient rejection drops that recipient; any other non-CONTINUE
-//! reply ends the message (SKIP ends the body). ABORT follows every message, as Postfix does.
+//! reply ends the message (SKIP ends the body). ABORT follows every message, as Postfix does;
+//! it is written together with the next command.
 
 use std::time::Duration;
 
@@ -567,7 +568,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         } else if let Some(stop) = self.content(msg, &mut out).await? {
             out.decision = stop;
         }
-        self.abort().await?;
+        // ABORT is queued, not written: it leaves with the next command (MAIL, QUIT, QUIT_NC),
+        // saving a write per message, and a milter that closes after answering the end of
+        // message (a graceful shutdown) does not turn a complete outcome into an error.
+        Command::Abort.encode(&mut self.wbuf);
         Ok(out)
     }
 

@@ -56,7 +56,7 @@ use crate::frame::DEFAULT_MAX_FRAME_LEN;
 use crate::macros::Macros;
 use crate::negotiate::{Needs, NegotiateError, Negotiated};
 use crate::reply::{MAX_REPLBODY_CHUNK, Reply};
-use crate::session::{ProtocolError, Session};
+use crate::session::{HeaderLimits, ProtocolError, Session};
 use crate::socket::Listener;
 use crate::{ApiMisuse, DecodeError};
 
@@ -90,6 +90,10 @@ pub struct ServerConfig {
     /// While [`Handler::eom`] runs, send PROGRESS this often (resets the MTA's timeout).
     /// `None` (default): only when the handler calls [`Context::progress`].
     pub progress_interval: Option<Duration>,
+    /// Header fields per message (defaults [`crate::session::DEFAULT_MAX_HEADERS`] and
+    /// [`crate::session::DEFAULT_MAX_HEADER_BYTES`]); a message beyond them is a
+    /// [`ConnectionError::Protocol`]: [`ServerConfig::error_reply`], then the connection closes.
+    pub header_limits: HeaderLimits,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +104,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             error_reply: Reply::Tempfail,
             progress_interval: None,
+            header_limits: HeaderLimits::default(),
         }
     }
 }
@@ -249,9 +254,9 @@ pub struct Context {
 }
 
 impl Context {
-    fn new() -> Self {
+    fn new(limits: HeaderLimits) -> Self {
         Self {
-            session: Session::new(),
+            session: Session::with_header_limits(limits),
             negotiated: Negotiated::new(2, Actions::empty(), Protocol::empty(), &Needs::default()),
             mods: Vec::new(),
             in_eom: false,
@@ -511,7 +516,7 @@ where
         stream,
         handler,
         config,
-        ctx: Context::new(),
+        ctx: Context::new(config.header_limits),
         rbuf: BytesMut::with_capacity(8 * 1024),
         wbuf: BytesMut::new(),
         max_len: DEFAULT_MAX_FRAME_LEN,

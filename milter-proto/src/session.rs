@@ -16,6 +16,12 @@
 //! [`ProtocolError::OutOfOrder`]: answer with the configured default (tempfail) and close.
 //! MACRO, ABORT and UNKNOWN are accepted anywhere after OPTNEG.
 //!
+//! Header limits: at most [`HeaderLimits::max_count`] HEADER commands and
+//! [`HeaderLimits::max_bytes`] bytes of names and values per message (defaults
+//! [`DEFAULT_MAX_HEADERS`], [`DEFAULT_MAX_HEADER_BYTES`]); the command that exceeds one is
+//! [`ProtocolError::TooManyHeaders`] or [`ProtocolError::HeadersTooLarge`], handled like an
+//! out-of-order command. The counters restart at MAIL.
+//!
 //! Macros are kept per stage in [`Session::macros`] (see [`crate::macros`] for their lifetime):
 //! a message's macros stay readable while its end of message is answered and are dropped at the
 //! next command.
@@ -37,6 +43,55 @@ pub enum ProtocolError {
     /// A command arrived after QUIT.
     #[error("milter command after QUIT")]
     Closed,
+    /// The message has more header fields than [`HeaderLimits::max_count`].
+    #[error("milter message has more than {max} header fields")]
+    TooManyHeaders {
+        /// The configured limit.
+        max: u32,
+    },
+    /// The message's header names and values add up to more than [`HeaderLimits::max_bytes`].
+    #[error("milter message has more than {max} bytes of header fields")]
+    HeadersTooLarge {
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+/// Default for [`HeaderLimits::max_count`]: 1,000 header fields per message. Real mail carries
+/// tens; Postfix itself has no count limit but stops forwarding loops at `hopcount_limit` (50
+/// `Received:` fields), so 1,000 leaves room for long trace, ARC and DKIM chains while
+/// bounding the work a handler does per message.
+pub const DEFAULT_MAX_HEADERS: u32 = 1_000;
+
+/// Default for [`HeaderLimits::max_bytes`]: 1 MiB of header names and values per message, ten
+/// times Postfix's `header_size_limit` (102,400 bytes, the most it keeps of one header field).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// How many header fields, and how many bytes of them, one message may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeaderLimits {
+    /// Most HEADER commands per message.
+    pub max_count: u32,
+    /// Most bytes of header names plus values per message.
+    pub max_bytes: usize,
+}
+
+impl Default for HeaderLimits {
+    /// [`DEFAULT_MAX_HEADERS`] and [`DEFAULT_MAX_HEADER_BYTES`].
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES)
+    }
+}
+
+impl HeaderLimits {
+    /// At most `max_count` fields and `max_bytes` bytes of names and values per message.
+    pub fn new(max_count: u32, max_bytes: usize) -> Self {
+        Self {
+            max_count,
+            max_bytes,
+        }
+    }
 }
 
 /// What the caller must do after a command.
@@ -65,6 +120,10 @@ pub struct Session {
     macros: Macros,
     /// The last command ended a message: drop its macros at the next command.
     message_done: bool,
+    limits: HeaderLimits,
+    /// Header fields and their bytes in the current message.
+    headers: u32,
+    header_bytes: usize,
 }
 
 impl Default for Session {
@@ -74,14 +133,46 @@ impl Default for Session {
 }
 
 impl Session {
-    /// A session awaiting OPTNEG.
+    /// A session awaiting OPTNEG, with the default [`HeaderLimits`].
     pub fn new() -> Self {
+        Self::with_header_limits(HeaderLimits::default())
+    }
+
+    /// A session awaiting OPTNEG that refuses messages beyond `limits`.
+    pub fn with_header_limits(limits: HeaderLimits) -> Self {
         Self {
             state: State::AwaitOptNeg,
             negotiated: None,
             macros: Macros::default(),
             message_done: false,
+            limits,
+            headers: 0,
+            header_bytes: 0,
         }
+    }
+
+    /// Count a header field against the limits (`MAIL` restarts the counts).
+    fn count_header(&mut self, cmd: &Command) -> Result<(), ProtocolError> {
+        match cmd {
+            Command::Mail { .. } => (self.headers, self.header_bytes) = (0, 0),
+            Command::Header { name, value } => {
+                let count = self.headers.saturating_add(1);
+                if count > self.limits.max_count {
+                    let max = self.limits.max_count;
+                    return Err(ProtocolError::TooManyHeaders { max });
+                }
+                let bytes = (self.header_bytes)
+                    .saturating_add(name.len())
+                    .saturating_add(value.len());
+                if bytes > self.limits.max_bytes {
+                    let max = self.limits.max_bytes;
+                    return Err(ProtocolError::HeadersTooLarge { max });
+                }
+                (self.headers, self.header_bytes) = (count, bytes);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Record the negotiation result (call after answering OPTNEG); replies then follow its
@@ -151,6 +242,7 @@ impl Session {
             }
             _ => return Err(out_of_order()),
         };
+        self.count_header(cmd)?;
         self.state = next;
         self.keep_macros(cmd);
         let reply_due = match &self.negotiated {
@@ -282,5 +374,36 @@ mod tests {
             .unwrap();
         assert!(!step.reply_due);
         assert!(s.handle(&Command::BodyEob(Bytes::new())).unwrap().reply_due);
+    }
+
+    #[test]
+    fn header_limits_count_per_message() {
+        let header = |v: &'static [u8]| Command::Header {
+            name: Bytes::from_static(b"X"),
+            value: Bytes::from_static(v),
+        };
+        let mail = Command::Mail {
+            sender: Bytes::new(),
+            args: vec![],
+        };
+        let mut s = Session::with_header_limits(HeaderLimits::new(2, 10));
+        s.handle(&optneg()).unwrap();
+        for _ in 0..2 {
+            // Two messages: the counts restart at MAIL.
+            s.handle(&mail).unwrap();
+            s.handle(&header(b"1234")).unwrap();
+            s.handle(&header(b"1234")).unwrap();
+            assert_eq!(
+                s.handle(&header(b"")),
+                Err(ProtocolError::TooManyHeaders { max: 2 })
+            );
+            s.handle(&Command::Abort).unwrap();
+        }
+        s.handle(&mail).unwrap();
+        s.handle(&header(b"12345678")).unwrap();
+        assert_eq!(
+            s.handle(&header(b"1")),
+            Err(ProtocolError::HeadersTooLarge { max: 10 })
+        );
     }
 }
