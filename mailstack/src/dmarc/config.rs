@@ -22,6 +22,7 @@
 //! | `RecordAllMessages` | no | also record mail from domains without a DMARC record |
 //! | `PublicSuffixList` | none | Organizational Domains (RFC 7489 §3.2); without it only the exact domain is queried |
 //! | `Socket` | none | where the milter listens |
+//! | `UMask` | the process umask | octal; a unix socket gets mode `0666 & !UMask` |
 //! | `DNSTimeout` | 5 | seconds per DNS query |
 //! | `SoftwareHeader` | no | add `DMARC-Filter: <product> <host> <jobid>` |
 //! | `DKIMSelfValidate` | no | **mailstack only**: verify DKIM signatures in this process ([`super::dkim`]) instead of reading upstream `dkim=` results |
@@ -30,7 +31,7 @@
 //! Accepted without effect (listed in [`DmarcConfig::ignored`] so the daemon can warn): process
 //! and logging options (`AutoRestart`, `AutoRestartCount`, `AutoRestartRate`, `Background`,
 //! `BaseDirectory`, `ChangeRootDirectory`, `PidFile`, `Syslog`, `SyslogFacility`,
-//! `SyslogSuccess`, `UMask`, `UserID`, `MilterDebug`, `LogWhy`), and the failure-report and ARC
+//! `SyslogSuccess`, `UserID`, `MilterDebug`, `LogWhy`), and the failure-report and ARC
 //! options when they are off (`FailureReports no`, `FailureReportsOnNone no`).
 //!
 //! Refused by name with file and line: failure reports (`FailureReports yes`,
@@ -181,6 +182,8 @@ pub struct DmarcConfig {
     pub public_suffix_list: Option<PublicSuffixList>,
     /// `Socket` as written.
     pub socket: Option<String>,
+    /// `UMask` (octal).
+    pub umask: Option<u32>,
     /// `DNSTimeout`.
     pub dns_timeout: Duration,
     /// `SoftwareHeader`.
@@ -215,6 +218,7 @@ impl Default for DmarcConfig {
             record_all_messages: false,
             public_suffix_list: None,
             socket: None,
+            umask: None,
             dns_timeout: DEFAULT_DNS_TIMEOUT,
             software_header: false,
             dkim_self_validate: false,
@@ -236,7 +240,6 @@ const IGNORED: &[&str] = &[
     "Syslog",
     "SyslogFacility",
     "SyslogSuccess",
-    "UMask",
     "UserID",
     "MilterDebug",
     "LogWhy",
@@ -332,6 +335,15 @@ impl DmarcConfig {
                 self.public_suffix_list = Some(psl);
             }
             "Socket" => self.socket = Some(non_empty(f, e)?.to_owned()),
+            "UMask" => {
+                let mask = u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o777);
+                self.umask = Some(mask.ok_or_else(|| {
+                    f.error(
+                        e,
+                        format_args!("UMask: expected an octal mask, found {v:?}"),
+                    )
+                })?);
+            }
             "DNSTimeout" => self.dns_timeout = Duration::from_secs(f.number::<u64>(e)?.max(1)),
             "SoftwareHeader" => self.software_header = f.bool(e)?,
             "DKIMSelfValidate" => self.dkim_self_validate = f.bool(e)?,
@@ -494,7 +506,8 @@ mod tests {
         assert!(c.is_trusted("UPSTREAM.example", "mx.example", None));
         assert!(c.is_trusted("mx.example", "mx.example", None));
         assert!(!c.is_trusted("evil.example", "mx.example", None));
-        assert_eq!(c.ignored.len(), 5);
+        assert_eq!(c.ignored.len(), 4);
+        assert_eq!(c.umask, Some(0o002));
         assert_eq!(c.ignored[0], (1, "PidFile".into()));
     }
 
