@@ -38,15 +38,86 @@
 //! - [`flags`]: [`flags::Actions`] (`SMFIF_*`), [`flags::Protocol`] (`SMFIP_*`).
 //! - [`negotiate`]: [`negotiate::Needs`] (what a filter asks), [`negotiate::Negotiated`]
 //!   (`new`, `reply`, `sends`, `expects_reply`, `max_frame_len`), [`negotiate::VERSION`].
-//! - [`session`]: [`session::Session`] (`new`, `set_negotiated`, `handle(&Command) -> Result<Step,
-//!   ProtocolError>`, `in_message`), [`session::Step`], [`session::ProtocolError`]; flow
-//!   diagram and the out-of-order rule in its doc.
-//! - [`DecodeError`].
+//! - [`session`]: [`session::Session`] (`new`, `with_header_limits`, `set_negotiated`,
+//!   `handle(&Command) -> Result<Step, ProtocolError>`, `in_message`), [`session::Step`],
+//!   [`session::ProtocolError`], [`session::HeaderLimits`]; flow diagram and the out-of-order
+//!   rule in its doc.
+//! - [`socket`]: [`socket::SocketSpec`] (Postfix `unix:`/`inet:host:port` and libmilter
+//!   `local:`/`inet:port@host`/`inet6:` forms); with `tokio`, `Listener` (unix socket mode,
+//!   group, stale-file removal; `TCP_NODELAY`) and `connect`.
+//! - `server` (feature `tokio`): `Handler` (one async method per stage), `Context` (macros,
+//!   modifications, progress), `serve` (accept loop, connection limit, idle and per-read
+//!   timeouts, graceful shutdown), `serve_connection`, `ServerConfig`.
+//! - `client` (feature `tokio`): the MTA side, `Client` (connect, negotiate, send a whole
+//!   message stage by stage as Postfix does), `Connection`, `Message`, `Outcome`.
+//! - [`DecodeError`], [`ApiMisuse`].
 //!
-//! Not yet here: the tokio server and the
-//! MTA-side client.
+//! # Limits
 //!
-//! # Example
+//! Every limit is a named constant with its reason: [`frame::DEFAULT_MAX_FRAME_LEN`] (checked
+//! before anything is reserved), [`reply::MAX_REPLBODY_CHUNK`] (65535, libmilter's chunk),
+//! [`session::DEFAULT_MAX_HEADERS`] and [`session::DEFAULT_MAX_HEADER_BYTES`] per message;
+//! with `tokio`, the server's timeouts and connection limit (`server::DEFAULT_*`) and the
+//! client's (`client::DEFAULT_*`, Postfix's `milter_*_timeout`). Beyond a limit the server
+//! sends its configured default reply (tempfail) and closes, as Postfix's own side does.
+//!
+//! # Feature `tokio`
+//!
+//! Off by default (the codec above needs no runtime). With it, a filter is a [`Handler`]
+//! value per MTA connection; `serve` runs it on a socket, and the `client` plays the MTA.
+//! Here both ends meet over an in-memory pipe:
+//!
+#![cfg_attr(feature = "tokio", doc = "[`Handler`]: server::Handler")]
+#![cfg_attr(not(feature = "tokio"), doc = "[`Handler`]: self#feature-tokio")]
+//!
+//! ```
+//! # #[cfg(feature = "tokio")] {
+//! use bytes::Bytes;
+//! use milter_proto::client::{Client, ClientConfig, Connection, Message};
+//! use milter_proto::flags::Actions;
+//! use milter_proto::negotiate::Needs;
+//! use milter_proto::reply::Reply;
+//! use milter_proto::server::{Context, Decision, Handler, ServerConfig, async_trait};
+//!
+//! /// Adds `X-Stamp: yes` to every message.
+//! struct Stamp;
+//!
+//! #[async_trait]
+//! impl Handler for Stamp {
+//!     fn needs(&self) -> Needs {
+//!         Needs { actions: Actions::ADDHDRS, ..Needs::default() }
+//!     }
+//!     async fn eom(&mut self, ctx: &mut Context) -> Decision {
+//!         match ctx.add_header("X-Stamp", "yes") {
+//!             Ok(()) => Decision::Accept,
+//!             Err(_) => Decision::Tempfail,
+//!         }
+//!     }
+//! }
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! rt.block_on(async {
+//!     let (mta, milter) = tokio::io::duplex(64 * 1024);
+//!     // A real filter calls `serve(Listener::bind(&spec, ..).await?, || Stamp, ..)`.
+//!     let config = ServerConfig::default();
+//!     let server = tokio::spawn(async move {
+//!         milter_proto::server::serve_connection(milter, Stamp, &config).await
+//!     });
+//!     let mut client = Client::negotiate(mta, ClientConfig::default()).await.unwrap();
+//!     client.connection(&Connection::default()).await.unwrap();
+//!     let raw = b"Subject: hi\r\n\r\nHello\r\n";
+//!     let msg = Message::parse(b"<a@example.org>", &[b"<b@example.net>"], raw);
+//!     let outcome = client.message(&msg).await.unwrap();
+//!     assert_eq!(outcome.decision, Reply::Accept);
+//!     let stamp = Reply::AddHeader { name: Bytes::from("X-Stamp"), value: Bytes::from("yes") };
+//!     assert_eq!(outcome.modifications, [stamp]);
+//!     client.quit().await.unwrap();
+//!     server.await.unwrap().unwrap();
+//! });
+//! # }
+//! ```
+//!
+//! # The codec alone
 //!
 //! ```
 //! use bytes::BytesMut;
