@@ -1,0 +1,326 @@
+//! Signing: which keys apply to a message (OpenDKIM's `Domain`/`KeyFile`/`Selector` or
+//! `KeyTable`/`SigningTable` rules) and producing `DKIM-Signature` values.
+
+use std::path::Path;
+
+use aws_lc_rs::digest::{Context, Digest};
+use aws_lc_rs::signature::RSA_PKCS1_SHA256;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::canon::{BodyHasher, Header, hash_headers, hash_signature_field};
+use super::config::{Canon, DkimConfig};
+use super::dataset::Dataset;
+use super::key::{KeyType, PrivateKey};
+use super::sig::{Algorithm, Unsigned, append_b};
+
+/// One key and where it signs.
+#[derive(Debug)]
+pub struct SigningKey {
+    /// `d=`; `None` means the sender's domain (a KeyTable `%`).
+    pub domain: Option<String>,
+    /// `s=`.
+    pub selector: String,
+    /// The private key.
+    pub key: PrivateKey,
+}
+
+/// How to sign (the header and canonicalization options of `opendkim.conf`).
+#[derive(Debug, Clone)]
+pub struct SignOptions {
+    /// `Canonicalization` (header, body).
+    pub canon: (Canon, Canon),
+    /// `SignHeaders` (lower case).
+    pub sign_headers: Vec<String>,
+    /// `OversignHeaders` (lower case).
+    pub oversign_headers: Vec<String>,
+    /// `SignatureTTL` (0: no `x=`).
+    pub ttl: u64,
+}
+
+impl SignOptions {
+    /// The options of `cfg`.
+    pub fn from_config(cfg: &DkimConfig) -> Self {
+        Self {
+            canon: cfg.canonicalization,
+            sign_headers: cfg.sign_headers.clone(),
+            oversign_headers: cfg.oversign_headers.clone(),
+            ttl: cfg.signature_ttl,
+        }
+    }
+
+    /// The `h=` list for `headers`: every instance of a signed name in message order, then
+    /// each oversigned name once more (OpenDKIM's `OversignHeaders`).
+    pub fn header_list(&self, headers: &[Header]) -> Vec<String> {
+        let mut h: Vec<String> = headers
+            .iter()
+            .filter(|x| {
+                let n = x.name.trim().to_ascii_lowercase();
+                self.sign_headers.contains(&n)
+            })
+            .map(|x| x.name.trim().to_owned())
+            .collect();
+        for o in &self.oversign_headers {
+            if self.sign_headers.contains(o) || o == "from" {
+                let name = headers
+                    .iter()
+                    .find(|x| x.name.trim().eq_ignore_ascii_case(o))
+                    .map_or_else(|| title_case(o), |x| x.name.trim().to_owned());
+                h.push(name);
+            }
+        }
+        h
+    }
+}
+
+fn title_case(s: &str) -> String {
+    s.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Why a message could not be signed (`On-SignatureError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The crypto library refused (should not happen with a loaded key).
+    #[error("signing failed: {0}")]
+    Crypto(String),
+}
+
+/// Signs one message with one key: `body` is the finished body hash (from a [`BodyHasher`]
+/// with the options' body canonicalization). Returns the field value (no leading space,
+/// folded with `\n\t`).
+pub fn sign_one(
+    key: &SigningKey,
+    domain: &str,
+    opts: &SignOptions,
+    headers: &[Header],
+    body: (&Digest, u64),
+    length: bool,
+    now: u64,
+) -> Result<String, SignError> {
+    let h = opts.header_list(headers);
+    let algorithm = match key.key.key_type() {
+        KeyType::Rsa => Algorithm::RsaSha256,
+        KeyType::Ed25519 => Algorithm::Ed25519Sha256,
+    };
+    let bh = B64.encode(body.0.as_ref());
+    let unsigned = Unsigned {
+        algorithm,
+        canon: opts.canon,
+        domain,
+        selector: &key.selector,
+        identity: None,
+        timestamp: now,
+        expiration: (opts.ttl > 0).then(|| now + opts.ttl),
+        length: length.then_some(body.1),
+        bh: &bh,
+        headers: &h,
+    };
+    let mut value = unsigned.render();
+    let field = Header {
+        name: "DKIM-Signature".into(),
+        value: format!(" {value}").replace('\n', "\r\n").into_bytes(),
+    };
+    let mut ctx = Context::new(algorithm.digest());
+    hash_headers(&mut ctx, opts.canon.0, headers, &h);
+    hash_signature_field(&mut ctx, opts.canon.0, &field);
+    let digest = ctx.finish();
+    let sig = match &key.key {
+        PrivateKey::Rsa(k) => {
+            let mut out = vec![0u8; k.public_modulus_len()];
+            k.sign_digest(&RSA_PKCS1_SHA256, &digest, &mut out)
+                .map_err(|e| SignError::Crypto(e.to_string()))?;
+            out
+        }
+        PrivateKey::Ed25519(k) => k.sign(digest.as_ref()).as_ref().to_vec(),
+    };
+    append_b(&mut value, &sig);
+    Ok(value)
+}
+
+/// Signs a complete CRLF message with `keys` (all with the same options); returns the field
+/// values in key order. For tests, tools and callers that hold the whole message.
+pub fn sign_message(
+    keys: &[(&SigningKey, &str)],
+    opts: &SignOptions,
+    msg: &[u8],
+    length: bool,
+    now: u64,
+) -> Result<Vec<String>, SignError> {
+    let (headers, body_at) = Header::split_message(msg);
+    let mut hasher = BodyHasher::new(opts.canon.1, &aws_lc_rs::digest::SHA256, None);
+    hasher.update(&msg[body_at..]);
+    let (bh, len) = hasher.finish();
+    keys.iter()
+        .map(|(k, d)| sign_one(k, d, opts, &headers, (&bh, len), length, now))
+        .collect()
+}
+
+/// The keys of a configuration and the rules choosing them.
+#[derive(Debug)]
+pub struct KeySet {
+    /// Single-key mode: `Domain`, with `SubDomains`.
+    domains: Dataset,
+    sub_domains: bool,
+    /// Loaded keys by KeyTable name (single-key mode: one entry named "").
+    keys: Vec<(String, SigningKey)>,
+    signing_table: Option<Dataset>,
+    multiple: bool,
+}
+
+impl KeySet {
+    /// Loads every key of `cfg` (checking `RequireSafeKeys`); an empty set if `cfg` does not
+    /// sign. `Err` names the key file and what is wrong.
+    pub fn from_config(cfg: &DkimConfig) -> Result<Self, String> {
+        let mut set = Self {
+            domains: cfg.domains.clone(),
+            sub_domains: cfg.sub_domains,
+            keys: Vec::new(),
+            signing_table: cfg.signing_table.clone(),
+            multiple: cfg.multiple_signatures,
+        };
+        if !cfg.sign {
+            return Ok(set);
+        }
+        if let (Some(file), Some(sel)) = (&cfg.key_file, &cfg.selector)
+            && cfg.key_table.is_none()
+        {
+            let key = PrivateKey::read(file, cfg.require_safe_keys)?;
+            set.keys.push((
+                String::new(),
+                SigningKey {
+                    domain: None,
+                    selector: sel.clone(),
+                    key,
+                },
+            ));
+        }
+        if let Some(kt) = &cfg.key_table {
+            for (name, value) in &kt.entries {
+                let mut parts = value.splitn(3, ':');
+                let (Some(d), Some(s), Some(k)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(format!(
+                        "KeyTable entry {name:?}: expected domain:selector:key, found {value:?}"
+                    ));
+                };
+                let key = if k.starts_with('/') || k.starts_with("./") || k.starts_with("../") {
+                    PrivateKey::read(Path::new(k), cfg.require_safe_keys)?
+                } else {
+                    PrivateKey::parse(k.as_bytes())
+                        .map_err(|e| format!("KeyTable entry {name:?}: {e}"))?
+                };
+                set.keys.push((
+                    name.clone(),
+                    SigningKey {
+                        domain: (d != "%").then(|| d.to_ascii_lowercase()),
+                        selector: s.to_owned(),
+                        key,
+                    },
+                ));
+            }
+        }
+        Ok(set)
+    }
+
+    /// Whether any key is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys that sign mail from `from` (`user@domain`), each with its `d=`.
+    pub fn keys_for(&self, from: &str) -> Vec<(&SigningKey, String)> {
+        let from = from.to_ascii_lowercase();
+        let Some((user, domain)) = from.rsplit_once('@') else {
+            return Vec::new();
+        };
+        match &self.signing_table {
+            None => self.single_key(domain),
+            Some(t) => {
+                let names = if t.wildcard {
+                    t.lookup_all(&from)
+                } else {
+                    table_lookup(t, user, domain)
+                };
+                let take = if self.multiple { names.len() } else { 1 };
+                names
+                    .into_iter()
+                    .take(take)
+                    .filter_map(|v| {
+                        let name = v.split(':').next().unwrap_or("").trim();
+                        let name = name.replace('%', domain);
+                        self.keys.iter().find(|(n, _)| *n == name).map(|(_, k)| {
+                            let d = k.domain.clone().unwrap_or_else(|| domain.to_owned());
+                            (k, d)
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn single_key(&self, domain: &str) -> Vec<(&SigningKey, String)> {
+        let Some((_, key)) = self.keys.first() else {
+            return Vec::new();
+        };
+        let matched = self.domains.keys().find(|d| {
+            let d = d.to_ascii_lowercase();
+            domain == d || (self.sub_domains && domain.ends_with(&format!(".{d}")))
+        });
+        matched
+            .map(|d| vec![(key, d.to_ascii_lowercase())])
+            .unwrap_or_default()
+    }
+}
+
+/// OpenDKIM's SigningTable lookup order for non-`refile:` tables: `user@host`, `host`,
+/// `user@.parent` for each parent, `.parent` for each parent, `user@*`, `*`.
+fn table_lookup<'a>(t: &'a Dataset, user: &str, domain: &str) -> Vec<&'a str> {
+    let mut keys = vec![format!("{user}@{domain}"), domain.to_owned()];
+    let parents: Vec<&str> = domain
+        .match_indices('.')
+        .map(|(i, _)| &domain[i + 1..])
+        .collect();
+    keys.extend(parents.iter().map(|p| format!("{user}@.{p}")));
+    keys.push(format!(".{domain}"));
+    keys.extend(parents.iter().map(|p| format!(".{p}")));
+    keys.push(format!("{user}@*"));
+    keys.push("*".into());
+    let mut out = Vec::new();
+    for k in keys {
+        out.extend(t.lookup_all(&k));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_list_and_oversigning() {
+        let cfg = DkimConfig::parse(
+            Path::new("x"),
+            "OversignHeaders From,Reply-To\nSignHeaders From,To,Subject,Reply-To\n",
+        )
+        .unwrap();
+        let o = SignOptions::from_config(&cfg);
+        let (hs, _) = Header::split_message(b"From: a@b\r\nTo: c\r\nTo: d\r\nX: y\r\n\r\n");
+        assert_eq!(o.header_list(&hs), ["From", "To", "To", "From", "Reply-To"]);
+    }
+
+    #[test]
+    fn signing_table_lookup_order() {
+        let t = Dataset::parse("csl:.example.com=sub, alice@example.com=alice, *=any").unwrap();
+        assert_eq!(table_lookup(&t, "alice", "example.com")[0], "alice");
+        assert_eq!(table_lookup(&t, "bob", "x.example.com")[0], "sub");
+        assert_eq!(table_lookup(&t, "bob", "other.org")[0], "any");
+    }
+}

@@ -1,0 +1,441 @@
+//! Verification: the first `MaximumSignaturesToVerify` signatures of a message, each with a
+//! result OpenDKIM would give, and the `Authentication-Results` value OpenDKIM writes.
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest::{Context, Digest};
+use aws_lc_rs::signature::{
+    ED25519, ParsedPublicKey, RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+    RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, VerificationAlgorithm,
+};
+
+use super::canon::{BodyHasher, Header, hash_headers, hash_signature_field};
+use super::config::{Canon, DkimConfig};
+use super::key::{KeyType, PublicKeyRecord, rsa_key_bits};
+use super::sig::{Algorithm, Signature};
+use crate::dns::{DnsError, Resolver};
+
+/// The result of one signature (RFC 8601 §2.7.1 words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DkimResult {
+    /// The signature verified.
+    Pass,
+    /// It did not verify: body hash or signature mismatch, expired, unauthorized identity.
+    Fail,
+    /// It verified cryptographically but local policy refuses it (key under
+    /// `MinimumKeyBits`).
+    Policy,
+    /// Transient: the key could not be fetched (DNS timeout, SERVFAIL).
+    TempError,
+    /// Permanent: the signature or its key record is unusable, or the key does not exist.
+    PermError,
+}
+
+impl DkimResult {
+    /// The `dkim=` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Policy => "policy",
+            Self::TempError => "temperror",
+            Self::PermError => "permerror",
+        }
+    }
+}
+
+/// Which `On-*` class a non-pass result falls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureClass {
+    /// `On-BadSignature`.
+    BadSignature,
+    /// `On-KeyNotFound`.
+    KeyNotFound,
+    /// `On-DNSError`.
+    DnsError,
+}
+
+/// The outcome for one signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureResult {
+    /// The result.
+    pub result: DkimResult,
+    /// OpenDKIM's error string, for `reason=` (None on pass).
+    pub reason: Option<&'static str>,
+    /// `d=` (empty if the field did not parse).
+    pub domain: String,
+    /// `i=` (or `@d`).
+    pub identity: String,
+    /// `s=`.
+    pub selector: String,
+    /// `a=`.
+    pub algorithm: Option<Algorithm>,
+    /// `b=` as written (whitespace removed).
+    pub b: String,
+    /// The key size in bits, when the key was fetched.
+    pub key_bits: Option<usize>,
+    /// The key record carries `t=y` (testing: failures are not acted on).
+    pub testing: bool,
+    /// For non-pass results: which `On-*` action applies.
+    pub class: Option<FailureClass>,
+}
+
+/// Verification limits (from `opendkim.conf`).
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// `MaximumSignaturesToVerify`.
+    pub max_signatures: usize,
+    /// `MinimumKeyBits`.
+    pub min_key_bits: usize,
+    /// `ClockDrift` (seconds).
+    pub clock_drift: u64,
+}
+
+impl VerifyOptions {
+    /// The options of `cfg`.
+    pub fn from_config(cfg: &DkimConfig) -> Self {
+        Self {
+            max_signatures: cfg.max_signatures,
+            min_key_bits: cfg.minimum_key_bits,
+            clock_drift: cfg.clock_drift,
+        }
+    }
+}
+
+/// A message being verified: built from its header block, fed its body in chunks, finished
+/// with the key lookups. Memory: the header block and one hash state per distinct
+/// (body canonicalization, hash, `l=`) among the signatures verified.
+#[derive(Debug)]
+pub struct MessageVerifier {
+    sigs: Vec<(Header, Result<Signature, &'static str>)>,
+    hashers: Vec<BodyHasher>,
+    opts: VerifyOptions,
+}
+
+impl MessageVerifier {
+    /// Starts with the header block of a message (in order, top first).
+    pub fn new(headers: &[Header], opts: VerifyOptions) -> Self {
+        let sigs: Vec<_> = headers
+            .iter()
+            .filter(|h| h.name.trim().eq_ignore_ascii_case("DKIM-Signature"))
+            .take(opts.max_signatures)
+            .map(|h| (h.clone(), Signature::parse(&h.value).map_err(|e| e.0)))
+            .collect();
+        let mut hashers: Vec<BodyHasher> = Vec::new();
+        for s in sigs.iter().filter_map(|(_, s)| s.as_ref().ok()) {
+            let alg = s.algorithm.digest();
+            if !hashers
+                .iter()
+                .any(|h| same_body(h, s.canon.1, s.length) && h_alg(h, s.algorithm))
+            {
+                hashers.push(BodyHasher::new(s.canon.1, alg, s.length));
+            }
+        }
+        Self {
+            sigs,
+            hashers,
+            opts,
+        }
+    }
+
+    /// Whether the message carries any signature.
+    pub fn has_signatures(&self) -> bool {
+        !self.sigs.is_empty()
+    }
+
+    /// Feeds a body chunk.
+    pub fn body(&mut self, chunk: &[u8]) {
+        for h in &mut self.hashers {
+            h.update(chunk);
+        }
+    }
+
+    /// Fetches the keys and computes each result. `now` is the Unix time.
+    pub async fn finish(
+        self,
+        headers: &[Header],
+        resolver: &dyn Resolver,
+        now: u64,
+    ) -> Vec<SignatureResult> {
+        let bodies: Vec<(Canon, Option<u64>, bool, Digest, u64)> = self
+            .hashers
+            .into_iter()
+            .map(|h| {
+                let (c, l, sha1) = (h.canon(), h.limit(), h.is_sha1());
+                let (d, n) = h.finish();
+                (c, l, sha1, d, n)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(self.sigs.len());
+        for (field, sig) in &self.sigs {
+            let r = match sig {
+                Err(e) => failed(None, DkimResult::PermError, e, FailureClass::BadSignature),
+                Ok(s) => {
+                    let body = bodies.iter().find(|(c, l, sha1, _, _)| {
+                        *c == s.canon.1
+                            && *l == s.length
+                            && *sha1 == (s.algorithm == Algorithm::RsaSha1)
+                    });
+                    match body {
+                        Some((_, _, _, d, n)) => {
+                            verify_one(s, field, headers, (d, *n), resolver, &self.opts, now).await
+                        }
+                        None => failed(
+                            Some(s),
+                            DkimResult::PermError,
+                            "internal error",
+                            FailureClass::BadSignature,
+                        ),
+                    }
+                }
+            };
+            out.push(r);
+        }
+        out
+    }
+}
+
+fn same_body(h: &BodyHasher, c: Canon, l: Option<u64>) -> bool {
+    h.canon() == c && h.limit() == l
+}
+
+fn h_alg(h: &BodyHasher, a: Algorithm) -> bool {
+    h.is_sha1() == (a == Algorithm::RsaSha1)
+}
+
+fn failed(
+    s: Option<&Signature>,
+    result: DkimResult,
+    reason: &'static str,
+    class: FailureClass,
+) -> SignatureResult {
+    SignatureResult {
+        result,
+        reason: Some(reason),
+        domain: s.map(|s| s.domain.clone()).unwrap_or_default(),
+        identity: s.map(|s| s.identity.clone()).unwrap_or_default(),
+        selector: s.map(|s| s.selector.clone()).unwrap_or_default(),
+        algorithm: s.map(|s| s.algorithm),
+        b: s.map(|s| s.b_text.clone()).unwrap_or_default(),
+        key_bits: None,
+        testing: false,
+        class: Some(class),
+    }
+}
+
+async fn verify_one(
+    s: &Signature,
+    field: &Header,
+    headers: &[Header],
+    body: (&Digest, u64),
+    resolver: &dyn Resolver,
+    opts: &VerifyOptions,
+    now: u64,
+) -> SignatureResult {
+    use DkimResult::{Fail, PermError, Policy, TempError};
+    use FailureClass::{BadSignature, DnsError as Dns, KeyNotFound};
+    if let Some(x) = s.expiration
+        && x + opts.clock_drift < now
+    {
+        return failed(Some(s), Fail, "signature expired", BadSignature);
+    }
+    if let Some(t) = s.timestamp
+        && t > now + opts.clock_drift
+    {
+        return failed(
+            Some(s),
+            PermError,
+            "signature timestamp in the future",
+            BadSignature,
+        );
+    }
+    if let Some(l) = s.length
+        && l > body.1
+    {
+        return failed(
+            Some(s),
+            PermError,
+            "length tag value exceeds body size",
+            BadSignature,
+        );
+    }
+    let name = format!("{}._domainkey.{}", s.selector, s.domain);
+    let txts = match resolver.txt(&name).await {
+        Ok(t) => t,
+        Err(e) if e.is_void() => {
+            return failed(Some(s), PermError, "key not found in DNS", KeyNotFound);
+        }
+        Err(DnsError::Timeout | DnsError::ServFail | DnsError::Other(_)) | Err(_) => {
+            return failed(Some(s), TempError, "key DNS query failed", Dns);
+        }
+    };
+    let rec = match txts.iter().map(|t| PublicKeyRecord::parse(t)).next() {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return failed(Some(s), PermError, e.0, BadSignature),
+        None => return failed(Some(s), PermError, "key not found in DNS", KeyNotFound),
+    };
+    let mut r = failed(Some(s), Fail, "", BadSignature);
+    r.testing = rec.testing;
+    let want = match s.algorithm {
+        Algorithm::Ed25519Sha256 => KeyType::Ed25519,
+        _ => KeyType::Rsa,
+    };
+    if rec.key_type != want {
+        r.result = PermError;
+        r.reason = Some("key type mismatch");
+        return r;
+    }
+    let hash = if s.algorithm == Algorithm::RsaSha1 {
+        "sha1"
+    } else {
+        "sha256"
+    };
+    if !rec.hashes.is_empty() && !rec.hashes.iter().any(|h| h == hash) {
+        r.result = PermError;
+        r.reason = Some("key hash mismatch");
+        return r;
+    }
+    if rec.strict_subdomains {
+        let idom = s.identity.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        if !idom.eq_ignore_ascii_case(&s.domain) {
+            r.reason = Some("unauthorized subdomain");
+            return r;
+        }
+    }
+    let bits = match want {
+        KeyType::Rsa => rsa_key_bits(&rec.key),
+        KeyType::Ed25519 => Some(256),
+    };
+    r.key_bits = bits;
+    let alg: &'static dyn VerificationAlgorithm = match s.algorithm {
+        Algorithm::RsaSha256 => &RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+        Algorithm::RsaSha1 => &RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        Algorithm::Ed25519Sha256 => &ED25519,
+    };
+    if want == KeyType::Rsa && bits.is_some_and(|b| b < opts.min_key_bits.max(1024)) {
+        r.result = Policy;
+        r.reason = Some("key too small");
+        return r;
+    }
+    let Ok(key) = ParsedPublicKey::new(alg, &rec.key) else {
+        r.result = PermError;
+        r.reason = Some("key data decode failed");
+        return r;
+    };
+    if body.0.as_ref() != s.bh.as_slice() {
+        r.reason = Some("body hash did not verify");
+        return r;
+    }
+    let mut ctx = Context::new(s.algorithm.digest());
+    hash_headers(&mut ctx, s.canon.0, headers, &s.headers);
+    hash_signature_field(&mut ctx, s.canon.0, field);
+    let digest = ctx.finish();
+    let ok = match want {
+        KeyType::Rsa => key.verify_digest_sig(&digest, &s.b).is_ok(),
+        KeyType::Ed25519 => key.verify_sig(digest.as_ref(), &s.b).is_ok(),
+    };
+    if !ok {
+        r.reason = Some("signature verification failed");
+        return r;
+    }
+    r.result = DkimResult::Pass;
+    r.reason = None;
+    r.class = None;
+    r
+}
+
+/// The shortest `b=` prefix of at least 8 characters (OpenDKIM's `MINSIGLEN`) that tells
+/// `b` apart from every other signature's.
+pub fn b_prefix<'a>(b: &'a str, all: &[&str]) -> &'a str {
+    let mut n = 8.min(b.len());
+    while n < b.len()
+        && all
+            .iter()
+            .any(|o| *o != b && o.len() >= n && o.as_bytes()[..n] == b.as_bytes()[..n])
+    {
+        n += 1;
+    }
+    &b[..n]
+}
+
+/// The `Authentication-Results` value OpenDKIM writes: `<id>;` then one `dkim=` result per
+/// line (`\n\t` folds): `dkim=<res>[ reason="..."] (<bits>-bit key) header.d=..
+/// header.i=.. header.a=.. header.s=.. header.b=..`. `None` results: `dkim=none`.
+pub fn authentication_results(authserv_id: &str, results: &[SignatureResult]) -> String {
+    if results.is_empty() {
+        return format!("{authserv_id}; dkim=none");
+    }
+    let all: Vec<&str> = results.iter().map(|r| r.b.as_str()).collect();
+    let mut out = format!("{authserv_id};");
+    for (i, r) in results.iter().enumerate() {
+        out.push_str(if i == 0 { "\n\tdkim=" } else { ";\n\tdkim=" });
+        out.push_str(r.result.as_str());
+        if let Some(reason) = r.reason {
+            out.push_str(&format!(" reason=\"{}\"", reason.replace('"', "")));
+        }
+        // OpenDKIM writes the size of RSA keys only.
+        if let Some(bits) = r
+            .key_bits
+            .filter(|_| r.algorithm != Some(Algorithm::Ed25519Sha256))
+        {
+            out.push_str(&format!(" ({bits}-bit key)"));
+        }
+        if r.domain.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(" header.d={}", token(&r.domain)));
+        out.push_str(&format!(" header.i={}", token(&r.identity)));
+        if let Some(a) = r.algorithm {
+            out.push_str(&format!(" header.a={}", a.as_str()));
+        }
+        out.push_str(&format!(" header.s={}", token(&r.selector)));
+        out.push_str(&format!(" header.b={}", token(b_prefix(&r.b, &all))));
+    }
+    out
+}
+
+/// A property value safe in a header: a token, or quoted.
+fn token(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@' | '+' | '/' | '=')
+        })
+    {
+        v.to_owned()
+    } else {
+        let clean: String = v
+            .chars()
+            .filter(|c| !matches!(c, '"' | '\\' | '\r' | '\n') && !c.is_control())
+            .collect();
+        format!("\"{clean}\"")
+    }
+}
+
+/// Verifies a complete CRLF message (for tests and tools).
+pub async fn verify_message(
+    msg: &[u8],
+    resolver: Arc<dyn Resolver>,
+    opts: VerifyOptions,
+    now: u64,
+) -> Vec<SignatureResult> {
+    let (headers, body_at) = Header::split_message(msg);
+    let mut v = MessageVerifier::new(&headers, opts);
+    v.body(&msg[body_at..]);
+    v.finish(&headers, resolver.as_ref(), now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_grow_only_when_needed() {
+        assert_eq!(
+            b_prefix("AAAAAAAAAB", &["AAAAAAAAAB", "AAAAAAAAAC"]),
+            "AAAAAAAAAB"
+        );
+        assert_eq!(b_prefix("AAAAAAAABB", &["AAAAAAAABB", "BBBB"]), "AAAAAAAA");
+    }
+}
