@@ -1,0 +1,118 @@
+//! `dmarc-milter` behind a real, private Postfix (the shared fixture in `support/postfix.rs`)
+//! as `smtpd_milters`, with a DNS server this test runs on 127.0.0.1 given to the milter with
+//! `--nameserver`. The client address comes from XCLIENT (127.0.0.1 is in the default
+//! IgnoreHosts).
+//!
+//! Shown: a p=reject failure is refused at the end of DATA with `550 5.7.1 rejected by DMARC
+//! policy for reject.example` at the SMTP client and not delivered; a p=none failure is
+//! delivered with `dmarc=fail (p=none dis=none)`; an SPF-aligned message is delivered with
+//! `dmarc=pass` and our `spf=pass`, the DMARC field above it.
+//!
+//! Needs root and Postfix (`.ci/run` has both). Run:
+//! `cargo test -p mailstack-examples --test dmarc_postfix -- --nocapture`.
+
+mod spf_support;
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use spf_support::Zone;
+use support::milters::Daemon;
+use support::postfix::Postfix;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
+
+#[test]
+fn postfix_rejects_p_reject_and_delivers_p_none_with_dmarc_fail() {
+    support::postfix::require_postfix();
+    let mut zone = Zone::default();
+    zone.txt("_dmarc.reject.example", "v=DMARC1; p=reject")
+        .txt("_dmarc.none.example", "v=DMARC1; p=none")
+        .txt("reject.example", "v=spf1 ip4:192.0.2.1 -all");
+    let dns = spf_support::start_dns_local(zone).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("dmarc-postfix")
+        .tempdir()
+        .unwrap();
+    let conf = dir.path().join("opendmarc.conf");
+    std::fs::write(
+        &conf,
+        "AuthservID mx.example\nRejectFailures yes\nSPFSelfValidate yes\nUMask 0000\n",
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        conf.to_str().unwrap(),
+        "--nameserver",
+        &dns.to_string(),
+    ];
+    let milter = Daemon::start(Path::new(BIN), dir.path(), "dmarc", &args);
+    let pf = Postfix::builder()
+        .main("smtpd_milters", milter.spec())
+        .main("milter_default_action", "tempfail")
+        .start();
+
+    // 1. p=reject, nothing aligned: 550 5.7.1 at the client.
+    let mut c = pf.smtp();
+    c.xclient("192.0.2.9", "mail.spammer.example");
+    let reply = c.send(
+        "mallory@spammer.example",
+        &["a@dest.example"],
+        "From: Alice <alice@reject.example>\r\nSubject: spoof\r\n\r\nhi\r\n",
+    );
+    assert_eq!(reply.code, 550, "{reply}\n{}", pf.log());
+    assert_eq!(
+        reply.text, "5.7.1 rejected by DMARC policy for reject.example",
+        "{reply}"
+    );
+    drop(c);
+
+    // 2. p=none failure: delivered with dmarc=fail.
+    let mut c = pf.smtp();
+    c.xclient("192.0.2.9", "mail.spammer.example");
+    let reply = c.send(
+        "mallory@spammer.example",
+        &["a@dest.example"],
+        "From: a@none.example\r\nSubject: none\r\n\r\nhi\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply}\n{}", pf.log());
+    drop(c);
+    let got = pf.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(
+        got[0].header("Authentication-Results"),
+        [
+            "mx.example; dmarc=fail (p=none dis=none) header.from=none.example",
+            "mx.example; spf=none smtp.mailfrom=spammer.example",
+        ],
+        "{}",
+        got[0].text()
+    );
+
+    // 3. SPF aligned: delivered with dmarc=pass.
+    let mut c = pf.smtp();
+    c.xclient("192.0.2.1", "mail.reject.example");
+    let reply = c.send(
+        "alice@reject.example",
+        &["a@dest.example"],
+        "From: Alice <alice@reject.example>\r\nSubject: real\r\n\r\nhi\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply}\n{}", pf.log());
+    drop(c);
+    let got = pf.wait_for_messages(2, Duration::from_secs(30));
+    assert_eq!(got.len(), 2, "the rejected message must not be delivered");
+    let pass = got
+        .iter()
+        .find(|m| m.header("Subject") == ["real"])
+        .expect("the aligned message");
+    assert_eq!(
+        pass.header("Authentication-Results"),
+        [
+            "mx.example; dmarc=pass (p=reject dis=none) header.from=reject.example",
+            "mx.example; spf=pass smtp.mailfrom=reject.example",
+        ],
+        "{}",
+        pass.text()
+    );
+    drop(milter);
+}
