@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailstack::dns::{HickoryResolver, Resolver};
-use mailstack::spf::policyd::{PolicydConfig, SpfPolicy, serve_stdio};
+use mailstack::spf::policyd::{PolicydConfig, SpfPolicy, SpfService};
 
 /// The request mix: (client, helo, sender); results pass, fail, softfail, neutral, none,
 /// permerror, include, redirect, mx, ptr, macro.
@@ -53,8 +53,11 @@ fn serve(config: &str) {
     rt.block_on(async {
         let resolver: Arc<dyn Resolver> = Arc::new(HickoryResolver::system().expect("resolver"));
         let policy = Arc::new(SpfPolicy::new(config, resolver));
-        let _ = serve_stdio(policy).await;
+        let _ = SpfService::server(policy).serve_stdio().await;
     });
+    // serve_stdio's fallback for stdin that is neither a socket nor a pipe may leave a
+    // blocked reader thread: end here.
+    std::process::exit(0);
 }
 
 struct Stats {

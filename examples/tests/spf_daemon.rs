@@ -1,5 +1,7 @@
 //! `spf-policyd` as a process: under spawn(8) conditions (one UNIX socket as stdin and stdout),
-//! standalone on `--socket unix:PATH`, and refusing a bad configuration with file and line.
+//! standalone on `--socket unix:PATH` and on TCP (`inet:HOST:PORT`, and the bare `HOST:PORT`
+//! earlier versions took), stopping on SIGTERM, and refusing a bad configuration with file and
+//! line.
 //! Only loopback clients are used, which `skip_addresses` answers without DNS.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,6 +101,53 @@ fn serves_a_unix_socket_standalone() {
     }
     child.kill().unwrap();
     let _ = child.wait();
+}
+
+#[test]
+fn serves_tcp_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    for form in ["inet:127.0.0.1:{port}", "127.0.0.1:{port}"] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = form.replace("{port}", &port.to_string());
+        let mut child = Command::new(BIN)
+            .args([
+                "--config",
+                &empty_config(&dir),
+                "--log",
+                "none",
+                "--socket",
+                &spec,
+            ])
+            .spawn()
+            .unwrap();
+        let mut stream = None;
+        for _ in 0..100 {
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                stream = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stream = stream.unwrap_or_else(|| panic!("spf-policyd listens on {spec}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        writer.write_all(REQUEST.as_bytes()).unwrap();
+        assert_eq!(read_reply(&mut reader), PREPEND, "{spec}");
+        drop((reader, writer));
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        assert!(
+            child.wait().unwrap().success(),
+            "{spec}: exit after SIGTERM"
+        );
+    }
 }
 
 #[test]

@@ -34,11 +34,12 @@ use policy_proto::{
 #[derive(Debug, Parser)]
 #[command(version, after_help = AFTER_HELP)]
 struct Args {
-    /// The action to answer with, as it goes after `action=`: OK, DUNNO, REJECT [text],
-    /// DEFER [text], DEFER_IF_REJECT [text], DEFER_IF_PERMIT [text], 4NN/5NN [x.y.z] text,
-    /// PREPEND Name: value, WARN/INFO/HOLD/DISCARD [text], FILTER transport:destination,
-    /// REDIRECT user@domain, BCC user@domain. Refused when Postfix would misread it (a bare
-    /// `550` is read as OK, an unknown word as a restriction name).
+    /// The action to answer with, as it goes after `action=`: OK, DUNNO, REJECT, DEFER,
+    /// DEFER_IF_REJECT, DEFER_IF_PERMIT, WARN, INFO, HOLD, DISCARD (each with optional text),
+    /// 4NN or 5NN with text (an enhanced code x.y.z may come first), PREPEND Name: value,
+    /// FILTER transport:destination, REDIRECT user@domain, BCC user@domain. Refused when
+    /// Postfix would misread it (a bare `550` is read as OK, an unknown word as a restriction
+    /// name).
     #[arg(long, default_value = "DUNNO", value_parser = parse_action)]
     action: Action,
     /// Listen on this socket: unix:/path, local:/path, inet:host:port, inet:port@host, or a

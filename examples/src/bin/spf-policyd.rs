@@ -21,19 +21,23 @@
 //! Options: `--config FILE` (or python's positional `policyd-spf [configfile]`),
 //! `--nameserver IP:PORT` (default: `/etc/resolv.conf`), `--socket unix:PATH|inet:HOST:PORT`,
 //! `--log syslog|stderr|none`.
+//!
+//! The protocol side (decoding, limits, timeouts, the three transports, graceful shutdown on
+//! SIGTERM in socket mode) is `policy_proto::Server`, serving
+//! [`mailstack::spf::policyd::SpfService`].
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use mailstack::dns::{HickoryResolver, Resolver};
-use mailstack::spf::policyd::{
-    DEFAULT_CONFIG_PATH, PolicydConfig, SpfPolicy, serve_stdio, serve_stream,
-};
+use mailstack::spf::policyd::{DEFAULT_CONFIG_PATH, PolicydConfig, SpfPolicy, SpfService};
+use mailstack_examples::logging::{self, LogTarget};
+use mailstack_examples::shutdown_signal;
+use policy_proto::{Listener, Peer, SocketSpec, UnixOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,46 +59,14 @@ struct Args {
     socket: Option<String>,
     /// Where logs go; default: syslog on stdin/stdout (spawn), stderr with --socket.
     #[arg(long)]
-    log: Option<LogTarget>,
+    log: Option<LogArg>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogTarget {
+enum LogArg {
     Syslog,
     Stderr,
     None,
-}
-
-/// One syslog datagram per log line (RFC 3164 framing, facility mail).
-struct SyslogLine {
-    socket: Option<Arc<UnixDatagram>>,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for SyslogLine {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for SyslogLine {
-    fn drop(&mut self) {
-        if let Some(sock) = &self.socket {
-            let text = String::from_utf8_lossy(&self.buf);
-            // <22> = facility mail (2) * 8 + severity info (6).
-            let msg = format!(
-                "<22>spf-policyd[{}]: {}",
-                std::process::id(),
-                text.trim_end()
-            );
-            let _ = sock.send(msg.as_bytes());
-        }
-    }
 }
 
 /// `debugLevel` to a log level (`RUST_LOG` overrides): -1 nothing, 0 errors, 1 decisions
@@ -108,34 +80,14 @@ fn level(debug_level: i32) -> &'static str {
     }
 }
 
-fn init_logging(target: LogTarget, debug_level: i32) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level(debug_level)));
-    match target {
-        LogTarget::None => {}
-        LogTarget::Stderr => {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
-        }
-        LogTarget::Syslog => {
-            let socket = UnixDatagram::unbound()
-                .ok()
-                .filter(|s| s.connect("/dev/log").is_ok())
-                .map(Arc::new);
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .without_time()
-                .with_target(false)
-                .with_writer(move || SyslogLine {
-                    socket: socket.clone(),
-                    buf: Vec::new(),
-                })
-                .init();
-        }
-    }
+fn init_logging(target: LogArg, debug_level: i32) {
+    let target = match target {
+        LogArg::Syslog => LogTarget::Syslog,
+        LogArg::Stderr => LogTarget::Stderr,
+        LogArg::None => LogTarget::None,
+    };
+    // Only a log file can fail to open, and none is used here.
+    let _ = logging::init(&target, level(debug_level), "spf-policyd");
 }
 
 fn load_config(args: &Args) -> Result<(PolicydConfig, Vec<String>), String> {
@@ -159,69 +111,40 @@ fn resolver(args: &Args) -> Result<Arc<dyn Resolver>, String> {
         .map_err(|e| format!("DNS resolver: {e}"))
 }
 
-/// Most connections served at once in socket mode. Each Postfix smtpd process holds one
-/// policy connection (`default_process_limit` is 100), so this leaves room for several
-/// Postfix instances; beyond it, new connections wait in the listen queue.
-const MAX_CONNECTIONS: usize = 512;
+/// `--socket` in Postfix notation; a bare `HOST:PORT` (which earlier versions took) is TCP.
+fn socket_spec(spec: &str) -> Result<SocketSpec, String> {
+    spec.parse::<SocketSpec>()
+        .or_else(|e| match spec.parse::<SocketAddr>() {
+            Ok(a) => Ok(SocketSpec::Inet {
+                host: a.ip().to_string(),
+                port: a.port(),
+            }),
+            Err(_) => Err(format!("{spec}: {e}")),
+        })
+}
 
-async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str) -> std::io::Result<()> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let unix = spec
-        .strip_prefix("unix:")
-        .or_else(|| spec.starts_with('/').then_some(spec));
-    let (unix, tcp) = match unix {
-        Some(path) => {
-            let _ = std::fs::remove_file(path);
-            tracing::info!("listening on unix:{path}");
-            (Some(tokio::net::UnixListener::bind(path)?), None)
-        }
-        None => {
-            let listener =
-                tokio::net::TcpListener::bind(spec.strip_prefix("inet:").unwrap_or(spec)).await?;
-            tracing::info!("listening on inet:{}", listener.local_addr()?);
-            (None, Some(listener))
-        }
-    };
-    loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(std::io::Error::other)?;
-        let policy = policy.clone();
-        let served = match (&unix, &tcp) {
-            (Some(l), _) => {
-                let (r, w) = l.accept().await?.0.into_split();
-                tokio::spawn(async move { (serve_stream(policy, r, w).await, permit) })
-            }
-            (_, Some(l)) => {
-                let (stream, _) = l.accept().await?;
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
-                tokio::spawn(async move { (serve_stream(policy, r, w).await, permit) })
-            }
-            (None, None) => return Ok(()),
-        };
-        tokio::spawn(async move {
-            if let Ok((Err(e), _)) = served.await {
-                tracing::warn!("policy connection closed: {e}");
-            }
-        });
-    }
+async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str) -> Result<(), String> {
+    let parsed = socket_spec(spec)?;
+    let listener = Listener::bind_with(&parsed, &UnixOptions::default())
+        .await
+        .map_err(|e| format!("{spec}: {e}"))?;
+    let shown = listener
+        .local_spec()
+        .map_or_else(|_| parsed.to_string(), |s| s.to_string());
+    tracing::info!("listening on {shown}");
+    SpfService::server(policy)
+        .serve(listener, shutdown_signal())
+        .await;
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let log = args.log.unwrap_or(if args.socket.is_some() {
-        LogTarget::Stderr
+        LogArg::Stderr
     } else {
-        LogTarget::Syslog
+        LogArg::Syslog
     });
-    if log != LogTarget::Stderr {
-        // Under spawn(8) stderr is the Postfix socket: a panic message there would be read as
-        // a (broken) policy reply. Send it to the log instead.
-        std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
-    }
     let config = match load_config(&args) {
         Ok((c, warnings)) => {
             init_logging(log, c.debug_level);
@@ -233,7 +156,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             init_logging(log, 0);
             tracing::error!("{e}");
-            if log != LogTarget::Stderr && args.socket.is_some() {
+            if log != LogArg::Stderr && args.socket.is_some() {
                 let _ = writeln!(std::io::stderr(), "spf-policyd: {e}");
             }
             return std::process::ExitCode::from(1);
@@ -256,17 +179,27 @@ fn main() -> std::process::ExitCode {
         let resolver = resolver(&args)?;
         let policy = Arc::new(SpfPolicy::new(config, resolver));
         match &args.socket {
-            Some(spec) => serve_socket(policy, spec)
-                .await
-                .map_err(|e| format!("{spec}: {e}")),
-            None => serve_stdio(policy).await.map_err(|e| e.to_string()),
+            Some(spec) => serve_socket(policy, spec).await,
+            None => match SpfService::server(policy).serve_stdio().await {
+                Ok(end) => {
+                    tracing::debug!("connection ended: {end:?}");
+                    Ok(())
+                }
+                Err(e) => {
+                    policy_proto::log_error(&Peer::Stdio, &e);
+                    Err(e.to_string())
+                }
+            },
         }
     });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e}");
-            std::process::ExitCode::from(1)
+            1
         }
-    }
+    };
+    // tokio's stdin fallback (neither a socket nor pipes) may leave a blocked reader thread
+    // behind: end the process here rather than wait for it.
+    std::process::exit(code)
 }

@@ -7,6 +7,10 @@
 //! `permerror`, `defer_if_permit 4.7.24 ...` for a deferred `temperror`, otherwise
 //! `prepend Received-SPF: ...` once per message (`instance`), `dunno` for the other recipients.
 //!
+//! [`SpfService`] is the policy as a [`policy_proto::Handler`]: [`SpfService::server`] gives a
+//! [`policy_proto::Server`] that serves it under spawn(8) on stdin/stdout or on a unix or TCP
+//! socket, and [`reply`] spells each answer as python-policyd-spf does.
+//!
 //! # Differences from python-policyd-spf (on purpose)
 //!
 //! - **CVE-2019-20790**: when the MAIL FROM domain has no SPF record but HELO had a result,
@@ -48,7 +52,7 @@ pub use config::{
     PolicydConfig, RejectPolicy, hostname,
 };
 
-pub use serve::{IDLE_TIMEOUT, MAX_ATTRS, MAX_LINE, ServeError, serve_stdio, serve_stream};
+pub use serve::{MAX_CONNECTIONS, SpfService, reply};
 
 use self::cache::BoundedCache;
 use super::{Limits, SpfEvaluator, SpfOutput, SpfResult};
