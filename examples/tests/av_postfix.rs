@@ -134,9 +134,25 @@ fn postfix(spec: &str) -> Postfix {
 
 #[test]
 fn eicar_is_rejected_with_reject_msg_and_clean_mail_is_stamped_clean() {
+    eicar_rejected_clean_stamped("");
+}
+
+/// The same with `ClamdTransfer Fildes`: spooled to an unlinked file in TemporaryDirectory,
+/// the descriptor passed to clamd at end of message (nothing is left in the directory).
+#[test]
+fn with_fildes_transfer_eicar_is_rejected_and_clean_mail_stamped_clean() {
+    let spool = tempfile::tempdir().unwrap();
+    eicar_rejected_clean_stamped(&format!(
+        "ClamdTransfer Fildes\nTemporaryDirectory {}\n",
+        spool.path().display()
+    ));
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+}
+
+fn eicar_rejected_clean_stamped(extra: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let clamd = start_clamd(&tmp.path().join("clamd"));
-    let milter = av_milter(tmp.path(), &clamd.socket, "");
+    let milter = av_milter(tmp.path(), &clamd.socket, extra);
     let pf = postfix(&milter.spec());
 
     let infected = format!(

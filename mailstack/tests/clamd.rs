@@ -516,3 +516,27 @@ fn clamd_killed_mid_stream_is_an_error_not_a_hang() {
         t.elapsed()
     );
 }
+
+/// FILDES: the descriptor of a file we wrote (position left at its end) goes to clamd, which
+/// scans the whole file; a clean file is clean; clamd on TCP is refused before connecting.
+#[tokio::test]
+async fn fildes_scans_a_passed_file_from_its_start() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = tempfile::tempfile_in(dir.path()).unwrap();
+    bad.write_all(&mail(&format!(
+        "Content-Type: text/plain\r\n\r\n{}\r\n",
+        String::from_utf8(eicar()).unwrap()
+    )))
+    .unwrap();
+    assert_eq!(client().scan_file(&bad).await.unwrap(), infected());
+    let mut good = tempfile::tempfile_in(dir.path()).unwrap();
+    good.write_all(&mail("Content-Type: text/plain\r\n\r\nHello.\r\n"))
+        .unwrap();
+    assert_eq!(client().scan_file(&good).await.unwrap(), Verdict::Clean);
+    let tcp = Client::new(ClamdAddr::Tcp("127.0.0.1:1".into()));
+    assert!(matches!(
+        tcp.scan_file(&good).await,
+        Err(ClamdError::NotUnix(_))
+    ));
+}

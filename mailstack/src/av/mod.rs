@@ -14,8 +14,10 @@ pub mod milter;
 
 use std::time::Duration;
 
-use crate::clamd::{ClamdError, Client, Instream, Socket, Timeouts, Verdict};
-pub use config::{Action, AddHeader, AvConfig, LogLevel};
+use std::path::PathBuf;
+
+use crate::clamd::{ClamdAddr, ClamdError, Client, Instream, Phase, Socket, Timeouts, Verdict};
+pub use config::{Action, AddHeader, AvConfig, LogLevel, Transfer};
 
 /// What scanning found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct MessageScan {
     started: bool,
     /// Accepted bytes not yet written to clamd (less than [`SCAN_CHUNK`] between calls).
     pending: Vec<u8>,
+    /// `ClamdTransfer Fildes`: the directory of the spool file, and the file once opened.
+    spool: Option<(PathBuf, Option<std::fs::File>)>,
 }
 
 impl MessageScan {
@@ -71,6 +75,8 @@ impl MessageScan {
             limit: cfg.max_file_size,
             started: false,
             pending: Vec::new(),
+            spool: (cfg.clamd_transfer == Transfer::Fildes)
+                .then(|| (cfg.temporary_directory.clone(), None)),
         }
     }
 
@@ -114,8 +120,19 @@ impl MessageScan {
         }
     }
 
-    /// Writes what is waiting as one INSTREAM chunk, connecting first if needed.
+    /// Writes what is waiting as one INSTREAM chunk, connecting first if needed (or, with
+    /// FILDES, appends it to the spool file).
     async fn flush(&mut self) {
+        if let Some((dir, file)) = self.spool.as_mut() {
+            self.started = true;
+            if self.failed.is_none()
+                && let Err(e) = spool_write(dir, file, &self.pending)
+            {
+                self.failed = Some(format!("spool file in {}: {e}", dir.display()));
+            }
+            self.pending.clear();
+            return;
+        }
         if !self.started {
             self.open().await;
         }
@@ -167,6 +184,12 @@ impl MessageScan {
         if let Some(f) = self.failed {
             return Outcome::Failed(f);
         }
+        if let Some((_, file)) = self.spool {
+            return match file {
+                Some(file) => scan_spool(&self.clients, &file).await,
+                None => Outcome::Clean,
+            };
+        }
         let Some(s) = self.stream else {
             return Outcome::Clean;
         };
@@ -179,6 +202,58 @@ impl MessageScan {
             Err(e) => Outcome::Failed(e.to_string()),
         }
     }
+}
+
+/// Appends `data` to the spool file, creating it (unlinked, in `dir`) first. The writes
+/// are blocking: they go to the page cache, at most [`SCAN_CHUNK`] bytes each, which is
+/// cheaper than a trip through tokio's blocking pool per chunk.
+fn spool_write(
+    dir: &std::path::Path,
+    file: &mut Option<std::fs::File>,
+    data: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let f = match file {
+        Some(f) => f,
+        None => file.insert(tempfile::tempfile_in(dir)?),
+    };
+    f.write_all(data)
+}
+
+/// Scans the spool file with the first clamd that answers: FILDES on a unix socket, the
+/// file streamed with INSTREAM on TCP.
+async fn scan_spool(clients: &[Client], file: &std::fs::File) -> Outcome {
+    let mut errors = Vec::new();
+    for c in clients {
+        let r = match c.addr() {
+            ClamdAddr::Unix(_) => c.scan_file(file).await,
+            ClamdAddr::Tcp(_) => instream_file(c, file).await,
+        };
+        match r {
+            Err(e @ (ClamdError::Connect { .. } | ClamdError::Timeout(Phase::Connect, _))) => {
+                errors.push(e.to_string());
+            }
+            r => return outcome_of(r),
+        }
+    }
+    Outcome::Failed(errors.join("; "))
+}
+
+/// Streams the spool file to a clamd on TCP.
+async fn instream_file(c: &Client, file: &std::fs::File) -> Result<Verdict, ClamdError> {
+    use std::os::unix::fs::FileExt as _;
+    let mut s = c.instream().await?;
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        s.feed(buf.get(..n).unwrap_or_default()).await?;
+        offset += n as u64;
+    }
+    s.finish().await
 }
 
 /// Maps errors from [`ClamdError`] for callers that scan without streaming.
