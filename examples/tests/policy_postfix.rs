@@ -329,3 +329,83 @@ fn down_or_garbage_gets_the_default_action_and_loses_no_mail() {
     assert!(log.contains("nobody-listens.sock"), "{log}");
     assert!(log.contains(&format!("127.0.0.1:{garbage}")), "{log}");
 }
+
+/// What this Postfix (Debian 12: 3.7) really sends has the attribute names, in the order, of
+/// the 3.2-3.7 test vector (`policy-proto/tests/vectors/3.5.txt`), and decodes with no unknown
+/// attribute.
+#[test]
+fn real_postfix_requests_match_the_test_vectors() {
+    support::postfix::require_postfix();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                let mut request = Vec::new();
+                let mut line = Vec::new();
+                while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    request.extend_from_slice(&line);
+                    if line == b"\n" {
+                        let _ = tx.send(std::mem::take(&mut request));
+                        if w.write_all(b"action=DUNNO\n\n").is_err() {
+                            return;
+                        }
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    let pf = Postfix::builder()
+        .main(
+            "smtpd_recipient_restrictions",
+            format!("reject_unauth_destination, check_policy_service inet:127.0.0.1:{port}"),
+        )
+        .start();
+    let mut c = session(&pf, "192.0.2.8");
+    let reply = c.send(
+        "u@src.example",
+        &["d@dest.example"],
+        "Subject: capture\r\n\r\nhi\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply}\n{}", pf.log());
+    drop(c);
+    let wire = rx.recv_timeout(Duration::from_secs(30)).expect("a request");
+    let decode = |wire: &[u8]| {
+        policy_proto::RequestDecoder::new()
+            .decode(&mut bytes::BytesMut::from(wire))
+            .unwrap()
+            .unwrap()
+    };
+    let real = decode(&wire);
+    let vector = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-proto/tests/vectors/3.5.txt"),
+    )
+    .unwrap();
+    let names = |r: &policy_proto::PolicyRequest| {
+        r.attributes()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&real),
+        names(&decode(&vector)),
+        "{}",
+        String::from_utf8_lossy(&wire)
+    );
+    assert_eq!(real.unknown().count(), 0);
+    assert_eq!(
+        real.protocol_state(),
+        Some(policy_proto::ProtocolState::Rcpt)
+    );
+    assert_eq!(real.client_address(), Some("192.0.2.8".parse().unwrap()));
+    assert_eq!(real.sender_address(), Some("u@src.example"));
+    assert_eq!(real.recipient(), Some("d@dest.example"));
+    println!("{}", String::from_utf8_lossy(&wire));
+}
