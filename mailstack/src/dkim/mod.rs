@@ -1,14 +1,94 @@
-//! DKIM signing and verification (RFC 6376, RFC 8463), as a drop-in for OpenDKIM.
+//! DKIM signing and verification (RFC 6376, RFC 8463) as a drop-in for OpenDKIM 2.11: the
+//! same `opendkim.conf`, the same decisions (sign for internal hosts and our domains, verify
+//! the rest), the same `DKIM-Signature` layout and `Authentication-Results` text.
 //!
-//! - [`config`]: `opendkim.conf` with OpenDKIM's option names, defaults and data sets.
+//! # Layout
+//! - [`config`]: `opendkim.conf` (options, defaults, refusals), [`dataset`]: data sets and
+//!   peer lists.
+//! - [`canon`]: canonicalization and the streamed body hash; [`sig`]: the signature field.
+//! - [`key`]: private keys, `RequireSafeKeys`, key records, `genkey`.
+//! - [`sign`]: which keys sign a message, and signing; [`verify`]: verification and the
+//!   `Authentication-Results` value.
+//! - [`milter`]: the [`milter_proto::server::Handler`] ([`DkimFilter::handler`]); the
+//!   `dkim-milter` example binary is a thin wrapper over it.
+//!
+//! For embedding (the DMARC filter, tools), the small API is [`verify::MessageVerifier`]
+//! (`new(headers)`, `body(chunk)`, `finish(headers, resolver, now)` → one
+//! [`verify::SignatureResult`] per signature with `result`, `domain`, `selector`) or
+//! [`verify::verify_message`] for a whole message.
+//!
+//! # Why our own DKIM core and which crypto
+//! mail-auth 0.13.3 (the newest that builds on Rust 1.95) computes a wrong relaxed body hash
+//! when the body ends in whitespace-only lines, writes `header.i` instead of `header.d`,
+//! reports a body hash mismatch as `neutral`, verifies every signature without a cap and has
+//! no streaming verification. Rather than patch around each, this module owns
+//! canonicalization, signing and verification (RFC 6376 §3.4–§6) and uses
+//! [aws-lc-rs](https://docs.rs/aws-lc-rs) for the primitives: it is already mail-auth's
+//! default backend (no new crate), it is as fast as OpenSSL (which OpenDKIM uses), it signs
+//! RSA in constant time and carries no advisory. The `rsa` crate behind mail-auth's
+//! `rust-crypto` feature carries RUSTSEC-2023-0071 (Marvin timing side channel in RSA
+//! decryption/signing), which matters exactly for a DKIM signer; `ring` lacks RSA key
+//! generation, which `genkey` needs. `benches/benches/dkim_milter.rs` prints the figures.
+//!
+//! # Memory bound
+//! Headers are kept up to `MaximumHeaders` (65536 bytes by default); the body is streamed
+//! through the hash states (one per distinct body canonicalization and `l=` among the first
+//! `MaximumSignaturesToVerify` signatures), so body size costs no memory. Above the header
+//! bound the message is not processed and `On-Security` applies (tempfail by default;
+//! OpenDKIM rejects).
+//!
+//! # Deliberate differences from OpenDKIM 2.11
+//! Each is shown by `mailstack/tests/dkim_opendkim.rs` or a unit test.
+//! - A missing key record is `dkim=permerror` (RFC 6376 §6.1.2 PERMFAIL); OpenDKIM writes
+//!   `dkim=fail reason="key not found in DNS"`. The reason text is the same.
+//! - A body hash mismatch gives `reason="body hash did not verify"`; OpenDKIM says
+//!   `"signature verification failed"` for body and header mismatches alike. Both are `fail`.
+//! - No `dkim-atps=` clause (ATPS, RFC 6541, is not implemented) and no DNSSEC word in the key
+//!   comment (`(2048-bit key)`, as OpenDKIM writes without DNSSEC data).
+//! - The signing algorithm follows each key (RSA → `rsa-sha256`, Ed25519 →
+//!   `ed25519-sha256`); `SignatureAlgorithm` is only checked. RSA and Ed25519 sign the same
+//!   message when the SigningTable lists both keys with `MultipleSignatures yes`. `rsa-sha1`
+//!   is verified but never used to sign.
+//! - OpenDKIM 2.11's own Ed25519 signatures over `simple` header canonicalization do not
+//!   verify (not even in OpenDKIM); we report them as `fail` too.
+//! - RSA keys under 1024 bits cannot be verified by aws-lc (`policy`, "key too small", even
+//!   with `MinimumKeyBits 0`).
+//! - `MaximumHeaders` exceeded → `On-Security`, not a fixed reject.
+//! - Unsupported features (LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics,
+//!   RBL, header rewriting, re-signing, `SenderHeaders`, `MacroList`, `MTA`) are refused at
+//!   startup with file and line instead of being available.
 
 pub mod canon;
 pub mod config;
 pub mod dataset;
 pub mod key;
+pub mod milter;
 pub mod sig;
 pub mod sign;
 pub mod verify;
 
+use std::path::Path;
+
 pub use config::{Action, Actions, Canon, DkimConfig};
 pub use dataset::{Dataset, PeerList};
+pub use milter::{DkimFilter, DkimMilter};
+
+use crate::dns::{MemoryRecord, MemoryResolver};
+
+/// Reads an OpenDKIM `TestPublicKeys` file (`<selector>._domainkey.<domain> <record>` per
+/// line) into an in-memory zone.
+pub fn test_public_keys(path: &Path) -> Result<MemoryResolver, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut zone = MemoryResolver::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, record) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{}: expected `name record`, found {line:?}", path.display()))?;
+        zone.add(name, MemoryRecord::Txt(record.trim().as_bytes().to_vec()));
+    }
+    Ok(zone)
+}

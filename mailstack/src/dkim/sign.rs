@@ -230,6 +230,19 @@ impl KeySet {
         Ok(set)
     }
 
+    /// The position of `key` in this set (for [`KeySet::key`]).
+    pub fn index_of(&self, key: &SigningKey) -> usize {
+        self.keys
+            .iter()
+            .position(|(_, k)| std::ptr::eq(k, key))
+            .unwrap_or(0)
+    }
+
+    /// The key at `index` (from [`KeySet::index_of`]).
+    pub fn key(&self, index: usize) -> &SigningKey {
+        &self.keys[index.min(self.keys.len().saturating_sub(1))].1
+    }
+
     /// Whether any key is loaded.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

@@ -1,0 +1,254 @@
+//! `dkim-milter`: a DKIM signing and verifying milter reading `opendkim.conf`, a drop-in for
+//! OpenDKIM behind Postfix (`smtpd_milters = unix:/run/opendkim/opendkim.sock`).
+//!
+//! Mail from `InternalHosts` (default 127.0.0.1 and ::1) or authenticated clients whose From
+//! domain has a key is signed (RSA and/or Ed25519); everything else is verified and gets
+//! OpenDKIM's `Authentication-Results`. The filter is `mailstack::dkim`; this file is only the
+//! command line.
+//!
+//! Run: `dkim-milter --config /etc/opendkim.conf --socket unix:/run/opendkim/opendkim.sock`.
+//! Keys: `dkim-milter genkey -d example.com -s mail` writes `mail.private` and `mail.txt` as
+//! opendkim-genkey does (`--type ed25519` for an Ed25519 key).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mailstack::dkim::key::{self, GenKeyOptions, KeyType};
+use mailstack::dkim::{DkimConfig, DkimFilter};
+use mailstack::dns::{HickoryResolver, Resolver};
+use mailstack_examples::shutdown_signal;
+use milter_proto::server::{self, ServerConfig};
+use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+
+/// DKIM milter: signs mail from internal hosts for your domains and verifies the rest, with
+/// OpenDKIM's configuration file and Authentication-Results.
+#[derive(Debug, Parser)]
+#[command(version, after_help = CONFIG_HELP, args_conflicts_with_subcommands = true)]
+struct Args {
+    /// The OpenDKIM configuration file.
+    #[arg(
+        long,
+        short = 'x',
+        value_name = "FILE",
+        default_value = "/etc/opendkim.conf"
+    )]
+    config: PathBuf,
+    /// Where to listen, overriding Socket: unix:/path, local:/path, a bare path,
+    /// inet:host:port, inet:port@host or inet6:port@host.
+    #[arg(long, value_name = "SPEC")]
+    socket: Option<SocketSpec>,
+    /// DNS server for key lookups (default: Nameservers from the config, else
+    /// /etc/resolv.conf). TestPublicKeys in the config replaces DNS entirely.
+    #[arg(long, value_name = "IP:PORT")]
+    nameserver: Option<SocketAddr>,
+    /// Check the configuration and keys, then exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Generate a key pair: <selector>.private (PKCS#8 PEM, mode 600) and <selector>.txt (the
+    /// DNS record in opendkim-genkey's layout).
+    Genkey(GenKey),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyKind {
+    Rsa,
+    Ed25519,
+}
+
+#[derive(Debug, clap::Args)]
+struct GenKey {
+    /// Key type.
+    #[arg(long = "type", short = 'k', value_enum, default_value = "rsa")]
+    kind: KeyKind,
+    /// RSA key size in bits (2048, 3072, 4096, 8192).
+    #[arg(long, short = 'b', default_value_t = 2048)]
+    bits: usize,
+    /// Domain (for the comment, and the owner name with --append-domain).
+    #[arg(long, short = 'd', default_value = "localhost")]
+    domain: String,
+    /// Selector: names the files and the record.
+    #[arg(long, short = 's', default_value = "default")]
+    selector: String,
+    /// Output directory.
+    #[arg(long, short = 'D', default_value = ".")]
+    directory: PathBuf,
+    /// Owner name `<selector>._domainkey.<domain>.` instead of `<selector>._domainkey`.
+    #[arg(long, short = 'a')]
+    append_domain: bool,
+    /// Restrict the key to e-mail (`s=email`).
+    #[arg(long, short = 'r')]
+    restrict: bool,
+    /// Forbid subdomains in i= (`t=s`).
+    #[arg(long = "nosubdomains", short = 'S')]
+    no_subdomains: bool,
+    /// Testing mode (`t=y`).
+    #[arg(long = "testmode", short = 't')]
+    testing: bool,
+    /// A note (`n=`).
+    #[arg(long, short = 'n')]
+    note: Option<String>,
+}
+
+const CONFIG_HELP: &str = "\
+Configuration file (opendkim.conf syntax, `Option value`, `#` comments; names case-insensitive):
+  Mode sv|s|v                  sign, verify or both (default sv)
+  Domain, Selector, KeyFile    single-key signing (Domain is a data set)
+  KeyTable, SigningTable       name -> domain:selector:keyfile and sender -> name tables
+                               (file:/path, refile:/path for wildcards, csl:a=b,...)
+  MultipleSignatures yes       apply every SigningTable match (RSA + Ed25519 on one message)
+  SubDomains yes               also sign for subdomains of Domain
+  InternalHosts, ExternalIgnoreList, PeerList   peer lists (default InternalHosts 127.0.0.1,::1)
+  ExemptDomains                From domains left alone
+  Canonicalization h/b         simple or relaxed (default simple/simple)
+  SignHeaders, OmitHeaders, OversignHeaders     header lists (`*,+x,-y` edits the default)
+  MinimumKeyBits N (1024)  RequireSafeKeys yes|no (yes)  MaximumSignaturesToVerify N (3)
+  MaximumHeaders BYTES (65536)  SignatureTTL SECS  ClockDrift SECS (300)  DNSTimeout SECS (5)
+  On-Default, On-BadSignature, On-NoSignature, On-KeyNotFound, On-DNSError,
+  On-InternalError, On-Security, On-SignatureError   accept|discard|quarantine|reject|tempfail
+  AuthservID ID|HOSTNAME       authserv-id (default: the MTA's j macro)
+  AlwaysAddARHeader, KeepAuthResults, RemoveOldSignatures, SoftwareHeader   yes|no
+  BodyLengthDB DATASET         recipients whose mail is signed with l=
+  Nameservers IP,IP            DNS servers; TestPublicKeys FILE replaces DNS (testing)
+  Socket SPEC  UMask OCTAL     listening socket and its umask
+Accepted without effect (warned): Syslog* LogWhy LogResults Background AutoRestart* PidFile
+UserID TrustAnchorFile ResolverConfiguration MilterDebug Quarantine ChangeRootDirectory
+FixCRLF. LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics and other features
+not implemented are refused with file and line.";
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Some(Cmd::Genkey(g)) = &args.command {
+        if let Err(e) = genkey(g) {
+            eprintln!("dkim-milter genkey: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let cfg = DkimConfig::read(&args.config).unwrap_or_else(|e| fail(e));
+    for (line, name) in &cfg.ignored {
+        tracing::warn!(
+            "{}:{line}: {name} has no effect in dkim-milter",
+            args.config.display()
+        );
+    }
+    let resolver = resolver(&args, &cfg).unwrap_or_else(|e| fail(e));
+    let spec = match (&args.socket, &cfg.socket) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => opendkim_socket(s)
+            .parse::<SocketSpec>()
+            .unwrap_or_else(|e| fail(format!("{}: Socket: {e}", args.config.display()))),
+        (None, None) => fail(format!(
+            "{}: Socket is mandatory (or pass --socket)",
+            args.config.display()
+        )),
+    };
+    let umask = cfg.umask;
+    let filter = DkimFilter::new(cfg, resolver).unwrap_or_else(|e| fail(e));
+    if args.check_config {
+        println!("{}: OK", args.config.display());
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
+    if let Err(e) = rt.block_on(serve(&spec, filter, umask)) {
+        fail(e);
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ! {
+    eprintln!("dkim-milter: {e}");
+    std::process::exit(2);
+}
+
+/// OpenDKIM's `Socket` forms: `local:/p`, `inet:port@host`, `inet6:port@host`, a bare path.
+/// `inet:port` alone means all interfaces.
+fn opendkim_socket(s: &str) -> String {
+    match s.strip_prefix("inet:") {
+        Some(port) if port.chars().all(|c| c.is_ascii_digit()) => format!("inet:{port}@0.0.0.0"),
+        _ => s.to_owned(),
+    }
+}
+
+fn resolver(args: &Args, cfg: &DkimConfig) -> Result<Arc<dyn Resolver>, String> {
+    if let Some(path) = &cfg.test_public_keys {
+        return Ok(Arc::new(mailstack::dkim::test_public_keys(path)?));
+    }
+    let server = args
+        .nameserver
+        .or_else(|| cfg.nameservers.first().map(|ip| SocketAddr::new(*ip, 53)));
+    let r = match server {
+        Some(s) => HickoryResolver::with_nameserver(s, cfg.dns_timeout),
+        None => HickoryResolver::system(),
+    };
+    r.map(|r| Arc::new(r) as Arc<dyn Resolver>)
+        .map_err(|e| format!("DNS resolver: {e}"))
+}
+
+async fn serve(spec: &SocketSpec, filter: DkimFilter, umask: Option<u32>) -> io::Result<()> {
+    let unix = UnixSocketOptions {
+        mode: umask.map(|u| 0o777 & !u),
+        group: None,
+    };
+    let listener = Listener::bind(spec, &unix).await?;
+    tracing::info!(socket = %spec, "listening");
+    let mut config = ServerConfig::default();
+    // Key lookups can take DNSTimeout each; keep Postfix's content timeout at bay.
+    config.progress_interval = Some(Duration::from_secs(10));
+    server::serve(
+        listener,
+        move || filter.handler(),
+        config,
+        shutdown_signal(),
+    )
+    .await
+}
+
+fn genkey(g: &GenKey) -> Result<(), String> {
+    let opts = GenKeyOptions {
+        key_type: match g.kind {
+            KeyKind::Rsa => KeyType::Rsa,
+            KeyKind::Ed25519 => KeyType::Ed25519,
+        },
+        bits: g.bits,
+        domain: g.domain.clone(),
+        selector: g.selector.clone(),
+        append_domain: g.append_domain,
+        restrict: g.restrict,
+        no_subdomains: g.no_subdomains,
+        testing: g.testing,
+        note: g.note.clone(),
+    };
+    let out = key::generate(&opts)?;
+    let private = g.directory.join(format!("{}.private", g.selector));
+    let txt = g.directory.join(format!("{}.txt", g.selector));
+    for (path, data) in [(&private, &out.private_pem), (&txt, &out.txt)] {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| f.write_all(data.as_bytes()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
