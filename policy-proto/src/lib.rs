@@ -58,8 +58,9 @@
 //! ```
 //!
 //! With the `tokio` feature the crate also runs the I/O: implement [`Handler`] (one async
-//! method, request in, `Option<Action>` out; `None` closes without a reply) and hand it to a
-//! [`Server`], which serves
+//! method, request in, `Option<Action>` out; `None` closes without a reply; override
+//! [`Handler::respond`] to send a [`Reply`] in another server's spelling or a restriction class
+//! name) and hand it to a [`Server`], which serves
 //! - a [`Listener`] bound from a Postfix-style [`SocketSpec`] (`unix:/path`, `local:/path`, a
 //!   bare path, `inet:host:port`): [`Server::serve`] with a shutdown future; UNIX sockets get
 //!   a mode and group ([`UnixOptions`]) and a stale socket file is replaced only when nothing
