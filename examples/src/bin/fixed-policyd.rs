@@ -78,7 +78,9 @@ connection events.
 Examples:
   fixed-policyd --socket inet:127.0.0.1:10040 --action 'REJECT 5.7.1 go away'
   fixed-policyd --socket unix:/var/spool/postfix/private/fixed --socket-group postfix --socket-mode 660
-  master.cf: fixed  unix  -  n  n  -  0  spawn  user=nobody argv=/usr/local/bin/fixed-policyd --log-file /var/log/fixed-policyd.log";
+  master.cf: fixed  unix  -  n  n  -  0  spawn  user=nobody argv=/usr/local/bin/fixed-policyd --log-file /var/log/fixed-policyd.log
+In master.cf an action with spaces goes in braces (Postfix 3.0+ passes it as one argument):
+  argv=/usr/local/bin/fixed-policyd --action { PREPEND X-Policy: checked }";
 
 fn parse_action(s: &str) -> Result<Action, String> {
     Action::parse(s).map_err(|e| {
