@@ -42,19 +42,21 @@ fn start_opendkim(conf: &Path, socket: &Path) -> OpenDkim {
         Path::new(OPENDKIM).exists(),
         "{OPENDKIM} missing: install opendkim"
     );
-    let mut child = Command::new(OPENDKIM)
-        .arg("-f")
-        .arg("-x")
-        .arg(conf)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start opendkim");
+    let mut guard = OpenDkim(
+        Command::new(OPENDKIM)
+            .arg("-f")
+            .arg("-x")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start opendkim"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return OpenDkim(child);
+            return guard;
         }
-        if let Ok(Some(st)) = child.try_wait() {
+        if let Ok(Some(st)) = guard.0.try_wait() {
             panic!("opendkim exited: {st}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -286,7 +288,10 @@ async fn ours_and_opendkims_milters_verify_each_other() {
         let sigs = inserted(&mods, "DKIM-Signature");
         assert_eq!(sigs.len(), 2, "{name}: {mods:?}");
         assert!(sigs.iter().any(|v| v.contains("a=rsa-sha256")), "{name}");
-        assert!(sigs.iter().any(|v| v.contains("a=ed25519-sha256")), "{name}");
+        assert!(
+            sigs.iter().any(|v| v.contains("a=ed25519-sha256")),
+            "{name}"
+        );
         let (_, odk) = run(&s.odk_spec, "192.0.2.1", &signed).await;
         let odk_ar = inserted(&odk, "Authentication-Results");
         assert_eq!(odk_ar.len(), 1, "{name}: {odk:?}");
