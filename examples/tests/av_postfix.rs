@@ -10,99 +10,19 @@
 mod support;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use support::clamd::{Clamd, SIG, eicar};
 use support::milters::Daemon;
 use support::postfix::Postfix;
 
 const AV_MILTER: &str = env!("CARGO_BIN_EXE_av-milter");
-const CLAMD: &str = "/usr/sbin/clamd";
-/// The EICAR test string, hex-encoded so that this file is not itself a detection.
-const EICAR_HEX: &str = "58354f2150254041505b345c505a58353428505e2937434329377d2445494341522d5354414e444152442d414e544956495255532d544553542d46494c452124482b482a";
-const SIG: &str = "Mailstack.Test.EICAR.UNOFFICIAL";
-
-fn eicar() -> String {
-    let bytes: Vec<u8> = (0..EICAR_HEX.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&EICAR_HEX[i..i + 2], 16).unwrap())
-        .collect();
-    String::from_utf8(bytes).unwrap()
-}
-
-/// A private clamd, killed on drop.
-struct Clamd {
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Drop for Clamd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sync_ping(socket: &Path) -> bool {
-    use std::io::Read as _;
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut r = Vec::new();
-    s.write_all(b"zPING\0").is_ok() && s.read_to_end(&mut r).is_ok() && r == b"PONG\0"
-}
+/// clamd's own limit, so a bigger message gets `OnFail`.
+const CLAMD_CONF: &str = "StreamMaxLength 1M\n";
 
 fn start_clamd(dir: &Path) -> Clamd {
-    assert!(
-        Path::new(CLAMD).exists(),
-        "{CLAMD} is missing: install Debian's clamav-daemon to run this test"
-    );
-    let db = dir.join("db");
-    std::fs::create_dir_all(&db).unwrap();
-    std::fs::write(
-        db.join("mailstack.ndb"),
-        format!("Mailstack.Test.EICAR:0:*:{EICAR_HEX}\n"),
-    )
-    .unwrap();
-    let socket = dir.join("clamd.sock");
-    let conf = dir.join("clamd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "LocalSocket {}\nFixStaleSocket yes\nForeground yes\nDatabaseDirectory {}\n\
-             TemporaryDirectory {}\nLogFile {}\nStreamMaxLength 1M\nDisableCache yes\n",
-            socket.display(),
-            db.display(),
-            dir.display(),
-            dir.join("clamd.log").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(CLAMD)
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {CLAMD}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sync_ping(&socket) {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "clamd exited with {st}; log:\n{}",
-                std::fs::read_to_string(dir.join("clamd.log")).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "clamd did not answer PING within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Clamd { socket, child }
+    Clamd::start(dir, CLAMD_CONF)
 }
 
 fn av_milter(dir: &Path, clamd_socket: &Path, extra: &str) -> Daemon {

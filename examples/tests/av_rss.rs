@@ -6,21 +6,18 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::flags::{Actions, Protocol};
 use milter_proto::reply::Reply;
 use milter_proto::socket::SocketSpec;
+use support::clamd::Clamd;
 use support::milters::Daemon;
 
 const AV_MILTER: &str = env!("CARGO_BIN_EXE_av-milter");
-const CLAMD: &str = "/usr/sbin/clamd";
-const EICAR_HEX: &str = "58354f2150254041505b345c505a58353428505e2937434329377d2445494341522d5354414e444152442d414e544956495255532d544553542d46494c452124482b482a";
 
 fn vm_kb(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -30,58 +27,15 @@ fn vm_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
-fn sync_ping(socket: &Path) -> bool {
-    use std::io::Read as _;
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut r = Vec::new();
-    s.write_all(b"zPING\0").is_ok() && s.read_to_end(&mut r).is_ok() && r == b"PONG\0"
-}
-
 #[test]
 fn fifty_megabyte_message_keeps_peak_rss_bounded() {
-    assert!(
-        Path::new(CLAMD).exists(),
-        "{CLAMD} is missing: install clamav-daemon"
-    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::create_dir(dir.join("db")).unwrap();
-    std::fs::write(
-        dir.join("db/mailstack.ndb"),
-        format!("Mailstack.Test.EICAR:0:*:{EICAR_HEX}\n"),
-    )
-    .unwrap();
-    let socket = dir.join("clamd.sock");
-    std::fs::write(
-        dir.join("clamd.conf"),
-        format!(
-            "LocalSocket {}\nForeground yes\nDatabaseDirectory {}/db\nTemporaryDirectory {}\n\
-             LogFile {}/clamd.log\nStreamMaxLength 80M\nMaxScanSize 100M\nMaxFileSize 100M\n\
-             DisableCache yes\n",
-            socket.display(),
-            dir.display(),
-            dir.display(),
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let mut clamd = Command::new(CLAMD)
-        .arg("-c")
-        .arg(dir.join("clamd.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sync_ping(&socket) {
-        assert!(clamd.try_wait().unwrap().is_none(), "clamd exited");
-        assert!(Instant::now() < deadline, "clamd did not answer PING");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let clamd = Clamd::start(
+        &dir.join("clamd"),
+        "StreamMaxLength 80M\nMaxScanSize 100M\nMaxFileSize 100M\n",
+    );
+    let socket = &clamd.socket;
     let conf = dir.join("clamav-milter.conf");
     std::fs::write(
         &conf,
@@ -129,8 +83,7 @@ fn fifty_megabyte_message_keeps_peak_rss_bounded() {
     });
     let elapsed = t.elapsed();
     let peak_kb = vm_kb(milter.pid(), "VmHWM:");
-    let _ = clamd.kill();
-    let _ = clamd.wait();
+    drop(clamd);
     println!(
         "av-milter, {} byte message: VmHWM idle {idle_kb} kB, after {peak_kb} kB; scan round trip {elapsed:?}",
         raw.len()

@@ -3,10 +3,12 @@
 //! - [`postfix`]: a private Postfix instance on loopback that delivers to an in-process SMTP
 //!   sink, for tests that put our milters and policy servers behind the real MTA.
 //! - [`milters`]: our example milters (and the libmilter C milter) as child processes.
+//! - [`clamd`]: a private clamd with an EICAR signature we write.
 //!
 //! Each test binary includes this with `mod support;` and uses what it needs.
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod clamd;
 pub mod milters;
 pub mod postfix;
