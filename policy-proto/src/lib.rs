@@ -120,6 +120,8 @@
 //! `tests/server.rs` (server and client). The interop tests against real Postfix are in
 //! `examples/tests/policy_postfix.rs`.
 
+// The crate doc names the `tokio` feature's items; without the feature they do not exist.
+#![cfg_attr(not(feature = "tokio"), allow(rustdoc::broken_intra_doc_links))]
 #![cfg_attr(
     not(test),
     deny(
