@@ -149,3 +149,142 @@ fn milter_down_with_accept_delivers_unchanged() {
     assert!(msgs[0].header("X-Stamp").is_empty());
     assert_eq!(msgs[0].body(), "body\r\n");
 }
+
+/// Our server (in this process, `milter_proto::server`) behind real Postfix through one SMTP
+/// session that rejects at MAIL, rejects one recipient, resets, and then delivers: whatever
+/// Postfix sends after a rejection (ABORT or the next MAIL) must not be taken for a protocol
+/// error, and the delivered message carries the header added at end of message.
+#[test]
+fn rejections_and_rset_keep_the_milter_session_in_step_with_postfix() {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use milter_proto::flags::Actions;
+    use milter_proto::negotiate::Needs;
+    use milter_proto::server::{
+        Context, Decision, Handler, ServerConfig, async_trait, serve_connection,
+    };
+    use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+
+    struct Strict(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Handler for Strict {
+        fn needs(&self) -> Needs {
+            Needs {
+                actions: Actions::ADDHDRS,
+                ..Needs::default()
+            }
+        }
+        async fn mail(&mut self, _: &mut Context, sender: &[u8], _: &[Bytes]) -> Decision {
+            let sender = String::from_utf8_lossy(sender).into_owned();
+            let bad = sender.contains("bad-mail");
+            self.0.lock().unwrap().push(format!("mail {sender}"));
+            if bad {
+                Decision::Reject
+            } else {
+                Decision::Continue
+            }
+        }
+        async fn rcpt(&mut self, _: &mut Context, rcpt: &[u8], _: &[Bytes]) -> Decision {
+            if rcpt.windows(8).any(|w| w == b"bad-rcpt") {
+                Decision::ReplyCode(Bytes::from_static(b"550 5.7.1 not this one"))
+            } else {
+                Decision::Continue
+            }
+        }
+        async fn eom(&mut self, ctx: &mut Context) -> Decision {
+            self.0.lock().unwrap().push("eom".into());
+            match ctx.add_header("X-Strict", "seen") {
+                Ok(()) => Decision::Accept,
+                Err(_) => Decision::Tempfail,
+            }
+        }
+        async fn abort(&mut self, _: &mut Context) {
+            self.0.lock().unwrap().push("abort".into());
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = tmp.path().join("strict.sock");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (spec, seen2) = (SocketSpec::Unix(path.clone()), seen.clone());
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let opts = UnixSocketOptions {
+                mode: Some(0o666),
+                group: None,
+            };
+            let listener = Listener::bind(&spec, &opts).await.unwrap();
+            bound_tx.send(()).unwrap();
+            // Every Postfix connection (the fixture's readiness probe opens one too).
+            loop {
+                let stream = listener.accept().await.unwrap();
+                let (tx, seen) = (tx.clone(), seen2.clone());
+                tokio::spawn(async move {
+                    let config = ServerConfig::default();
+                    let r = serve_connection(stream, Strict(seen), &config).await;
+                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                });
+            }
+        });
+    });
+    bound_rx.recv().unwrap();
+    let pf = with_milter(&format!("unix:{}", path.display()), "tempfail");
+    let mut smtp = pf.smtp();
+    smtp.expect("EHLO client.example", "250");
+    smtp.expect("MAIL FROM:<bad-mail@src.example>", "5");
+    smtp.expect("MAIL FROM:<alice@src.example>", "250");
+    let r = smtp.expect("RCPT TO:<bad-rcpt@dest.example>", "5");
+    assert!(r.text.contains("not this one"), "{r}");
+    smtp.expect("RCPT TO:<bob@dest.example>", "250");
+    smtp.expect("RSET", "250");
+    let reply = smtp.send(
+        "carol@src.example",
+        &["bob@dest.example"],
+        "Subject: after the rejections\r\n\r\nbody\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply}");
+    smtp.expect("QUIT", "221");
+    let msgs = wait_for_rcpts(&pf, &["bob@dest.example"]);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].header("X-Strict"), ["seen"], "{}", msgs[0].text());
+    // The SMTP session's milter connection ends cleanly (QUIT), like any probe before it.
+    let ended = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("Postfix closed the milter connection");
+    assert_eq!(ended, Ok(()), "seen: {:?}", seen.lock().unwrap());
+    while let Ok(ended) = rx.try_recv() {
+        assert_eq!(ended, Ok(()), "seen: {:?}", seen.lock().unwrap());
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|s| s.starts_with("mail ")).count(),
+        3,
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"eom".to_owned()), "{seen:?}");
+    // Postfix 3.7 sends ABORT before each new MAIL, also after a rejected one.
+    for (i, _) in seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.starts_with("mail "))
+    {
+        assert_eq!(
+            seen.get(i.wrapping_sub(1)).map(String::as_str),
+            Some("abort"),
+            "{seen:?}"
+        );
+    }
+}
