@@ -101,7 +101,7 @@ async fn binary_rejects_fails_and_passes_over_real_dns() {
         ))
         .await
         .unwrap();
-    assert_eq!(o.decision, Reply::Continue);
+    assert_eq!(o.decision, Reply::Accept);
     assert_eq!(
         ar(&o),
         [
@@ -117,7 +117,7 @@ async fn binary_rejects_fails_and_passes_over_real_dns() {
         ))
         .await
         .unwrap();
-    assert_eq!(o.decision, Reply::Continue);
+    assert_eq!(o.decision, Reply::Accept);
     assert_eq!(
         ar(&o),
         [

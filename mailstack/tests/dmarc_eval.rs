@@ -344,13 +344,13 @@ async fn enforcement_follows_opendmarc() {
         v.headers[0].1,
         "mx.example; dmarc=permerror header.from=bad.example"
     );
-    // p=quarantine: dis=quarantine with RejectFailures; the milter quarantine only with Hold.
+    // p=quarantine: as OpenDMARC, dis=quarantine and the milter quarantine only with Hold.
     let h = headers(&[("From", "a@quar.example")]);
     let v = on.check(&facts("x@spammer.example", &h)).await;
     assert_eq!(v.action, Action::Accept);
     assert_eq!(
         v.headers[0].1,
-        "mx.example; dmarc=fail (p=quarantine dis=quarantine) header.from=quar.example"
+        "mx.example; dmarc=fail (p=quarantine dis=none) header.from=quar.example"
     );
     let hold = DmarcFilter::new(
         cfg("AuthservID mx.example\nRejectFailures yes\nHoldQuarantinedMessages yes\n"),
@@ -361,6 +361,10 @@ async fn enforcement_follows_opendmarc() {
     assert_eq!(
         v.action,
         Action::Quarantine("quarantined by DMARC policy for quar.example".into())
+    );
+    assert_eq!(
+        v.headers[0].1,
+        "mx.example; dmarc=fail (p=quarantine dis=quarantine) header.from=quar.example"
     );
     // Custom RejectString.
     let custom = DmarcFilter::new(

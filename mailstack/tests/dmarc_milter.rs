@@ -100,7 +100,7 @@ async fn none_failure_is_accepted_with_dmarc_fail() {
         "From: a@none.example\r\nSubject: x\r\n\r\nbody\r\n",
     );
     let (_, o) = run(filter(CONF), &Connection::default(), &msg).await;
-    assert_eq!(o.decision, Reply::Continue);
+    assert_eq!(o.decision, Reply::Accept);
     let h = inserted_headers(&o);
     assert_eq!(
         h[0],
@@ -122,7 +122,7 @@ async fn spf_aligned_mail_passes() {
         "From: Alice <alice@reject.example>\r\nSubject: x\r\n\r\nbody\r\n",
     );
     let (_, o) = run(filter(CONF), &Connection::default(), &msg).await;
-    assert_eq!(o.decision, Reply::Continue);
+    assert_eq!(o.decision, Reply::Accept);
     assert_eq!(
         inserted_headers(&o),
         vec![

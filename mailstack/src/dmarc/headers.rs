@@ -283,7 +283,7 @@ pub struct UpstreamContext<'a> {
 /// only `Authentication-Results` whose authserv-id `trusted` accepts, as OpenDMARC does
 /// (§2.3 of the reference): SPF from `spf=` with an `smtp.mailfrom` in the envelope domain
 /// (or `smtp.helo` for the null sender), else from the first `Received-SPF` that names
-/// `identity=mailfrom` and this `envelope-from`; DKIM from `dkim=` with `header.d` (and
+/// `identity=mailfrom` and an `envelope-from` in the envelope domain; DKIM from `dkim=` with `header.d` (and
 /// `header.s`).
 pub fn read_upstream(
     fields: &[(String, String)],
@@ -348,7 +348,7 @@ fn spf_from_ar(r: &ResInfo, env_domain: &str, null_sender: bool) -> Option<SpfIn
 }
 
 /// `Received-SPF: <result> (comment) key=value; ...` (RFC 7208 §9.1), used only with
-/// `identity=mailfrom` and an `envelope-from` equal to the envelope sender.
+/// `identity=mailfrom` and an `envelope-from` in the envelope sender's domain.
 fn spf_from_received(value: &str, envelope_from: &str) -> Option<SpfInput> {
     let clean = strip_comments(value)?;
     let result = clean.split_whitespace().next()?;
@@ -359,9 +359,12 @@ fn spf_from_received(value: &str, envelope_from: &str) -> Option<SpfInput> {
             let v = v.trim().trim_matches('"');
             match k.trim().to_ascii_lowercase().as_str() {
                 "identity" => identity_ok = v.eq_ignore_ascii_case("mailfrom"),
+                // OpenDMARC compares the domains (checked against OpenDMARC 1.4.2 in
+                // examples/tests/dmarc_vs_opendmarc.rs).
                 "envelope-from" => {
-                    let v = v.trim_start_matches('<').trim_end_matches('>');
-                    env_ok = !envelope_from.is_empty() && v.eq_ignore_ascii_case(envelope_from);
+                    env_ok = !envelope_from.is_empty()
+                        && v.contains('@')
+                        && domain_of(v) == domain_of(envelope_from);
                 }
                 _ => {}
             }
@@ -523,7 +526,7 @@ mod tests {
         let up = read_upstream(
             &f,
             UpstreamContext {
-                envelope_from: "mallory@sender.example",
+                envelope_from: "mallory@other.example",
                 ..ctx
             },
             |_| false,

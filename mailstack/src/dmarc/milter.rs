@@ -6,8 +6,8 @@
 //! [`super::MAX_HEADER_BYTES`] of header fields, buffers the message only for in-process DKIM
 //! (up to [`super::MAX_DKIM_MESSAGE`]), and at end of message runs [`DmarcFilter::check`].
 //!
-//! Verdict to milter reply (the one table): `Accept` → CONTINUE after inserting the header
-//! fields at the top; `Reject(text)` → REPLYCODE `text` (`550 5.7.1 ...`); `Tempfail` →
+//! Verdict to milter reply (the one table): `Accept` → ACCEPT after inserting the header
+//! fields at the top (OpenDMARC answers SMFIS_ACCEPT at end of message); `Reject(text)` → REPLYCODE `text` (`550 5.7.1 ...`); `Tempfail` →
 //! TEMPFAIL; `Quarantine(reason)` → QUARANTINE `reason`, header fields, CONTINUE.
 
 use std::net::IpAddr;
@@ -236,7 +236,7 @@ fn apply(ctx: &mut Context, v: Verdict) -> Decision {
     match v.action {
         Action::Accept => {
             add_headers(ctx);
-            Decision::Continue
+            Decision::Accept
         }
         Action::Reject(reply) => Decision::ReplyCode(Bytes::from(reply)),
         Action::Tempfail => Decision::Tempfail,

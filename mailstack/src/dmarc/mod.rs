@@ -2,7 +2,7 @@
 //!
 //! [`DmarcFilter::check`] takes what the MTA told us about one message ([`MessageFacts`]) and
 //! returns a [`Verdict`]: the action (accept, reject with OpenDMARC's `550 5.7.1 rejected by
-//! DMARC policy for <domain>`, tempfail, quarantine) and the header fields to insert (the
+//! DMARC policy for <policy domain>`, tempfail, quarantine) and the header fields to insert (the
 //! `Authentication-Results` OpenDMARC writes, `dmarc=<result> (p=<policy> dis=<disposition>)
 //! header.from=<domain>`). [`milter::DmarcMilter`] wraps it as a
 //! [`milter_proto::server::Handler`]; the `dmarc-milter` example binary is a thin `main`
@@ -36,7 +36,7 @@
 //! |---|---|---|
 //! | pass, none | AR, accept | AR, accept |
 //! | fail, disposition reject | AR `dis=none`, accept | `550 5.7.1 <RejectString>`, no AR |
-//! | fail, disposition quarantine | AR `dis=none`, accept | AR `dis=quarantine`; milter quarantine (Postfix hold) with `HoldQuarantinedMessages` |
+//! | fail, disposition quarantine | AR `dis=none`, accept | with `HoldQuarantinedMessages`: milter quarantine (Postfix hold), AR `dis=quarantine`; else as without |
 //! | temperror | AR, accept | tempfail, no AR |
 //! | permerror | AR `dmarc=permerror header.from=<d>`, accept | same |
 //!
@@ -317,20 +317,24 @@ impl DmarcFilter {
     }
 
     /// The action and the disposition taken (see the table in the module docs).
+    /// The reply names the domain whose policy was applied (for a subdomain, the
+    /// Organizational Domain), as OpenDMARC does.
     fn enforce(&self, ev: &Evaluation) -> (Action, Policy) {
         let cfg = &self.cfg;
+        let policy_domain = ev.policy_domain.as_deref().unwrap_or(&ev.from_domain);
         match ev.result {
             DmarcResult::TempError if cfg.reject_failures => (Action::Tempfail, Policy::None),
             DmarcResult::Fail if cfg.reject_failures => match ev.requested_disposition() {
                 Policy::Reject => {
-                    let text = cfg.reject_string.replacen("%s", &ev.from_domain, 1);
+                    let text = cfg.reject_string.replacen("%s", policy_domain, 1);
                     (Action::Reject(format!("550 5.7.1 {text}")), Policy::Reject)
                 }
                 Policy::Quarantine if cfg.hold_quarantined_messages => {
-                    let text = config::QUARANTINE_STRING.replacen("%s", &ev.from_domain, 1);
+                    let text = config::QUARANTINE_STRING.replacen("%s", policy_domain, 1);
                     (Action::Quarantine(text), Policy::Quarantine)
                 }
-                Policy::Quarantine => (Action::Accept, Policy::Quarantine),
+                // OpenDMARC 1.4.2 writes dis=none here: the disposition is what was done.
+                Policy::Quarantine => (Action::Accept, Policy::None),
                 Policy::None => (Action::Accept, Policy::None),
             },
             _ => (Action::Accept, Policy::None),
