@@ -1,5 +1,8 @@
 //! Replays every file of `fuzz/corpus/milter_*` through the fuzz entry points on stable.
-//! `MILTER_REGEN_CORPUS=1` (re)writes the seed files from encoded commands and replies.
+//! `MILTER_REGEN_CORPUS=1` (re)writes the seed files from encoded commands and replies, and
+//! copies the binary test vectors (`tests/vectors/*.bin`) in as `vector-*` seeds: command
+//! streams for the frame, command and session targets, reply streams for the frame and reply
+//! targets.
 
 use std::path::PathBuf;
 
@@ -79,6 +82,26 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Copy each test vector into the corpora of the targets that read its direction.
+fn copy_vectors() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let targets: &[&str] = if name.ends_with(".mta.bin") {
+            &["milter_frame", "milter_command", "milter_session"]
+        } else if name.ends_with(".milter.bin") {
+            &["milter_frame", "milter_reply"]
+        } else {
+            continue;
+        };
+        let seed = format!("vector-{}", name.trim_end_matches(".bin"));
+        for target in targets {
+            std::fs::copy(&path, corpus(target).join(&seed)).unwrap();
+        }
+    }
+}
+
 #[test]
 fn replay_corpus() {
     if std::env::var_os("MILTER_REGEN_CORPUS").is_some() {
@@ -86,6 +109,7 @@ fn replay_corpus() {
             std::fs::create_dir_all(corpus(target)).unwrap();
             std::fs::write(corpus(target).join("seed-session"), data).unwrap();
         }
+        copy_vectors();
     }
     let mut replayed = 0;
     for (target, run) in [
