@@ -347,4 +347,68 @@ async fn same_verdicts_and_headers_as_opendmarc() {
         println!("{what}:\n  opendmarc: {t:?}\n  ours:      {o:?}");
         assert_eq!(o, t, "{what}: ours differs from OpenDMARC");
     }
+
+    // RequiredHeaders and RejectMultiValueFrom.
+    let strict = Pair::start(
+        &ns,
+        dir.path(),
+        "strict",
+        &format!("{base}RequiredHeaders true\nRejectMultiValueFrom true\n"),
+    );
+    let date = "Date: Wed, 25 Nov 2026 10:00:00 +0000\r\n";
+    let strict_cases = [
+        (
+            "complete headers",
+            message(
+                "m@spammer.example",
+                &format!("{date}From: a@none.example\r\n"),
+            ),
+        ),
+        ("no From", message("m@spammer.example", date)),
+        (
+            "no Date",
+            message("m@spammer.example", "From: a@none.example\r\n"),
+        ),
+        (
+            "two From fields",
+            message(
+                "m@spammer.example",
+                &format!("{date}From: a@none.example\r\nFrom: b@none.example\r\n"),
+            ),
+        ),
+        (
+            "two Subject fields",
+            message(
+                "m@spammer.example",
+                &format!("{date}From: a@none.example\r\nSubject: again\r\n"),
+            ),
+        ),
+        (
+            "From with two domains",
+            message(
+                "m@spammer.example",
+                &format!("{date}From: a@none.example, b@reject.example\r\n"),
+            ),
+        ),
+        (
+            "From with two addresses, one domain",
+            message(
+                "m@spammer.example",
+                &format!("{date}From: a@none.example, b@none.example\r\n"),
+            ),
+        ),
+        (
+            "From without a domain",
+            message(
+                "m@spammer.example",
+                &format!("{date}From: undisclosed-recipients:;\r\n"),
+            ),
+        ),
+    ];
+    for (what, msg) in &strict_cases {
+        let t = run(&strict.theirs, msg).await;
+        let o = run(&strict.ours, msg).await;
+        println!("{what}:\n  opendmarc: {t:?}\n  ours:      {o:?}");
+        assert_eq!(o, t, "{what}: ours differs from OpenDMARC");
+    }
 }

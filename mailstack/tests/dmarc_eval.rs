@@ -381,7 +381,7 @@ async fn enforcement_follows_opendmarc() {
 }
 
 #[tokio::test]
-async fn from_protections() {
+async fn from_protections_and_required_headers() {
     let z: Arc<dyn Resolver> = Arc::new(policy_zone());
     let plain = DmarcFilter::new(cfg("RejectFailures yes\n"), z.clone()).unwrap();
     let strict = DmarcFilter::new(
@@ -389,26 +389,51 @@ async fn from_protections() {
         z,
     )
     .unwrap();
-    let multi = headers(&[("From", "a@none.example, b@reject.example")]);
+    let date = ("Date", "Wed, 25 Nov 2026 10:00:00 +0000");
+    let multi = headers(&[date, ("From", "a@none.example, b@reject.example")]);
     let v = plain.check(&facts("", &multi)).await;
     assert_eq!(v.action, Action::Accept);
     assert!(v.skipped.is_some() && v.headers.is_empty());
     let v = strict.check(&facts("", &multi)).await;
+    assert_eq!(v.action, Action::RejectDefault);
     assert_eq!(
-        v.action,
-        Action::Reject("550 5.7.1 multi-valued From field detected".into())
+        v.skipped.as_deref(),
+        Some("multi-valued From field detected")
     );
-    let two = headers(&[("From", "a@reject.example"), ("From", "b@reject.example")]);
+    let two = headers(&[
+        date,
+        ("From", "a@reject.example"),
+        ("From", "b@reject.example"),
+    ]);
     assert_eq!(plain.check(&facts("", &two)).await.action, Action::Accept);
-    assert!(matches!(
-        strict.check(&facts("", &two)).await.action,
-        Action::Reject(_)
-    ));
-    let unbalanced = headers(&[("From", "<a@reject.example>>")]);
-    assert!(matches!(
+    let v = strict.check(&facts("", &two)).await;
+    assert_eq!(v.action, Action::RejectDefault);
+    assert_eq!(
+        v.skipped.as_deref(),
+        Some("RFC5322 requirement error: 2 From fields")
+    );
+    let no_date = headers(&[("From", "a@none.example")]);
+    assert_eq!(
+        strict.check(&facts("", &no_date)).await.action,
+        Action::RejectDefault
+    );
+    let subjects = headers(&[
+        date,
+        ("From", "a@none.example"),
+        ("Subject", "a"),
+        ("Subject", "b"),
+    ]);
+    assert_eq!(
+        strict.check(&facts("", &subjects)).await.action,
+        Action::RejectDefault
+    );
+    let unbalanced = headers(&[date, ("From", "<a@reject.example>>")]);
+    assert_eq!(
         strict.check(&facts("", &unbalanced)).await.action,
-        Action::Reject(_)
-    ));
+        Action::RejectDefault
+    );
+    let fine = headers(&[date, ("From", "a@none.example"), ("Subject", "a")]);
+    assert_eq!(strict.check(&facts("", &fine)).await.action, Action::Accept);
 }
 
 #[tokio::test]

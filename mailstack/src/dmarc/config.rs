@@ -16,7 +16,7 @@
 //! | `HoldQuarantinedMessages` | no | with `RejectFailures`, `p=quarantine` failures are quarantined (Postfix: hold) |
 //! | `SPFIgnoreResults` | no | ignore SPF results found in headers |
 //! | `SPFSelfValidate` | no | run our SPF evaluator when no usable SPF result was found |
-//! | `RequiredHeaders` | no | reject mail without exactly one From (and one Date, ...; RFC 5322 §3.6) |
+//! | `RequiredHeaders` | no | reject mail breaking RFC 5322 §3.6 field counts (one From, one Date, at most one Subject, ...) or whose From has no usable domain |
 //! | `RejectMultiValueFrom` | no | reject a From with several addresses of different domains (else skip) |
 //! | `HistoryFile` | none | where per-message records for aggregate reports go ([`super::history`]) |
 //! | `RecordAllMessages` | no | also record mail from domains without a DMARC record |

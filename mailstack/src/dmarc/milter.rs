@@ -7,7 +7,8 @@
 //! (up to [`super::MAX_DKIM_MESSAGE`]), and at end of message runs [`DmarcFilter::check`].
 //!
 //! Verdict to milter reply (the one table): `Accept` → ACCEPT after inserting the header
-//! fields at the top (OpenDMARC answers SMFIS_ACCEPT at end of message); `Reject(text)` → REPLYCODE `text` (`550 5.7.1 ...`); `Tempfail` →
+//! fields at the top (OpenDMARC answers SMFIS_ACCEPT at end of message); `Reject(text)` → REPLYCODE `text` (`550 5.7.1 ...`);
+//! `RejectDefault` → REJECT; `Tempfail` →
 //! TEMPFAIL; `Quarantine(reason)` → QUARANTINE `reason`, header fields, CONTINUE.
 
 use std::net::IpAddr;
@@ -239,6 +240,7 @@ fn apply(ctx: &mut Context, v: Verdict) -> Decision {
             Decision::Accept
         }
         Action::Reject(reply) => Decision::ReplyCode(Bytes::from(reply)),
+        Action::RejectDefault => Decision::Reject,
         Action::Tempfail => Decision::Tempfail,
         Action::Quarantine(reason) => {
             if let Err(e) = ctx.quarantine(&reason) {

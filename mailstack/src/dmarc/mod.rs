@@ -86,11 +86,20 @@ pub const MAX_DKIM_MESSAGE: usize = 10_240_000;
 /// fields we may need); beyond it further header fields are not kept.
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
-/// The reply used with `RequiredHeaders` when From is missing, repeated or unusable.
-pub const REQUIRED_HEADERS_REPLY: &str = "550 5.7.1 RFC5322 requirements not met";
-
-/// The reply used with `RejectMultiValueFrom`.
-pub const MULTI_FROM_REPLY: &str = "550 5.7.1 multi-valued From field detected";
+/// RFC 5322 §3.6 field counts checked with `RequiredHeaders`: (name, minimum, maximum).
+pub const RFC5322_COUNTS: &[(&str, usize, usize)] = &[
+    ("Date", 1, 1),
+    ("From", 1, 1),
+    ("Sender", 0, 1),
+    ("Reply-To", 0, 1),
+    ("To", 0, 1),
+    ("Cc", 0, 1),
+    ("Bcc", 0, 1),
+    ("Message-ID", 0, 1),
+    ("In-Reply-To", 0, 1),
+    ("References", 0, 1),
+    ("Subject", 0, 1),
+];
 
 /// What the filter needs to know about one message.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +131,10 @@ pub enum Action {
     Accept,
     /// Refuse it with this SMTP reply (`550 5.7.1 ...`).
     Reject(String),
+    /// Refuse it with the MTA's own reply (libmilter `SMFIS_REJECT`; Postfix answers
+    /// `550 5.7.1 Command rejected`), as OpenDMARC does for `RequiredHeaders` and
+    /// `RejectMultiValueFrom`.
+    RejectDefault,
     /// Refuse it temporarily (evaluation could not complete).
     Tempfail,
     /// Accept it into quarantine (Postfix: the hold queue) with this reason.
@@ -153,9 +166,9 @@ impl Verdict {
         }
     }
 
-    fn refuse(reply: &str, why: impl Into<String>) -> Self {
+    fn refuse(why: impl Into<String>) -> Self {
         Self {
-            action: Action::Reject(reply.to_owned()),
+            action: Action::RejectDefault,
             ..Self::skip(why)
         }
     }
@@ -231,14 +244,17 @@ impl DmarcFilter {
             .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
             .map(|(_, v)| v.as_str())
             .collect();
+        if cfg.required_headers
+            && let Some(problem) = rfc5322_problem(m.headers)
+        {
+            return Verdict::refuse(format!("RFC5322 requirement error: {problem}"));
+        }
         let from = match headers::author_domain(&froms) {
             Ok(d) => d,
             Err(FromError::MultipleDomains) if cfg.reject_multi_value_from => {
-                return Verdict::refuse(MULTI_FROM_REPLY, FromError::MultipleDomains.to_string());
+                return Verdict::refuse("multi-valued From field detected");
             }
-            Err(e) if cfg.required_headers => {
-                return Verdict::refuse(REQUIRED_HEADERS_REPLY, e.to_string());
-            }
+            Err(e) if cfg.required_headers => return Verdict::refuse(e.to_string()),
             Err(e) => return Verdict::skip(e.to_string()),
         };
         if cfg.ignore_mail_from.contains(&from) {
@@ -272,7 +288,10 @@ impl DmarcFilter {
         };
         let ev = self.evaluator.evaluate(&from, spf.as_ref(), &dkim).await;
         let (action, dis) = self.enforce(&ev);
-        if !matches!(action, Action::Reject(_) | Action::Tempfail) {
+        if !matches!(
+            action,
+            Action::Reject(_) | Action::RejectDefault | Action::Tempfail
+        ) {
             let ar = dmarc_ar(&ar_id, &ev, dis);
             out_headers.insert(0, ("Authentication-Results".to_owned(), ar));
         }
@@ -393,6 +412,17 @@ impl DmarcFilter {
 }
 
 /// The `Authentication-Results` value OpenDMARC writes for an evaluation.
+/// The first RFC 5322 §3.6 count violated, if any.
+fn rfc5322_problem(fields: &[(String, String)]) -> Option<String> {
+    RFC5322_COUNTS.iter().find_map(|(name, min, max)| {
+        let n = fields
+            .iter()
+            .filter(|(f, _)| f.eq_ignore_ascii_case(name))
+            .count();
+        (n < *min || n > *max).then(|| format!("{n} {name} fields"))
+    })
+}
+
 /// On one line, as OpenDMARC writes it (it fits well within 998 octets).
 fn dmarc_ar(id: &str, ev: &Evaluation, dis: Policy) -> String {
     let mut ar = AuthResults::new(id);
