@@ -397,3 +397,23 @@ async fn unix_socket_mode_group_and_stale_socket() {
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
 }
+
+#[tokio::test]
+async fn tcp_streams_have_nodelay_on_both_sides() {
+    use milter_proto::socket::{MilterStream, connect};
+    let listener = Listener::bind(
+        &"inet:127.0.0.1:0".parse().unwrap(),
+        &UnixSocketOptions::default(),
+    )
+    .await
+    .unwrap();
+    let spec = listener.local_spec().unwrap();
+    let (accepted, connected) = tokio::join!(listener.accept(), connect(&spec));
+    for s in [accepted.unwrap(), connected.unwrap()] {
+        match s {
+            // Small replies must not wait for the peer's delayed ACK (Nagle).
+            MilterStream::Tcp(t) => assert!(t.nodelay().unwrap()),
+            MilterStream::Unix(_) => panic!("inet spec gave a unix stream"),
+        }
+    }
+}
