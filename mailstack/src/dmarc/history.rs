@@ -21,7 +21,7 @@
 //! dkim sender.example mail 0
 //! spf 0
 //! pdomain sender.example
-//! policy 114
+//! policy 15
 //! rua mailto:dmarc@sender.example
 //! pct 100
 //! adkim 114
@@ -30,13 +30,18 @@
 //! sp 0
 //! align_dkim 4
 //! align_spf 5
+//! arc 7
+//! arc_policy 2 json:[]
 //! action 2
 //! ```
 //!
-//! Numbers are OpenDMARC's, as `opendmarc-reports` decodes them: results `0` pass, `2`
-//! softfail, `3` neutral, `4` temperror, `5` permerror, `6` none, `7` fail, `8` policy;
-//! `align_*` `4` pass, `5` fail; `p`, `sp`, `policy`, `adkim`, `aspf` the ASCII code of
-//! `n`/`q`/`r`/`s` (`0` for an absent `sp`); `action` `0` reject, `2` none, `4` quarantine.
+//! Numbers are OpenDMARC's, as `opendmarc-reports` decodes them and as OpenDMARC 1.4.2
+//! writes them (compared line by line in `examples/tests/dmarc_vs_opendmarc.rs`): results `0`
+//! pass, `2` softfail, `3` neutral, `4` temperror, `5` permerror, `6` none, `7` fail, `8`
+//! policy, `spf -1` when no SPF result was used; `policy` the outcome (`14` no record, `15`
+//! pass, `16` reject, `17` quarantine, `18` none); `align_*` `4` pass, `5` fail; `p`, `sp`,
+//! `adkim`, `aspf` the ASCII code of `n`/`q`/`r`/`s` (`0` for an absent `sp`); `action` `0`
+//! reject, `2` none, `4` quarantine; `arc 7` / `arc_policy 2 json:[]` (no ARC evaluation).
 //!
 //! The file is bounded: when a record would grow it past [`HistoryFile::max_bytes`]
 //! (default [`DEFAULT_HISTORY_MAX_BYTES`]), it is renamed to `<path>.1` (replacing an older
@@ -52,7 +57,7 @@ use std::sync::Mutex;
 
 use crate::spf::SpfResult;
 
-use super::eval::{DkimInput, DkimStatus};
+use super::eval::{DkimInput, DkimStatus, DmarcResult};
 use super::record::{Alignment, DmarcRecord, Policy};
 
 /// Default bound of a [`HistoryFile`] (64 MiB, about 200,000 messages) before it rotates.
@@ -80,6 +85,8 @@ pub struct MessageRecord {
     pub spf: Option<SpfResult>,
     /// The domain whose policy was applied, and its record.
     pub policy: Option<(String, DmarcRecord)>,
+    /// The DMARC result.
+    pub result: DmarcResult,
     /// The policy in force (`p`, `sp` or `np`).
     pub policy_in_force: Policy,
     /// An aligned DKIM pass.
@@ -90,15 +97,28 @@ pub struct MessageRecord {
     pub disposition: Policy,
 }
 
-fn spf_code(r: Option<SpfResult>) -> u8 {
+fn spf_code(r: Option<SpfResult>) -> i8 {
     match r {
         Some(SpfResult::Pass) => 0,
         Some(SpfResult::SoftFail) => 2,
         Some(SpfResult::Neutral) => 3,
         Some(SpfResult::TempError) => 4,
         Some(SpfResult::PermError) => 5,
-        Some(SpfResult::None) | None => 6,
+        Some(SpfResult::None) => 6,
         Some(SpfResult::Fail) => 7,
+        None => -1,
+    }
+}
+
+/// libopendmarc's `DMARC_POLICY_*` outcome: 14 absent, 15 pass, 16 reject, 17 quarantine,
+/// 18 none.
+fn outcome_code(result: DmarcResult, policy: Policy, has_record: bool) -> u8 {
+    match (result, policy) {
+        _ if !has_record => 14,
+        (DmarcResult::Pass, _) => 15,
+        (_, Policy::Reject) => 16,
+        (_, Policy::Quarantine) => 17,
+        (_, Policy::None) => 18,
     }
 }
 
@@ -153,7 +173,8 @@ impl MessageRecord {
             None => (self.header_from.as_str(), None),
         };
         let _ = writeln!(s, "pdomain {pdomain}");
-        let _ = writeln!(s, "policy {}", policy_code(self.policy_in_force));
+        let outcome = outcome_code(self.result, self.policy_in_force, rec.is_some());
+        let _ = writeln!(s, "policy {outcome}");
         match rec {
             Some(r) if !r.rua.is_empty() => r.rua.iter().for_each(|u| {
                 let _ = writeln!(s, "rua {u}");
@@ -169,6 +190,8 @@ impl MessageRecord {
         }
         let _ = writeln!(s, "align_dkim {}", if self.dkim_aligned { 4 } else { 5 });
         let _ = writeln!(s, "align_spf {}", if self.spf_aligned { 4 } else { 5 });
+        // No ARC evaluation: what OpenDMARC 1.4.2 writes for a message without ARC sets.
+        s.push_str("arc 7\narc_policy 2 json:[]\n");
         let action = match self.disposition {
             Policy::Reject => 0,
             Policy::None => 2,
@@ -266,6 +289,7 @@ mod tests {
                 "sender.example".into(),
                 DmarcRecord::parse(b"v=DMARC1; p=reject; rua=mailto:dmarc@sender.example").unwrap(),
             )),
+            result: DmarcResult::Pass,
             policy_in_force: Policy::Reject,
             dkim_aligned: true,
             spf_aligned: false,
@@ -280,8 +304,9 @@ mod tests {
             b,
             "job 4XyZ1k2Abc\nreporter mx.example\nreceived 1764000000\nipaddr 192.0.2.1\n\
              from sender.example\nmfrom sender.example\ndkim sender.example mail 0\nspf 0\n\
-             pdomain sender.example\npolicy 114\nrua mailto:dmarc@sender.example\npct 100\n\
-             adkim 114\naspf 114\np 114\nsp 0\nalign_dkim 4\nalign_spf 5\naction 2\n"
+             pdomain sender.example\npolicy 15\nrua mailto:dmarc@sender.example\npct 100\n\
+             adkim 114\naspf 114\np 114\nsp 0\nalign_dkim 4\nalign_spf 5\narc 7\n\
+             arc_policy 2 json:[]\naction 2\n"
         );
     }
 

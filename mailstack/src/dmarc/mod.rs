@@ -400,6 +400,7 @@ impl DmarcFilter {
             dkim: dkim.to_vec(),
             spf: spf.map(|s| s.result),
             policy: ev.policy_domain.clone().zip(ev.record.clone()),
+            result: ev.result,
             policy_in_force: ev.policy,
             dkim_aligned: ev.dkim_aligned,
             spf_aligned: ev.spf_aligned,
