@@ -13,7 +13,7 @@ use super::canon::{BodyHasher, Header, hash_headers, hash_signature_field};
 use super::config::{Canon, DkimConfig};
 use super::key::{KeyType, PublicKeyRecord, rsa_key_bits};
 use super::sig::{Algorithm, Signature};
-use crate::dns::{DnsError, Resolver};
+use crate::dns::Resolver;
 
 /// The result of one signature (RFC 8601 §2.7.1 words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +267,7 @@ async fn verify_one(
         Err(e) if e.is_void() => {
             return failed(Some(s), PermError, "key not found in DNS", KeyNotFound);
         }
-        Err(DnsError::Timeout | DnsError::ServFail | DnsError::Other(_)) | Err(_) => {
+        Err(_) => {
             return failed(Some(s), TempError, "key DNS query failed", Dns);
         }
     };
