@@ -485,11 +485,9 @@ fn b64(data: &[u8]) -> String {
     out
 }
 
-#[tokio::test]
-async fn in_process_dkim_aligns_and_detects_tampering() {
+/// A DKIM-signing setup: the zone with the key, and a signer for `reject.example`.
+fn dkim_setup() -> (MemoryResolver, mail_auth::common::crypto::Ed25519Key) {
     use mail_auth::common::crypto::Ed25519Key;
-    use mail_auth::common::headers::HeaderWriter;
-    use mail_auth::dkim::DkimSigner;
     let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
     let key = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap();
     let record = format!("v=DKIM1; k=ed25519; p={}", b64(&key.public_key()));
@@ -498,21 +496,31 @@ async fn in_process_dkim_aligns_and_detects_tampering() {
         "sel._domainkey.reject.example",
         MemoryRecord::Txt(record.into_bytes()),
     );
-    let msg = "From: Alice <alice@reject.example>\r\nTo: bob@dest.example\r\nSubject: hi\r\n\r\nHello\r\n";
+    (z, key)
+}
+
+/// Signs `msg` (relaxed or simple body) and returns the signed message.
+fn sign(key: mail_auth::common::crypto::Ed25519Key, msg: &str, relaxed_body: bool) -> String {
+    use mail_auth::common::headers::HeaderWriter;
+    use mail_auth::dkim::{Canonicalization, DkimSigner};
+    let cb = if relaxed_body {
+        Canonicalization::Relaxed
+    } else {
+        Canonicalization::Simple
+    };
     let sig = DkimSigner::from_key(key)
         .domain("reject.example")
         .selector("sel")
         .headers(["From", "To", "Subject"])
+        .body_canonicalization(cb)
         .sign(msg.as_bytes())
         .unwrap();
-    let signed = format!("{}{msg}", sig.to_header());
-    let f = DmarcFilter::new(
-        cfg("AuthservID mx.example\nRejectFailures yes\nDKIMSelfValidate yes\n"),
-        Arc::new(z),
-    )
-    .unwrap();
-    assert!(f.wants_message());
-    let (hdr_part, _) = signed.split_once("\r\n\r\n").unwrap();
+    format!("{}{msg}", sig.to_header())
+}
+
+/// Runs the filter (in-process DKIM) on a raw message; returns the evaluation.
+async fn check_raw(f: &DmarcFilter, raw: &str) -> mailstack::dmarc::Evaluation {
+    let (hdr_part, _) = raw.split_once("\r\n\r\n").unwrap();
     let h: Vec<(String, String)> = hdr_part
         .replace("\r\n\t", "\n\t")
         .replace("\r\n ", "\n ")
@@ -523,14 +531,60 @@ async fn in_process_dkim_aligns_and_detects_tampering() {
         })
         .collect();
     let mut m = facts("x@spammer.example", &h);
-    m.raw_message = Some(signed.as_bytes());
-    let v = f.check(&m).await;
-    let e = v.evaluation.unwrap();
+    m.raw_message = Some(raw.as_bytes());
+    f.check(&m).await.evaluation.unwrap()
+}
+
+const SIGNED_MSG: &str =
+    "From: Alice <alice@reject.example>\r\nTo: bob@dest.example\r\nSubject: hi\r\n\r\nHello\r\n";
+
+fn dkim_filter(z: MemoryResolver) -> DmarcFilter {
+    DmarcFilter::new(
+        cfg("AuthservID mx.example\nRejectFailures yes\nDKIMSelfValidate yes\n"),
+        Arc::new(z),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn in_process_dkim_aligns_and_detects_tampering() {
+    let (z, key) = dkim_setup();
+    let signed = sign(key, SIGNED_MSG, true);
+    let f = dkim_filter(z);
+    assert!(f.wants_message());
+    let e = check_raw(&f, &signed).await;
     assert!(e.dkim_aligned && e.result == DmarcResult::Pass, "{e:?}");
-    let tampered = signed.replace("Hello", "Hellp");
-    m.raw_message = Some(tampered.as_bytes());
-    let v = f.check(&m).await;
-    assert!(matches!(v.action, Action::Reject(_)), "{v:?}");
+    let e = check_raw(&f, &signed.replace("Hello", "Hellp")).await;
+    assert_eq!(e.result, DmarcResult::Fail);
+}
+
+/// Reference §5.13: mail-auth 0.13.3 alone fails a relaxed-body signature when whitespace-only
+/// lines follow the body (relaxed canonicalization must ignore them); ours passes it, and a
+/// simple-body signature still fails as it must.
+#[tokio::test]
+async fn in_process_dkim_relaxed_body_ignores_trailing_whitespace_lines() {
+    let (z, key) = dkim_setup();
+    let signed = sign(key, SIGNED_MSG, true);
+    let padded = format!("{signed}  \r\n\t\r\n");
+    let f = dkim_filter(z.clone());
+    let e = check_raw(&f, &padded).await;
+    assert!(e.dkim_aligned && e.result == DmarcResult::Pass, "{e:?}");
+    // The same check with mail-auth alone reports the signature neutral (body hash).
+    let msg = mail_auth::AuthenticatedMessage::parse(padded.as_bytes()).unwrap();
+    let bh = &msg.dkim_headers[0].header.bh;
+    let computed = &msg.body_hashes[0].3;
+    assert_ne!(
+        bh, computed,
+        "mail-auth 0.13.3's relaxed body hash (the bug worked around)"
+    );
+    let (z2, key2) = dkim_setup();
+    let simple = format!("{}  \r\n", sign(key2, SIGNED_MSG, false));
+    let e = check_raw(&dkim_filter(z2), &simple).await;
+    assert_eq!(
+        e.result,
+        DmarcResult::Fail,
+        "simple body: the added line counts"
+    );
 }
 
 #[tokio::test]

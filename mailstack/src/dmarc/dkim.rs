@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
+use mail_auth::dkim::Canonicalization;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, Txt};
@@ -100,6 +101,12 @@ impl InProcessDkim {
     }
 
     /// Verifies up to [`MAX_SIGNATURES`] signatures of `raw` (headers and body, CRLF).
+    ///
+    /// mail-auth 0.13.3 hashes a relaxed body that ends in whitespace-only lines wrongly
+    /// (reference §5.13: `Hello\r\n  \r\n` is hashed as `Hello\r\n\r\n`). Relaxed
+    /// canonicalization removes such lines anyway, so a relaxed-body signature that did not
+    /// pass is verified again on a copy without them; simple-body signatures keep the first
+    /// result (for them those lines count).
     pub async fn verify(&self, raw: &[u8]) -> Vec<DkimInput> {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
             return Vec::new();
@@ -112,15 +119,41 @@ impl InProcessDkim {
             let txt = self.key(&name).await;
             mail_auth::ResolverCache::insert(&cache, format!("{name}.").into(), txt, far);
         }
+        let mut results = self.verify_parsed(&msg, &cache).await;
+        let retry = results
+            .iter()
+            .any(|(relaxed, _, r)| *relaxed && r.status != DkimStatus::Pass);
+        if retry
+            && let Some(stripped) = strip_trailing_blank_lines(raw)
+            && let Some(msg2) = AuthenticatedMessage::parse(&stripped)
+        {
+            let second = self.verify_parsed(&msg2, &cache).await;
+            for (relaxed, b, r) in &mut results {
+                if let Some((_, _, r2)) = second.iter().find(|(_, b2, _)| b2 == b)
+                    && *relaxed
+                {
+                    *r = r2.clone();
+                }
+            }
+        }
+        results.into_iter().map(|(_, _, r)| r).collect()
+    }
+
+    /// One mail-auth pass: (relaxed body?, signature bytes, result) per signature.
+    async fn verify_parsed(
+        &self,
+        msg: &AuthenticatedMessage<'_>,
+        cache: &KeyCache,
+    ) -> Vec<(bool, Vec<u8>, DkimInput)> {
         let outputs = self
             .authenticator
-            .verify_dkim(Parameters::new(&msg).with_txt_cache(&cache))
+            .verify_dkim(Parameters::new(msg).with_txt_cache(cache))
             .await;
         outputs
             .iter()
             .filter_map(|o| {
                 let sig = o.signature()?;
-                Some(DkimInput {
+                let input = DkimInput {
                     domain: sig.d.to_ascii_lowercase(),
                     selector: sig.s.clone(),
                     status: match o.result() {
@@ -131,7 +164,8 @@ impl InProcessDkim {
                         DkimResult::TempError(_) => DkimStatus::TempError,
                         DkimResult::None => DkimStatus::None,
                     },
-                })
+                };
+                Some((sig.cb == Canonicalization::Relaxed, sig.b.clone(), input))
             })
             .take(MAX_SIGNATURES)
             .collect()
@@ -158,5 +192,49 @@ impl InProcessDkim {
             Ok(Err(e)) => Txt::Error(MaError::Dns(MaDns::Resolver(e.to_string()))),
             Err(_) => Txt::Error(MaError::Dns(MaDns::Resolver("DNS timeout".into()))),
         }
+    }
+}
+
+/// `raw` with the body's trailing whitespace-only lines removed, or `None` if it has none.
+fn strip_trailing_blank_lines(raw: &[u8]) -> Option<Vec<u8>> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let (head, body) = raw.split_at(split);
+    let mut end = body.len();
+    loop {
+        let content = body.get(..end)?;
+        let Some(line) = content.strip_suffix(b"\r\n") else {
+            break;
+        };
+        let start = line
+            .windows(2)
+            .rposition(|w| w == b"\r\n")
+            .map_or(0, |p| p + 2);
+        let last = line.get(start..)?;
+        if !last.iter().all(|b| *b == b' ' || *b == b'\t') {
+            break;
+        }
+        end = start;
+    }
+    if end == body.len() {
+        return None;
+    }
+    let mut out = head.to_vec();
+    out.extend_from_slice(body.get(..end)?);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_trailing_blank_lines as strip;
+
+    #[test]
+    fn strips_only_trailing_whitespace_lines() {
+        let m = |b: &str| format!("A: b\r\n\r\n{b}").into_bytes();
+        assert_eq!(strip(&m("Hello\r\n  \r\n\t\r\n\r\n")), Some(m("Hello\r\n")));
+        assert_eq!(strip(&m("  \r\n")), Some(m("")));
+        assert_eq!(strip(&m("Hello\r\n")), None);
+        assert_eq!(strip(&m("Hello  \r\nx\r\n")), None);
+        assert_eq!(strip(&m("Hello")), None);
+        assert_eq!(strip(b"A: b\r\n"), None);
     }
 }
