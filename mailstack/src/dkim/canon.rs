@@ -400,4 +400,73 @@ mod tests {
             Header::from_milter(b"S", b"a\n\tb", false).value
         );
     }
+
+    /// RFC 6376 §3.4.3/§3.4.4 written the obvious way over the whole body.
+    fn reference(canon: Canon, body: &[u8]) -> Vec<u8> {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut rest = body;
+        while let Some(at) = find_crlf(rest) {
+            lines.push(rest[..at].to_vec());
+            rest = &rest[at + 2..];
+        }
+        if !rest.is_empty() {
+            lines.push(rest.to_vec());
+        }
+        if canon == Canon::Relaxed {
+            for l in &mut lines {
+                let mut out = Vec::new();
+                let mut wsp = false;
+                for &b in l.iter() {
+                    if b == b' ' || b == b'\t' {
+                        wsp = true;
+                    } else {
+                        if wsp {
+                            out.push(b' ');
+                        }
+                        wsp = false;
+                        out.push(b);
+                    }
+                }
+                *l = out;
+            }
+        }
+        while lines.last().is_some_and(Vec::is_empty) {
+            lines.pop();
+        }
+        let mut out = Vec::new();
+        for l in lines {
+            out.extend_from_slice(&l);
+            out.extend_from_slice(b"\r\n");
+        }
+        if canon == Canon::Simple && out.is_empty() {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn streaming_matches_the_reference_for_any_split(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![&b"a"[..], b" ", b"\t", b"\r\n", b"\r", b"\n", b"xy"]),
+                0..40,
+            ),
+            cut in 0usize..200,
+            limit in proptest::option::of(0u64..60),
+        ) {
+            let body: Vec<u8> = parts.concat();
+            for canon in [Canon::Simple, Canon::Relaxed] {
+                let want = reference(canon, &body);
+                let hashed = &want[..limit.map_or(want.len(), |l| (l as usize).min(want.len()))];
+                let mut h = BodyHasher::new(canon, &digest::SHA256, limit);
+                let cut = cut.min(body.len());
+                h.update(&body[..cut]);
+                h.update(&body[cut..]);
+                let (d, n) = h.finish();
+                let expected = digest::digest(&digest::SHA256, hashed);
+                proptest::prop_assert_eq!(n, want.len() as u64);
+                proptest::prop_assert_eq!(d.as_ref(), expected.as_ref());
+            }
+        }
+    }
 }

@@ -336,4 +336,52 @@ mod tests {
         assert_eq!(table_lookup(&t, "bob", "x.example.com")[0], "sub");
         assert_eq!(table_lookup(&t, "bob", "other.org")[0], "any");
     }
+
+    fn key_file(dir: &Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let g = super::super::key::generate(&super::super::key::GenKeyOptions {
+            key_type: KeyType::Ed25519,
+            ..Default::default()
+        })
+        .unwrap();
+        let p = dir.join("k.private");
+        std::fs::write(&p, g.private_pem).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    #[test]
+    fn which_keys_sign_which_senders() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key_file(dir.path());
+        let single = |extra: &str| {
+            let text = format!(
+                "Domain example.com\nSelector s\nKeyFile {}\n{extra}",
+                k.display()
+            );
+            KeySet::from_config(&DkimConfig::parse(Path::new("c"), &text).unwrap()).unwrap()
+        };
+        let set = single("");
+        let d = |set: &KeySet, from: &str| -> Vec<String> {
+            set.keys_for(from).into_iter().map(|(_, d)| d).collect()
+        };
+        assert_eq!(d(&set, "Alice@EXAMPLE.com"), ["example.com"]);
+        assert!(d(&set, "a@sub.example.com").is_empty());
+        assert!(d(&set, "a@other.org").is_empty());
+        assert_eq!(
+            d(&single("SubDomains yes\n"), "a@sub.example.com"),
+            ["example.com"]
+        );
+        assert!(d(&single("Mode v\n"), "a@example.com").is_empty());
+
+        // KeyTable with `%`: the sender's domain signs; every match with MultipleSignatures.
+        let text = format!(
+            "KeyTable csl:any=%:s:{0}, two=example.com:t:{0}\n\
+             SigningTable csl:*=any, .example.com=two\nMultipleSignatures yes\n",
+            k.display()
+        );
+        let set = KeySet::from_config(&DkimConfig::parse(Path::new("c"), &text).unwrap()).unwrap();
+        assert_eq!(d(&set, "a@foo.org"), ["foo.org"]);
+        assert_eq!(d(&set, "a@x.example.com"), ["example.com", "x.example.com"]);
+    }
 }
