@@ -66,7 +66,7 @@ defaults):
   RecordAllMessages yes|no      also record mail from domains without DMARC (default no)
   PublicSuffixList FILE         Organizational Domains (RFC 7489); without it, exact domains only
   Socket SPEC                   where to listen (or --socket)
-  UMask OCTAL                   unix socket mode is 0666 & !UMask
+  UMask OCTAL                   unix socket mode is 0666 & !UMask (default 0666)
   DNSTimeout SECONDS            per DNS query (default 5)
   SoftwareHeader yes|no         add DMARC-Filter: (default no)
   DKIMSelfValidate yes|no       mailstack: verify DKIM here instead of reading upstream results
@@ -151,7 +151,9 @@ async fn run(
     .map_err(|e| format!("resolver: {e}"))?;
     let resolver: Arc<dyn Resolver> = Arc::new(resolver);
     let unix = UnixSocketOptions {
-        mode: cfg.umask.map(|m| 0o666 & !m),
+        // Without UMask: 0666, so Postfix's smtpd (user postfix) can connect (as the other
+        // example milters).
+        mode: Some(0o666 & !cfg.umask.unwrap_or(0)),
         ..UnixSocketOptions::default()
     };
     let filter = Arc::new(DmarcFilter::new(cfg, resolver)?);

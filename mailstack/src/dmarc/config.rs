@@ -22,7 +22,7 @@
 //! | `RecordAllMessages` | no | also record mail from domains without a DMARC record |
 //! | `PublicSuffixList` | none | Organizational Domains (RFC 7489 §3.2); without it only the exact domain is queried |
 //! | `Socket` | none | where the milter listens |
-//! | `UMask` | the process umask | octal; a unix socket gets mode `0666 & !UMask` |
+//! | `UMask` | none | octal; `dmarc-milter` gives its unix socket mode `0666 & !UMask` (0666 without it) |
 //! | `DNSTimeout` | 5 | seconds per DNS query |
 //! | `SoftwareHeader` | no | add `DMARC-Filter: <product> <host> <jobid>` |
 //! | `DKIMSelfValidate` | no | **mailstack only**: verify DKIM signatures in this process ([`super::dkim`]) instead of reading upstream `dkim=` results |

@@ -11,10 +11,10 @@
 //! mail-auth through a pre-filled TXT cache; mail-auth's own resolver points at the discard
 //! port and is never meant to be asked.
 //!
-//! Known differences inherited from mail-auth 0.13.3 (reference §0.1, §0.5): a body-hash
-//! mismatch is reported `neutral` (OpenDKIM: `fail`) and a relaxed-body signature over a body
-//! ending in whitespace-only lines fails. For DMARC only `pass` counts, so the first changes
-//! nothing; the second can make such a message fail DKIM alignment.
+//! mail-auth 0.13.3 hashes a relaxed body ending in whitespace-only lines wrongly (reference
+//! §0.1): [`InProcessDkim::verify`] re-verifies such signatures on a copy without those lines.
+//! It reports a body-hash mismatch as `neutral` (OpenDKIM: `fail`); for DMARC only `pass`
+//! counts, so that changes nothing here.
 
 use std::collections::HashMap;
 use std::hash::Hash;
