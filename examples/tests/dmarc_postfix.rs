@@ -8,6 +8,11 @@
 //! delivered with `dmarc=fail (p=none dis=none)`; an SPF-aligned message is delivered with
 //! `dmarc=pass` and our `spf=pass`, the DMARC field above it.
 //!
+//! With `dkim-milter` in front (`smtpd_milters = dkim, dmarc`, as OpenDKIM then OpenDMARC):
+//! mail signed by `dkim-milter` for `example.com` (p=reject) passes DMARC through the DKIM
+//! result it adds (`header.d=example.com`, authserv-id `mx.example`) even with an unaligned
+//! envelope, and a tampered copy is rejected `550 5.7.1`.
+//!
 //! Needs root and Postfix (`.ci/run` has both). Run:
 //! `cargo test -p mailstack-examples --test dmarc_postfix -- --nocapture`.
 
@@ -22,6 +27,7 @@ use support::milters::Daemon;
 use support::postfix::Postfix;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
+const DKIM_BIN: &str = env!("CARGO_BIN_EXE_dkim-milter");
 
 #[test]
 fn postfix_rejects_p_reject_and_delivers_p_none_with_dmarc_fail() {
@@ -115,4 +121,114 @@ fn postfix_rejects_p_reject_and_delivers_p_none_with_dmarc_fail() {
         pass.text()
     );
     drop(milter);
+}
+
+/// `dkim-milter genkey` for `example.com`; returns the TXT record.
+fn genkey(dir: &Path, selector: &str) -> String {
+    let st = std::process::Command::new(DKIM_BIN)
+        .args(["genkey", "-d", "example.com", "-s", selector, "-D"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = std::fs::read_to_string(dir.join(format!("{selector}.txt"))).unwrap();
+    t.split('"').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn dkim_milter_results_feed_dmarc_behind_postfix() {
+    support::postfix::require_postfix();
+    let dir = tempfile::Builder::new()
+        .prefix("dkim-dmarc-postfix")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    let key = genkey(d, "sel");
+    let mut zone = Zone::default();
+    zone.txt("sel._domainkey.example.com", &key)
+        .txt("_dmarc.example.com", "v=DMARC1; p=reject");
+    let dns = spf_support::start_dns_local(zone).unwrap();
+    let dns = dns.to_string();
+    std::fs::write(
+        d.join("opendkim.conf"),
+        format!(
+            "Mode sv\nDomain example.com\nSelector sel\nKeyFile {}/sel.private\n\
+             AuthservID mx.example\nUMask 0000\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("opendmarc.conf"),
+        "AuthservID mx.example\nTrustedAuthservIDs mx.example\nRejectFailures yes\n",
+    )
+    .unwrap();
+    let conf = |n: &str| d.join(n).to_string_lossy().into_owned();
+    let dkim = Daemon::start(
+        Path::new(DKIM_BIN),
+        d,
+        "dkim",
+        &["--config", &conf("opendkim.conf"), "--nameserver", &dns],
+    );
+    let dmarc = Daemon::start(
+        Path::new(BIN),
+        d,
+        "dmarc",
+        &["--config", &conf("opendmarc.conf"), "--nameserver", &dns],
+    );
+    let pf = Postfix::builder()
+        .main(
+            "smtpd_milters",
+            format!("{}, {}", dkim.spec(), dmarc.spec()),
+        )
+        .main("milter_default_action", "tempfail")
+        .start();
+
+    // Outbound from 127.0.0.1: signed by dkim-milter, skipped by dmarc-milter (IgnoreHosts).
+    let original = "From: Alice <alice@example.com>\r\nTo: bob@dest.example\r\n\
+        Subject: signed\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nHello Bob\r\n";
+    let mut c = pf.smtp();
+    let reply = c.send("alice@example.com", &["bob@dest.example"], original);
+    assert_eq!(reply.code, 250, "{reply}\n{}", pf.log());
+    drop(c);
+    let msgs = pf.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(
+        msgs[0].header("DKIM-Signature").len(),
+        1,
+        "{}",
+        msgs[0].text()
+    );
+    assert!(msgs[0].header("Authentication-Results").is_empty());
+    let signed = msgs[0].text();
+
+    // Inbound, envelope from elsewhere: DKIM aligned, so DMARC passes.
+    let mut c = pf.smtp();
+    c.xclient("192.0.2.9", "mail.elsewhere.example");
+    let reply = c.send("bounce@elsewhere.example", &["bob@dest.example"], &signed);
+    assert_eq!(reply.code, 250, "{reply}\n{}", pf.log());
+    drop(c);
+    let msgs = pf.wait_for_messages(2, Duration::from_secs(30));
+    let ar = msgs[1].header("Authentication-Results");
+    assert!(
+        ar.iter()
+            .any(|a| a == "mx.example; dmarc=pass (p=reject dis=none) header.from=example.com"),
+        "{}",
+        msgs[1].text()
+    );
+    assert!(
+        ar.iter()
+            .any(|a| a.contains("dkim=pass") && a.contains("header.d=example.com"))
+    );
+
+    // A tampered copy: DKIM fails, DMARC rejects.
+    let mut c = pf.smtp();
+    c.xclient("192.0.2.9", "mail.elsewhere.example");
+    let reply = c.send(
+        "bounce@elsewhere.example",
+        &["bob@dest.example"],
+        &signed.replace("Hello Bob", "Hello Eve"),
+    );
+    assert_eq!(reply.code, 550, "{reply}\n{}", pf.log());
+    assert_eq!(reply.text, "5.7.1 rejected by DMARC policy for example.com");
+    drop((dkim, dmarc));
 }
