@@ -371,13 +371,14 @@ pub fn generate(opts: &GenKeyOptions) -> Result<GeneratedKey, String> {
 /// The `.txt` stub: `<sel>._domainkey<TAB>IN<TAB>TXT<TAB>( "v=DKIM1; h=sha256; k=rsa; "`
 /// then `p=` in quoted 250-character pieces, then `)  ; ----- DKIM key <sel> for <dom>`.
 pub fn txt_record(opts: &GenKeyOptions, p: &str) -> String {
+    // opendkim-genkey's order: v, n, h, k, t, s (the note's quotes escaped for the zone file).
     let mut head = String::from("v=DKIM1; ");
+    if let Some(n) = &opts.note {
+        let _ = write!(head, "n=\\\"{}\\\"; ", n.replace(['"', '\\'], ""));
+    }
     match opts.key_type {
         KeyType::Rsa => head.push_str("h=sha256; k=rsa; "),
         KeyType::Ed25519 => head.push_str("k=ed25519; "),
-    }
-    if opts.restrict {
-        head.push_str("s=email; ");
     }
     match (opts.testing, opts.no_subdomains) {
         (true, true) => head.push_str("t=y:s; "),
@@ -385,8 +386,8 @@ pub fn txt_record(opts: &GenKeyOptions, p: &str) -> String {
         (false, true) => head.push_str("t=s; "),
         (false, false) => {}
     }
-    if let Some(n) = &opts.note {
-        let _ = write!(head, "n=\"{}\"; ", n.replace('"', ""));
+    if opts.restrict {
+        head.push_str("s=email; ");
     }
     let owner = if opts.append_domain {
         format!("{}._domainkey.{}.", opts.selector, opts.domain)
@@ -412,7 +413,21 @@ pub fn txt_record(opts: &GenKeyOptions, p: &str) -> String {
 
 /// The record value of a `.txt` file (quoted pieces joined), for tests and `TestPublicKeys`.
 pub fn txt_record_value(txt: &str) -> String {
-    txt.split('"').skip(1).step_by(2).collect()
+    let mut out = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in txt.chars() {
+        match (quoted, escaped, c) {
+            (true, true, c) => {
+                out.push(c);
+                escaped = false;
+            }
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quoted = !quoted,
+            (true, false, c) => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
