@@ -2,9 +2,10 @@
 //! `.txt` files are identical except for the key material (same owner name, tags in the same
 //! order, `p=` split into the same 250-character pieces, same comment), both `.private`
 //! files are PKCS#8 PEM with mode 600, and OpenDKIM (`opendkim -t`) signs with our keys
-//! (RSA and Ed25519) and verifies the result against our records.
+//! (RSA and Ed25519) and verifies the result against our records; keys made by `openssl`
+//! (PKCS#1 as OpenSSL 1.x's opendkim-genkey wrote, PKCS#8, Ed25519 PKCS#8 v1) load.
 //!
-//! Needs `opendkim-genkey` (Debian package opendkim-tools) and `opendkim`.
+//! Needs `opendkim-genkey` (Debian package opendkim-tools), `opendkim` and `openssl`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -165,5 +166,59 @@ fn opendkim_signs_with_our_keys_and_verifies_against_our_records() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(log.contains("succeeded"), "{kind}: {log}");
+    }
+}
+
+#[test]
+fn keys_from_openssl_are_accepted_pkcs1_pkcs8_and_ed25519() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: [(&str, &[&str]); 3] = [
+        ("pkcs1", &["genrsa", "-traditional", "2048"]),
+        (
+            "pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        ),
+        ("ed25519", &["genpkey", "-algorithm", "ed25519"]),
+    ];
+    for (name, args) in cases {
+        let key = d.join(format!("{name}.private"));
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("run openssl (Debian package openssl)");
+        assert!(out.status.success(), "openssl {args:?}");
+        std::fs::write(&key, &out.stdout).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let first = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned();
+        let conf = d.join("c.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Domain example.com\nSelector s\nKeyFile {}\nSocket inet:8891@localhost\n",
+                key.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["--check-config", "--config"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name} ({first}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
