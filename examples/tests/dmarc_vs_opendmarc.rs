@@ -2,9 +2,9 @@
 //! opendmarc.conf, the same DNS zone (a test server on 127.0.0.1:53 inside a network
 //! namespace, so OpenDMARC's libc resolver finds it through the namespace's resolv.conf) and
 //! the same messages sent by milter-proto's MTA-side client. For every message the verdict
-//! (reply) and the header fields each filter adds must be identical, except for three listed
-//! deliberate differences where OpenDMARC 1.4.2 departs from RFC 7489 / RFC 8601 (strict
-//! alignment, `smtp.mailfrom=local@domain`, unlisted TLDs in the public suffix list).
+//! (reply), the header fields each filter adds and the HistoryFile lines must be identical,
+//! except for four listed deliberate differences (strict alignment, `smtp.mailfrom=
+//! local@domain`, unlisted TLDs in the public suffix list, a DNS timeout on the policy).
 //!
 //! Needs root, `ip` and the `opendmarc` package (`.ci/run` has them). Run:
 //! `cargo test -p mailstack-examples --test dmarc_vs_opendmarc -- --nocapture`.
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::reply::Reply;
 use milter_proto::socket::SocketSpec;
-use spf_support::{Netns, Zone};
+use spf_support::{Netns, Rec, Zone};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
 const OPENDMARC: &str = "/usr/sbin/opendmarc";
@@ -38,6 +38,7 @@ fn zone() -> Zone {
         .txt("reject.example", "v=spf1 ip4:192.0.2.1 -all")
         .txt("org.example", "v=spf1 ip4:192.0.2.1 -all")
         .txt("_dmarc.fail.example", "v=DMARC1; p=none")
+        .add("_dmarc.slow.example", Rec::Timeout)
         .txt("fail.example", "v=spf1 -all")
         .txt("_dmarc.orgdomain.com", "v=DMARC1; p=none; sp=reject")
         .txt("_dmarc.orgnone.com", "v=DMARC1; p=reject; sp=none")
@@ -318,7 +319,7 @@ async fn same_verdicts_and_headers_as_opendmarc() {
 
     compare_history(&pair);
 
-    // Deliberate differences: OpenDMARC 1.4.2 departs from RFC 7489 here; we follow the RFC.
+    // Deliberate differences: OpenDMARC 1.4.2 departs from RFC 7489 / RFC 8601 or fails open.
     // Each asserts what we do and that OpenDMARC still differs (so a fix upstream is noticed).
     let reject = |d: &str| {
         Reply::ReplyCode(Bytes::from(format!(
@@ -341,6 +342,14 @@ async fn same_verdicts_and_headers_as_opendmarc() {
             "SPF pass with smtp.mailfrom=local@domain",
             message("a@reject.example", &spf_ar("a@reject.example")),
             Reply::Accept,
+        ),
+        (
+            // A DNS timeout on the policy query: OpenDMARC treats it as no policy (dmarc=none,
+            // accepted), which lets a DNS outage or an attacker slowing the zone bypass
+            // p=reject; we answer temperror, and with RejectFailures tempfail (the MTA retries).
+            "DNS timeout on the policy",
+            message("m@spammer.example", "From: a@slow.example\r\n"),
+            Reply::Tempfail,
         ),
         (
             // The public suffix list's implicit "*" rule: an unlisted TLD (.example) is a
