@@ -270,3 +270,27 @@ async fn limits() {
     );
     assert_eq!(inserted(&out, "DKIM-Signature").len(), 1);
 }
+
+#[tokio::test]
+async fn signing_table_identity_becomes_i_and_header_i() {
+    let e = env("");
+    let key = e.dir.path().join("sel.private");
+    let conf = format!(
+        "KeyTable csl:k=example.com:sel:{}\nSigningTable csl:alice@example.com=k:alice@example.com\n\
+         AuthservID mx.test\n",
+        key.display()
+    );
+    let cfg = DkimConfig::parse(Path::new("test.conf"), &conf).unwrap();
+    let f = DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap();
+    let out = run(&f, "127.0.0.1", MSG).await;
+    let sig = &inserted(&out, "DKIM-Signature")[0];
+    assert!(sig.contains("\n\ti=alice@example.com;"), "{sig}");
+    let mut msg = format!("DKIM-Signature:{}\r\n", sig.replace('\n', "\r\n")).into_bytes();
+    msg.extend_from_slice(MSG);
+    let out = run(&f, "192.0.2.1", &msg).await;
+    let ar = &inserted(&out, "Authentication-Results")[0];
+    assert!(
+        ar.contains("dkim=pass (2048-bit key) header.d=example.com header.i=alice@example.com"),
+        "{ar}"
+    );
+}

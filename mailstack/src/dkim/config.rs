@@ -17,13 +17,18 @@
 //! Accepted without effect (listed in [`DkimConfig::ignored`] for a warning): process and
 //! logging options (`Syslog`, `SyslogSuccess`, `SyslogFacility`, `SyslogName`, `LogWhy`,
 //! `LogResults`, `Background`, `AutoRestart*`, `PidFile`, `UserID`, `TrustAnchorFile`,
-//! `ResolverConfiguration`, `MilterDebug`, `Quarantine`, `ChangeRootDirectory`, `FixCRLF`).
+//! `ResolverConfiguration`, `MilterDebug`, `Quarantine`, `ChangeRootDirectory`, `FixCRLF`,
+//! `TemporaryDirectory`, `KeepTemporaryFiles`, `ResolverTracing`, `DisableCryptoInit`,
+//! `EnableCoredumps`).
 //!
 //! Refused by name with file and line: LDAP (`LDAP*`), SQL and other databases (`dsn:`,
 //! `db:`... data sets, `QueryCache`), Lua (`*PolicyScript`), VBR (`VBR-*`), reputation and
 //! statistics (`Reputation*`, `Statistics*`), ATPS, RBL, `ReplaceRules`/`ReplaceHeaders`,
 //! `POPDBFile`, `ResignAll`/`ResignMailTo`, DNSSEC policy (`BogusKey`, `UnprotectedKey`),
-//! `SetupPolicyScript`, `SenderHeaders`, `MacroList`, `MTA`. Any other unknown name is an
+//! `SetupPolicyScript`, `SenderHeaders`, `MacroList`, `MTA`, `RemoveARAll`/`RemoveARFrom`,
+//! `AuthservIDWithJobID`, `RequiredHeaders`/`StrictHeaders`, failure reports
+//! (`SendReports`...), `DontSignMailTo`, `MustBeSigned`, `TrustSignaturesFrom`,
+//! `BaseDirectory` and a few more, each named in the error. Any other unknown name is an
 //! error too.
 
 use std::net::IpAddr;
@@ -311,6 +316,11 @@ const IGNORED: &[&str] = &[
     "dnsconnect",
     "fixcrlf",
     "changerootdirectory",
+    "temporarydirectory",
+    "keeptemporaryfiles",
+    "resolvertracing",
+    "disablecryptoinit",
+    "enablecoredumps",
 ];
 
 /// Refused by name: features not implemented, which must not be ignored silently.
@@ -344,6 +354,29 @@ const REFUSED: &[(&str, &str)] = &[
     ("diagnosticdirectory", "z= diagnostics"),
     ("conditionalsignatures", "conditional signatures"),
     ("lowercasesignerdomain", "LowerCaseSignerDomain"),
+    ("removearall", "widening Authentication-Results removal"),
+    ("removearfrom", "widening Authentication-Results removal"),
+    ("authservidwithjobid", "AuthservIDWithJobID"),
+    ("allowsha1only", "SHA-1-only operation"),
+    ("requiredheaders", "RFC 5322 header count enforcement"),
+    ("strictheaders", "RFC 5322 header count enforcement"),
+    ("weaksyntaxchecks", "WeakSyntaxChecks"),
+    ("domainkeyscompat", "DomainKeys"),
+    ("mustbesigned", "MustBeSigned"),
+    ("dontsignmailto", "DontSignMailTo"),
+    ("addallsignatureresults", "AddAllSignatureResults"),
+    ("singleauthresult", "SingleAuthResult"),
+    ("sendreports", "failure reports"),
+    ("reportaddress", "failure reports"),
+    ("reportbccaddress", "failure reports"),
+    ("smtpuri", "failure reports"),
+    ("redirectfailuresto", "RedirectFailuresTo"),
+    ("mtacommand", "MTACommand"),
+    ("basedirectory", "BaseDirectory"),
+    ("trustsignaturesfrom", "TrustSignaturesFrom"),
+    ("testdnsdata", "TestDNSData (use TestPublicKeys)"),
+    ("ignoremalformedmail", "IgnoreMalformedMail"),
+    ("identityheaderremove", "IdentityHeader"),
 ];
 
 impl DkimConfig {

@@ -94,16 +94,27 @@ pub enum SignError {
     Crypto(String),
 }
 
+/// A finished body hash for [`sign_one`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyHash<'a> {
+    /// The hash of the canonical body.
+    pub digest: &'a Digest,
+    /// The canonical body length.
+    pub len: u64,
+    /// Whether to write `l=` (`BodyLengthDB`).
+    pub length_tag: bool,
+}
+
 /// Signs one message with one key: `body` is the finished body hash (from a [`BodyHasher`]
 /// with the options' body canonicalization). Returns the field value (no leading space,
 /// folded with `\n\t`).
 pub fn sign_one(
     key: &SigningKey,
     domain: &str,
+    identity: Option<&str>,
     opts: &SignOptions,
     headers: &[Header],
-    body: (&Digest, u64),
-    length: bool,
+    body: &BodyHash<'_>,
     now: u64,
 ) -> Result<String, SignError> {
     let h = opts.header_list(headers);
@@ -111,16 +122,16 @@ pub fn sign_one(
         KeyType::Rsa => Algorithm::RsaSha256,
         KeyType::Ed25519 => Algorithm::Ed25519Sha256,
     };
-    let bh = B64.encode(body.0.as_ref());
+    let bh = B64.encode(body.digest.as_ref());
     let unsigned = Unsigned {
         algorithm,
         canon: opts.canon,
         domain,
         selector: &key.selector,
-        identity: None,
+        identity,
         timestamp: now,
         expiration: (opts.ttl > 0).then(|| now + opts.ttl),
-        length: length.then_some(body.1),
+        length: body.length_tag.then_some(body.len),
         bh: &bh,
         headers: &h,
     };
@@ -160,8 +171,26 @@ pub fn sign_message(
     hasher.update(&msg[body_at..]);
     let (bh, len) = hasher.finish();
     keys.iter()
-        .map(|(k, d)| sign_one(k, d, opts, &headers, (&bh, len), length, now))
+        .map(|(k, d)| {
+            let body = BodyHash {
+                digest: &bh,
+                len,
+                length_tag: length,
+            };
+            sign_one(k, d, None, opts, &headers, &body, now)
+        })
         .collect()
+}
+
+/// One key chosen for a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChoice {
+    /// Position in the [`KeySet`] ([`KeySet::key`]).
+    pub index: usize,
+    /// `d=`.
+    pub domain: String,
+    /// `i=`, from the SigningTable's second field (dropped unless within `d=`).
+    pub identity: Option<String>,
 }
 
 /// The keys of a configuration and the rules choosing them.
@@ -230,15 +259,7 @@ impl KeySet {
         Ok(set)
     }
 
-    /// The position of `key` in this set (for [`KeySet::key`]).
-    pub fn index_of(&self, key: &SigningKey) -> usize {
-        self.keys
-            .iter()
-            .position(|(_, k)| std::ptr::eq(k, key))
-            .unwrap_or(0)
-    }
-
-    /// The key at `index` (from [`KeySet::index_of`]).
+    /// The key at `index` (from [`KeySet::keys_for`]).
     pub fn key(&self, index: usize) -> &SigningKey {
         &self.keys[index.min(self.keys.len().saturating_sub(1))].1
     }
@@ -248,8 +269,8 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// The keys that sign mail from `from` (`user@domain`), each with its `d=`.
-    pub fn keys_for(&self, from: &str) -> Vec<(&SigningKey, String)> {
+    /// The keys that sign mail from `from` (`user@domain`), each with its `d=` and `i=`.
+    pub fn keys_for(&self, from: &str) -> Vec<KeyChoice> {
         let from = from.to_ascii_lowercase();
         let Some((user, domain)) = from.rsplit_once('@') else {
             return Vec::new();
@@ -267,11 +288,22 @@ impl KeySet {
                     .into_iter()
                     .take(take)
                     .filter_map(|v| {
-                        let name = v.split(':').next().unwrap_or("").trim();
-                        let name = name.replace('%', domain);
-                        self.keys.iter().find(|(n, _)| *n == name).map(|(_, k)| {
-                            let d = k.domain.clone().unwrap_or_else(|| domain.to_owned());
-                            (k, d)
+                        let mut fields = v.split(':').map(str::trim);
+                        let name = fields.next().unwrap_or("").replace('%', domain);
+                        let identity = fields.next().filter(|i| !i.is_empty());
+                        let index = self.keys.iter().position(|(n, _)| *n == name)?;
+                        let key = &self.keys[index].1;
+                        let d = key.domain.clone().unwrap_or_else(|| domain.to_owned());
+                        // OpenDKIM drops an identity outside d= rather than sign badly.
+                        let identity = identity.map(|i| i.replace('%', domain)).filter(|i| {
+                            let idom = i.rsplit_once('@').map_or("", |(_, x)| x);
+                            idom.eq_ignore_ascii_case(&d)
+                                || idom.to_ascii_lowercase().ends_with(&format!(".{d}"))
+                        });
+                        Some(KeyChoice {
+                            index,
+                            domain: d,
+                            identity,
                         })
                     })
                     .collect()
@@ -279,16 +311,22 @@ impl KeySet {
         }
     }
 
-    fn single_key(&self, domain: &str) -> Vec<(&SigningKey, String)> {
-        let Some((_, key)) = self.keys.first() else {
+    fn single_key(&self, domain: &str) -> Vec<KeyChoice> {
+        if self.keys.is_empty() {
             return Vec::new();
-        };
+        }
         let matched = self.domains.keys().find(|d| {
             let d = d.to_ascii_lowercase();
             domain == d || (self.sub_domains && domain.ends_with(&format!(".{d}")))
         });
         matched
-            .map(|d| vec![(key, d.to_ascii_lowercase())])
+            .map(|d| {
+                vec![KeyChoice {
+                    index: 0,
+                    domain: d.to_ascii_lowercase(),
+                    identity: None,
+                }]
+            })
             .unwrap_or_default()
     }
 }
@@ -363,7 +401,7 @@ mod tests {
         };
         let set = single("");
         let d = |set: &KeySet, from: &str| -> Vec<String> {
-            set.keys_for(from).into_iter().map(|(_, d)| d).collect()
+            set.keys_for(from).into_iter().map(|c| c.domain).collect()
         };
         assert_eq!(d(&set, "Alice@EXAMPLE.com"), ["example.com"]);
         assert!(d(&set, "a@sub.example.com").is_empty());
@@ -383,5 +421,22 @@ mod tests {
         let set = KeySet::from_config(&DkimConfig::parse(Path::new("c"), &text).unwrap()).unwrap();
         assert_eq!(d(&set, "a@foo.org"), ["foo.org"]);
         assert_eq!(d(&set, "a@x.example.com"), ["example.com", "x.example.com"]);
+        let text = format!(
+            "KeyTable csl:k=example.com:s:{0}\nSigningTable refile:{1}\n",
+            k.display(),
+            dir.path().join("st").display()
+        );
+        std::fs::write(
+            dir.path().join("st"),
+            "bob@* k:bob@mail.example.com\n*@* k:x@evil.org\n",
+        )
+        .unwrap();
+        let set = KeySet::from_config(&DkimConfig::parse(Path::new("c"), &text).unwrap()).unwrap();
+        let id = |from: &str| set.keys_for(from)[0].identity.clone();
+        assert_eq!(
+            id("bob@example.com").as_deref(),
+            Some("bob@mail.example.com")
+        );
+        assert_eq!(id("eve@example.com"), None);
     }
 }
