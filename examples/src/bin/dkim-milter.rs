@@ -55,7 +55,7 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Generate a key pair: <selector>.private (PKCS#8 PEM, mode 600) and <selector>.txt (the
+    /// Generate a key pair: SELECTOR.private (PKCS#8 PEM, mode 600) and SELECTOR.txt (the
     /// DNS record in opendkim-genkey's layout).
     Genkey(GenKey),
 }
