@@ -137,6 +137,23 @@ fn genkey(dir: &Path, selector: &str) -> String {
 
 #[test]
 fn dkim_milter_results_feed_dmarc_behind_postfix() {
+    dkim_then_dmarc(
+        "AuthservID mx.example\nTrustedAuthservIDs mx.example\nRejectFailures yes\n",
+        "mx.example",
+    );
+}
+
+/// The same with `DKIMSelfValidate yes`: dmarc-milter verifies the signature itself from
+/// what Postfix streams to it (and, with another authserv-id, trusts nothing upstream).
+#[test]
+fn dmarc_milter_verifies_dkim_itself_behind_postfix() {
+    dkim_then_dmarc(
+        "AuthservID dmarc.example\nRejectFailures yes\nDKIMSelfValidate yes\n",
+        "dmarc.example",
+    );
+}
+
+fn dkim_then_dmarc(dmarc_conf: &str, dmarc_id: &str) {
     support::postfix::require_postfix();
     let dir = tempfile::Builder::new()
         .prefix("dkim-dmarc-postfix")
@@ -158,11 +175,7 @@ fn dkim_milter_results_feed_dmarc_behind_postfix() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        d.join("opendmarc.conf"),
-        "AuthservID mx.example\nTrustedAuthservIDs mx.example\nRejectFailures yes\n",
-    )
-    .unwrap();
+    std::fs::write(d.join("opendmarc.conf"), dmarc_conf).unwrap();
     let conf = |n: &str| d.join(n).to_string_lossy().into_owned();
     let dkim = Daemon::start(
         Path::new(DKIM_BIN),
@@ -211,7 +224,8 @@ fn dkim_milter_results_feed_dmarc_behind_postfix() {
     let ar = msgs[1].header("Authentication-Results");
     assert!(
         ar.iter()
-            .any(|a| a == "mx.example; dmarc=pass (p=reject dis=none) header.from=example.com"),
+            .any(|a| *a
+                == format!("{dmarc_id}; dmarc=pass (p=reject dis=none) header.from=example.com")),
         "{}",
         msgs[1].text()
     );

@@ -156,7 +156,7 @@ async fn run(
         mode: Some(0o666 & !cfg.umask.unwrap_or(0)),
         ..UnixSocketOptions::default()
     };
-    let filter = Arc::new(DmarcFilter::new(cfg, resolver)?);
+    let filter = Arc::new(DmarcFilter::new(cfg, resolver));
     let listener = Listener::bind(&spec, &unix)
         .await
         .map_err(|e| format!("{spec}: {e}"))?;

@@ -3,8 +3,9 @@
 //! One [`DmarcMilter`] per MTA connection (build them from a shared [`DmarcFilter`] in
 //! [`milter_proto::server::serve`]'s factory). It skips clients in `IgnoreHosts` at CONNECT
 //! and SMTP AUTH clients at MAIL (`IgnoreAuthenticatedClients`), keeps the envelope and up to
-//! [`super::MAX_HEADER_BYTES`] of header fields, buffers the message only for in-process DKIM
-//! (up to [`super::MAX_DKIM_MESSAGE`]), and at end of message runs [`DmarcFilter::check`].
+//! [`super::MAX_HEADER_BYTES`] of header fields; with in-process DKIM it streams the body
+//! through the DKIM body hashes (nothing of the body is kept); at end of message it runs
+//! [`DmarcFilter::check`].
 //!
 //! Verdict to milter reply (the one table): `Accept` → ACCEPT after inserting the header
 //! fields at the top (OpenDMARC answers SMFIS_ACCEPT at end of message); `Reject(text)` → REPLYCODE `text` (`550 5.7.1 ...`);
@@ -21,7 +22,9 @@ use milter_proto::macros::stage;
 use milter_proto::negotiate::Needs;
 use milter_proto::server::{Context, Decision, Handler};
 
-use super::{Action, DmarcFilter, MAX_DKIM_MESSAGE, MAX_HEADER_BYTES, MessageFacts, Verdict};
+use super::dkim::DkimStream;
+use super::{Action, DmarcFilter, MAX_HEADER_BYTES, MessageFacts, Verdict};
+use crate::dkim::canon::Header;
 
 /// Per-message state.
 #[derive(Debug, Default)]
@@ -30,7 +33,9 @@ struct Message {
     rcpts: Vec<String>,
     headers: Vec<(String, String)>,
     header_bytes: usize,
-    raw: Option<Vec<u8>>,
+    /// In-process DKIM: the header block (until end of headers), then the stream.
+    dkim_headers: Option<Vec<Header>>,
+    dkim: Option<DkimStream>,
 }
 
 /// The DMARC milter handler for one MTA connection.
@@ -121,7 +126,7 @@ impl Handler for DmarcMilter {
         }
         self.msg = Some(Message {
             envelope_from: unbracket(sender),
-            raw: self.filter.wants_message().then(Vec::new),
+            dkim_headers: self.filter.wants_message().then(Vec::new),
             ..Message::default()
         });
         Decision::Continue
@@ -134,53 +139,48 @@ impl Handler for DmarcMilter {
         Decision::Continue
     }
 
-    async fn header(&mut self, _ctx: &mut Context, name: &[u8], value: &[u8]) -> Decision {
+    async fn header(&mut self, ctx: &mut Context, name: &[u8], value: &[u8]) -> Decision {
         let Some(m) = &mut self.msg else {
             return Decision::Continue;
         };
-        if let Some(raw) = &mut m.raw {
-            raw.extend_from_slice(name);
-            raw.push(b':');
-            for &b in value {
-                if b == b'\n' {
-                    raw.push(b'\r');
-                }
-                raw.push(b);
-            }
-            raw.extend_from_slice(b"\r\n");
-        }
         m.header_bytes += name.len() + value.len();
-        if m.header_bytes <= MAX_HEADER_BYTES {
-            m.headers
-                .push((text(name), text(value).trim_start().to_owned()));
+        if m.header_bytes > MAX_HEADER_BYTES {
+            // An incomplete header block cannot be verified: no DKIM results then.
+            m.dkim_headers = None;
+            return Decision::Continue;
         }
+        if let Some(h) = &mut m.dkim_headers {
+            let leadspc = ctx.negotiated().protocol.contains(Protocol::HDR_LEADSPC);
+            h.push(Header::from_milter(name, value, leadspc));
+        }
+        m.headers
+            .push((text(name), text(value).trim_start().to_owned()));
         Decision::Continue
     }
 
     async fn eoh(&mut self, _ctx: &mut Context) -> Decision {
-        if let Some(raw) = self.msg.as_mut().and_then(|m| m.raw.as_mut()) {
-            raw.extend_from_slice(b"\r\n");
+        if let Some(m) = &mut self.msg
+            && let Some(headers) = m.dkim_headers.take()
+        {
+            m.dkim = self.filter.start_dkim(headers);
         }
         Decision::Continue
     }
 
     async fn body(&mut self, _ctx: &mut Context, chunk: &Bytes) -> Decision {
-        if let Some(m) = &mut self.msg
-            && let Some(raw) = &mut m.raw
-        {
-            if raw.len() + chunk.len() > MAX_DKIM_MESSAGE {
-                tracing::info!("DMARC: message over {MAX_DKIM_MESSAGE} bytes, DKIM not verified");
-                m.raw = None;
-            } else {
-                raw.extend_from_slice(chunk);
-            }
+        if let Some(d) = self.msg.as_mut().and_then(|m| m.dkim.as_mut()) {
+            d.body(chunk);
         }
         Decision::Continue
     }
 
     async fn eom(&mut self, ctx: &mut Context) -> Decision {
-        let Some(m) = self.msg.take() else {
+        let Some(mut m) = self.msg.take() else {
             return Decision::Continue;
+        };
+        let dkim = match m.dkim.take() {
+            Some(stream) => Some(self.filter.finish_dkim(stream).await),
+            None => None,
         };
         let job = ctx.macro_value("i").map(|b| text(b));
         let mta = ctx.macro_value("j").map(|b| text(b));
@@ -190,7 +190,8 @@ impl Handler for DmarcMilter {
             helo: &self.helo,
             rcpts: &m.rcpts,
             headers: &m.headers,
-            raw_message: m.raw.as_deref(),
+            dkim_results: dkim.as_deref(),
+            raw_message: None,
             job_id: job.as_deref(),
             mta_name: mta.as_deref(),
         };

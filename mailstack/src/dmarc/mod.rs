@@ -28,7 +28,8 @@
 //! `SPFSelfValidate`, when no usable SPF result was found (or `SPFIgnoreResults` is set), our
 //! [`crate::spf`] evaluator checks the MAIL FROM (HELO for the null sender) and its result is
 //! added as its own `Authentication-Results`. With `DKIMSelfValidate` (mailstack only),
-//! signatures are verified here ([`dkim`]) and upstream `dkim=` results are not used.
+//! signatures are verified here ([`dkim`], over [`crate::dkim`]'s streaming verifier: only the
+//! header block is kept) and upstream `dkim=` results are not used.
 //!
 //! # Enforcement (OpenDMARC's rules)
 //!
@@ -94,11 +95,6 @@ pub use headers::FromError;
 pub use history::{HistoryFile, HistoryStore, MessageRecord};
 pub use record::{Alignment, DmarcRecord, Policy};
 
-/// Messages larger than this (10,240,000 bytes, Postfix's default `message_size_limit`) are
-/// not buffered for in-process DKIM verification: they are evaluated with no DKIM results
-/// (so only SPF can make them pass).
-pub const MAX_DKIM_MESSAGE: usize = 10_240_000;
-
 /// Header bytes kept per message (Postfix's `header_size_limit` default, 102,400, times the
 /// fields we may need); beyond it further header fields are not kept.
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
@@ -131,8 +127,11 @@ pub struct MessageFacts<'a> {
     pub rcpts: &'a [String],
     /// The header fields `(name, value)` in order, folds joined with `\n`.
     pub headers: &'a [(String, String)],
-    /// The whole message (headers and body, CRLF), when in-process DKIM is on and it was
-    /// within [`MAX_DKIM_MESSAGE`].
+    /// With in-process DKIM: results already computed by the caller while the message
+    /// streamed by ([`DmarcFilter::start_dkim`], [`DmarcFilter::finish_dkim`]).
+    pub dkim_results: Option<&'a [DkimInput]>,
+    /// With in-process DKIM and no `dkim_results`: the whole message (headers and body,
+    /// CRLF) to verify.
     pub raw_message: Option<&'a [u8]>,
     /// The MTA's queue id (`i` macro).
     pub job_id: Option<&'a str>,
@@ -204,29 +203,27 @@ pub struct DmarcFilter {
 impl DmarcFilter {
     /// A filter for `cfg` doing its DNS through `resolver`; `HistoryFile`, when set, becomes a
     /// [`HistoryFile`] store.
-    pub fn new(cfg: DmarcConfig, resolver: Arc<dyn Resolver>) -> Result<Self, String> {
+    pub fn new(cfg: DmarcConfig, resolver: Arc<dyn Resolver>) -> Self {
         let mut evaluator =
             DmarcEvaluator::new(resolver.clone(), cfg.specification, cfg.dns_timeout);
         if let Some(psl) = &cfg.public_suffix_list {
             evaluator = evaluator.with_public_suffix_list(Arc::new(psl.clone()));
         }
         let spf = SpfEvaluator::new(resolver.clone(), Limits::default());
-        let dkim = if cfg.dkim_self_validate {
-            Some(dkim::InProcessDkim::new(resolver, cfg.dns_timeout)?)
-        } else {
-            None
-        };
+        let dkim = cfg
+            .dkim_self_validate
+            .then(|| dkim::InProcessDkim::new(resolver));
         let history = cfg
             .history_file
             .as_ref()
             .map(|p| Arc::new(HistoryFile::new(p.clone())) as Arc<dyn HistoryStore>);
-        Ok(Self {
+        Self {
             cfg: Arc::new(cfg),
             evaluator,
             spf,
             dkim,
             history,
-        })
+        }
     }
 
     /// Uses `store` for aggregate-report records instead of the configured `HistoryFile`.
@@ -240,9 +237,25 @@ impl DmarcFilter {
         &self.cfg
     }
 
-    /// Whether the whole message must be passed in [`MessageFacts::raw_message`].
+    /// Whether DKIM is verified here (`DKIMSelfValidate`): the caller passes the message
+    /// through [`Self::start_dkim`] or [`MessageFacts::raw_message`].
     pub fn wants_message(&self) -> bool {
         self.dkim.is_some()
+    }
+
+    /// Starts in-process DKIM verification of a message from its header block; `None` when
+    /// `DKIMSelfValidate` is off.
+    pub fn start_dkim(&self, headers: Vec<crate::dkim::canon::Header>) -> Option<dkim::DkimStream> {
+        self.dkim.as_ref().map(|d| d.start(headers))
+    }
+
+    /// Finishes what [`Self::start_dkim`] started (its body fed with
+    /// [`dkim::DkimStream::body`]).
+    pub async fn finish_dkim(&self, stream: dkim::DkimStream) -> Vec<DkimInput> {
+        match &self.dkim {
+            Some(d) => stream.finish(d).await,
+            None => Vec::new(),
+        }
     }
 
     /// Whether mail from this client is not evaluated (`IgnoreHosts`, or
@@ -298,10 +311,11 @@ impl DmarcFilter {
             }
             None => None,
         };
-        let dkim = match (&self.dkim, m.raw_message) {
-            (Some(v), Some(raw)) => v.verify(raw).await,
-            (Some(_), None) => Vec::new(),
-            (None, _) => upstream.dkim,
+        let dkim = match (&self.dkim, m.dkim_results, m.raw_message) {
+            (Some(_), Some(done), _) => done.to_vec(),
+            (Some(v), None, Some(raw)) => v.verify(raw).await,
+            (Some(_), None, None) => Vec::new(),
+            (None, ..) => upstream.dkim,
         };
         let ev = self.evaluator.evaluate(&from, spf.as_ref(), &dkim).await;
         let (action, dis) = self.enforce(&ev);
