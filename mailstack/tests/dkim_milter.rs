@@ -294,3 +294,43 @@ async fn signing_table_identity_becomes_i_and_header_i() {
         "{ar}"
     );
 }
+
+#[tokio::test]
+async fn authenticated_clients_peer_list_and_exempt_domains() {
+    let e = env("");
+    let f = filter(
+        &e,
+        "PeerList 198.51.100.0/24\nExemptDomains exempt.example\n",
+    );
+    // SMTP AUTH ({auth_type} at MAIL) makes an outside client internal: signed.
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let h = f.handler();
+    let server =
+        tokio::spawn(async move { serve_connection(b, h, &ServerConfig::default()).await });
+    let mut c = Client::negotiate(a, ClientConfig::default()).await.unwrap();
+    c.connection(&Connection::default()).await.unwrap();
+    let mut msg = Message::parse(b"<alice@example.com>", &[b"<bob@example.org>"], MSG);
+    msg.macros = vec![(
+        b'M',
+        vec![(
+            Bytes::from_static(b"{auth_type}"),
+            Bytes::from_static(b"PLAIN"),
+        )],
+    )];
+    let out = c.message(&msg).await.unwrap();
+    c.quit().await.unwrap();
+    server.await.unwrap().unwrap();
+    assert_eq!(inserted(&out, "DKIM-Signature").len(), 1, "{out:?}");
+    // Without AUTH the same client is only verified.
+    let out = run(&f, "192.0.2.1", MSG).await;
+    assert!(inserted(&out, "DKIM-Signature").is_empty());
+    // PeerList: accepted at connect, nothing else happens.
+    let out = run(&f, "198.51.100.7", MSG).await;
+    assert!(out.modifications.is_empty());
+    assert_eq!(out.decision, Reply::Accept, "{out:?}");
+    // ExemptDomains: neither signed nor verified.
+    let exempt = String::from_utf8_lossy(MSG).replace("alice@example.com", "a@exempt.example");
+    let f = filter(&e, "ExemptDomains exempt.example\nAlwaysAddARHeader yes\n");
+    let out = run(&f, "127.0.0.1", exempt.as_bytes()).await;
+    assert!(out.modifications.is_empty(), "{out:?}");
+}
