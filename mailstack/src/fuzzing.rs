@@ -34,3 +34,392 @@ pub fn config_file(data: &[u8]) {
 pub fn clamd_reply(data: &[u8]) {
     crate::clamd::proto::fuzz_reply(data);
 }
+
+/// A `DKIM-Signature` field value (RFC 6376 §3.5). A parsed signature written back in
+/// OpenDKIM's layout ([`Unsigned::render`] and [`append_b`]) parses to the same signature
+/// (with `t=0` where it had no `t=`: the layout always writes one).
+///
+/// [`Unsigned::render`]: crate::dkim::sig::Unsigned::render
+/// [`append_b`]: crate::dkim::sig::append_b
+pub fn dkim_signature(data: &[u8]) {
+    use crate::dkim::sig::{Signature, Unsigned, append_b, tag_list};
+    use base64::Engine as _;
+
+    let _ = tag_list(&String::from_utf8_lossy(data));
+    let Ok(sig) = Signature::parse(data) else {
+        return;
+    };
+    let bh = base64::engine::general_purpose::STANDARD.encode(&sig.bh);
+    let unsigned = Unsigned {
+        algorithm: sig.algorithm,
+        canon: sig.canon,
+        domain: &sig.domain,
+        selector: &sig.selector,
+        identity: Some(&sig.identity),
+        timestamp: sig.timestamp.unwrap_or(0),
+        expiration: sig.expiration,
+        length: sig.length,
+        bh: &bh,
+        headers: &sig.headers,
+    };
+    let mut text = unsigned.render();
+    append_b(&mut text, &sig.b);
+    let again = Signature::parse(text.replace('\n', "\r\n").as_bytes());
+    let want = Signature {
+        timestamp: Some(sig.timestamp.unwrap_or(0)),
+        ..sig
+    };
+    assert_eq!(again.as_ref(), Ok(&want), "re-rendered as {text:?}");
+}
+
+/// A DKIM key record (`<selector>._domainkey` TXT, RFC 6376 §3.6.1), and the same bytes as
+/// the DER key inside one. A parsed record written back canonically parses to the same
+/// record.
+pub fn dkim_key_record(data: &[u8]) {
+    use crate::dkim::key::{KeyType, PublicKeyRecord, rsa_key_bits};
+    use base64::Engine as _;
+
+    let _ = rsa_key_bits(data);
+    let Ok(rec) = PublicKeyRecord::parse(data) else {
+        return;
+    };
+    if rec.key_type == KeyType::Rsa {
+        let _ = rsa_key_bits(&rec.key);
+    }
+    let mut text = String::from("v=DKIM1; k=");
+    text.push_str(match rec.key_type {
+        KeyType::Rsa => "rsa",
+        KeyType::Ed25519 => "ed25519",
+    });
+    if !rec.hashes.is_empty() {
+        text.push_str("; h=");
+        text.push_str(&rec.hashes.join(":"));
+    }
+    match (rec.testing, rec.strict_subdomains) {
+        (true, true) => text.push_str("; t=y:s"),
+        (true, false) => text.push_str("; t=y"),
+        (false, true) => text.push_str("; t=s"),
+        (false, false) => {}
+    }
+    text.push_str("; p=");
+    text.push_str(&base64::engine::general_purpose::STANDARD.encode(&rec.key));
+    assert_eq!(
+        PublicKeyRecord::parse(text.as_bytes()).as_ref(),
+        Ok(&rec),
+        "re-rendered as {text:?}"
+    );
+}
+
+/// A `_dmarc` TXT record (RFC 7489 §6.3, RFC 9989). A parsed record written back with
+/// every tag explicit parses to the same record, and `pct=` stays within 0–100.
+pub fn dmarc_record(data: &[u8]) {
+    use crate::dmarc::record::{Alignment, DmarcRecord};
+
+    let Ok(rec) = DmarcRecord::parse(data) else {
+        return;
+    };
+    assert!(rec.pct <= 100, "pct={}", rec.pct);
+    let align = |a: Alignment| a.as_char();
+    let mut text = format!(
+        "v=DMARC1; p={}; adkim={}; aspf={}; pct={}",
+        rec.p,
+        align(rec.adkim),
+        align(rec.aspf),
+        rec.pct
+    );
+    for (tag, p) in [("sp", rec.sp), ("np", rec.np)] {
+        if let Some(p) = p {
+            text.push_str(&format!("; {tag}={p}"));
+        }
+    }
+    for (tag, uris) in [("rua", &rec.rua), ("ruf", &rec.ruf)] {
+        if !uris.is_empty() {
+            text.push_str(&format!("; {tag}={}", uris.join(",")));
+        }
+    }
+    match rec.psd {
+        Some(true) => text.push_str("; psd=y"),
+        Some(false) => text.push_str("; psd=n"),
+        None => {}
+    }
+    if rec.testing {
+        text.push_str("; t=y");
+    }
+    assert_eq!(
+        DmarcRecord::parse(text.as_bytes()).as_ref(),
+        Ok(&rec),
+        "re-rendered as {text:?}"
+    );
+}
+
+/// A header block (`Name: value` lines, folds starting with a space or tab; LF or CRLF)
+/// through the DMARC header readers: `From:` fields to the author domain (always one valid,
+/// lower-case host name, whose Organizational Domain is a suffix of it),
+/// `Authentication-Results` values (what parses is written back by
+/// [`AuthResults`](crate::auth_results::AuthResults) and reads the same, where its parts
+/// are tokens the writer keeps as they are), and all fields through `read_upstream` with
+/// `Return-Path:` as the envelope sender (only valid domains come out; no
+/// `Authentication-Results` is used when no authserv-id is trusted).
+pub fn dmarc_headers(data: &[u8]) {
+    use crate::dmarc::headers::{
+        UpstreamContext, author_domain, is_valid_domain, parse_auth_results, read_upstream,
+    };
+
+    let fields = header_fields(&String::from_utf8_lossy(data));
+    fn named<'a>(fields: &'a [(String, String)], n: &str) -> Vec<&'a str> {
+        fields
+            .iter()
+            .filter(|(f, _)| f.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    let froms = named(&fields, "From");
+    if let Ok(d) = author_domain(&froms) {
+        assert!(is_valid_domain(&d), "author domain {d:?}");
+        assert_eq!(d, d.to_ascii_lowercase());
+        let org = fuzz_psl().organizational_domain(&d);
+        assert!(
+            d == org || d.ends_with(&format!(".{org}")),
+            "organizational domain {org:?} of {d:?}"
+        );
+    }
+    for ar in named(&fields, "Authentication-Results") {
+        if let Some((id, results)) = parse_auth_results(ar) {
+            auth_results_round_trip(&id, &results);
+        }
+    }
+    let envelope = named(&fields, "Return-Path")
+        .first()
+        .copied()
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    for spf_ignore_results in [false, true] {
+        let ctx = UpstreamContext {
+            envelope_from: envelope,
+            spf_ignore_results,
+        };
+        let all = read_upstream(&fields, ctx, |_| true);
+        assert!(
+            all.dkim.iter().all(|d| is_valid_domain(&d.domain)),
+            "{all:?}"
+        );
+        assert!(
+            all.spf.iter().all(|s| is_valid_domain(&s.domain)),
+            "{all:?}"
+        );
+        assert!(!spf_ignore_results || all.spf.is_none(), "{all:?}");
+        let none = read_upstream(&fields, ctx, |_| false);
+        assert!(none.dkim.is_empty(), "{none:?}");
+    }
+}
+
+/// Splits a header block into `(name, value)` fields, folds joined with `\n` (as the
+/// milter hands them over). Lines without a colon are skipped.
+pub fn header_fields(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = out.last_mut() {
+                v.push('\n');
+                v.push_str(line);
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            out.push((name.to_owned(), value.trim_start().to_owned()));
+        }
+    }
+    out
+}
+
+/// A small public suffix list with a wildcard and an exception rule.
+fn fuzz_psl() -> &'static crate::dmarc::psl::PublicSuffixList {
+    static PSL: std::sync::OnceLock<crate::dmarc::psl::PublicSuffixList> =
+        std::sync::OnceLock::new();
+    PSL.get_or_init(|| {
+        crate::dmarc::psl::PublicSuffixList::parse(
+            "// fuzz list\ncom\nnet\norg\nexample\nuk\nco.uk\n*.ck\n!www.ck\n",
+        )
+    })
+}
+
+/// Parts the `Authentication-Results` writer keeps unchanged: a token of its alphabet.
+fn is_ar_token(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@' | '+' | '/' | ':'))
+}
+
+/// Writes a parsed `Authentication-Results` back (on one line and folded) and checks it
+/// reads the same, when every part is one the writer keeps as it is.
+fn auth_results_round_trip(id: &str, results: &[crate::dmarc::headers::ResInfo]) {
+    use crate::auth_results::{AuthResults, MethodResult};
+
+    let value_ok = |v: &str| !v.chars().any(|c| matches!(c, '"' | '\\') || c.is_control());
+    let clean = !id.is_empty()
+        && is_ar_token(id)
+        && results.iter().all(|r| {
+            is_ar_token(&r.method)
+                && is_ar_token(&r.result)
+                && r.properties
+                    .iter()
+                    .all(|(k, v)| !k.is_empty() && is_ar_token(k) && value_ok(v))
+        });
+    if !clean {
+        return;
+    }
+    let mut ar = AuthResults::new(id);
+    for r in results {
+        let mut m = MethodResult::new(r.method.clone(), r.result.clone());
+        for (k, v) in &r.properties {
+            m = m.property(k.clone(), v.clone());
+        }
+        ar.push(m);
+    }
+    for text in [ar.to_single_line(), ar.to_milter_value()] {
+        let again = crate::dmarc::headers::parse_auth_results(&text);
+        assert_eq!(
+            again.as_ref().map(|(i, r)| (i.as_str(), r.as_slice())),
+            Some((id, results)),
+            "written as {text:?}"
+        );
+    }
+}
+
+/// Keeps a configuration file from naming device or kernel files (a data set of
+/// `/dev/zero` or a FIFO would read forever, which is the operator's business, not a parser
+/// bug) and drops `Include` lines (they read other configuration files, whose errors name
+/// those files).
+fn hermetic_config(data: &[u8]) -> String {
+    String::from_utf8_lossy(data)
+        .lines()
+        .filter(|l| !["/dev", "/proc", "/sys"].iter().any(|p| l.contains(p)))
+        .filter(|l| {
+            let first = l.split_whitespace().next().unwrap_or("");
+            !first.eq_ignore_ascii_case("include")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An `opendkim.conf`: parsed or refused with an error that names the file.
+pub fn dkim_config(data: &[u8]) {
+    let path = Path::new("fuzz-opendkim.conf");
+    if let Err(e) = crate::dkim::DkimConfig::parse(path, &hermetic_config(data)) {
+        let text = e.to_string();
+        assert!(text.contains("fuzz-opendkim.conf"), "{text}");
+    }
+}
+
+/// An `opendmarc.conf`: parsed or refused with an error that names the file.
+pub fn dmarc_config(data: &[u8]) {
+    let path = Path::new("fuzz-opendmarc.conf");
+    match crate::dmarc::DmarcConfig::parse(path, &hermetic_config(data)) {
+        Ok(cfg) => {
+            let _ = cfg.authserv_id(Some("mx.example"));
+            let _ = cfg.ignores_host(Some([192, 0, 2, 1].into()), "mx.example");
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("fuzz-opendmarc.conf"), "{text}");
+        }
+    }
+}
+
+/// Largest message [`dkim_verify`] looks at (64 KiB): enough for every header and signature
+/// shape; a longer body only costs hashing time.
+pub const MAX_FUZZ_MESSAGE: usize = 64 * 1024;
+
+/// The zone [`dkim_verify`] resolves keys in: RFC 8463 Appendix A's Ed25519 and RSA keys
+/// for `football.example.com` (selectors `brisbane` and `test`), with a revoked, a corrupt,
+/// a wrong-type and a timing-out selector next to them.
+pub fn fuzz_dkim_zone() -> crate::dns::MemoryResolver {
+    use crate::dns::{MemoryRecord, MemoryResolver};
+    const ED25519: &str = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    const RSA: &str = "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDkHlOQoBTzWR\
+        iGs5V6NpP3idY6Wk08a5qhdR6wy5bdOKb2jLQiY/J16JYi0Qvx/byYzCNb3W91y3FutACDfzwQ/BC/e/8uBs\
+        CR+yz1Lxj+PL6lHvqMKrM3rG4hstT5QjvHO9PzoxZyVYLzBfO2EeC3Ip3G+2kryOTIKT+l/K4w3QIDAQAB";
+    let mut zone = MemoryResolver::new();
+    let d = "._domainkey.football.example.com";
+    for (sel, txt) in [
+        ("brisbane", ED25519),
+        ("test", RSA),
+        ("revoked", "v=DKIM1; p="),
+        (
+            "corrupt",
+            "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDk",
+        ),
+        ("wrongtype", "v=DKIM1; k=ed25519; h=sha1; t=y:s; p=AAAA"),
+    ] {
+        zone.add(
+            &format!("{sel}{d}"),
+            MemoryRecord::Txt(txt.as_bytes().to_vec()),
+        );
+    }
+    zone.add(&format!("slow{d}"), MemoryRecord::Timeout);
+    zone
+}
+
+/// A whole CRLF message (at most [`MAX_FUZZ_MESSAGE`] bytes) through the DKIM verifier with
+/// [`fuzz_dkim_zone`] at a fixed time. One result per signature (up to the cap), a reason
+/// for each non-pass, the same results when the body arrives in three chunks, and the
+/// `Authentication-Results` value written for them reads back (through the DMARC reader)
+/// with one `dkim=` result each, in order.
+pub fn dkim_verify(data: &[u8]) {
+    use crate::dkim::canon::Header;
+    use crate::dkim::verify::{
+        DkimResult, MessageVerifier, VerifyOptions, authentication_results, verify_message,
+    };
+
+    if data.len() > MAX_FUZZ_MESSAGE {
+        return;
+    }
+    static RT: std::sync::OnceLock<(
+        tokio::runtime::Runtime,
+        std::sync::Arc<dyn crate::dns::Resolver>,
+    )> = std::sync::OnceLock::new();
+    let (rt, zone) = RT.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds");
+        (rt, std::sync::Arc::new(fuzz_dkim_zone()))
+    });
+    let opts = VerifyOptions {
+        max_signatures: 4,
+        min_key_bits: 1024,
+        clock_drift: 300,
+    };
+    // RFC 8463's example signatures carry t=1528637909.
+    let now = 1_528_640_000;
+    let results = rt.block_on(verify_message(data, zone.clone(), opts.clone(), now));
+    let (headers, body_at) = Header::split_message(data);
+    let sigs = headers
+        .iter()
+        .filter(|h| h.name.trim().eq_ignore_ascii_case("DKIM-Signature"))
+        .count();
+    assert_eq!(results.len(), sigs.min(opts.max_signatures));
+    for r in &results {
+        assert_eq!(r.result == DkimResult::Pass, r.reason.is_none(), "{r:?}");
+    }
+    let body = &data[body_at..];
+    let mut v = MessageVerifier::new(&headers, opts);
+    let (a, b) = (body.len() / 3, body.len() * 2 / 3);
+    for chunk in [&body[..a], &body[a..b], &body[b..]] {
+        v.body(chunk);
+    }
+    let chunked = rt.block_on(v.finish(&headers, zone.as_ref(), now));
+    assert_eq!(chunked, results, "body in three chunks");
+    let ar = authentication_results("mx.example", &results);
+    let (id, read) = crate::dmarc::headers::parse_auth_results(&ar)
+        .unwrap_or_else(|| panic!("our Authentication-Results does not parse: {ar:?}"));
+    assert_eq!(id, "mx.example");
+    let want: Vec<&str> = if results.is_empty() {
+        vec!["none"]
+    } else {
+        results.iter().map(|r| r.result.as_str()).collect()
+    };
+    let got: Vec<&str> = read.iter().map(|r| r.result.as_str()).collect();
+    assert_eq!(got, want, "{ar:?}");
+    assert!(read.iter().all(|r| r.method == "dkim"), "{ar:?}");
+}
