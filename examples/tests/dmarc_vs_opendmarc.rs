@@ -401,6 +401,39 @@ async fn same_verdicts_and_headers_as_opendmarc() {
 
     compare_history(&spf);
 
+    // AuthservIDWithJobID: our id is mx.example/<job>, upstream mx.example/<job> is trusted.
+    let jobid = Pair::start(
+        &ns,
+        dir.path(),
+        "jobid",
+        &format!("{base}AuthservIDWithJobID true\n"),
+    );
+    let with_id = |id: &str| {
+        format!(
+            "Authentication-Results: {id}; spf=pass smtp.mailfrom=reject.example\r\nFrom: a@reject.example\r\n"
+        )
+    };
+    let jobid_cases = [
+        (
+            "trusted id/jobid",
+            message("a@reject.example", &with_id("mx.example/4QJOB1")),
+        ),
+        (
+            "another job's id",
+            message("a@reject.example", &with_id("mx.example/OTHER")),
+        ),
+        (
+            "plain id",
+            message("a@reject.example", &with_id("mx.example")),
+        ),
+    ];
+    for (what, msg) in &jobid_cases {
+        let t = run(&jobid.theirs, msg).await;
+        let o = run(&jobid.ours, msg).await;
+        println!("{what}:\n  opendmarc: {t:?}\n  ours:      {o:?}");
+        assert_eq!(o, t, "{what}: ours differs from OpenDMARC");
+    }
+
     // RequiredHeaders and RejectMultiValueFrom.
     let strict = Pair::start(
         &ns,

@@ -702,3 +702,59 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn job_id_software_header_and_skips() {
+    let z: Arc<dyn Resolver> = Arc::new(policy_zone());
+    let f = DmarcFilter::new(
+        cfg("AuthservIDWithJobID yes\nSoftwareHeader yes\nIgnoreMailFrom Skip.Example\n"),
+        z.clone(),
+    );
+    // The default authserv-id is the MTA's name (j macro), here with the job id.
+    let h = headers(&[
+        (
+            "Authentication-Results",
+            "mx.example/4ABC; spf=pass smtp.mailfrom=reject.example",
+        ),
+        ("From", "a@reject.example"),
+    ]);
+    let v = f.check(&facts("a@reject.example", &h)).await;
+    assert_eq!(v.headers[0].0, "DMARC-Filter");
+    assert!(
+        v.headers[0].1.starts_with("mailstack dmarc-milter v")
+            && v.headers[0].1.ends_with(" mx.example 4ABC")
+    );
+    assert_eq!(
+        v.headers[1].1,
+        "mx.example/4ABC; dmarc=pass (p=reject dis=none) header.from=reject.example"
+    );
+    let h = headers(&[("From", "a@skip.example")]);
+    let v = f.check(&facts("a@skip.example", &h)).await;
+    assert!(v.skipped.is_some() && v.headers.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history");
+    let f = DmarcFilter::new(
+        cfg(&format!(
+            "HistoryFile {}\nRecordAllMessages yes\nIgnoreMailTo audit@dest.example\n",
+            path.display()
+        )),
+        z,
+    );
+    let h = headers(&[("From", "a@nodmarc.example")]);
+    let _ = f.check(&facts("a@nodmarc.example", &h)).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("from nodmarc.example\n") && text.contains("policy 14\n"),
+        "{text}"
+    );
+    let audit = ["Audit@dest.example".to_owned()];
+    let mut m = facts("a@nodmarc.example", &h);
+    m.rcpts = &audit;
+    let _ = f.check(&m).await;
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "IgnoreMailTo recipients only"
+    );
+}
