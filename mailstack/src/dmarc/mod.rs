@@ -8,6 +8,38 @@
 //! [`milter_proto::server::Handler`]; the `dmarc-milter` example binary is a thin `main`
 //! around that. [`config`] reads `opendmarc.conf`.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use std::sync::Arc;
+//! use mailstack::dmarc::{Action, DmarcConfig, DmarcFilter, MessageFacts};
+//! use mailstack::dns::HickoryResolver;
+//!
+//! let cfg = DmarcConfig::read(Path::new("/etc/opendmarc.conf"))?;
+//! let filter = DmarcFilter::new(cfg, Arc::new(HickoryResolver::system()?));
+//! let headers = vec![("From".to_owned(), "Alice <alice@example.com>".to_owned())];
+//! let verdict = filter
+//!     .check(&MessageFacts {
+//!         client_ip: Some("192.0.2.1".parse()?),
+//!         envelope_from: "alice@example.com",
+//!         helo: "mail.example.com",
+//!         rcpts: &[],
+//!         headers: &headers,
+//!         dkim_results: None,
+//!         raw_message: None,
+//!         job_id: None,
+//!         mta_name: Some("mx.example.net"),
+//!     })
+//!     .await;
+//! if let Action::Reject(reply) = &verdict.action {
+//!     println!("{reply}"); // 550 5.7.1 rejected by DMARC policy for example.com
+//! }
+//! for (name, value) in &verdict.headers {
+//!     println!("{name}: {value}"); // Authentication-Results: mx.example.net; dmarc=...
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Which DMARC
 //!
 //! `DMARCSpecification` chooses, and the default is OpenDMARC's:
