@@ -300,55 +300,17 @@ impl DmarcFilter {
     /// Evaluates one message.
     pub async fn check(&self, m: &MessageFacts<'_>) -> Verdict {
         let cfg = &self.cfg;
-        let froms: Vec<&str> = m
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        if cfg.required_headers
-            && let Some(problem) = rfc5322_problem(m.headers)
-        {
-            return Verdict::refuse(format!("RFC5322 requirement error: {problem}"));
-        }
-        let from = match headers::author_domain(&froms) {
+        let from = match self.author(m) {
             Ok(d) => d,
-            Err(FromError::MultipleDomains) if cfg.reject_multi_value_from => {
-                return Verdict::refuse("multi-valued From field detected");
-            }
-            Err(e) if cfg.required_headers => return Verdict::refuse(e.to_string()),
-            Err(e) => return Verdict::skip(e.to_string()),
+            Err(v) => return *v,
         };
-        if cfg.ignore_mail_from.contains(&from) {
-            return Verdict::skip(format!("{from} is in IgnoreMailFrom"));
-        }
         let base_id = cfg.authserv_id(m.mta_name);
         let ar_id = match (cfg.authserv_id_with_job_id, m.job_id) {
             (true, Some(job)) => format!("{base_id}/{job}"),
             _ => base_id.clone(),
         };
-        let ctx = headers::UpstreamContext {
-            envelope_from: m.envelope_from,
-            spf_ignore_results: cfg.spf_ignore_results,
-        };
-        let upstream =
-            headers::read_upstream(m.headers, ctx, |id| cfg.is_trusted(id, &base_id, m.job_id));
         let mut out_headers = Vec::new();
-        let spf = match upstream.spf {
-            Some(s) => Some(s),
-            None if cfg.spf_self_validate => {
-                let (s, ar) = self.self_spf(m, &ar_id).await;
-                out_headers.push(("Authentication-Results".to_owned(), ar));
-                Some(s)
-            }
-            None => None,
-        };
-        let dkim = match (&self.dkim, m.dkim_results, m.raw_message) {
-            (Some(_), Some(done), _) => done.to_vec(),
-            (Some(v), None, Some(raw)) => v.verify(raw).await,
-            (Some(_), None, None) => Vec::new(),
-            (None, ..) => upstream.dkim,
-        };
+        let (spf, dkim) = self.inputs(m, &base_id, &ar_id, &mut out_headers).await;
         let ev = self.evaluator.evaluate(&from, spf.as_ref(), &dkim).await;
         let (action, dis) = self.enforce(&ev);
         if !matches!(
@@ -373,6 +335,75 @@ impl DmarcFilter {
             evaluation: Some(ev),
             skipped: None,
         }
+    }
+
+    /// The author domain, or the verdict for a message that is not evaluated:
+    /// `RequiredHeaders`, `RejectMultiValueFrom`, an unusable From, `IgnoreMailFrom`.
+    fn author(&self, m: &MessageFacts<'_>) -> Result<String, Box<Verdict>> {
+        let cfg = &self.cfg;
+        if cfg.required_headers
+            && let Some(problem) = rfc5322_problem(m.headers)
+        {
+            return Err(Box::new(Verdict::refuse(format!(
+                "RFC5322 requirement error: {problem}"
+            ))));
+        }
+        let froms: Vec<&str> = m
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let from = match headers::author_domain(&froms) {
+            Ok(d) => d,
+            Err(FromError::MultipleDomains) if cfg.reject_multi_value_from => {
+                return Err(Box::new(Verdict::refuse(
+                    "multi-valued From field detected",
+                )));
+            }
+            Err(e) if cfg.required_headers => return Err(Box::new(Verdict::refuse(e.to_string()))),
+            Err(e) => return Err(Box::new(Verdict::skip(e.to_string()))),
+        };
+        if cfg.ignore_mail_from.contains(&from) {
+            return Err(Box::new(Verdict::skip(format!(
+                "{from} is in IgnoreMailFrom"
+            ))));
+        }
+        Ok(from)
+    }
+
+    /// The SPF and DKIM results to evaluate: trusted upstream fields, our own SPF check
+    /// (its `Authentication-Results` pushed to `out`), in-process DKIM.
+    async fn inputs(
+        &self,
+        m: &MessageFacts<'_>,
+        base_id: &str,
+        ar_id: &str,
+        out: &mut Vec<(String, String)>,
+    ) -> (Option<SpfInput>, Vec<DkimInput>) {
+        let cfg = &self.cfg;
+        let ctx = headers::UpstreamContext {
+            envelope_from: m.envelope_from,
+            spf_ignore_results: cfg.spf_ignore_results,
+        };
+        let upstream =
+            headers::read_upstream(m.headers, ctx, |id| cfg.is_trusted(id, base_id, m.job_id));
+        let spf = match upstream.spf {
+            Some(s) => Some(s),
+            None if cfg.spf_self_validate => {
+                let (s, ar) = self.self_spf(m, ar_id).await;
+                out.push(("Authentication-Results".to_owned(), ar));
+                Some(s)
+            }
+            None => None,
+        };
+        let dkim = match (&self.dkim, m.dkim_results, m.raw_message) {
+            (Some(_), Some(done), _) => done.to_vec(),
+            (Some(v), None, Some(raw)) => v.verify(raw).await,
+            (Some(_), None, None) => Vec::new(),
+            (None, ..) => upstream.dkim,
+        };
+        (spf, dkim)
     }
 
     /// SPF by our evaluator: MAIL FROM, or HELO for the null sender. Returns the input and its
