@@ -433,3 +433,81 @@ pub fn dkim_verify(data: &[u8]) {
     assert_eq!(got, want, "{ar:?}");
     assert!(read.iter().all(|r| r.method == "dkim"), "{ar:?}");
 }
+
+/// A data set file (`key value` lines, as `refile:`/`file:` tables and peer lists are
+/// written) whose first line is a lookup key: the message's From address for a
+/// `SigningTable`, a client address or host name for a peer list. `refile:` lookups agree
+/// with a plain `*`-glob matcher; the keys as an OpenDKIM peer list and each line as an
+/// OpenDMARC `IgnoreHosts` pattern are checked against that client and a few fixed ones
+/// (an exact address matches itself).
+pub fn dkim_dataset(data: &[u8]) {
+    use std::net::IpAddr;
+
+    use crate::dkim::dataset::{Dataset, PeerList};
+    use crate::dmarc::config::HostPattern;
+
+    // Keeps the quadratic reference matcher quick; real tables have short lines.
+    if data.len() > 4096 {
+        return;
+    }
+    let text = hermetic_config(data);
+    let (key, table) = text.split_once('\n').unwrap_or((&text, ""));
+    let key = key.trim();
+    let _ = Dataset::parse(key);
+    let globs = Dataset::parse_lines(table, true);
+    let want = globs
+        .entries
+        .iter()
+        .find(|(k, _)| glob(&k.to_ascii_lowercase(), &key.to_ascii_lowercase()))
+        .map(|(_, v)| v.as_str());
+    assert_eq!(globs.lookup(key), want, "refile: lookup of {key:?}");
+    let client: Option<IpAddr> = key.trim_matches(['[', ']']).parse().ok();
+    let ips: [Option<IpAddr>; 6] = [
+        client,
+        None,
+        Some([192, 0, 2, 1].into()),
+        Some([127, 0, 0, 1].into()),
+        Some("::ffff:192.0.2.1".parse().expect("a literal IPv6 address")),
+        Some("2001:db8::1".parse().expect("a literal IPv6 address")),
+    ];
+    if let Ok(peers) = PeerList::from_dataset(&Dataset::parse_lines(table, false)) {
+        for ip in ips {
+            let _ = peers.contains(ip, key);
+        }
+    }
+    for line in table.lines() {
+        let Some(p) = HostPattern::parse(line) else {
+            continue;
+        };
+        for ip in ips {
+            let _ = p.matches(ip, key);
+        }
+        if let Ok(ip) = line.trim().trim_matches(['[', ']']).parse::<IpAddr>() {
+            assert!(p.matches(Some(ip), ""), "{line:?} does not match itself");
+        }
+    }
+}
+
+/// `*` matches any run of characters: the textbook dynamic programme, as a reference.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    // row[j]: whether the pattern so far matches t[..j].
+    let mut row = vec![false; t.len() + 1];
+    row[0] = true;
+    for &c in p {
+        let mut next = vec![false; t.len() + 1];
+        if c == b'*' {
+            let mut any = false;
+            for j in 0..=t.len() {
+                any |= row[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=t.len() {
+                next[j] = row[j - 1] && t[j - 1] == c;
+            }
+        }
+        row = next;
+    }
+    row[t.len()]
+}

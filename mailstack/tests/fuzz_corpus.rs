@@ -1,6 +1,6 @@
 //! Replays the checked-in fuzz corpora of `fuzz/corpus/<target>` (SPF, configuration files,
 //! DKIM signatures, key records and verification, DMARC records, headers and
-//! configuration) through the same entry points the cargo-fuzz targets call, on stable Rust,
+//! configuration, DKIM data sets and peer lists) through the same entry points the cargo-fuzz targets call, on stable Rust,
 //! and checks that a few seeds keep their meaning (so a corpus that silently stopped
 //! exercising the parser shows up). The clamd corpus has its own replay test
 //! (`clamd_corpus.rs`).
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use mailstack::config::{ConfigFile, Syntax};
 use mailstack::dkim::DkimConfig;
+use mailstack::dkim::dataset::{Dataset, PeerList};
 use mailstack::dkim::key::{KeyType, PublicKeyRecord, rsa_key_bits};
 use mailstack::dkim::sig::{Algorithm, Signature};
 use mailstack::dkim::verify::{DkimResult, VerifyOptions, verify_message};
@@ -240,4 +241,27 @@ fn dkim_verify_corpus_replays_and_keeps_meaning() {
         [(DkimResult::PermError, "key revoked")]
     );
     assert_eq!(verify("no_signature"), []);
+}
+
+#[test]
+fn dkim_dataset_corpus_replays_and_keeps_meaning() {
+    replay("dkim_dataset", mailstack::fuzzing::dkim_dataset);
+    let text = String::from_utf8(seed("dkim_dataset", "signing_table")).unwrap();
+    let (key, table) = text.split_once('\n').unwrap();
+    let ds = Dataset::parse_lines(table, true);
+    assert_eq!(ds.lookup(key), Some("mail._domainkey.example.com"));
+    assert_eq!(
+        ds.lookup("x@a.example.com"),
+        Some("sub._domainkey.example.com")
+    );
+    assert_eq!(
+        ds.lookup("x@example.org"),
+        Some("default._domainkey.example.net")
+    );
+    let text = String::from_utf8(seed("dkim_dataset", "internal_hosts")).unwrap();
+    let peers = PeerList::from_dataset(&Dataset::parse_lines(&text, false)).unwrap();
+    assert!(peers.contains(Some([192, 0, 2, 77].into()), "x"));
+    assert!(!peers.contains(Some([192, 0, 2, 1].into()), "x"));
+    assert!(peers.contains(None, "a.example.com"));
+    assert!(!peers.contains(Some([198, 51, 100, 1].into()), "x"));
 }
