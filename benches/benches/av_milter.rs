@@ -15,13 +15,14 @@
 //! clamav-milter; `AV_BENCH_MESSAGES` changes the count, default 1000).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use mailstack::av::AvConfig;
 use mailstack::av::milter::AvFilter;
+use mailstack_benches::{Server, cpu_seconds, vm_hwm_kb};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve};
@@ -72,7 +73,7 @@ fn main() {
         ),
     )
     .expect("write cm.conf");
-    let cm = Proc::wait(
+    let cm = Server::wait_unix(
         Command::new(CLAMAV_MILTER)
             .arg("-c")
             .arg(dir.join("cm.conf"))
@@ -98,7 +99,7 @@ fn main() {
             ),
         )
         .expect("write our conf");
-        Proc::wait(
+        Server::wait_unix(
             Command::new(std::env::current_exe().expect("current exe"))
                 .env(CHILD_ENV, &conf)
                 .stdin(Stdio::null())
@@ -188,37 +189,7 @@ fn serve_child(conf: &Path) {
     }
 }
 
-/// A child process listening on a unix socket, killed on drop.
-struct Proc {
-    child: Child,
-    socket: SocketSpec,
-}
-
-impl Proc {
-    fn wait(mut child: Child, path: &Path, what: &str) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(path).is_err() {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("{what} exited with {st}");
-            }
-            assert!(Instant::now() < deadline, "{what} did not listen in 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            socket: SocketSpec::Unix(path.to_owned()),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_clamd(dir: &Path) -> Proc {
+fn start_clamd(dir: &Path) -> Server {
     let db = dir.join("db");
     std::fs::create_dir(&db).expect("db dir");
     std::fs::write(
@@ -237,7 +208,7 @@ fn start_clamd(dir: &Path) -> Proc {
         ),
     )
     .expect("write clamd.conf");
-    Proc::wait(
+    Server::wait_unix(
         Command::new(CLAMD)
             .arg("-c")
             .arg(dir.join("clamd.conf"))
@@ -269,29 +240,7 @@ struct Figures {
     clamd_ms: f64,
 }
 
-/// utime + stime of `pid` in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
-}
-
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn measure(milter: &Proc, clamd_pid: u32, msg: &[u8], count: usize) -> Figures {
+fn measure(milter: &Server, clamd_pid: u32, msg: &[u8], count: usize) -> Figures {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let msg: Arc<[u8]> = msg.into();
     rt.block_on(run_clients(&milter.socket, &msg, CONNECTIONS * 5));

@@ -17,14 +17,15 @@
 #[allow(missing_docs)]
 mod spf_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mailstack::dmarc::milter::DmarcMilter;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter};
 use mailstack::dns::HickoryResolver;
+use mailstack_benches::{Figures, Server, cpu_seconds, median};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve};
@@ -148,38 +149,6 @@ fn serve_child(socket: &str) {
     }
 }
 
-struct Server {
-    child: Child,
-    socket: SocketSpec,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(child: Child, path: PathBuf) -> Server {
-    let mut server = Server {
-        child,
-        socket: SocketSpec::Unix(path.clone()),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&path).is_err() {
-        if let Ok(Some(st)) = server.child.try_wait() {
-            panic!("server exited: {st}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no listener on {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
-}
-
 fn spawn_ours(ns: &spf_support::Netns, dir: &Path) -> Server {
     let path = dir.join("ours.sock");
     let me = std::env::current_exe().expect("current exe");
@@ -190,7 +159,7 @@ fn spawn_ours(ns: &spf_support::Netns, dir: &Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn bench server");
-    wait_for(child, path)
+    Server::wait_unix(child, &path, "bench server")
 }
 
 fn spawn_opendmarc(ns: &spf_support::Netns, dir: &Path) -> Server {
@@ -207,36 +176,7 @@ fn spawn_opendmarc(ns: &spf_support::Netns, dir: &Path) -> Server {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn opendmarc");
-    wait_for(child, path)
-}
-
-struct Figures {
-    rate: f64,
-    cpu_ms: f64,
-}
-
-fn median(mut runs: Vec<Figures>) -> Figures {
-    let mid = runs.len() / 2;
-    runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let rate = runs[mid].rate;
-    runs.sort_by(|a, b| a.cpu_ms.total_cmp(&b.cpu_ms));
-    Figures {
-        rate,
-        cpu_ms: runs[mid].cpu_ms,
-    }
-}
-
-/// utime + stime of `pid` in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
+    Server::wait_unix(child, &path, "bench server")
 }
 
 /// The milter's pid: `ip netns exec` execs the program, so the child is the milter itself.

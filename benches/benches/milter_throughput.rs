@@ -12,11 +12,12 @@
 //! per core).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use mailstack_benches::{Figures, Server, cpu_seconds, median};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::command::Command as MilterCommand;
 use milter_proto::flags::{Actions, Protocol};
@@ -141,35 +142,6 @@ fn serve_child(spec: &str) {
     }
 }
 
-/// A server child process, killed on drop.
-struct Server {
-    child: Child,
-    socket: SocketSpec,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(child: Child, path: PathBuf) -> Server {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&path).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server did not listen on {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server {
-        child,
-        socket: SocketSpec::Unix(path),
-    }
-}
-
 fn spawn_ours(dir: &Path, no_reply: bool) -> Server {
     let path = dir.join(format!("ours-{no_reply}.sock"));
     let _ = std::fs::remove_file(&path);
@@ -179,7 +151,11 @@ fn spawn_ours(dir: &Path, no_reply: bool) -> Server {
     if no_reply {
         cmd.env("MILTER_BENCH_NR", "1");
     }
-    wait_for(cmd.spawn().expect("spawn bench server"), path)
+    Server::wait_unix(
+        cmd.spawn().expect("spawn bench server"),
+        &path,
+        "bench server",
+    )
 }
 
 fn spawn_c(exe: &Path, dir: &Path, no_reply: bool) -> Server {
@@ -192,7 +168,7 @@ fn spawn_c(exe: &Path, dir: &Path, no_reply: bool) -> Server {
     if no_reply {
         cmd.arg("-n");
     }
-    wait_for(cmd.spawn().expect("spawn c_milter"), path)
+    Server::wait_unix(cmd.spawn().expect("spawn c_milter"), &path, "bench server")
 }
 
 fn build_c_milter(dir: &Path) -> PathBuf {
@@ -227,37 +203,6 @@ fn message(size: usize) -> Vec<u8> {
         m.push_str(&line);
     }
     m.into_bytes()
-}
-
-struct Figures {
-    rate: f64,
-    cpu_ms: f64,
-}
-
-/// The median rate and the median CPU per message (each taken on its own).
-fn median(mut runs: Vec<Figures>) -> Figures {
-    let mid = runs.len() / 2;
-    runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let rate = runs[mid].rate;
-    runs.sort_by(|a, b| a.cpu_ms.total_cmp(&b.cpu_ms));
-    Figures {
-        rate,
-        cpu_ms: runs[mid].cpu_ms,
-    }
-}
-
-/// utime + stime of `pid` in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
 }
 
 fn measure(server: &Server, msg: &[u8], count: usize) -> Figures {
