@@ -1,4 +1,5 @@
-//! Where a policy daemon's logs go: stderr, syslog, a file, or nowhere.
+//! Where a daemon's logs go: stderr ([`stderr`], the milters and tools), or for the policy
+//! daemons ([`init`]) stderr, syslog, a file, or nowhere.
 //!
 //! Under Postfix spawn(8) stdin, stdout **and stderr** are the connection to smtpd
 //! (`docs/spec/policy-delegation.md` §1.5), so anything written to stderr there would be read
@@ -60,6 +61,17 @@ impl Drop for SyslogLine {
     }
 }
 
+/// Logs to stderr at `default_level` unless `RUST_LOG` says otherwise: what the milters and
+/// tools do (they are never started by spawn(8)).
+pub fn stderr(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Installs the global `tracing` subscriber for `target`, at `default_level` unless
 /// `RUST_LOG` says otherwise; `ident` names the program in syslog lines. Unless the target is
 /// stderr, a panic message goes to the log, never to stderr. A log file that cannot be opened
@@ -69,12 +81,7 @@ pub fn init(target: &LogTarget, default_level: &str, ident: &'static str) -> std
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     match target {
         LogTarget::None => {}
-        LogTarget::Stderr => {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
-        }
+        LogTarget::Stderr => stderr(default_level),
         LogTarget::Syslog => {
             let socket = UnixDatagram::unbound()
                 .ok()

@@ -88,12 +88,7 @@ LogFileUnlock LogFileMaxSize LogTime LogSyslog LogFacility LogVerbose MaxScanSiz
 MaxRecursion StreamMaxLength TCPSocket. Anything else is an error with file and line.";
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(io::stderr)
-        .init();
+    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
     let cfg = match AvConfig::read(&args.config) {
         Ok(c) => c,

@@ -127,12 +127,7 @@ FixCRLF. LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics and othe
 not implemented are refused with file and line.";
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(io::stderr)
-        .init();
+    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
     if let Some(Cmd::Genkey(g)) = &args.command {
         if let Err(e) = genkey(g) {

@@ -79,12 +79,7 @@ ReportCommand, CopyFailuresTo), ARC whitelists (DomainWhitelist*); anything else
 Errors name the file and line.";
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
     let cfg = match DmarcConfig::read(&args.config) {
         Ok(c) => c,

@@ -113,12 +113,7 @@ fn show(r: &Reply) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    mailstack_examples::logging::stderr("warn");
     let args = Args::parse();
     let raw = std::fs::read(&args.eml)?;
     let address = Bytes::from(args.client_addr.clone());

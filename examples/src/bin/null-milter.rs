@@ -55,12 +55,7 @@ impl Handler for Null {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
     let needs = Needs {
         actions: Actions::from_bits_truncate(args.actions),

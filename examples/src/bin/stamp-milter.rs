@@ -165,12 +165,7 @@ impl Stamp {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
     let mut headers = Vec::new();
     for h in &args.add_header {
