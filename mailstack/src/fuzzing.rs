@@ -384,17 +384,10 @@ pub fn dkim_verify(data: &[u8]) {
     if data.len() > MAX_FUZZ_MESSAGE {
         return;
     }
-    static RT: std::sync::OnceLock<(
-        tokio::runtime::Runtime,
-        std::sync::Arc<dyn crate::dns::Resolver>,
-    )> = std::sync::OnceLock::new();
-    let (rt, zone) = RT.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime builds");
-        (rt, std::sync::Arc::new(fuzz_dkim_zone()))
-    });
+    static ZONE: std::sync::OnceLock<std::sync::Arc<dyn crate::dns::Resolver>> =
+        std::sync::OnceLock::new();
+    let zone = ZONE.get_or_init(|| std::sync::Arc::new(fuzz_dkim_zone()));
+    let rt = runtime();
     let opts = VerifyOptions {
         max_signatures: 4,
         min_key_bits: 1024,
@@ -516,4 +509,104 @@ fn glob(pattern: &str, text: &str) -> bool {
         row = next;
     }
     row[t.len()]
+}
+
+/// The runtime the async entry points run on (current thread; DNS comes from memory).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds")
+    })
+}
+
+/// The `opendmarc.conf` of [`dmarc_filter`]: enforcing, quarantine held, our authserv-id.
+pub const FUZZ_DMARC_CONF: &str = "AuthservID mx.example.net\nRejectFailures true\n\
+    HoldQuarantinedMessages true\nTrustedAuthservIDs upstream.example.net\n";
+
+/// The zone of [`dmarc_filter`]: `_dmarc` records for `example.com` (reject, strict DKIM),
+/// `example.org` (quarantine, `sp=none`), `example.net` (none), an invalid one for
+/// `bad.example`, two for `multi.example` and a timeout for `slow.example`.
+pub fn fuzz_dmarc_zone() -> crate::dns::MemoryResolver {
+    use crate::dns::{MemoryRecord, MemoryResolver};
+    let mut zone = MemoryResolver::new();
+    for (domain, txt) in [
+        (
+            "example.com",
+            "v=DMARC1; p=reject; adkim=s; rua=mailto:d@example.com",
+        ),
+        ("example.org", "v=DMARC1; p=quarantine; sp=none"),
+        ("example.net", "v=DMARC1; p=none"),
+        ("bad.example", "v=DMARC1; p=bogus"),
+        ("multi.example", "v=DMARC1; p=reject"),
+        ("multi.example", "v=DMARC1; p=none"),
+    ] {
+        zone.add(
+            &format!("_dmarc.{domain}"),
+            MemoryRecord::Txt(txt.as_bytes().to_vec()),
+        );
+    }
+    zone.add("_dmarc.slow.example", MemoryRecord::Timeout);
+    zone
+}
+
+/// A header block (as for [`dmarc_headers`]; `Return-Path:` is the envelope sender) through
+/// the whole DMARC filter with [`FUZZ_DMARC_CONF`] and [`fuzz_dmarc_zone`]. Every
+/// `Authentication-Results` it adds reads back with our authserv-id; a reject or quarantine
+/// comes only from a DMARC `fail` whose requested disposition asks for it; an evaluated
+/// From domain is a valid host name.
+pub fn dmarc_filter(data: &[u8]) {
+    use crate::dmarc::headers::{is_valid_domain, parse_auth_results};
+    use crate::dmarc::{Action, DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Policy};
+
+    static FILTER: std::sync::OnceLock<DmarcFilter> = std::sync::OnceLock::new();
+    let filter = FILTER.get_or_init(|| {
+        let cfg = DmarcConfig::parse(Path::new("fuzz-opendmarc.conf"), FUZZ_DMARC_CONF)
+            .expect("the fuzz configuration parses");
+        DmarcFilter::new(cfg, std::sync::Arc::new(fuzz_dmarc_zone()))
+    });
+    let fields = header_fields(&String::from_utf8_lossy(data));
+    let envelope = fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Return-Path"))
+        .map_or("", |(_, v)| {
+            v.trim().trim_start_matches('<').trim_end_matches('>')
+        });
+    let rcpts = ["bob@example.org".to_owned()];
+    let facts = MessageFacts {
+        client_ip: Some([192, 0, 2, 1].into()),
+        envelope_from: envelope,
+        helo: "mail.example.com",
+        rcpts: &rcpts,
+        headers: &fields,
+        dkim_results: None,
+        raw_message: None,
+        job_id: Some("4ABCDEF"),
+        mta_name: Some("mx.example.net"),
+    };
+    let verdict = runtime().block_on(filter.check(&facts));
+    for (name, value) in &verdict.headers {
+        if name == "Authentication-Results" {
+            let read = parse_auth_results(value);
+            assert_eq!(
+                read.map(|(id, _)| id).as_deref(),
+                Some("mx.example.net"),
+                "{value:?}"
+            );
+        }
+    }
+    if let Some(ev) = &verdict.evaluation {
+        assert!(is_valid_domain(&ev.from_domain), "{ev:?}");
+        let wanted = match verdict.action {
+            Action::Reject(_) => Some(Policy::Reject),
+            Action::Quarantine(_) => Some(Policy::Quarantine),
+            _ => None,
+        };
+        if let Some(p) = wanted {
+            assert_eq!(ev.result, DmarcResult::Fail, "{verdict:?}");
+            assert_eq!(ev.requested_disposition(), p, "{verdict:?}");
+        }
+    }
 }

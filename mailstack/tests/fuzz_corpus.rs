@@ -1,6 +1,6 @@
 //! Replays the checked-in fuzz corpora of `fuzz/corpus/<target>` (SPF, configuration files,
 //! DKIM signatures, key records and verification, DMARC records, headers and
-//! configuration, DKIM data sets and peer lists) through the same entry points the cargo-fuzz targets call, on stable Rust,
+//! configuration and the whole DMARC filter, DKIM data sets and peer lists) through the same entry points the cargo-fuzz targets call, on stable Rust,
 //! and checks that a few seeds keep their meaning (so a corpus that silently stopped
 //! exercising the parser shows up). The clamd corpus has its own replay test
 //! (`clamd_corpus.rs`).
@@ -16,7 +16,9 @@ use mailstack::dkim::sig::{Algorithm, Signature};
 use mailstack::dkim::verify::{DkimResult, VerifyOptions, verify_message};
 use mailstack::dmarc::headers::{FromError, UpstreamContext, author_domain, read_upstream};
 use mailstack::dmarc::record::{DmarcRecord, Policy, RecordError};
-use mailstack::dmarc::{DmarcConfig, Specification};
+use mailstack::dmarc::{
+    Action, DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Specification,
+};
 use mailstack::spf::SpfResult;
 
 fn seed(target: &str, name: &str) -> Vec<u8> {
@@ -264,4 +266,57 @@ fn dkim_dataset_corpus_replays_and_keeps_meaning() {
     assert!(!peers.contains(Some([192, 0, 2, 1].into()), "x"));
     assert!(peers.contains(None, "a.example.com"));
     assert!(!peers.contains(Some([198, 51, 100, 1].into()), "x"));
+}
+
+#[tokio::test]
+async fn dmarc_filter_corpus_replays_and_keeps_meaning() {
+    // The entry point runs its own runtime; replay it off this one.
+    tokio::task::spawn_blocking(|| replay("dmarc_filter", mailstack::fuzzing::dmarc_filter))
+        .await
+        .unwrap();
+    let cfg = DmarcConfig::parse(Path::new("t.conf"), mailstack::fuzzing::FUZZ_DMARC_CONF).unwrap();
+    let filter = DmarcFilter::new(cfg, Arc::new(mailstack::fuzzing::fuzz_dmarc_zone()));
+    let rcpts = ["bob@example.org".to_owned()];
+    let check = async |name: &str| {
+        let text = String::from_utf8(seed("dmarc_filter", name)).unwrap();
+        let fields = mailstack::fuzzing::header_fields(&text);
+        let envelope = fields
+            .iter()
+            .find(|(n, _)| n == "Return-Path")
+            .map_or(String::new(), |(_, v)| {
+                v.trim_matches(['<', '>']).to_owned()
+            });
+        let facts = MessageFacts {
+            client_ip: Some([192, 0, 2, 1].into()),
+            envelope_from: &envelope,
+            helo: "mail.example.com",
+            rcpts: &rcpts,
+            headers: &fields,
+            dkim_results: None,
+            raw_message: None,
+            job_id: None,
+            mta_name: Some("mx.example.net"),
+        };
+        filter.check(&facts).await
+    };
+    let v = check("reject_fail").await;
+    assert_eq!(
+        v.action,
+        Action::Reject("550 5.7.1 rejected by DMARC policy for example.com".into())
+    );
+    let v = check("trusted_upstream_dkim").await;
+    assert_eq!(v.action, Action::Accept);
+    assert_eq!(
+        v.headers[0].1,
+        "mx.example.net; dmarc=pass (p=reject dis=none) header.from=example.com"
+    );
+    assert_eq!(
+        check("untrusted_ar").await.evaluation.unwrap().result,
+        DmarcResult::Fail
+    );
+    assert!(matches!(
+        check("quarantine_held").await.action,
+        Action::Quarantine(_)
+    ));
+    assert_eq!(check("temperror_dns").await.action, Action::Tempfail);
 }
