@@ -21,5 +21,6 @@ pub mod dmarc;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ipnet;
 pub mod notify;
 pub mod spf;

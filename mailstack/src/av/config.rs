@@ -71,19 +71,12 @@ pub enum LocalNet {
 }
 
 impl LocalNet {
-    /// Whether `ip` is inside this network.
+    /// Whether `ip` is inside this network (an IPv4 network also holds the IPv4-mapped IPv6
+    /// forms of its addresses).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self, ip) {
-            (Self::Local, _) => false,
-            (Self::Net(IpAddr::V4(n), bits), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
-                u32::from(*n) & mask == u32::from(a) & mask
-            }
-            (Self::Net(IpAddr::V6(n), bits), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
-                u128::from(*n) & mask == u128::from(a) & mask
-            }
-            _ => false,
+        match self {
+            Self::Local => false,
+            Self::Net(net, bits) => crate::ipnet::contains(*net, *bits, ip),
         }
     }
 }

@@ -38,7 +38,10 @@ impl Dataset {
             "mdb:",
             "erlang:",
         ] {
-            if spec.len() >= refused.len() && spec[..refused.len()].eq_ignore_ascii_case(refused) {
+            if spec
+                .get(..refused.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(refused))
+            {
                 return Err(format!(
                     "data set type {:?} is not supported (flat files, refile: and csl: are)",
                     &refused[..refused.len() - 1]
@@ -253,13 +256,16 @@ impl PeerList {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = host.to_ascii_lowercase();
         let mut best: Option<(u8, bool)> = None;
-        if let Some(ip) = ip.map(canonical_ip) {
+        if let Some(ip) = ip {
             for (neg, p) in &self.entries {
+                // The longest prefix wins, IPv4 and IPv4-mapped entries ranked alike.
                 if let Peer::Net(net, bits) = p
-                    && in_net(ip, *net, *bits)
-                    && best.is_none_or(|(b, _)| *bits > b)
+                    && crate::ipnet::contains(*net, *bits, ip)
                 {
-                    best = Some((*bits, *neg));
+                    let len = crate::ipnet::v6_prefix_len(*net, *bits);
+                    if best.is_none_or(|(b, _)| len > b) {
+                        best = Some((len, *neg));
+                    }
                 }
             }
         }
@@ -283,28 +289,6 @@ impl PeerList {
             }
         }
         found
-    }
-}
-
-/// IPv4-mapped IPv6 addresses compare as IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, canonical_ip(net)) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
     }
 }
 
@@ -361,5 +345,22 @@ mod tests {
         assert!(PeerList::loopback().contains(ip("127.0.0.1"), ""));
         assert!(!PeerList::loopback().contains(ip("127.0.0.2"), ""));
         assert!(PeerList::from_dataset(&Dataset::list(["1.2.3.4/40"])).is_err());
+        // Found by fuzzing: an IPv4-mapped entry (prefix up to 128) against an IPv4 client
+        // overflowed the IPv4 mask; it now matches as the IPv4 address it names, and the
+        // longest prefix still wins across both spellings.
+        let mapped = Dataset::list(["::ffff:192.0.2.0/120", "!192.0.2.7"]);
+        let p = PeerList::from_dataset(&mapped).unwrap();
+        assert!(p.contains(ip("192.0.2.8"), ""));
+        assert!(!p.contains(ip("192.0.2.7"), ""));
+        assert!(!p.contains(ip("::ffff:192.0.2.7"), ""));
+        assert!(!p.contains(ip("192.0.3.1"), ""));
+    }
+
+    #[test]
+    fn multibyte_specs_are_not_cut_inside_a_character() {
+        // Found by fuzzing: the refused-prefix check sliced at a byte count.
+        assert!(Dataset::parse("é").is_ok());
+        assert!(Dataset::parse("ldaé").is_ok());
+        assert!(Dataset::parse("ßßßßßß").is_ok());
     }
 }

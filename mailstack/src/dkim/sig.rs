@@ -137,6 +137,15 @@ impl Signature {
             return Err(SigError("domain tag empty"));
         }
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // `d=.` is empty once its root dot is gone; `d=a@b` is no domain name: either would
+        // be looked up as a key and could never be written back into a signature.
+        if domain.is_empty()
+            || domain.starts_with('.')
+            || domain.contains("..")
+            || domain.contains(|c: char| c == '@' || c.is_ascii_whitespace() || c.is_control())
+        {
+            return Err(SigError("domain tag is not a domain name"));
+        }
         let headers: Vec<String> = get("h")
             .ok_or(SigError("header list missing"))?
             .split(':')
@@ -310,6 +319,11 @@ mod tests {
             "invalid domain coverage"
         );
         assert_eq!(e(b"v=1; v=1"), "duplicate tag");
+        // Found by fuzzing: a root-only or non-domain d= is refused.
+        for d in ["d=.", "d=..", "d=a@b.example", "d=a..b", "d=.a.example"] {
+            let v = format!("v=1; a=rsa-sha256; b=AAAA; bh=AAAA; {d}; h=From; s=x");
+            assert_eq!(e(v.as_bytes()), "domain tag is not a domain name", "{d}");
+        }
     }
 
     #[test]

@@ -115,30 +115,12 @@ impl HostPattern {
     pub fn matches(&self, ip: Option<IpAddr>, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         match self {
-            Self::Net(net, bits) => ip.is_some_and(|ip| in_net(*net, *bits, ip)),
+            Self::Net(net, bits) => ip.is_some_and(|ip| crate::ipnet::contains(*net, *bits, ip)),
             Self::Name(n) => *n == host,
             Self::Suffix(d) => host
                 .strip_suffix(d.as_str())
                 .is_some_and(|rest| rest.ends_with('.')),
         }
-    }
-}
-
-fn in_net(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
     }
 }
 
@@ -479,6 +461,19 @@ mod tests {
         assert!(c.ignores_host(Some("127.0.0.1".parse().unwrap()), "x"));
         assert!(!c.ignores_host(Some("127.0.0.2".parse().unwrap()), "localhost"));
         assert_eq!(c.authserv_id(Some("mx.example")), "mx.example");
+    }
+
+    #[test]
+    fn ipv4_mapped_ignore_hosts_match_both_spellings() {
+        // Found by fuzzing: a `::ffff:a.b.c.d` entry never matched (the client is compared
+        // as IPv4); both spellings are one address now.
+        let ip = |s: &str| Some(s.parse().unwrap());
+        let p = HostPattern::parse("::ffff:192.0.2.1").unwrap();
+        assert!(p.matches(ip("192.0.2.1"), ""));
+        assert!(p.matches(ip("::ffff:192.0.2.1"), ""));
+        assert!(!p.matches(ip("192.0.2.2"), ""));
+        let p = HostPattern::parse("192.0.2.0/24").unwrap();
+        assert!(p.matches(ip("::ffff:192.0.2.200"), ""));
     }
 
     #[test]

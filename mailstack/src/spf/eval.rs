@@ -1,7 +1,7 @@
 //! The check_host() engine (RFC 7208 §4, §5, §6, §4.6.4 limits).
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use super::macros::{self, MacroValues};
@@ -402,19 +402,7 @@ impl Session<'_> {
     }
 }
 
-fn in_net4(ip: Ipv4Addr, net: Ipv4Addr, cidr: u8) -> bool {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(cidr.min(32)))
-        .unwrap_or(0);
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
-fn in_net6(ip: Ipv6Addr, net: Ipv6Addr, cidr: u8) -> bool {
-    let mask = u128::MAX
-        .checked_shl(128 - u32::from(cidr.min(128)))
-        .unwrap_or(0);
-    u128::from(ip) & mask == u128::from(net) & mask
-}
+use crate::ipnet::{v4_in as in_net4, v6_in as in_net6};
 
 #[cfg(test)]
 mod tests {
@@ -422,6 +410,7 @@ mod tests {
 
     #[test]
     fn networks() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
         let ip: Ipv4Addr = "192.0.2.77".parse().unwrap();
         assert!(in_net4(ip, "192.0.2.0".parse().unwrap(), 24));
         assert!(in_net4(ip, "10.0.0.0".parse().unwrap(), 0));
