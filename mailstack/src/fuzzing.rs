@@ -49,22 +49,13 @@ pub fn dkim_signature(data: &[u8]) {
     let Ok(sig) = Signature::parse(data) else {
         return;
     };
-    // Known and reported to the DKIM module: `d=.` (or `d=..`) passes the "domain tag
-    // empty" check before its trailing dots are removed, leaving an empty domain that would
-    // be refused if written out. Remove this once `Signature::parse` refuses it.
-    if sig.domain.is_empty() {
-        return;
-    }
     let bh = base64::engine::general_purpose::STANDARD.encode(&sig.bh);
     let unsigned = Unsigned {
         algorithm: sig.algorithm,
         canon: sig.canon,
         domain: &sig.domain,
         selector: &sig.selector,
-        // The default `i=` is left out: `Signature::parse` does not check that `d=` is a
-        // domain name, so for `d=a@b.example` the default `i=@a@b.example` is accepted
-        // but would be refused ("invalid domain coverage") if written out.
-        identity: (sig.identity != format!("@{}", sig.domain)).then_some(sig.identity.as_str()),
+        identity: Some(&sig.identity),
         timestamp: sig.timestamp.unwrap_or(0),
         expiration: sig.expiration,
         length: sig.length,
@@ -475,13 +466,7 @@ pub fn dkim_dataset(data: &[u8]) {
             let _ = p.matches(ip, key);
         }
         let bare = line.trim().trim_start_matches('[').trim_end_matches(']');
-        // Known and reported to the DMARC module: an IPv4-mapped IPv6 entry
-        // (`::ffff:192.0.2.1`) never matches, as the client address is compared as IPv4
-        // but the entry is not. Remove the exception once `HostPattern` maps both.
-        let mapped = |ip: &IpAddr| matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
-        if let Ok(ip) = bare.parse::<IpAddr>()
-            && !mapped(&ip)
-        {
+        if let Ok(ip) = bare.parse::<IpAddr>() {
             assert!(p.matches(Some(ip), ""), "{line:?} does not match itself");
         }
     }

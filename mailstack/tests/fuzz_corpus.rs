@@ -93,6 +93,10 @@ fn dkim_signature_corpus_replays_and_keeps_meaning() {
     assert_eq!(s.headers[0], "Received");
     let e = Signature::parse(&seed("dkim_signature", "bad_identity_domain")).unwrap_err();
     assert_eq!(e.0, "invalid domain coverage");
+    for name in ["bad_at_in_domain", "bad_empty_domain_dots"] {
+        let e = Signature::parse(&seed("dkim_signature", name)).unwrap_err();
+        assert_eq!(e.0, "domain tag is not a domain name", "{name}");
+    }
 }
 
 #[test]
@@ -265,6 +269,12 @@ fn dkim_dataset_corpus_replays_and_keeps_meaning() {
     assert!(peers.contains(Some([192, 0, 2, 77].into()), "x"));
     assert!(!peers.contains(Some([192, 0, 2, 1].into()), "x"));
     assert!(peers.contains(None, "a.example.com"));
+    assert!(!peers.contains(Some([198, 51, 100, 1].into()), "x"));
+    // An IPv4-mapped entry is the IPv4 address (once an overflow that matched everything).
+    let text = String::from_utf8(seed("dkim_dataset", "mapped_peer")).unwrap();
+    let peers = PeerList::from_dataset(&Dataset::parse_lines(&text, false)).unwrap();
+    assert!(peers.contains(Some([192, 0, 2, 1].into()), "x"));
+    assert!(peers.contains(Some([192, 0, 2, 7].into()), "x"));
     assert!(!peers.contains(Some([198, 51, 100, 1].into()), "x"));
 }
 
