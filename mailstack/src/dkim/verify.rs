@@ -237,12 +237,12 @@ async fn verify_one(
     use DkimResult::{Fail, PermError, Policy, TempError};
     use FailureClass::{BadSignature, DnsError as Dns, KeyNotFound};
     if let Some(x) = s.expiration
-        && x + opts.clock_drift < now
+        && x.saturating_add(opts.clock_drift) < now
     {
         return failed(Some(s), Fail, "signature expired", BadSignature);
     }
     if let Some(t) = s.timestamp
-        && t > now + opts.clock_drift
+        && t > now.saturating_add(opts.clock_drift)
     {
         return failed(
             Some(s),
