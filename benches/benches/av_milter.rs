@@ -3,7 +3,7 @@
 //! `clamav-milter` 1.4.6, both in front of the same private clamd (signature database written
 //! here: EICAR; `DisableCache yes` so repeated messages are really scanned), with the same
 //! clamav-milter.conf options, driven by our milter client over unix sockets: 4 concurrent
-//! connections, one milter connection per message (as Postfix does for one message per SMTP
+//! connections (`AV_BENCH_CONNECTIONS`), one milter connection per message (as Postfix does for one message per SMTP
 //! session), clean 5 KB and 100 KB messages. Prints messages per second, the milter's CPU per
 //! message and clamd's, the ratios, and each milter's peak RSS.
 //!
@@ -28,7 +28,14 @@ use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve};
 use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
 
-const CONNECTIONS: usize = 4;
+/// Concurrent client connections (`AV_BENCH_CONNECTIONS`, default 4).
+fn connections() -> usize {
+    std::env::var("AV_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4)
+}
 const CHILD_ENV: &str = "AV_BENCH_SERVE";
 const CLAMD: &str = "/usr/sbin/clamd";
 const CLAMAV_MILTER: &str = "/usr/sbin/clamav-milter";
@@ -118,7 +125,8 @@ fn main() {
     ];
 
     println!(
-        "AV milter throughput: {CONNECTIONS} connections, unix sockets, same clamd (cache off), {n} messages per run"
+        "AV milter throughput: {} connections, unix sockets, same clamd (cache off), {n} messages per run",
+        connections()
     );
     println!(
         "{:<16} {:>10} {:>10} {:>7} {:>11} {:>11} {:>7} {:>11} {:>11}",
@@ -243,7 +251,7 @@ struct Figures {
 fn measure(milter: &Server, clamd_pid: u32, msg: &[u8], count: usize) -> Figures {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let msg: Arc<[u8]> = msg.into();
-    rt.block_on(run_clients(&milter.socket, &msg, CONNECTIONS * 5));
+    rt.block_on(run_clients(&milter.socket, &msg, connections() * 5));
     let (cpu0, clamd0) = (cpu_seconds(milter.child.id()), cpu_seconds(clamd_pid));
     let t0 = Instant::now();
     rt.block_on(run_clients(&milter.socket, &msg, count));
@@ -259,8 +267,9 @@ fn measure(milter: &Server, clamd_pid: u32, msg: &[u8], count: usize) -> Figures
 
 async fn run_clients(socket: &SocketSpec, msg: &Arc<[u8]>, count: usize) {
     let mut tasks = Vec::new();
-    for i in 0..CONNECTIONS {
-        let share = count / CONNECTIONS + usize::from(i < count % CONNECTIONS);
+    let conns = connections();
+    for i in 0..conns {
+        let share = count / conns + usize::from(i < count % conns);
         let (socket, msg) = (socket.clone(), Arc::clone(msg));
         tasks.push(tokio::spawn(async move {
             let conn = Connection::default();
