@@ -295,6 +295,8 @@ impl Client {
     pub async fn stats(&self) -> Result<String, ClamdError> {
         let mut c = self.connect().await?;
         c.max_reply = self.max_reply.saturating_mul(16);
+        // The reply spans several lines: only the `z` form ends it unambiguously.
+        c.style = Style::Nul;
         let r = c.command("STATS").await?;
         Ok(proto::parse_stats(&r)?)
     }
@@ -379,7 +381,7 @@ impl<S: ClamdStream> Connection<S> {
             stream,
             timeouts,
             max_reply,
-            style: Style::Nul,
+            style: Style::default(),
         }
     }
 

@@ -7,9 +7,11 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Style {
     /// `z` prefix, NUL-terminated (the style clamd's man page recommends).
-    #[default]
     Nul,
-    /// `n` prefix, newline-terminated.
+    /// `n` prefix, newline-terminated: what clamav-milter sends, and the default here. In
+    /// `benches/av_milter` clamd 1.4.6 spent about 0.2-0.4 ms more CPU per scan on the same
+    /// bytes when the command came in the `z` form (0.95 vs 0.56 ms per 5 KB message).
+    #[default]
     Newline,
 }
 
