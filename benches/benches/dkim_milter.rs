@@ -21,7 +21,7 @@ use bytes::Bytes;
 use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
 use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
-use mailstack_benches::{Figures, Server, cpu_seconds, median};
+use mailstack_benches::{Figures, Server, alternate, cpu_seconds, print_header, print_row};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::command::ConnAddr;
 use milter_proto::server::{ServerConfig, serve};
@@ -58,40 +58,17 @@ fn main() {
         "DKIM milter: {CONNECTIONS} connections, unix sockets, {n} messages of 5 KB per run, \
          RSA-2048 relaxed/simple, median of {ROUNDS} alternating runs"
     );
-    println!(
-        "{:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>12} {:>12} {:>6}",
-        "case",
-        "ours msg/s",
-        "ODK msg/s",
-        "ratio",
-        "ours msCPU",
-        "ODK msCPU",
-        "ours msg/cpus",
-        "ODK msg/cpus",
-        "ratio"
-    );
+    print_header("ODK");
     for (case, msg, ip) in [
         ("sign", &plain, "127.0.0.1"),
         ("verify", &signed, "192.0.2.1"),
     ] {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            a.push(measure(&ours, msg, ip, n));
-            b.push(measure(&odk, msg, ip, n));
-        }
-        let (a, b) = (median(a), median(b));
-        let (pa, pb) = (1000.0 / a.cpu_ms, 1000.0 / b.cpu_ms);
-        println!(
-            "{case:<8} {:>10.0} {:>10.0} {:>6.2} {:>10.3} {:>10.3} {:>12.0} {:>12.0} {:>6.2}",
-            a.rate,
-            b.rate,
-            a.rate / b.rate,
-            a.cpu_ms,
-            b.cpu_ms,
-            pa,
-            pb,
-            pa / pb
+        let (a, b) = alternate(
+            ROUNDS,
+            || measure(&ours, msg, ip, n),
+            || measure(&odk, msg, ip, n),
         );
+        print_row(case, a, b);
     }
     println!("(msCPU = milter process utime+stime per message; ratio = ours / OpenDKIM)");
     crypto_alone();

@@ -25,7 +25,7 @@ use std::time::Instant;
 use mailstack::dmarc::milter::DmarcMilter;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter};
 use mailstack::dns::HickoryResolver;
-use mailstack_benches::{Figures, Server, cpu_seconds, median};
+use mailstack_benches::{Figures, Server, alternate, cpu_seconds, print_header, print_row};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve};
@@ -76,37 +76,14 @@ fn main() {
         "DMARC milter: {CONNECTIONS} connections, unix sockets, {n} messages of 2 KB per run, \
          DNS in a netns (no cache), median of {ROUNDS} alternating runs"
     );
-    println!(
-        "{:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>13} {:>13} {:>6}",
-        "case",
-        "ours msg/s",
-        "ODM msg/s",
-        "ratio",
-        "ours msCPU",
-        "ODM msCPU",
-        "ours msg/cpus",
-        "ODM msg/cpus",
-        "ratio"
-    );
+    print_header("ODM");
     for (case, msg, accepted) in [("pass", &pass, true), ("reject", &fail, false)] {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            a.push(measure(&ours, msg, accepted, n));
-            b.push(measure(&odm, msg, accepted, n));
-        }
-        let (a, b) = (median(a), median(b));
-        let (pa, pb) = (1000.0 / a.cpu_ms, 1000.0 / b.cpu_ms);
-        println!(
-            "{case:<8} {:>10.0} {:>10.0} {:>6.2} {:>10.3} {:>10.3} {:>13.0} {:>13.0} {:>6.2}",
-            a.rate,
-            b.rate,
-            a.rate / b.rate,
-            a.cpu_ms,
-            b.cpu_ms,
-            pa,
-            pb,
-            pa / pb
+        let (a, b) = alternate(
+            ROUNDS,
+            || measure(&ours, msg, accepted, n),
+            || measure(&odm, msg, accepted, n),
         );
+        print_row(case, a, b);
     }
     println!("(msCPU = milter process utime+stime per message; ratio = ours / OpenDMARC)");
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use mailstack_benches::{Figures, Server, cpu_seconds, median};
+use mailstack_benches::{Figures, Server, alternate, cpu_seconds};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::command::Command as MilterCommand;
 use milter_proto::flags::{Actions, Protocol};
@@ -82,12 +82,11 @@ fn main() {
             let c_srv = spawn_c(&c_exe, tmp.path(), no_reply);
             // Alternate the two servers and keep the median of each: the machine is shared,
             // and load that comes and goes should not favour whichever ran first.
-            let (mut ours, mut c) = (Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                ours.push(measure(&ours_srv, &msg, count));
-                c.push(measure(&c_srv, &msg, count));
-            }
-            let (ours, c) = (median(ours), median(c));
+            let (ours, c) = alternate(
+                ROUNDS,
+                || measure(&ours_srv, &msg, count),
+                || measure(&c_srv, &msg, count),
+            );
             println!(
                 "{:<22} {:>10.0} {:>10.0} {:>7.2} {:>12.3} {:>12.3} {:>7.2}",
                 format!("{} KB{}", size / 1024, if no_reply { " NR_*" } else { "" }),

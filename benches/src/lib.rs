@@ -98,3 +98,51 @@ pub fn median(mut runs: Vec<Figures>) -> Figures {
         cpu_ms: runs[mid].cpu_ms,
     }
 }
+
+/// Measures ours and theirs alternately `rounds` times (so drift on a shared machine hits
+/// both alike) and returns the two medians.
+pub fn alternate(
+    rounds: usize,
+    mut ours: impl FnMut() -> Figures,
+    mut theirs: impl FnMut() -> Figures,
+) -> (Figures, Figures) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        a.push(ours());
+        b.push(theirs());
+    }
+    (median(a), median(b))
+}
+
+/// The header of the side-by-side table [`print_row`] fills; `theirs` names the other tool.
+pub fn print_header(theirs: &str) {
+    println!(
+        "{:<8} {:>10} {:>10} {:>6} {:>10} {:>10} {:>13} {:>13} {:>6}",
+        "case",
+        "ours msg/s",
+        format!("{theirs} msg/s"),
+        "ratio",
+        "ours msCPU",
+        format!("{theirs} msCPU"),
+        "ours msg/cpus",
+        format!("{theirs} msg/cpus"),
+        "ratio"
+    );
+}
+
+/// One row: messages per second, CPU milliseconds per message and messages per CPU second,
+/// ours and theirs, with the ratios ours / theirs.
+pub fn print_row(case: &str, ours: Figures, theirs: Figures) {
+    let (pa, pb) = (1000.0 / ours.cpu_ms, 1000.0 / theirs.cpu_ms);
+    println!(
+        "{case:<8} {:>10.0} {:>10.0} {:>6.2} {:>10.3} {:>10.3} {:>13.0} {:>13.0} {:>6.2}",
+        ours.rate,
+        theirs.rate,
+        ours.rate / theirs.rate,
+        ours.cpu_ms,
+        theirs.cpu_ms,
+        pa,
+        pb,
+        pa / pb
+    );
+}
