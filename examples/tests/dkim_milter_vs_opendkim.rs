@@ -15,6 +15,10 @@
 
 mod support;
 
+#[path = "../../mailstack/tests/data/dkim/corpus.rs"]
+mod dkim_corpus;
+
+use dkim_corpus::corpus;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,49 +66,6 @@ fn start_opendkim(conf: &Path, socket: &Path) -> OpenDkim {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("opendkim did not listen on {}", socket.display());
-}
-
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../mailstack/tests/data/dkim/corpus.txt"),
-    )
-    .unwrap();
-    let blocks: Vec<&str> = text.split("\n=== ").skip(1).collect();
-    let mut out = Vec::new();
-    for (i, block) in blocks.iter().enumerate() {
-        let (name, body) = block.split_once('\n').unwrap();
-        let body = if i + 1 < blocks.len() {
-            format!("{body}\n")
-        } else {
-            body.to_owned()
-        };
-        let msg = body
-            .replace("<SP>", " ")
-            .replace("<TAB>", "\t")
-            .replace('\n', "\r\n");
-        out.push((name.trim().to_owned(), unescape(&msg)));
-    }
-    out
-}
-
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && b.get(i + 1) == Some(&b'x')
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 fn connection(ip: &'static str) -> Connection {
