@@ -143,8 +143,16 @@ impl SmtpReply {
 }
 
 /// True for `d.d.d`-shaped words (digits and dots), which Postfix takes as a DSN.
+/// Whether Postfix reads `word` as an enhanced status code (its `dsn_valid()`: class 2, 4
+/// or 5, then `.` and 1 to 3 digits, twice). Anything else, `.` or `1.5` included, is text.
 fn looks_enhanced(word: &str) -> bool {
-    word.contains('.') && word.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    let digits = |s: &str| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = word.split('.');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some("2" | "4" | "5"), Some(subject), Some(detail), None)
+            if digits(subject) && digits(detail)
+    )
 }
 
 /// RFC 3463: `class "." subject "." detail`, class one digit equal to the SMTP code's class,

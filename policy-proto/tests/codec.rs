@@ -433,3 +433,21 @@ fn replies_keep_a_checked_spelling_or_name_a_restriction_class() {
     }
     assert_eq!(Reply::from(Action::Dunno).as_str(), "DUNNO");
 }
+
+/// Found by the proptest: reply text such as `.` or `1.5` was taken for an enhanced status
+/// code and refused. Postfix takes only `class.subject.detail` (class 2, 4 or 5, 1 to 3 digits
+/// each) as one; anything else is text.
+#[test]
+fn only_postfix_shaped_enhanced_codes_are_taken_out_of_the_text() {
+    for text in [".", "1.5", "9.9.9 text", "5.7", "5.7.1.2"] {
+        let a = Action::smtp(550, None, text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let mut wire = BytesMut::new();
+        a.encode(&mut wire);
+        assert_eq!(&wire[..], format!("action=550 {text}\n\n").as_bytes());
+    }
+    let mut wire = BytesMut::new();
+    Action::smtp(550, None, "5.7.1 go away").unwrap().encode(&mut wire);
+    assert_eq!(&wire[..], b"action=550 5.7.1 go away\n\n");
+    assert!(Action::smtp(550, None, "5.7.1").is_err(), "a code alone is no text");
+    assert!(Action::smtp(450, None, "4.7.1").is_err());
+}
