@@ -446,8 +446,13 @@ fn only_postfix_shaped_enhanced_codes_are_taken_out_of_the_text() {
         assert_eq!(&wire[..], format!("action=550 {text}\n\n").as_bytes());
     }
     let mut wire = BytesMut::new();
-    Action::smtp(550, None, "5.7.1 go away").unwrap().encode(&mut wire);
+    Action::smtp(550, None, "5.7.1 go away")
+        .unwrap()
+        .encode(&mut wire);
     assert_eq!(&wire[..], b"action=550 5.7.1 go away\n\n");
-    assert!(Action::smtp(550, None, "5.7.1").is_err(), "a code alone is no text");
+    assert!(
+        Action::smtp(550, None, "5.7.1").is_err(),
+        "a code alone is no text"
+    );
     assert!(Action::smtp(450, None, "4.7.1").is_err());
 }
