@@ -10,6 +10,7 @@
 //! - [`av`]: clamav-milter's configuration and decisions over [`clamd`].
 //! - [`dmarc`]: DMARC evaluation and enforcement, a drop-in for OpenDMARC (milter handler included).
 //! - [`dkim`]: DKIM signing and verification with OpenDKIM's configuration, and its milter.
+//! - [`filter`]: the one shape every filter has, the milter adapter over it, the verdict table.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 
 pub mod auth_results;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod dkim;
 pub mod dmarc;
 pub mod dns;
+pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ipnet;

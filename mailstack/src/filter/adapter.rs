@@ -1,0 +1,357 @@
+//! Any [`Filter`] as a milter handler, and the one verdict-to-reply table.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use milter_proto::command::ConnAddr;
+use milter_proto::flags::Protocol;
+use milter_proto::macros::stage;
+use milter_proto::negotiate;
+use milter_proto::server::{Context, Decision, Handler};
+
+use super::{
+    Action, ClientAddr, Connection, EndOfMessage, Envelope, Fallback, Filter, Flow, Modification,
+    Needs, Start, Verdict,
+};
+use crate::dkim::canon::Header;
+
+/// Macros the adapter itself reads: `j` (the MTA's name) at CONNECT, `i` (queue id) and
+/// `{auth_authen}` (SMTP AUTH login) at MAIL, `i` again at end of message (Postfix assigns
+/// the queue id late with `smtpd_delay_open_until_valid_rcpt`).
+const OWN_MACROS: [(u32, &str); 3] = [
+    (stage::CONNECT, "j"),
+    (stage::ENVFROM, "i {auth_authen}"),
+    (stage::EOM, "i"),
+];
+
+/// One MTA connection served by filter `F` (see [`Milter::factory`] for
+/// `milter_proto::server::serve`).
+pub struct Milter<F: Filter> {
+    filter: Arc<F>,
+    conn: Connection,
+    env: Envelope,
+    msg: Option<F::Message>,
+}
+
+impl<F: Filter> std::fmt::Debug for Milter<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Milter")
+            .field("conn", &self.conn)
+            .field("env", &self.env)
+            .field("in_message", &self.msg.is_some())
+            .finish()
+    }
+}
+
+impl<F: Filter> Milter<F> {
+    /// A handler for one connection over the shared `filter`.
+    pub fn new(filter: Arc<F>) -> Self {
+        Self {
+            filter,
+            conn: Connection::default(),
+            env: Envelope::default(),
+            msg: None,
+        }
+    }
+
+    /// A handler factory for `milter_proto::server::serve`.
+    pub fn factory(filter: Arc<F>) -> impl Fn() -> Self + Send + Sync + 'static {
+        move || Self::new(filter.clone())
+    }
+}
+
+/// The milter negotiation for a filter's [`Needs`]: exact header bytes (`HDR_LEADSPC`), no
+/// UNKNOWN or DATA events, header, end-of-header and body events without a reply, and the
+/// stages the filter does not read switched off.
+pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
+    let mut protocol = Protocol::HDR_LEADSPC
+        | Protocol::NOUNKNOWN
+        | Protocol::NODATA
+        | Protocol::NR_HDR
+        | Protocol::NR_EOH
+        | Protocol::NR_BODY;
+    if !n.headers {
+        protocol |= Protocol::NOHDRS;
+    }
+    if !n.body {
+        protocol |= Protocol::NOBODY;
+    }
+    if !n.rcpts && !n.early_reply {
+        protocol |= Protocol::NR_RCPT;
+    }
+    let mut per_stage: Vec<(u32, Vec<&str>)> = Vec::new();
+    for (st, names) in OWN_MACROS.iter().copied().chain(n.macros.iter().copied()) {
+        let at = match per_stage.iter().position(|(s, _)| *s == st) {
+            Some(i) => i,
+            None => {
+                per_stage.push((st, Vec::new()));
+                per_stage.len() - 1
+            }
+        };
+        if let Some((_, list)) = per_stage.get_mut(at) {
+            for name in names.split_whitespace() {
+                if !list.contains(&name) {
+                    list.push(name);
+                }
+            }
+        }
+    }
+    negotiate::Needs {
+        actions: n.actions,
+        protocol,
+        macros: per_stage
+            .into_iter()
+            .map(|(s, l)| (s, Bytes::from(l.join(" "))))
+            .collect(),
+        required_actions: n.required_actions,
+        ..negotiate::Needs::default()
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn macro_text(ctx: &Context, name: &str) -> Option<String> {
+    ctx.macro_value(name).map(|v| lossy(v)).filter(|v| !v.is_empty())
+}
+
+/// The client address from CONNECT: an Inet address that does not parse is
+/// [`ClientAddr::Unparsed`], never local.
+pub(crate) fn client_addr(addr: &ConnAddr) -> ClientAddr {
+    match addr {
+        ConnAddr::Inet { address, .. } | ConnAddr::Inet6 { address, .. } => {
+            let text = lossy(address);
+            match text.trim_start_matches("IPv6:").parse::<IpAddr>() {
+                Ok(ip) => ClientAddr::Ip(ip.to_canonical()),
+                Err(_) => ClientAddr::Unparsed(text),
+            }
+        }
+        _ => ClientAddr::Local,
+    }
+}
+
+/// An action as the reply to a stage before end of message. Quarantine is only possible
+/// at end of message: earlier it continues.
+fn early_decision(action: Action) -> Decision {
+    match action {
+        Action::Accept => Decision::Accept,
+        Action::Reject(Some(r)) => Decision::ReplyCode(Bytes::from(r)),
+        Action::Reject(None) => Decision::Reject,
+        Action::Tempfail(Some(r)) => Decision::ReplyCode(Bytes::from(r)),
+        Action::Tempfail(None) => Decision::Tempfail,
+        Action::Discard => Decision::Discard,
+        Action::Quarantine { .. } => Decision::Continue,
+    }
+}
+
+fn flow_decision(flow: Flow) -> Decision {
+    match flow {
+        Flow::Continue => Decision::Continue,
+        Flow::Skip => Decision::Accept,
+        Flow::Stop(a) => early_decision(a),
+    }
+}
+
+/// The verdict-to-milter table, used by every daemon:
+///
+/// | action | reply | modifications |
+/// |---|---|---|
+/// | accept | ACCEPT | applied in order |
+/// | quarantine | QUARANTINE, then ACCEPT | applied; without the QUARANTINE action granted, [`Fallback`] decides (AV: tempfail, never delivered unchecked) |
+/// | reject | REPLYCODE with the text, or REJECT | none |
+/// | tempfail | REPLYCODE with the text, or TEMPFAIL | none |
+/// | discard | DISCARD | none |
+///
+/// Values get their leading space when `SMFIP_HDR_LEADSPC` was negotiated; an
+/// [`Modification::AuthResults`] is inserted at the top.
+pub fn apply(ctx: &mut Context, verdict: Verdict) -> Decision {
+    let Verdict {
+        action,
+        modifications,
+        ..
+    } = verdict;
+    match action {
+        Action::Quarantine { reason, fallback } => {
+            if let Err(e) = ctx.quarantine(&reason) {
+                match fallback {
+                    Fallback::Accept => tracing::warn!("cannot quarantine ({e}); delivering"),
+                    Fallback::Tempfail => {
+                        tracing::warn!("cannot quarantine ({e}); tempfail instead");
+                        return Decision::ReplyCode(Bytes::from_static(
+                            b"451 4.7.1 message held for review could not be quarantined",
+                        ));
+                    }
+                    Fallback::Reject => {
+                        tracing::warn!("cannot quarantine ({e}); rejecting instead");
+                        return Decision::Reject;
+                    }
+                }
+            }
+        }
+        Action::Accept => {}
+        other => return early_decision(other),
+    }
+    let lead = if ctx.negotiated().protocol.contains(Protocol::HDR_LEADSPC) {
+        " "
+    } else {
+        ""
+    };
+    for m in modifications {
+        let r = match &m {
+            Modification::Insert { index, name, value } => {
+                ctx.insert_header(*index, name, &format!("{lead}{value}"))
+            }
+            Modification::Append { name, value } => ctx.add_header(name, &format!("{lead}{value}")),
+            Modification::Delete { name, index } => ctx.delete_header(name, *index),
+            Modification::AuthResults(value) => {
+                ctx.insert_header(0, "Authentication-Results", &format!("{lead}{value}"))
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!("cannot apply {m:?}: {e}");
+        }
+    }
+    Decision::Accept
+}
+
+#[async_trait::async_trait]
+impl<F: Filter> Handler for Milter<F> {
+    fn needs(&self) -> negotiate::Needs {
+        milter_needs(&self.filter.needs())
+    }
+
+    async fn connect(&mut self, ctx: &mut Context, hostname: &[u8], addr: &ConnAddr) -> Decision {
+        self.conn = Connection::new(lossy(hostname), client_addr(addr));
+        self.conn.mta_name = macro_text(ctx, "j");
+        flow_decision(self.filter.connect(&self.conn))
+    }
+
+    async fn helo(&mut self, _ctx: &mut Context, helo: &[u8]) -> Decision {
+        self.conn.helo = lossy(helo);
+        flow_decision(self.filter.helo(&self.conn).await)
+    }
+
+    async fn mail(&mut self, ctx: &mut Context, sender: &[u8], _args: &[Bytes]) -> Decision {
+        self.env = Envelope::new(&lossy(sender));
+        self.env.auth_login = macro_text(ctx, "{auth_authen}");
+        self.env.queue_id = macro_text(ctx, "i");
+        if self.conn.mta_name.is_none() {
+            self.conn.mta_name = macro_text(ctx, "j");
+        }
+        match self.filter.mail(&self.conn, &self.env).await {
+            Start::Message(m) => {
+                self.msg = Some(m);
+                Decision::Continue
+            }
+            Start::Skip => {
+                self.msg = None;
+                Decision::Accept
+            }
+            Start::Stop(a) => {
+                self.msg = None;
+                early_decision(a)
+            }
+        }
+    }
+
+    async fn rcpt(&mut self, _ctx: &mut Context, rcpt: &[u8], _args: &[Bytes]) -> Decision {
+        let rcpt = lossy(rcpt);
+        self.env.add_rcpt(&rcpt);
+        match &mut self.msg {
+            Some(m) => flow_decision(self.filter.rcpt(m, super::unbracket(&rcpt))),
+            None => Decision::Continue,
+        }
+    }
+
+    async fn header(&mut self, ctx: &mut Context, name: &[u8], value: &[u8]) -> Decision {
+        if let Some(m) = &mut self.msg {
+            let leadspc = ctx.negotiated().protocol.contains(Protocol::HDR_LEADSPC);
+            let h = Header::from_milter(name, value, leadspc);
+            self.filter.header(m, &h).await;
+        }
+        Decision::Continue
+    }
+
+    async fn eoh(&mut self, _ctx: &mut Context) -> Decision {
+        if let Some(m) = &mut self.msg {
+            self.filter
+                .end_of_headers(m, &self.conn, &self.env)
+                .await;
+        }
+        Decision::Continue
+    }
+
+    async fn body(&mut self, _ctx: &mut Context, chunk: &Bytes) -> Decision {
+        if let Some(m) = &mut self.msg {
+            self.filter.body(m, chunk).await;
+        }
+        Decision::Continue
+    }
+
+    async fn eom(&mut self, ctx: &mut Context) -> Decision {
+        let Some(m) = self.msg.take() else {
+            return Decision::Accept;
+        };
+        if let Some(q) = macro_text(ctx, "i") {
+            self.env.queue_id = Some(q);
+        }
+        let facts = super::AuthFacts::default();
+        let eom = EndOfMessage {
+            conn: &self.conn,
+            env: &self.env,
+            facts: &facts,
+            leadspc: ctx.negotiated().protocol.contains(Protocol::HDR_LEADSPC),
+        };
+        let verdict = self.filter.end_of_message(m, &eom).await;
+        apply(ctx, verdict)
+    }
+
+    async fn abort(&mut self, _ctx: &mut Context) {
+        self.msg = None;
+        self.env = Envelope::default();
+    }
+
+    async fn close(&mut self, _ctx: &mut Context) {
+        self.msg = None;
+        self.env = Envelope::default();
+        self.conn = Connection::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unparsed_inet_addresses_are_not_local() {
+        let a = ConnAddr::Inet {
+            port: 25,
+            address: Bytes::from_static(b"not-an-ip"),
+        };
+        assert_eq!(client_addr(&a), ClientAddr::Unparsed("not-an-ip".into()));
+        let a = ConnAddr::Inet6 {
+            port: 25,
+            address: Bytes::from_static(b"IPv6:::ffff:192.0.2.1"),
+        };
+        assert_eq!(client_addr(&a), ClientAddr::Ip("192.0.2.1".parse().unwrap()));
+        assert_eq!(client_addr(&ConnAddr::Unknown), ClientAddr::Local);
+    }
+
+    #[test]
+    fn needs_merge_macros_per_stage_and_switch_off_unread_stages() {
+        let n = Needs {
+            macros: vec![(stage::ENVFROM, "{auth_type} i"), (stage::EOM, "i")],
+            headers: true,
+            ..Needs::default()
+        };
+        let m = milter_needs(&n);
+        assert!(m.protocol.contains(Protocol::NOBODY));
+        assert!(!m.protocol.contains(Protocol::NOHDRS));
+        let envfrom = m.macros.iter().find(|(s, _)| *s == stage::ENVFROM).unwrap();
+        assert_eq!(&envfrom.1[..], b"i {auth_authen} {auth_type}");
+        let eom = m.macros.iter().find(|(s, _)| *s == stage::EOM).unwrap();
+        assert_eq!(&eom.1[..], b"i");
+    }
+}
