@@ -155,6 +155,49 @@ impl AuthResults {
     }
 }
 
+/// The authserv-id an `Authentication-Results` value claims (RFC 8601 §2.2), read past
+/// comments (nested, with quoted pairs), folding and white space, and without a trailing
+/// `version` number: `(x) mx.example.org 1 ; ...` → `mx.example.org`. `None` when there is no
+/// id before the first `;` (or the value ends inside a comment).
+pub fn authserv_id(value: &[u8]) -> Option<&[u8]> {
+    let mut i = 0;
+    let mut depth = 0usize;
+    let mut start = None;
+    while let Some(&c) = value.get(i) {
+        match (depth, c) {
+            (_, b'\\') if depth > 0 => i += 1,
+            (_, b'(') => depth += 1,
+            (d, b')') if d > 0 => depth -= 1,
+            (0, b';') => break,
+            (0, c) if start.is_none() && !c.is_ascii_whitespace() => start = Some(i),
+            (0, c) if start.is_some() && (c.is_ascii_whitespace() || c == b'(') => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    let begin = start?;
+    let mut end = begin;
+    while value
+        .get(end)
+        .is_some_and(|c| !c.is_ascii_whitespace() && !matches!(c, b';' | b'('))
+    {
+        end += 1;
+    }
+    let id = value.get(begin..end)?;
+    let id = id
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(id);
+    (!id.is_empty()).then_some(id)
+}
+
+/// Whether an `Authentication-Results` value claims to come from `our_id` (compared without
+/// case), whatever its methods, comments or folding: such a field arriving from outside is
+/// forged and every filter removes it before anything reads it.
+pub fn claims_authserv_id(value: &[u8], our_id: &str) -> bool {
+    authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(our_id.as_bytes()))
+}
+
 /// Removes what would end a comment or break the header.
 fn sanitize_comment(s: &str) -> String {
     s.chars()
@@ -225,5 +268,37 @@ mod tests {
             ar.to_single_line(),
             "h; spf=fail reason=\"bad xthing\" smtp.mailfrom=\"a b\""
         );
+    }
+
+    #[test]
+    fn authserv_id_past_comments_folding_and_version() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b" mx.example.org; spf=pass", Some(b"mx.example.org")),
+            (b"mx.example.org;dkim=pass", Some(b"mx.example.org")),
+            (
+                b" (forged (nested) \\) x) MX.Example.ORG 1; dkim=pass",
+                Some(b"MX.Example.ORG"),
+            ),
+            (
+                b"\r\n\tmx.example.org\r\n\t;\r\n\tspf=pass",
+                Some(b"mx.example.org"),
+            ),
+            (b" mx.example.org(c); none", Some(b"mx.example.org")),
+            (b" \"mx.example.org\"; none", Some(b"mx.example.org")),
+            (b" ; spf=pass", None),
+            (b" (unterminated mx.example.org; spf=pass", None),
+            (b"", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(authserv_id(v), *want, "{:?}", String::from_utf8_lossy(v));
+        }
+        assert!(claims_authserv_id(
+            b" (x) mx.EXAMPLE.org; spf=pass",
+            "mx.example.org"
+        ));
+        assert!(!claims_authserv_id(
+            b" mx.example.org.evil; spf=pass",
+            "mx.example.org"
+        ));
     }
 }

@@ -69,7 +69,6 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
         | Protocol::NOUNKNOWN
         | Protocol::NODATA
         | Protocol::NR_HDR
-        | Protocol::NR_EOH
         | Protocol::NR_BODY;
     if !n.headers {
         protocol |= Protocol::NOHDRS;
@@ -77,8 +76,11 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
     if !n.body {
         protocol |= Protocol::NOBODY;
     }
-    if !n.rcpts && !n.early_reply {
-        protocol |= Protocol::NR_RCPT;
+    if !n.early_reply {
+        protocol |= Protocol::NR_EOH;
+        if !n.rcpts {
+            protocol |= Protocol::NR_RCPT;
+        }
     }
     let mut per_stage: Vec<(u32, Vec<&str>)> = Vec::new();
     for (st, names) in OWN_MACROS.iter().copied().chain(n.macros.iter().copied()) {
@@ -114,7 +116,9 @@ fn lossy(b: &[u8]) -> String {
 }
 
 fn macro_text(ctx: &Context, name: &str) -> Option<String> {
-    ctx.macro_value(name).map(|v| lossy(v)).filter(|v| !v.is_empty())
+    ctx.macro_value(name)
+        .map(|v| lossy(v))
+        .filter(|v| !v.is_empty())
 }
 
 /// The client address from CONNECT: an Inet address that does not parse is
@@ -275,12 +279,17 @@ impl<F: Filter> Handler for Milter<F> {
     }
 
     async fn eoh(&mut self, _ctx: &mut Context) -> Decision {
-        if let Some(m) = &mut self.msg {
-            self.filter
-                .end_of_headers(m, &self.conn, &self.env)
-                .await;
+        match &mut self.msg {
+            Some(m) => match self.filter.end_of_headers(m, &self.conn, &self.env).await {
+                Flow::Skip => Decision::Continue,
+                Flow::Stop(a) => {
+                    self.msg = None;
+                    early_decision(a)
+                }
+                Flow::Continue => Decision::Continue,
+            },
+            None => Decision::Continue,
         }
-        Decision::Continue
     }
 
     async fn body(&mut self, _ctx: &mut Context, chunk: &Bytes) -> Decision {
@@ -335,7 +344,10 @@ mod tests {
             port: 25,
             address: Bytes::from_static(b"IPv6:::ffff:192.0.2.1"),
         };
-        assert_eq!(client_addr(&a), ClientAddr::Ip("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            client_addr(&a),
+            ClientAddr::Ip("192.0.2.1".parse().unwrap())
+        );
         assert_eq!(client_addr(&ConnAddr::Unknown), ClientAddr::Local);
     }
 

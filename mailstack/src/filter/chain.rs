@@ -98,20 +98,31 @@ impl<A: Filter, B: Filter> Filter for Chain<A, B> {
         );
     }
 
-    async fn end_of_headers(&self, msg: &mut Self::Message, conn: &Connection, env: &Envelope) {
+    async fn end_of_headers(
+        &self,
+        msg: &mut Self::Message,
+        conn: &Connection,
+        env: &Envelope,
+    ) -> Flow {
         let (a, b) = (&mut msg.0, &mut msg.1);
-        tokio::join!(
+        let (fa, fb) = tokio::join!(
             async {
-                if let Some(m) = a {
-                    self.first.end_of_headers(m, conn, env).await;
+                match a {
+                    Some(m) => self.first.end_of_headers(m, conn, env).await,
+                    None => Flow::Skip,
                 }
             },
             async {
-                if let Some(m) = b {
-                    self.second.end_of_headers(m, conn, env).await;
+                match b {
+                    Some(m) => self.second.end_of_headers(m, conn, env).await,
+                    None => Flow::Skip,
                 }
             }
         );
+        match both(fa, fb) {
+            Flow::Skip => Flow::Continue,
+            f => f,
+        }
     }
 
     async fn body(&self, msg: &mut Self::Message, chunk: &[u8]) {

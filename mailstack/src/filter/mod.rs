@@ -159,7 +159,7 @@ pub struct Needs {
     pub body: bool,
     /// Whether it reads recipients.
     pub rcpts: bool,
-    /// Whether it may stop a message before end of message (at MAIL or RCPT).
+    /// Whether it may stop a message before end of message (at MAIL, RCPT or end of headers).
     pub early_reply: bool,
 }
 
@@ -408,8 +408,15 @@ pub trait Filter: Send + Sync + 'static {
     /// One header field.
     async fn header(&self, _msg: &mut Self::Message, _header: &Header) {}
 
-    /// The end of the header block.
-    async fn end_of_headers(&self, _msg: &mut Self::Message, _conn: &Connection, _env: &Envelope) {
+    /// The end of the header block. A filter that may answer here (OpenDKIM rejects a
+    /// malformed signature at end of headers) says so with [`Needs::early_reply`].
+    async fn end_of_headers(
+        &self,
+        _msg: &mut Self::Message,
+        _conn: &Connection,
+        _env: &Envelope,
+    ) -> Flow {
+        Flow::Continue
     }
 
     /// One body chunk (CRLF line ends).
@@ -456,9 +463,15 @@ impl<F: Filter> Filter for Option<F> {
         }
     }
 
-    async fn end_of_headers(&self, msg: &mut Self::Message, conn: &Connection, env: &Envelope) {
-        if let Some(f) = self {
-            f.end_of_headers(msg, conn, env).await;
+    async fn end_of_headers(
+        &self,
+        msg: &mut Self::Message,
+        conn: &Connection,
+        env: &Envelope,
+    ) -> Flow {
+        match self {
+            Some(f) => f.end_of_headers(msg, conn, env).await,
+            None => Flow::Continue,
         }
     }
 
