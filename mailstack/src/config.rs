@@ -79,24 +79,29 @@ pub struct ConfigFile {
     pub entries: Vec<Entry>,
 }
 
+/// Reads a configuration file of at most [`MAX_CONFIG_FILE`] bytes as text (invalid UTF-8
+/// replaced).
+pub fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_CONFIG_FILE {
+        return Err(ConfigError::at(
+            path,
+            0,
+            format_args!("file is {len} bytes, larger than the {MAX_CONFIG_FILE} accepted"),
+        ));
+    }
+    let text = std::fs::read(path).map_err(io)?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
 impl ConfigFile {
     /// Reads and splits `path`.
     pub fn read(path: &Path, syntax: Syntax) -> Result<Self, ConfigError> {
-        let io = |source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_CONFIG_FILE {
-            return Err(ConfigError::at(
-                path,
-                0,
-                format_args!("file is {len} bytes, larger than the {MAX_CONFIG_FILE} accepted"),
-            ));
-        }
-        let text = std::fs::read(path).map_err(io)?;
-        let text = String::from_utf8_lossy(&text);
-        Self::parse(path, &text, syntax)
+        Self::parse(path, &read_bounded(path)?, syntax)
     }
 
     /// Splits `text` as if read from `path`.

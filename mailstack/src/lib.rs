@@ -11,6 +11,7 @@
 //! - [`dmarc`]: DMARC evaluation and enforcement, a drop-in for OpenDMARC (milter handler included).
 //! - [`dkim`]: DKIM signing and verification with OpenDKIM's configuration, and its milter.
 //! - [`filter`]: the one shape every filter has, the milter adapter over it, the verdict table.
+//! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 
 pub mod auth_results;
@@ -26,3 +27,4 @@ pub mod fuzzing;
 mod ipnet;
 pub mod notify;
 pub mod spf;
+pub mod stack;

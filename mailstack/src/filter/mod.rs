@@ -26,6 +26,7 @@
 
 mod adapter;
 mod chain;
+pub mod offline;
 
 use std::net::IpAddr;
 

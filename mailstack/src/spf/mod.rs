@@ -51,6 +51,7 @@
 //! - [`policyd`]: the python-policyd-spf compatible policy service.
 
 mod eval;
+pub mod filter;
 mod header;
 mod macros;
 pub mod policyd;

@@ -147,6 +147,16 @@ impl SpfAction {
     }
 }
 
+/// The SPF checks one decision ran (none for a bypassed client: skip list, whitelists).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Checks {
+    /// The HELO identity's output, when it was checked.
+    pub helo: Option<SpfOutput>,
+    /// The MAIL FROM identity's output, when it was checked.
+    pub mail_from: Option<SpfOutput>,
+}
+
 /// The local-policy consequence of one result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
@@ -274,7 +284,7 @@ impl SpfPolicy {
             Some(SpfAction::Prepend(_)) => SpfAction::Dunno,
             Some(other) => other,
             None => {
-                let action = self.evaluate(req).await;
+                let action = self.evaluate(req, &mut Checks::default()).await;
                 if !req.instance.is_empty()
                     && let Ok(mut c) = self.instances.lock()
                 {
@@ -284,6 +294,18 @@ impl SpfPolicy {
             }
         };
         self.finish(action)
+    }
+
+    /// Decides one message's SPF without the `instance` cache (a milter asks once per
+    /// message) and returns the outputs of the checks that ran with the action, for
+    /// `Authentication-Results` and DMARC.
+    pub async fn decide_checked(&self, req: &SpfRequest) -> (SpfAction, Checks) {
+        if self.config.mock {
+            return (self.decide(req).await, Checks::default());
+        }
+        let mut seen = Checks::default();
+        let action = self.evaluate(req, &mut seen).await;
+        (self.finish(action), seen)
     }
 
     /// `TestOnly = 0`, `Prospective` and `Header_Type = None` turn some actions into `dunno`.
@@ -315,7 +337,7 @@ impl SpfPolicy {
         }
     }
 
-    async fn evaluate(&self, req: &SpfRequest) -> SpfAction {
+    async fn evaluate(&self, req: &SpfRequest, seen: &mut Checks) -> SpfAction {
         let ip_text = self
             .config
             .prospective
@@ -345,6 +367,7 @@ impl SpfPolicy {
         let mut helo_checked = None;
         if self.config.helo_reject != RejectPolicy::NoCheck {
             let out = self.check(false, ip, &helo, "").await;
+            seen.helo = Some(out.clone());
             let null_only = self.config.helo_reject == RejectPolicy::Null && !req.sender.is_empty();
             let c = self.judge(out, false, &helo, null_only, |out, reason| {
                 self.header_helo(out, reason, &ip_text, &helo, header_sender, &receiver)
@@ -371,6 +394,7 @@ impl SpfPolicy {
             };
         }
         let out = self.check(true, ip, &helo, &req.sender).await;
+        seen.mail_from = Some(out.clone());
         let domain = sender_domain.unwrap_or_default();
         let c = self.judge(out, true, &domain, false, |out, _| {
             self.header_mail_from(out, &ip_text, &helo, &req.sender, &receiver)

@@ -1,0 +1,99 @@
+//! Driving a filter without an MTA: `mailstack check FILE.eml` and tests.
+
+use super::{Action, AuthFacts, Connection, EndOfMessage, Envelope, Filter, Flow, Start, Verdict};
+use crate::dkim::canon::Header;
+
+/// The body is fed in chunks of this size, as libmilter's `MILTER_CHUNK_SIZE` does.
+pub const OFFLINE_CHUNK: usize = 65_535;
+
+/// Where an offline run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every filter skipped at this stage (`connect`, `mail`): the message is accepted
+    /// unchecked, as an MTA would after ACCEPT.
+    Skipped(&'static str),
+    /// A filter stopped the message at this stage with this action.
+    Stopped(&'static str, Action),
+    /// The message reached end of message.
+    Verdict(Verdict),
+}
+
+/// Runs `filter` over one message as an MTA would (connect, HELO, MAIL, RCPT, each header,
+/// end of headers, the body in [`OFFLINE_CHUNK`]-byte chunks, end of message). `message` is
+/// the whole message with CRLF or LF line ends.
+pub async fn run<F: Filter>(
+    filter: &F,
+    conn: &Connection,
+    env: &Envelope,
+    message: &[u8],
+) -> Outcome {
+    match filter.connect(conn) {
+        Flow::Stop(a) => return Outcome::Stopped("connect", a),
+        Flow::Skip => return Outcome::Skipped("connect"),
+        Flow::Continue => {}
+    }
+    match filter.helo(conn).await {
+        Flow::Stop(a) => return Outcome::Stopped("helo", a),
+        Flow::Skip => return Outcome::Skipped("helo"),
+        Flow::Continue => {}
+    }
+    let mut msg = match filter.mail(conn, env).await {
+        Start::Message(m) => m,
+        Start::Skip => return Outcome::Skipped("mail"),
+        Start::Stop(a) => return Outcome::Stopped("mail", a),
+    };
+    for r in &env.rcpts {
+        if let Flow::Stop(a) = filter.rcpt(&mut msg, r) {
+            return Outcome::Stopped("rcpt", a);
+        }
+    }
+    let crlf = to_crlf(message);
+    let (headers, body_at) = Header::split_message(&crlf);
+    for h in &headers {
+        filter.header(&mut msg, h).await;
+    }
+    if let Flow::Stop(a) = filter.end_of_headers(&mut msg, conn, env).await {
+        return Outcome::Stopped("end of headers", a);
+    }
+    for chunk in crlf
+        .get(body_at..)
+        .unwrap_or_default()
+        .chunks(OFFLINE_CHUNK)
+    {
+        filter.body(&mut msg, chunk).await;
+    }
+    let facts = AuthFacts::default();
+    let eom = EndOfMessage {
+        conn,
+        env,
+        facts: &facts,
+        leadspc: true,
+    };
+    Outcome::Verdict(filter.end_of_message(msg, &eom).await)
+}
+
+/// Bare LF line ends become CRLF (a `.eml` saved on Unix); CRLF stays.
+fn to_crlf(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 32);
+    let mut prev = 0u8;
+    for &b in message {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lf_becomes_crlf_once() {
+        assert_eq!(to_crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+    }
+}
