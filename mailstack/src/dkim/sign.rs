@@ -151,6 +151,9 @@ pub fn sign_one(
                 .map_err(|e| SignError::Crypto(e.to_string()))?;
             out
         }
+        PrivateKey::RsaLegacy(k) => k
+            .sign_sha256_digest(digest.as_ref())
+            .map_err(|e| SignError::Crypto(e.to_string()))?,
         PrivateKey::Ed25519(k) => k.sign(digest.as_ref()).as_ref().to_vec(),
     };
     append_b(&mut value, &sig);
