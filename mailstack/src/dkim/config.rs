@@ -611,6 +611,16 @@ impl DkimConfig {
         Ok(())
     }
 
+    /// `BodyLengthDB`: whether `l=` is added for a message to `rcpts` (any recipient listed,
+    /// looked up in OpenDKIM's order, [`Dataset::lookup_address`]).
+    pub fn body_length_for<S: AsRef<str>>(&self, rcpts: &[S]) -> bool {
+        self.body_length_db.as_ref().is_some_and(|db| {
+            rcpts
+                .iter()
+                .any(|r| db.lookup_address(r.as_ref()).is_some())
+        })
+    }
+
     /// Whether this configuration can sign at all.
     pub fn has_signing_keys(&self) -> bool {
         self.sign && (self.key_table.is_some() || self.key_file.is_some())
@@ -722,6 +732,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(":1: SignatureAlgorithm"), "{e}");
+    }
+
+    #[test]
+    fn body_length_db_uses_opendkims_lookup_order() {
+        let c = parse("BodyLengthDB csl:*@lists.example, .mlm.example\n").unwrap();
+        assert!(c.body_length_for(&["<a@example.org>", "<dev@lists.example>"]));
+        assert!(c.body_length_for(&["x@a.mlm.example"]));
+        assert!(!c.body_length_for(&["x@example.org"]));
+        assert!(!parse("").unwrap().body_length_for(&["x@lists.example"]));
     }
 
     #[test]

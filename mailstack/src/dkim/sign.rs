@@ -259,6 +259,16 @@ impl KeySet {
                 ));
             }
         }
+        for (name, k) in &set.keys {
+            if k.key.key_type() == KeyType::Rsa && k.key.bits() < super::key::RECOMMENDED_RSA_BITS {
+                tracing::warn!(
+                    "key {name:?} (selector {}): {}-bit RSA; RFC 8301 asks signers for at \
+                     least 2048 bits",
+                    k.selector,
+                    k.key.bits()
+                );
+            }
+        }
         Ok(set)
     }
 
@@ -318,15 +328,20 @@ impl KeySet {
         if self.keys.is_empty() {
             return Vec::new();
         }
-        let matched = self.domains.keys().find(|d| {
+        // `Domain *` (or a `refile:` pattern) matches every domain, as in OpenDKIM; the
+        // signature then carries the sender's own domain as d=.
+        let matched = self.domains.keys().find_map(|d| {
             let d = d.to_ascii_lowercase();
-            domain == d || (self.sub_domains && domain.ends_with(&format!(".{d}")))
+            if d == "*" || (self.domains.wildcard && super::dataset::wildcard_match(&d, domain)) {
+                return Some(domain.to_owned());
+            }
+            (domain == d || (self.sub_domains && domain.ends_with(&format!(".{d}")))).then_some(d)
         });
         matched
             .map(|d| {
                 vec![KeyChoice {
                     index: 0,
-                    domain: d.to_ascii_lowercase(),
+                    domain: d,
                     identity: None,
                 }]
             })
@@ -414,6 +429,11 @@ mod tests {
             ["example.com"]
         );
         assert!(d(&single("Mode v\n"), "a@example.com").is_empty());
+        // `Domain *`: every domain, signed as itself (signed nothing before).
+        let text = format!("Domain *\nSelector s\nKeyFile {}\n", k.display());
+        let all = KeySet::from_config(&DkimConfig::parse(Path::new("c"), &text).unwrap()).unwrap();
+        assert_eq!(d(&all, "a@Other.ORG"), ["other.org"]);
+        assert_eq!(d(&all, "a@sub.example.com"), ["sub.example.com"]);
 
         // KeyTable with `%`: the sender's domain signs; every match with MultipleSignatures.
         let text = format!(
