@@ -344,6 +344,33 @@ fn check_config_refuses_a_key_others_can_read() {
         err.contains(&format!("{}: key file mode 0644", key.display())),
         "{err}"
     );
+    // Like `opendkim -n`, --check-config needs no Socket (it demanded one before).
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "Domain example.com\nSelector k\nKeyFile {}\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
+        .args(["--check-config", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let odk = Command::new(OPENDKIM)
+        .arg("-n")
+        .arg("-x")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(odk.status.success(), "{odk:?}");
     std::fs::write(&conf, "Socket inet:8891@localhost\nLDAPUseTLS yes\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
         .args(["--check-config", "--config"])
