@@ -67,7 +67,8 @@
 //!   read/write; group read/write only for a group we are in, opendkim.conf(5)) and reads
 //!   the key from the same descriptor. Inline keys in the KeyTable (base64 or PEM in the
 //!   value) are not checked, as in OpenDKIM: they are as safe as the KeyTable file, which
-//!   the admin must protect like a key file.
+//!   the admin must protect like a key file. A world-writable directory above the key is
+//!   refused unless it is sticky (`/tmp`); OpenDKIM refuses sticky ones too.
 //! - A key lookup answered SERVFAIL, REFUSED or not at all within `DNSTimeout` (5 s, its
 //!   documented default; a deadline of its own whatever resolver is used) is `temperror`
 //!   and `On-DNSError` applies.
