@@ -693,7 +693,7 @@ impl DkimConfig {
     /// (`daemon_name`). An empty list is false.
     pub fn macro_list_allows<F: Fn(&str) -> Option<String>>(&self, get: F) -> bool {
         self.macro_list.iter().any(|(name, values)| {
-            get(name).is_some_and(|v| values.is_empty() || values.iter().any(|x| *x == v))
+            get(name).is_some_and(|v| values.is_empty() || values.contains(&v))
         })
     }
 

@@ -162,8 +162,7 @@ impl Dataset {
             domain.to_owned(),
         ];
         let mut rest = domain;
-        loop {
-            let Some(at) = rest.find('.') else { break };
+        while let Some(at) = rest.find('.') {
             let parent = &rest[at..];
             keys.push(format!("*@{parent}"));
             keys.push(format!("{user}@{parent}"));
