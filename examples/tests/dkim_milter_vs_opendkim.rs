@@ -9,7 +9,10 @@
 //!   signatures; OpenDKIM's RSA signature passes ours; on the same messages both write the
 //!   same Authentication-Results (less `dkim-atps`);
 //! - a forged Authentication-Results carrying our authserv-id is deleted by both;
-//! - `--check-config` refuses a key file others can read, naming it.
+//! - `--check-config` refuses a key file others can read, naming it, and (like `opendkim -n`)
+//!   needs no `Socket`;
+//! - a 1024-bit RSA key signs and OpenDKIM passes it; a revoked key is the same `dkim=fail`
+//!   in both; `Domain *` signs every domain as itself in both.
 //!
 //! Needs `/usr/sbin/opendkim`; fails without it.
 
@@ -498,6 +501,53 @@ async fn small_keys_sign_and_revoked_keys_fail_like_opendkim() {
                 .trim_end_matches(";\n\tdkim-atps=neutral")
                 .to_owned()],
             "{from}"
+        );
+    }
+}
+
+/// `Domain *` signs mail of every domain, with the sender's domain as `d=`, in both (ours
+/// signed nothing with it before).
+#[tokio::test]
+async fn domain_star_signs_every_domain_like_opendkim() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    genkey(d, &["-s", "any"]);
+    let sock = d.join("opendkim.sock");
+    let common = format!(
+        "Mode s\nDomain *\nSelector any\nKeyFile {0}/any.private\nInternalHosts 127.0.0.1\n\
+         AuthservID test.example\n",
+        d.display()
+    );
+    let ours_conf = d.join("ours.conf");
+    std::fs::write(&ours_conf, &common).unwrap();
+    let odk_conf = d.join("opendkim.conf");
+    std::fs::write(
+        &odk_conf,
+        format!(
+            "{common}Socket local:{}\nBackground no\nRequireSafeKeys no\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
+    let ours = Daemon::start(&exe, d, "ours", &["--config", ours_conf.to_str().unwrap()]);
+    let _odk = start_opendkim(&odk_conf, &sock);
+    let raw = b"From: Alice <alice@Anything.Example>\r\nTo: bob@example.net\r\nSubject: hi\r\n\
+Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHello.\r\n";
+    for spec in [ours.spec(), format!("unix:{}", sock.display())] {
+        let (_, mods) = run(&spec, "127.0.0.1", raw).await;
+        let sigs = inserted(&mods, "DKIM-Signature");
+        assert_eq!(sigs.len(), 1, "{spec}: {mods:?}");
+        let d_tag = sigs[0]
+            .split(';')
+            .map(str::trim)
+            .find_map(|t| t.strip_prefix("d="))
+            .map(str::to_ascii_lowercase);
+        assert_eq!(
+            d_tag.as_deref(),
+            Some("anything.example"),
+            "{spec}: {}",
+            sigs[0]
         );
     }
 }
