@@ -9,7 +9,10 @@
 //!   signatures; OpenDKIM's RSA signature passes ours; on the same messages both write the
 //!   same Authentication-Results (less `dkim-atps`);
 //! - a forged Authentication-Results carrying our authserv-id is deleted by both;
-//! - `--check-config` refuses a key file others can read, naming it.
+//! - `--check-config` refuses a key file others can read, naming it, and (like `opendkim -n`)
+//!   needs no `Socket`;
+//! - a 1024-bit RSA key signs and OpenDKIM passes it; a revoked key is the same `dkim=fail`
+//!   in both; `Domain *` signs every domain as itself in both.
 //!
 //! Needs `/usr/sbin/opendkim`; fails without it.
 
@@ -344,6 +347,46 @@ fn check_config_refuses_a_key_others_can_read() {
         err.contains(&format!("{}: key file mode 0644", key.display())),
         "{err}"
     );
+    // Like `opendkim -n`, --check-config needs no Socket (it demanded one before).
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "Domain example.com\nSelector k\nKeyFile {}\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
+        .args(["--check-config", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // OpenDKIM checks the config file's directories too and refuses anything below a
+    // world-writable one such as /tmp (sticky or not), so its copy lives in the target dir.
+    let safe = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::copy(&key, safe.path().join("k.private")).unwrap();
+    let odk_conf = safe.path().join("odk.conf");
+    std::fs::write(
+        &odk_conf,
+        format!(
+            "Domain example.com\nSelector k\nKeyFile {}\n",
+            safe.path().join("k.private").display()
+        ),
+    )
+    .unwrap();
+    let odk = Command::new(OPENDKIM)
+        .arg("-n")
+        .arg("-x")
+        .arg(&odk_conf)
+        .output()
+        .unwrap();
+    assert!(odk.status.success(), "{odk:?}");
     std::fs::write(&conf, "Socket inet:8891@localhost\nLDAPUseTLS yes\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
         .args(["--check-config", "--config"])
@@ -355,4 +398,156 @@ fn check_config_refuses_a_key_others_can_read() {
         err.contains(":2: LDAPUseTLS: LDAP is not supported"),
         "{err}"
     );
+}
+
+/// A 1024-bit RSA key (refused at startup before: aws-lc-rs's "TooSmall") signs through our
+/// milter and OpenDKIM's milter passes it; a revoked key (`p=` empty) gives the same
+/// `dkim=fail reason="key revoked"` in both (we wrote `permerror` before).
+#[tokio::test]
+async fn small_keys_sign_and_revoked_keys_fail_like_opendkim() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let small = d.join("small.private");
+    let out = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&small)
+        .arg("1024")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::set_permissions(&small, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    genkey(d, &["-s", "gone"]);
+    let pubkey = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(pubkey.status.success());
+    // The PEM body is the base64 SubjectPublicKeyInfo, the `p=` value.
+    let p: String = String::from_utf8_lossy(&pubkey.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    std::fs::write(
+        d.join("keys"),
+        format!(
+            "small._domainkey.example.com v=DKIM1; k=rsa; p={p}\n\
+             gone._domainkey.example.org v=DKIM1; k=rsa; p=\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("keytable"),
+        format!(
+            "small example.com:small:{0}/small.private\ngone example.org:gone:{0}/gone.private\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("signingtable"),
+        "*@example.com small\n*@example.org gone\n",
+    )
+    .unwrap();
+    let common = format!(
+        "Mode sv\nCanonicalization relaxed/simple\nTestPublicKeys {0}/keys\n\
+         AuthservID test.example\nInternalHosts 127.0.0.1\n",
+        d.display()
+    );
+    let ours_conf = d.join("ours.conf");
+    std::fs::write(
+        &ours_conf,
+        format!(
+            "{common}KeyTable file:{0}/keytable\nSigningTable refile:{0}/signingtable\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let odk_conf = d.join("opendkim.conf");
+    let odk_sock = d.join("opendkim.sock");
+    std::fs::write(
+        &odk_conf,
+        format!(
+            "{common}Socket local:{0}\nBackground no\nRequireSafeKeys no\n",
+            odk_sock.display()
+        ),
+    )
+    .unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
+    let ours = Daemon::start(&exe, d, "ours", &["--config", ours_conf.to_str().unwrap()]);
+    let _odk = start_opendkim(&odk_conf, &odk_sock);
+    let odk_spec = format!("unix:{}", odk_sock.display());
+    for (from, want) in [
+        ("alice@example.com", "dkim=pass (1024-bit key)"),
+        ("alice@example.org", "dkim=fail reason=\"key revoked\""),
+    ] {
+        let raw = format!(
+            "From: Alice <{from}>\r\nTo: bob@example.net\r\nSubject: hi\r\n\
+             Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHello.\r\n"
+        );
+        let (signed, mods) = run(&ours.spec(), "127.0.0.1", raw.as_bytes()).await;
+        assert_eq!(
+            inserted(&mods, "DKIM-Signature").len(),
+            1,
+            "{from}: {mods:?}"
+        );
+        let (_, odk) = run(&odk_spec, "192.0.2.1", &signed).await;
+        let odk_ar = inserted(&odk, "Authentication-Results");
+        assert!(odk_ar[0].contains(want), "{from}: {odk_ar:?}");
+        let (_, mine) = run(&ours.spec(), "192.0.2.1", &signed).await;
+        assert_eq!(
+            inserted(&mine, "Authentication-Results"),
+            [odk_ar[0]
+                .trim_end_matches(";\n\tdkim-atps=neutral")
+                .to_owned()],
+            "{from}"
+        );
+    }
+}
+
+/// `Domain *` signs mail of every domain, with the sender's domain as `d=`, in both (ours
+/// signed nothing with it before).
+#[tokio::test]
+async fn domain_star_signs_every_domain_like_opendkim() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    genkey(d, &["-s", "any"]);
+    let sock = d.join("opendkim.sock");
+    let common = format!(
+        "Mode s\nDomain *\nSelector any\nKeyFile {0}/any.private\nInternalHosts 127.0.0.1\n\
+         AuthservID test.example\n",
+        d.display()
+    );
+    let ours_conf = d.join("ours.conf");
+    std::fs::write(&ours_conf, &common).unwrap();
+    let odk_conf = d.join("opendkim.conf");
+    std::fs::write(
+        &odk_conf,
+        format!(
+            "{common}Socket local:{}\nBackground no\nRequireSafeKeys no\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
+    let ours = Daemon::start(&exe, d, "ours", &["--config", ours_conf.to_str().unwrap()]);
+    let _odk = start_opendkim(&odk_conf, &sock);
+    let raw = b"From: Alice <alice@Anything.Example>\r\nTo: bob@example.net\r\nSubject: hi\r\n\
+Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHello.\r\n";
+    for spec in [ours.spec(), format!("unix:{}", sock.display())] {
+        let (_, mods) = run(&spec, "127.0.0.1", raw).await;
+        let sigs = inserted(&mods, "DKIM-Signature");
+        assert_eq!(sigs.len(), 1, "{spec}: {mods:?}");
+        let d_tag = sigs[0]
+            .split(';')
+            .map(str::trim)
+            .find_map(|t| t.strip_prefix("d="))
+            .map(str::to_ascii_lowercase);
+        assert_eq!(
+            d_tag.as_deref(),
+            Some("anything.example"),
+            "{spec}: {}",
+            sigs[0]
+        );
+    }
 }

@@ -330,3 +330,118 @@ async fn failures_agree_with_opendkim() {
         strip_atps(&ar.unwrap())
     );
 }
+
+/// A 1024-bit RSA key from `openssl` (PKCS#8 and PKCS#1 PEM): aws-lc-rs's `KeyPair` refuses
+/// it ("TooSmall"), RFC 8301 still allows it for signing, OpenDKIM signs with it.
+fn openssl_rsa_1024(dir: &Path, pkcs1: bool) -> Vec<u8> {
+    let path = dir.join(if pkcs1 { "k1024-1.pem" } else { "k1024-8.pem" });
+    let mut cmd = Command::new("openssl");
+    if pkcs1 {
+        cmd.args(["genrsa", "-traditional", "-out"])
+            .arg(&path)
+            .arg("1024");
+    } else {
+        cmd.args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+        ])
+        .arg(&path);
+    }
+    let out = cmd.output().expect("run openssl");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test]
+async fn opendkim_verifies_signatures_made_with_1024_bit_rsa_keys() {
+    let s = setup();
+    let (_, msg) = corpus().into_iter().next().unwrap();
+    for pkcs1 in [false, true] {
+        let pem = openssl_rsa_1024(s.dir.path(), pkcs1);
+        if pkcs1 {
+            assert!(String::from_utf8_lossy(&pem).contains("BEGIN RSA PRIVATE KEY"));
+        }
+        let key = PrivateKey::parse(&pem).unwrap();
+        assert_eq!(key.bits(), 1024);
+        let small = SigningKey {
+            domain: Some(DOMAIN.into()),
+            selector: "small".into(),
+            key,
+        };
+        let record = format!("v=DKIM1; k=rsa; p={}", small.key.public_record_value());
+        let keys_file = s.dir.path().join("keys-small");
+        std::fs::write(&keys_file, format!("small._domainkey.{DOMAIN} {record}\n")).unwrap();
+        let mut zone = MemoryResolver::new();
+        zone.add(
+            &format!("small._domainkey.{DOMAIN}"),
+            MemoryRecord::Txt(record.into_bytes()),
+        );
+        let sigs = sign_message(&[(&small, DOMAIN)], &opts(CANONS[0]), &msg, false, now()).unwrap();
+        let signed = prepend(&sigs, &msg);
+        let conf = format!(
+            "Mode v\nTestPublicKeys {}\nAuthservID test.example\nMinimumKeyBits 1024\n",
+            keys_file.display()
+        );
+        let (log, ar, _) = opendkim(s.dir.path(), &conf, &signed);
+        let ar = ar.unwrap_or_else(|| panic!("no AR:\n{log}"));
+        assert!(
+            ar.contains("dkim=pass (1024-bit key)"),
+            "pkcs1={pkcs1}: {ar}"
+        );
+        let ours = verify_message(&signed, Arc::new(zone), vopts(), now()).await;
+        assert_eq!(ours[0].result, DkimResult::Pass, "{ours:?}");
+        assert_eq!(
+            authentication_results("test.example", &ours),
+            strip_atps(&ar)
+        );
+    }
+    // Under RFC 8301's floor: refused, naming the floor.
+    let tiny = s.dir.path().join("k1000.pem");
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1000",
+            "-out",
+        ])
+        .arg(&tiny)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let e = PrivateKey::parse(&std::fs::read(&tiny).unwrap()).unwrap_err();
+    assert!(e.contains("1024 bits or more, RFC 8301"), "{e}");
+}
+
+#[tokio::test]
+async fn a_revoked_key_fails_as_in_opendkim() {
+    let s = setup();
+    let (_, msg) = corpus().into_iter().next().unwrap();
+    let sigs = sign_message(&[(&s.rsa, DOMAIN)], &opts(CANONS[0]), &msg, false, now()).unwrap();
+    let signed = prepend(&sigs, &msg);
+    let revoked = "v=DKIM1; k=rsa; p=";
+    let keys_file = s.dir.path().join("keys-revoked");
+    std::fs::write(&keys_file, format!("rsa._domainkey.{DOMAIN} {revoked}\n")).unwrap();
+    let conf = format!(
+        "Mode v\nTestPublicKeys {}\nAuthservID test.example\n",
+        keys_file.display()
+    );
+    let (log, ar, _) = opendkim(s.dir.path(), &conf, &signed);
+    let ar = ar.unwrap_or_else(|| panic!("no AR:\n{log}"));
+    let mut zone = MemoryResolver::new();
+    zone.add(
+        &format!("rsa._domainkey.{DOMAIN}"),
+        MemoryRecord::Txt(revoked.as_bytes().to_vec()),
+    );
+    let ours = verify_message(&signed, Arc::new(zone), vopts(), now()).await;
+    assert_eq!(ours[0].result, DkimResult::Fail, "{ours:?}");
+    assert_eq!(
+        authentication_results("test.example", &ours),
+        strip_atps(&ar)
+    );
+}

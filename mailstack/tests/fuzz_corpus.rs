@@ -247,9 +247,10 @@ fn dkim_verify_corpus_replays_and_keeps_meaning() {
         verify("selector_absent"),
         [(DkimResult::PermError, "key not found in DNS")]
     );
+    // A revoked key fails (RFC 6376 §6.1.2, OpenDKIM's `dkim=fail reason="key revoked"`).
     assert_eq!(
         verify("selector_revoked"),
-        [(DkimResult::PermError, "key revoked")]
+        [(DkimResult::Fail, "key revoked")]
     );
     assert_eq!(verify("no_signature"), []);
 }

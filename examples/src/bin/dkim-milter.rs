@@ -144,15 +144,16 @@ fn main() {
         );
     }
     let resolver = resolver(&args, &cfg).unwrap_or_else(|e| fail(e));
+    // A Socket that is given must parse; only serving needs one (`opendkim -n` checks a
+    // file without Socket too).
     let spec = match (&args.socket, &cfg.socket) {
-        (Some(s), _) => s.clone(),
-        (None, Some(s)) => opendkim_socket(s)
-            .parse::<SocketSpec>()
-            .unwrap_or_else(|e| fail(format!("{}: Socket: {e}", args.config.display()))),
-        (None, None) => fail(format!(
-            "{}: Socket is mandatory (or pass --socket)",
-            args.config.display()
-        )),
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(s)) => Some(
+            opendkim_socket(s)
+                .parse::<SocketSpec>()
+                .unwrap_or_else(|e| fail(format!("{}: Socket: {e}", args.config.display()))),
+        ),
+        (None, None) => None,
     };
     let umask = cfg.umask;
     let filter = DkimFilter::new(cfg, resolver).unwrap_or_else(|e| fail(e));
@@ -160,6 +161,12 @@ fn main() {
         println!("{}: OK", args.config.display());
         return;
     }
+    let spec = spec.unwrap_or_else(|| {
+        fail(format!(
+            "{}: Socket is mandatory (or pass --socket)",
+            args.config.display()
+        ))
+    });
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
     if let Err(e) = rt.block_on(serve(&spec, filter, umask)) {
         fail(e);

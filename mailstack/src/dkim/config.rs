@@ -12,24 +12,26 @@
 //! `On-SignatureError` (reject), `AuthservID` (default: the MTA's `j` macro; `HOSTNAME` = this
 //! host), `AlwaysAddARHeader`, `KeepAuthResults`, `RemoveOldSignatures`, `SignatureTTL`,
 //! `ClockDrift` (300), `DNSTimeout` (5), `Nameservers`, `BodyLengthDB`, `TestPublicKeys`,
-//! `Socket`, `UMask`, `SoftwareHeader`, `Include` (5 levels).
+//! `Socket`, `UMask`, `SoftwareHeader`, `Include` (5 levels), `DontSignMailTo`,
+//! `MacroList` (`name[=value1|value2]`), `StrictHeaders`, `RequiredHeaders`,
+//! `RequestReports`, `SendReports no`.
 //!
 //! Accepted without effect (listed in [`DkimConfig::ignored`] for a warning): process and
 //! logging options (`Syslog`, `SyslogSuccess`, `SyslogFacility`, `SyslogName`, `LogWhy`,
 //! `LogResults`, `Background`, `AutoRestart*`, `PidFile`, `UserID`, `TrustAnchorFile`,
 //! `ResolverConfiguration`, `MilterDebug`, `Quarantine`, `ChangeRootDirectory`, `FixCRLF`,
 //! `TemporaryDirectory`, `KeepTemporaryFiles`, `ResolverTracing`, `DisableCryptoInit`,
-//! `EnableCoredumps`).
+//! `EnableCoredumps`, and `ReportAddress`/`ReportBccAddress`, used only by reports).
 //!
 //! Refused by name with file and line: LDAP (`LDAP*`), SQL and other databases (`dsn:`,
 //! `db:`... data sets, `QueryCache`), Lua (`*PolicyScript`), VBR (`VBR-*`), reputation and
 //! statistics (`Reputation*`, `Statistics*`), ATPS, RBL, `ReplaceRules`/`ReplaceHeaders`,
 //! `POPDBFile`, `ResignAll`/`ResignMailTo`, DNSSEC policy (`BogusKey`, `UnprotectedKey`),
-//! `SetupPolicyScript`, `SenderHeaders`, `MacroList`, `MTA`, `RemoveARAll`/`RemoveARFrom`,
-//! `AuthservIDWithJobID`, `RequiredHeaders`/`StrictHeaders`, failure reports
-//! (`SendReports`...), `DontSignMailTo`, `MustBeSigned`, `TrustSignaturesFrom`,
-//! `BaseDirectory` and a few more, each named in the error. Any other unknown name is an
-//! error too.
+//! `SetupPolicyScript`, `SenderHeaders`, `MTA`, `RemoveARAll`/`RemoveARFrom`,
+//! `AuthservIDWithJobID`, `SendReports yes` (reports would need us to submit mail),
+//! `ConditionalSignatures` (not an OpenDKIM 2.11 option), `MustBeSigned`,
+//! `TrustSignaturesFrom`, `BaseDirectory` and a few more, each named in the error. Any other
+//! unknown name is an error too.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -239,6 +241,17 @@ pub struct DkimConfig {
     pub nameservers: Vec<IpAddr>,
     /// `BodyLengthDB`: recipients for which `l=` is added.
     pub body_length_db: Option<Dataset>,
+    /// `DontSignMailTo`: a message with any of these recipients is not signed.
+    pub dont_sign_mail_to: Option<Dataset>,
+    /// `MacroList`: (macro name without braces, allowed values; empty = any value).
+    pub macro_list: Vec<(String, Vec<String>)>,
+    /// `StrictHeaders`: refuse to process a message whose header counts break RFC 5322
+    /// §3.6 ([`super::sign::strict_headers_problem`]).
+    pub strict_headers: bool,
+    /// `RequiredHeaders`: reject such messages.
+    pub required_headers: bool,
+    /// `RequestReports`: add `r=y` (RFC 6651) to our signatures.
+    pub request_reports: bool,
     /// `TestPublicKeys`: a file of `name record` lines used instead of DNS.
     pub test_public_keys: Option<PathBuf>,
     /// `Socket`.
@@ -287,6 +300,11 @@ impl Default for DkimConfig {
             dns_timeout: DEFAULT_DNS_TIMEOUT,
             nameservers: Vec::new(),
             body_length_db: None,
+            dont_sign_mail_to: None,
+            macro_list: Vec::new(),
+            strict_headers: false,
+            required_headers: false,
+            request_reports: false,
             test_public_keys: None,
             socket: None,
             umask: None,
@@ -338,7 +356,11 @@ const REFUSED: &[(&str, &str)] = &[
     ("signerpolicyscript", "Lua"),
     ("finalpolicyscript", "Lua"),
     ("querycache", "the query cache"),
-    ("replacerules", "header rewriting"),
+    (
+        "replacerules",
+        "ReplaceRules (experimental in OpenDKIM: POSIX regular-expression rewriting of \
+         header fields before signing, which needs a regex engine this crate does not carry)",
+    ),
     ("replaceheaders", "header rewriting"),
     ("popdbfile", "POP-before-SMTP"),
     ("resignall", "re-signing"),
@@ -346,29 +368,26 @@ const REFUSED: &[(&str, &str)] = &[
     ("boguskey", "DNSSEC policy"),
     ("unprotectedkey", "DNSSEC policy"),
     ("senderheaders", "SenderHeaders"),
-    ("macrolist", "MacroList"),
     ("mta", "MTA (daemon_name) matching"),
     ("signingdomain", "SigningDomain"),
     ("identityheader", "IdentityHeader"),
     ("diagnostics", "z= diagnostics"),
     ("diagnosticdirectory", "z= diagnostics"),
-    ("conditionalsignatures", "conditional signatures"),
+    (
+        "conditionalsignatures",
+        "ConditionalSignatures (not an OpenDKIM 2.11 option: it is absent from its \
+         opendkim.conf(5) and binary; RFC-draft conditional signatures)",
+    ),
     ("lowercasesignerdomain", "LowerCaseSignerDomain"),
     ("removearall", "widening Authentication-Results removal"),
     ("removearfrom", "widening Authentication-Results removal"),
     ("authservidwithjobid", "AuthservIDWithJobID"),
     ("allowsha1only", "SHA-1-only operation"),
-    ("requiredheaders", "RFC 5322 header count enforcement"),
-    ("strictheaders", "RFC 5322 header count enforcement"),
     ("weaksyntaxchecks", "WeakSyntaxChecks"),
     ("domainkeyscompat", "DomainKeys"),
     ("mustbesigned", "MustBeSigned"),
-    ("dontsignmailto", "DontSignMailTo"),
     ("addallsignatureresults", "AddAllSignatureResults"),
     ("singleauthresult", "SingleAuthResult"),
-    ("sendreports", "failure reports"),
-    ("reportaddress", "failure reports"),
-    ("reportbccaddress", "failure reports"),
     ("smtpuri", "failure reports"),
     ("redirectfailuresto", "RedirectFailuresTo"),
     ("mtacommand", "MTACommand"),
@@ -552,6 +571,42 @@ impl DkimConfig {
                     .collect::<Result<_, _>>()?;
             }
             "bodylengthdb" => self.body_length_db = Some(ds(e)?),
+            "dontsignmailto" => self.dont_sign_mail_to = Some(ds(e)?),
+            "macrolist" => {
+                self.macro_list = ds(e)?
+                    .entries
+                    .into_iter()
+                    .map(|(name, values)| {
+                        let name = name
+                            .trim_start_matches('{')
+                            .trim_end_matches('}')
+                            .to_owned();
+                        let values = values
+                            .split('|')
+                            .map(str::trim)
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_owned)
+                            .collect();
+                        (name, values)
+                    })
+                    .collect();
+            }
+            "strictheaders" => self.strict_headers = f.bool(e)?,
+            "requiredheaders" => self.required_headers = f.bool(e)?,
+            "requestreports" => self.request_reports = f.bool(e)?,
+            // Reports (RFC 6651) are not sent: this filter submits no mail of its own. `no`
+            // is accepted; `yes` is refused, as is any other feature we lack.
+            "sendreports" => {
+                if f.bool(e)? {
+                    return Err(f.error(
+                        e,
+                        "SendReports: failure reports (RFC 6651) are not sent by this filter, \
+                         which submits no mail of its own; set SendReports no",
+                    ));
+                }
+            }
+            // Only used by SendReports, which is off.
+            "reportaddress" | "reportbccaddress" => self.ignored.push((e.line, e.key.clone())),
             "testpublickeys" => self.test_public_keys = Some(PathBuf::from(&e.value)),
             "socket" => self.socket = Some(e.value.clone()),
             "umask" => {
@@ -609,6 +664,37 @@ impl DkimConfig {
             return Err(err("single-key signing needs Domain, Selector and KeyFile"));
         }
         Ok(())
+    }
+
+    /// `BodyLengthDB`: whether `l=` is added for a message to `rcpts` (any recipient listed,
+    /// looked up in OpenDKIM's order, [`Dataset::lookup_address`]).
+    pub fn body_length_for<S: AsRef<str>>(&self, rcpts: &[S]) -> bool {
+        self.body_length_db.as_ref().is_some_and(|db| {
+            rcpts
+                .iter()
+                .any(|r| db.lookup_address(r.as_ref()).is_some())
+        })
+    }
+
+    /// `DontSignMailTo`: true if any recipient is listed (OpenDKIM: "an any feature"), looked
+    /// up like `BodyLengthDB` ([`Dataset::lookup_address`]).
+    pub fn dont_sign_to<S: AsRef<str>>(&self, rcpts: &[S]) -> bool {
+        self.dont_sign_mail_to.as_ref().is_some_and(|db| {
+            rcpts
+                .iter()
+                .any(|r| db.lookup_address(r.as_ref()).is_some())
+        })
+    }
+
+    /// `MacroList`: whether the MTA's macros mark the sender as local (one more reason to
+    /// sign, like an authenticated client or `InternalHosts`). True if any listed macro is
+    /// set, and, when values are listed, set to one of them (case-sensitive, as
+    /// opendkim.conf(5) says). `get` returns a macro's value by name without braces
+    /// (`daemon_name`). An empty list is false.
+    pub fn macro_list_allows<F: Fn(&str) -> Option<String>>(&self, get: F) -> bool {
+        self.macro_list.iter().any(|(name, values)| {
+            get(name).is_some_and(|v| values.is_empty() || values.contains(&v))
+        })
     }
 
     /// Whether this configuration can sign at all.
@@ -722,6 +808,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(":1: SignatureAlgorithm"), "{e}");
+    }
+
+    #[test]
+    fn body_length_db_uses_opendkims_lookup_order() {
+        let c = parse("BodyLengthDB csl:*@lists.example, .mlm.example\n").unwrap();
+        assert!(c.body_length_for(&["<a@example.org>", "<dev@lists.example>"]));
+        assert!(c.body_length_for(&["x@a.mlm.example"]));
+        assert!(!c.body_length_for(&["x@example.org"]));
+        assert!(!parse("").unwrap().body_length_for(&["x@lists.example"]));
+    }
+
+    #[test]
+    fn dont_sign_mail_to_and_macro_list() {
+        let c = parse(
+            "DontSignMailTo csl:*@partner.example, boss@example.com\n\
+             MacroList daemon_name=MTA-out|submission,{auth_authen}\n",
+        )
+        .unwrap();
+        assert!(c.dont_sign_to(&["<a@example.org>", "<x@partner.example>"]));
+        assert!(c.dont_sign_to(&["Boss@example.com"]));
+        assert!(!c.dont_sign_to(&["a@example.org"]));
+        let macros = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(c.macro_list_allows(macros(&[("daemon_name", "MTA-out")])));
+        assert!(c.macro_list_allows(macros(&[("daemon_name", "submission")])));
+        // Values are case-sensitive; a listed value must match.
+        assert!(!c.macro_list_allows(macros(&[("daemon_name", "mta-out")])));
+        assert!(!c.macro_list_allows(macros(&[("daemon_name", "smtpd")])));
+        // A macro listed without values only has to be set.
+        assert!(c.macro_list_allows(macros(&[("auth_authen", "alice")])));
+        assert!(!c.macro_list_allows(macros(&[])));
+        assert!(
+            !parse("")
+                .unwrap()
+                .macro_list_allows(macros(&[("daemon_name", "x")]))
+        );
+    }
+
+    #[test]
+    fn reporting_and_header_options() {
+        let c = parse(
+            "StrictHeaders yes\nRequiredHeaders yes\nRequestReports yes\nSendReports no\n\
+             ReportAddress dkim@example.com\nReportBccAddress a@example.com\n",
+        )
+        .unwrap();
+        assert!(c.strict_headers && c.required_headers && c.request_reports);
+        assert_eq!(c.ignored.len(), 2);
+        let e = parse("SendReports yes\n").unwrap_err().to_string();
+        assert!(
+            e.contains(":1: SendReports: failure reports (RFC 6651) are not sent"),
+            "{e}"
+        );
+        let e = parse("ReplaceRules /etc/x\n").unwrap_err().to_string();
+        assert!(e.contains("needs a regex engine"), "{e}");
+        let e = parse("ConditionalSignatures yes\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an OpenDKIM 2.11 option"), "{e}");
     }
 
     #[test]

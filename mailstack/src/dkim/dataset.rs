@@ -144,6 +144,38 @@ impl Dataset {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Looks an e-mail address up the way OpenDKIM looks up `BodyLengthDB` and
+    /// `DontSignMailTo` recipients (opendkim.conf(5) BodyLengthDB: "in various forms as
+    /// described under the SigningTable setting"): a `refile:` set matches the address
+    /// against its patterns; any other set is asked, in order and most specific first, for
+    /// `user@domain`, `*@domain`, `domain`, then for each parent `*@.parent`, `user@.parent`
+    /// and `.parent`, then `user@*` and `*`. Angle brackets are ignored; case-insensitive.
+    pub fn lookup_address(&self, addr: &str) -> Option<&str> {
+        let addr = addr.trim().trim_start_matches('<').trim_end_matches('>');
+        if self.wildcard {
+            return self.lookup(addr);
+        }
+        let (user, domain) = addr.rsplit_once('@').unwrap_or(("", addr));
+        let mut keys = vec![
+            format!("{user}@{domain}"),
+            format!("*@{domain}"),
+            domain.to_owned(),
+        ];
+        let mut rest = domain;
+        while let Some(at) = rest.find('.') {
+            let parent = &rest[at..];
+            keys.push(format!("*@{parent}"));
+            keys.push(format!("{user}@{parent}"));
+            keys.push(parent.to_owned());
+            rest = &rest[at + 1..];
+        }
+        // `.domain` itself, as the SigningTable's order lists it.
+        keys.insert(3, format!(".{domain}"));
+        keys.push(format!("{user}@*"));
+        keys.push("*".to_owned());
+        keys.iter().find_map(|k| self.lookup(k))
+    }
+
     /// Every value whose key matches `key`, in order.
     pub fn lookup_all(&self, key: &str) -> Vec<&str> {
         self.entries
@@ -272,23 +304,46 @@ impl PeerList {
         if let Some((_, neg)) = best {
             return !neg;
         }
-        let mut found = false;
-        for (neg, p) in &self.entries {
-            if let Peer::Host(h) = p {
-                let hit = if let Some(suffix) = h.strip_prefix('.') {
-                    host.ends_with(h.as_str()) || host == suffix
-                } else {
-                    host == *h
-                };
-                if hit {
+        self.host_match(&host).unwrap_or(false)
+    }
+
+    /// Host names: OpenDKIM's `dkimf_checkhost` order, most specific name first: the full
+    /// name (`mx.child.example`), then each parent as a `.domain` suffix
+    /// (`.child.example`, `.example`). At the first level with an entry, a negated entry
+    /// wins over a positive one; so `!.example` with `.child.example` (or
+    /// `mx.child.example`) lets the child in. `Some(in_list)` if any entry matched.
+    fn host_match(&self, host: &str) -> Option<bool> {
+        if host.is_empty() {
+            return None;
+        }
+        let level = |name: &str, suffix: &str| -> Option<bool> {
+            let mut hit = None;
+            for (neg, p) in &self.entries {
+                if let Peer::Host(h) = p
+                    && (h == name || h == suffix)
+                {
                     if *neg {
-                        return false;
+                        return Some(false);
                     }
-                    found = true;
+                    hit = Some(true);
                 }
             }
+            hit
+        };
+        // The full name also matches a `.name` entry (as before: `.example.net` lists the
+        // host `example.net` itself too).
+        if let Some(r) = level(host, &format!(".{host}")) {
+            return Some(r);
         }
-        found
+        for (i, _) in host.match_indices('.') {
+            let suffix = &host[i..];
+            if suffix.len() > 1
+                && let Some(r) = level(suffix, suffix)
+            {
+                return Some(r);
+            }
+        }
+        None
     }
 }
 
@@ -354,6 +409,44 @@ mod tests {
         assert!(!p.contains(ip("192.0.2.7"), ""));
         assert!(!p.contains(ip("::ffff:192.0.2.7"), ""));
         assert!(!p.contains(ip("192.0.3.1"), ""));
+    }
+
+    #[test]
+    fn addresses_are_looked_up_in_opendkims_order() {
+        let d = Dataset::parse(
+            "csl:bob@example.com=exact, *@example.com=domain, .parent.example=parent, *=all",
+        )
+        .unwrap();
+        assert_eq!(d.lookup_address("<Bob@Example.com>"), Some("exact"));
+        assert_eq!(d.lookup_address("eve@example.com"), Some("domain"));
+        assert_eq!(d.lookup_address("eve@a.b.parent.example"), Some("parent"));
+        assert_eq!(d.lookup_address("eve@other.org"), Some("all"));
+        let d = Dataset::parse("csl:lists.example,alice@*").unwrap();
+        assert!(d.lookup_address("x@lists.example").is_some());
+        assert!(d.lookup_address("alice@anywhere.example").is_some());
+        assert!(d.lookup_address("x@sub.lists.example").is_none());
+        let refile = Dataset::parse_lines("*@*.lists.example\n", true);
+        assert!(refile.lookup_address("<a@x.lists.example>").is_some());
+        assert!(refile.lookup_address("a@lists.example").is_none());
+    }
+
+    #[test]
+    fn the_most_specific_host_name_decides() {
+        let p = PeerList::from_dataset(&Dataset::list([
+            "!.parent.example",
+            ".child.parent.example",
+            "!bad.child.parent.example",
+            ".example",
+        ]))
+        .unwrap();
+        // The positive, more specific `.child.parent.example` wins over `!.parent.example`
+        // (it lost before: any negated match refused).
+        assert!(p.contains(None, "mx.child.parent.example"));
+        assert!(!p.contains(None, "bad.child.parent.example"));
+        assert!(!p.contains(None, "mx.parent.example"));
+        assert!(p.contains(None, "mx.other.example"));
+        assert!(!p.contains(None, "mx.other.org"));
+        assert!(!p.contains(None, ""));
     }
 
     #[test]

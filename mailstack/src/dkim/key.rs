@@ -38,12 +38,206 @@ impl KeyType {
     }
 }
 
+/// Smallest RSA signing key accepted: RFC 8301 §3.2, signers MUST use at least 1024 bits.
+pub const MIN_RSA_SIGNING_BITS: usize = 1024;
+/// Smallest RSA key aws-lc-rs's [`RsaKeyPair`] loads; smaller ones (down to
+/// [`MIN_RSA_SIGNING_BITS`]) sign through [`LegacyRsaKey`]. RFC 8301 says signers SHOULD use
+/// at least 2048 bits, so a smaller key is logged as a warning at startup.
+pub const RECOMMENDED_RSA_BITS: usize = 2048;
+
 /// A private key ready to sign.
 pub enum PrivateKey {
-    /// RSA.
+    /// RSA, 2048 bits or more.
     Rsa(RsaKeyPair),
+    /// RSA of 1024 to 2047 bits (RFC 8301 still allows them for signing; aws-lc-rs's
+    /// `KeyPair` refuses them as "TooSmall").
+    RsaLegacy(LegacyRsaKey),
     /// Ed25519.
     Ed25519(Ed25519KeyPair),
+}
+
+/// An RSA private key of [`MIN_RSA_SIGNING_BITS`]..[`RECOMMENDED_RSA_BITS`] bits held by
+/// aws-lc itself (`aws-lc-sys`), below aws-lc-rs's 2048-bit floor. Signing is aws-lc's
+/// `RSA_sign` (PKCS#1 v1.5, blinded and constant-time like aws-lc-rs's own RSA signing,
+/// which calls the same code).
+pub struct LegacyRsaKey {
+    /// Owned `RSA` object; freed in `Drop`. Never null (checked in [`LegacyRsaKey::adopt`]).
+    rsa: std::ptr::NonNull<aws_lc_sys::RSA>,
+    bits: usize,
+}
+
+// SAFETY: an aws-lc `RSA` object is safe to use from several threads once built: `RSA_sign`
+// takes its own lock around the blinding cache (aws-lc `crypto/fipsmodule/rsa/rsa.c`), and
+// aws-lc-rs marks its `EVP_PKEY`-wrapped RSA keys `Send + Sync` for the same reason. We never
+// mutate the key after construction.
+unsafe impl Send for LegacyRsaKey {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for LegacyRsaKey {}
+
+impl Drop for LegacyRsaKey {
+    fn drop(&mut self) {
+        // SAFETY: `rsa` is an owned, non-null `RSA` from `RSA_private_key_from_bytes` or
+        // `EVP_PKEY_get1_RSA` (which took a reference), freed exactly once here.
+        unsafe { aws_lc_sys::RSA_free(self.rsa.as_ptr()) }
+    }
+}
+
+/// Why a small RSA key was not loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LegacyRsaError {
+    /// Not an RSA private key in the given encoding, or aws-lc's consistency check failed.
+    #[error("not a valid RSA private key")]
+    Invalid,
+    /// Under RFC 8301's 1024-bit floor.
+    #[error("RSA key of {0} bits is under the 1024 bits RFC 8301 requires of signers")]
+    TooSmall(usize),
+    /// aws-lc refused to sign (should not happen with a checked key).
+    #[error("RSA signing failed")]
+    Sign,
+}
+
+impl LegacyRsaKey {
+    /// Takes ownership of `rsa` (may be null: parse failure) after checking it.
+    fn adopt(rsa: *mut aws_lc_sys::RSA) -> Result<Self, LegacyRsaError> {
+        let rsa = std::ptr::NonNull::new(rsa).ok_or(LegacyRsaError::Invalid)?;
+        // SAFETY: `rsa` is a valid owned RSA object; `RSA_bits` and `RSA_check_key` only read it.
+        let (bits, ok) = unsafe {
+            (
+                aws_lc_sys::RSA_bits(rsa.as_ptr()) as usize,
+                aws_lc_sys::RSA_check_key(rsa.as_ptr()) == 1,
+            )
+        };
+        let key = Self { rsa, bits };
+        if !ok {
+            return Err(LegacyRsaError::Invalid);
+        }
+        if bits < MIN_RSA_SIGNING_BITS {
+            return Err(LegacyRsaError::TooSmall(bits));
+        }
+        Ok(key)
+    }
+
+    /// Parses a PKCS#1 `RSAPrivateKey` (DER).
+    pub fn from_pkcs1_der(der: &[u8]) -> Result<Self, LegacyRsaError> {
+        // SAFETY: `der` is a live slice for the call; aws-lc copies what it keeps.
+        Self::adopt(unsafe { aws_lc_sys::RSA_private_key_from_bytes(der.as_ptr(), der.len()) })
+    }
+
+    /// Parses a PKCS#8 `PrivateKeyInfo` holding an RSA key (DER).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, LegacyRsaError> {
+        let mut cbs = aws_lc_sys::CBS {
+            data: der.as_ptr(),
+            len: der.len(),
+        };
+        // SAFETY: `cbs` points into `der`, alive for the call; aws-lc copies what it keeps.
+        let pkey = unsafe { aws_lc_sys::EVP_parse_private_key(&raw mut cbs) };
+        if pkey.is_null() {
+            return Err(LegacyRsaError::Invalid);
+        }
+        // SAFETY: `pkey` is an owned, non-null EVP_PKEY; `EVP_PKEY_get1_RSA` returns a new
+        // reference to its RSA (or null if not RSA), so freeing `pkey` right after is sound.
+        let rsa = unsafe {
+            let rsa = aws_lc_sys::EVP_PKEY_get1_RSA(pkey);
+            aws_lc_sys::EVP_PKEY_free(pkey);
+            rsa
+        };
+        if cbs.len != 0 {
+            // Trailing bytes after the key: not a DER document. Drop the parsed key.
+            drop(Self::adopt(rsa));
+            return Err(LegacyRsaError::Invalid);
+        }
+        Self::adopt(rsa)
+    }
+
+    /// The modulus size in bits.
+    pub fn bits(&self) -> usize {
+        self.bits
+    }
+
+    /// The modulus size in bytes (the signature length).
+    pub fn modulus_len(&self) -> usize {
+        self.bits.div_ceil(8)
+    }
+
+    /// RSASSA-PKCS1-v1_5 over a SHA-256 `digest` (RFC 8017 §8.2.1 with the DigestInfo of
+    /// SHA-256), as `rsa-sha256` needs.
+    pub fn sign_sha256_digest(&self, digest: &[u8]) -> Result<Vec<u8>, LegacyRsaError> {
+        if digest.len() != 32 {
+            return Err(LegacyRsaError::Sign);
+        }
+        let mut out = vec![0u8; self.modulus_len()];
+        let mut len: std::os::raw::c_uint = 0;
+        // SAFETY: `out` has room for `RSA_size` bytes (the modulus length), `digest` is 32
+        // live bytes, `len` is a valid out-pointer, `rsa` a valid key.
+        let ok = unsafe {
+            aws_lc_sys::RSA_sign(
+                aws_lc_sys::NID_sha256,
+                digest.as_ptr(),
+                digest.len(),
+                out.as_mut_ptr(),
+                &raw mut len,
+                self.rsa.as_ptr(),
+            )
+        };
+        if ok != 1 {
+            return Err(LegacyRsaError::Sign);
+        }
+        out.truncate(len as usize);
+        Ok(out)
+    }
+
+    /// The public key as a PKCS#1 `RSAPublicKey` (DER).
+    pub fn public_pkcs1_der(&self) -> Vec<u8> {
+        let mut ptr: *mut u8 = std::ptr::null_mut();
+        let mut len = 0usize;
+        // SAFETY: out-pointers are valid; on success aws-lc allocates `len` bytes at `ptr`,
+        // which we copy and release with `OPENSSL_free`.
+        unsafe {
+            if aws_lc_sys::RSA_public_key_to_bytes(&raw mut ptr, &raw mut len, self.rsa.as_ptr())
+                != 1
+                || ptr.is_null()
+            {
+                return Vec::new();
+            }
+            let v = std::slice::from_raw_parts(ptr, len).to_vec();
+            aws_lc_sys::OPENSSL_free(ptr.cast());
+            v
+        }
+    }
+
+    /// The public key as SubjectPublicKeyInfo (DER), the form of a DKIM `p=` value.
+    pub fn public_spki_der(&self) -> Vec<u8> {
+        // AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }
+        const ALG: &[u8] = &[
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+            0x00,
+        ];
+        let mut bits = vec![0u8];
+        bits.extend(self.public_pkcs1_der());
+        let mut body = ALG.to_vec();
+        body.extend(der_wrap(0x03, &bits));
+        der_wrap(0x30, &body)
+    }
+}
+
+/// One DER element: `tag`, definite length, `body`.
+fn der_wrap(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = body.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(body);
+    out
 }
 
 impl std::fmt::Debug for PrivateKey {
@@ -56,7 +250,7 @@ impl PrivateKey {
     /// The algorithm.
     pub fn key_type(&self) -> KeyType {
         match self {
-            Self::Rsa(_) => KeyType::Rsa,
+            Self::Rsa(_) | Self::RsaLegacy(_) => KeyType::Rsa,
             Self::Ed25519(_) => KeyType::Ed25519,
         }
     }
@@ -65,6 +259,7 @@ impl PrivateKey {
     pub fn bits(&self) -> usize {
         match self {
             Self::Rsa(k) => k.public_modulus_len() * 8,
+            Self::RsaLegacy(k) => k.bits(),
             Self::Ed25519(_) => 256,
         }
     }
@@ -90,9 +285,15 @@ impl PrivateKey {
     }
 
     fn from_der(label: Option<&str>, der: &[u8]) -> Result<Self, String> {
+        // aws-lc-rs first (2048 bits and up); a key it refuses may still be a 1024..2047-bit
+        // RSA key, which RFC 8301 allows for signing and OpenDKIM signs with.
+        let small = |r: Result<LegacyRsaKey, LegacyRsaError>| -> Result<Self, String> {
+            r.map(Self::RsaLegacy).map_err(|e| e.to_string())
+        };
         if label == Some("RSA PRIVATE KEY") {
             return RsaKeyPair::from_der(der)
                 .map(Self::Rsa)
+                .or_else(|_| small(LegacyRsaKey::from_pkcs1_der(der)))
                 .map_err(|e| format!("bad PKCS#1 RSA key: {e}"));
         }
         if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
@@ -101,26 +302,66 @@ impl PrivateKey {
         if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
             return Ok(Self::Ed25519(k));
         }
-        RsaKeyPair::from_der(der)
-            .map(Self::Rsa)
-            .map_err(|_| "not an RSA or Ed25519 private key (PKCS#1 or PKCS#8)".into())
+        if let Ok(k) = RsaKeyPair::from_der(der) {
+            return Ok(Self::Rsa(k));
+        }
+        match LegacyRsaKey::from_pkcs8_der(der).or_else(|_| LegacyRsaKey::from_pkcs1_der(der)) {
+            Ok(k) => Ok(Self::RsaLegacy(k)),
+            Err(e @ LegacyRsaError::TooSmall(_)) => Err(e.to_string()),
+            // aws-lc itself refuses to parse some RSA keys under 1024 bits (and odd sizes).
+            Err(_) => Err(
+                "not an RSA (1024 bits or more, RFC 8301) or Ed25519 private key \
+                 (PKCS#1 or PKCS#8)"
+                    .into(),
+            ),
+        }
     }
 
-    /// Reads a key file; with `require_safe`, refuses a file (or a directory above it) that
-    /// others may read or write, naming the offending path.
+    /// Reads a key file, opened once: the checks look at the open file (`fstat`) and the key
+    /// is read from the same descriptor, so the file cannot be swapped between check and use.
+    /// The file must be a regular file; [`key_file_problem`] (OpenDKIM's `RequireSafeKeys`
+    /// rule) and [`check_safe_dirs`] refuse it with `require_safe`, and are logged as a
+    /// warning without it (as OpenDKIM logs them).
     pub fn read(path: &Path, require_safe: bool) -> Result<Self, String> {
-        if require_safe {
-            check_safe(path)?;
+        use std::io::Read as _;
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        let shown = path.display();
+        // O_NONBLOCK: opening a FIFO planted at the path must not hang startup.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{shown}: not a regular file"));
         }
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let me = ProcessIds::current();
+        if let Some(problem) = key_file_problem(meta.mode(), meta.uid(), meta.gid(), &me) {
+            if require_safe {
+                return Err(format!(
+                    "{shown}: {problem}; fix it, or set RequireSafeKeys no"
+                ));
+            }
+            tracing::warn!("{shown}: {problem} (RequireSafeKeys is off: using it anyway)");
+        }
+        if let Err(e) = check_safe_dirs(path) {
+            if require_safe {
+                return Err(e);
+            }
+            tracing::warn!("{e} (RequireSafeKeys is off: using it anyway)");
+        }
         if meta.len() > MAX_KEY_FILE {
-            return Err(format!(
-                "{}: larger than {MAX_KEY_FILE} bytes",
-                path.display()
-            ));
+            return Err(format!("{shown}: larger than {MAX_KEY_FILE} bytes"));
         }
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut text = Vec::new();
+        file.take(MAX_KEY_FILE + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        if text.len() as u64 > MAX_KEY_FILE {
+            return Err(format!("{shown}: larger than {MAX_KEY_FILE} bytes"));
+        }
+        Self::parse(&text).map_err(|e| format!("{shown}: {e}"))
     }
 
     /// The `p=` value of the matching public key record.
@@ -130,26 +371,80 @@ impl PrivateKey {
                 let der: Result<PublicKeyX509Der<'_>, _> = k.public_key().as_der();
                 der.map(|d| B64.encode(d.as_ref())).unwrap_or_default()
             }
+            Self::RsaLegacy(k) => B64.encode(k.public_spki_der()),
             Self::Ed25519(k) => B64.encode(k.public_key().as_ref()),
         }
     }
 }
 
-/// `RequireSafeKeys`: the key file must not be readable or writable by others, nor writable
-/// by its group, and no directory above it may be writable by others unless it has the
-/// sticky bit (like `/tmp`). OpenDKIM walks every directory the same way; the error names
-/// the first offending path.
-pub fn check_safe(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o007 != 0 || mode & 0o020 != 0 {
-        return Err(format!(
-            "{}: key file mode {:04o} lets others read or write it (or its group write it); \
-             chmod 600 it, or set RequireSafeKeys no",
-            path.display(),
+/// The identity [`key_file_problem`] compares a key file with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIds {
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id and supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl ProcessIds {
+    /// This process's effective uid, effective gid and supplementary groups.
+    pub fn current() -> Self {
+        // SAFETY: geteuid/getegid cannot fail and touch no memory of ours.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mut groups = vec![gid];
+        // SAFETY: a first call with size 0 only returns the count; the second writes at most
+        // `n` entries into a buffer of `n`.
+        unsafe {
+            let n = libc::getgroups(0, std::ptr::null_mut());
+            if let Ok(len) = usize::try_from(n)
+                && len > 0
+            {
+                let mut buf = vec![0 as libc::gid_t; len];
+                let got = libc::getgroups(n, buf.as_mut_ptr());
+                if let Ok(got) = usize::try_from(got) {
+                    buf.truncate(got);
+                    groups.extend(buf);
+                }
+            }
+        }
+        Self { uid, groups }
+    }
+}
+
+/// `RequireSafeKeys` for the key file itself, OpenDKIM's rule (opendkim.conf(5)): the file
+/// must not have "the read or write bit set other than for the owner or for a group that the
+/// executing process is in", so no other-read/write bit, and group read/write only when the
+/// file's group is one of ours (Debian's `root:opendkim 0640` keys pass). Its owner must be
+/// root or the user we run as (OpenDKIM's `dkimf_securefile` checks the owner too): a key
+/// owned by another user could be replaced by that user. `None` if the file is safe.
+pub fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Option<String> {
+    if mode & 0o006 != 0 {
+        return Some(format!(
+            "key file mode {:04o} lets others read or write it; chmod o-rw it",
             mode & 0o7777
         ));
     }
+    if mode & 0o060 != 0 && !me.groups.contains(&gid) {
+        return Some(format!(
+            "key file mode {:04o} lets group {gid} read or write it, a group this process \
+             (uid {}) is not in",
+            mode & 0o7777,
+            me.uid
+        ));
+    }
+    if uid != 0 && uid != me.uid {
+        return Some(format!(
+            "key file is owned by uid {uid}, neither root nor the user this process runs as \
+             (uid {})",
+            me.uid
+        ));
+    }
+    None
+}
+
+/// `RequireSafeKeys` for the directories above a key file: none may be writable by others
+/// unless it has the sticky bit (like `/tmp`). The error names the first offending path.
+pub fn check_safe_dirs(path: &Path) -> Result<(), String> {
     let abs: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut dir = abs.parent();
     while let Some(d) = dir {
@@ -171,6 +466,20 @@ pub fn check_safe(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Both `RequireSafeKeys` checks on a path (for tools such as `--check-config`);
+/// [`PrivateKey::read`] runs the same checks on the file it opened.
+pub fn check_safe(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(p) = key_file_problem(meta.mode(), meta.uid(), meta.gid(), &ProcessIds::current()) {
+        return Err(format!(
+            "{}: {p}; fix it, or set RequireSafeKeys no",
+            path.display()
+        ));
+    }
+    check_safe_dirs(path)
+}
+
 /// A parsed public key record (RFC 6376 §3.6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKeyRecord {
@@ -189,6 +498,11 @@ pub struct PublicKeyRecord {
 /// Why a key record is unusable (the text is OpenDKIM's error string).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecordError(pub &'static str);
+
+impl KeyRecordError {
+    /// An empty `p=`: the key was revoked (RFC 6376 §3.6.1).
+    pub const REVOKED: Self = Self("key revoked");
+}
 
 impl PublicKeyRecord {
     /// Parses a TXT record value.
@@ -241,7 +555,7 @@ impl PublicKeyRecord {
             return Err(KeyRecordError("key data missing"));
         }
         if rec.key.is_empty() {
-            return Err(KeyRecordError("key revoked"));
+            return Err(KeyRecordError::REVOKED);
         }
         Ok(rec)
     }
@@ -433,6 +747,7 @@ pub fn txt_record_value(txt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn generated_keys_load_and_match_their_records() {
@@ -511,5 +826,59 @@ mod tests {
             e.starts_with(&format!("{}: directory above", dir.path().display())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn require_safe_keys_follows_opendkims_rule() {
+        let me = ProcessIds {
+            uid: 110,
+            groups: vec![120, 4],
+        };
+        assert_eq!(key_file_problem(0o100600, 110, 120, &me), None);
+        assert_eq!(key_file_problem(0o100400, 0, 0, &me), None);
+        // Group-readable by a group we are in (Debian's root:opendkim 0640): allowed.
+        assert_eq!(key_file_problem(0o100640, 0, 120, &me), None);
+        // Group-readable by a group we are not in: refused (accepted before).
+        let e = key_file_problem(0o100640, 0, 0, &me).unwrap();
+        assert!(e.contains("lets group 0 read or write it"), "{e}");
+        assert!(key_file_problem(0o100604, 110, 120, &me).is_some());
+        assert!(key_file_problem(0o100602, 110, 120, &me).is_some());
+        // Owned by another user: refused (not checked before).
+        let e = key_file_problem(0o100600, 999, 120, &me).unwrap();
+        assert!(e.contains("owned by uid 999"), "{e}");
+    }
+
+    #[test]
+    fn key_files_are_checked_on_the_open_file_and_not_followed_to_fifos() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.private");
+        let g = generate(&GenKeyOptions {
+            key_type: KeyType::Ed25519,
+            ..GenKeyOptions::default()
+        })
+        .unwrap();
+        std::fs::write(&path, &g.private_pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let gid = std::fs::metadata(&path).unwrap().gid();
+        let ours = ProcessIds::current().groups.contains(&gid);
+        assert_eq!(PrivateKey::read(&path, true).is_ok(), ours);
+        // Owned by another user: refused, naming the owner.
+        std::os::unix::fs::chown(&path, Some(12345), None).ok();
+        if std::fs::metadata(&path).unwrap().uid() == 12345 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = PrivateKey::read(&path, true).unwrap_err();
+            assert!(e.contains("owned by uid 12345"), "{e}");
+            assert!(PrivateKey::read(&path, false).is_ok());
+        }
+        let fifo = dir.path().join("fifo");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .is_ok_and(|s| s.success())
+        );
+        let e = PrivateKey::read(&fifo, false).unwrap_err();
+        assert!(e.ends_with("not a regular file"), "{e}");
     }
 }

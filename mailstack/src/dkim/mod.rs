@@ -56,11 +56,34 @@
 //! - OpenDKIM 2.11's own Ed25519 signatures over `simple` header canonicalization do not
 //!   verify (not even in OpenDKIM); we report them as `fail` too.
 //! - RSA keys under 1024 bits cannot be verified by aws-lc (`policy`, "key too small", even
-//!   with `MinimumKeyBits 0`).
+//!   with `MinimumKeyBits 0`). Signing keys of 1024 to 2047 bits are used (RFC 8301 allows
+//!   them) through aws-lc's own `RSA_sign` ([`key::LegacyRsaKey`]) with a warning at
+//!   startup; under 1024 bits a signing key is refused.
+//! - A malformed KeyTable (an entry that is not `domain:selector:key`, a key that does not
+//!   load or fails `RequireSafeKeys`) stops startup, naming the entry; OpenDKIM starts and
+//!   tempfails the messages that key should sign. Refusing early is deliberate: a typo in
+//!   the key table should not turn into queued mail.
+//! - `RequireSafeKeys` checks the key file it opened (owner root or our user; no other
+//!   read/write; group read/write only for a group we are in, opendkim.conf(5)) and reads
+//!   the key from the same descriptor. Inline keys in the KeyTable (base64 or PEM in the
+//!   value) are not checked, as in OpenDKIM: they are as safe as the KeyTable file, which
+//!   the admin must protect like a key file. A world-writable directory above the key is
+//!   refused unless it is sticky (`/tmp`); OpenDKIM refuses sticky ones too.
+//! - A key lookup answered SERVFAIL, REFUSED or not at all within `DNSTimeout` (5 s, its
+//!   documented default; a deadline of its own whatever resolver is used) is `temperror`
+//!   and `On-DNSError` applies.
+//! - `SendReports yes` is refused (RFC 6651 reports would need this filter to submit mail of
+//!   its own); `SendReports no`, `ReportAddress` and `ReportBccAddress` are accepted without
+//!   effect. `RequestReports` writes `r=y`. `ReplaceRules` is refused (experimental in
+//!   OpenDKIM, POSIX regular expressions, no regex engine here). `ConditionalSignatures` is
+//!   refused: OpenDKIM 2.11 has no such option.
+//! - `DontSignMailTo`, `MacroList`, `StrictHeaders` and `RequiredHeaders` are read
+//!   ([`DkimConfig::dont_sign_to`], [`DkimConfig::macro_list_allows`],
+//!   [`sign::strict_headers_problem`]) for the per-message decision.
 //! - `MaximumHeaders` exceeded → `On-Security`, not a fixed reject.
 //! - Unsupported features (LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics,
-//!   RBL, header rewriting, re-signing, `SenderHeaders`, `MacroList`, `MTA`) are refused at
-//!   startup with file and line instead of being available.
+//!   RBL, header rewriting, re-signing, `SenderHeaders`, `MTA`) are refused at startup with
+//!   file and line instead of being available.
 
 pub mod canon;
 pub mod config;

@@ -36,6 +36,8 @@ pub struct SignOptions {
     pub oversign_headers: Vec<String>,
     /// `SignatureTTL` (0: no `x=`).
     pub ttl: u64,
+    /// `RequestReports`: write `r=y` (RFC 6651 §4.1), asking verifiers for failure reports.
+    pub request_reports: bool,
 }
 
 impl SignOptions {
@@ -46,6 +48,7 @@ impl SignOptions {
             sign_headers: cfg.sign_headers.clone(),
             oversign_headers: cfg.oversign_headers.clone(),
             ttl: cfg.signature_ttl,
+            request_reports: cfg.request_reports,
         }
     }
 
@@ -94,6 +97,54 @@ pub enum SignError {
     Crypto(String),
 }
 
+/// Header fields RFC 5322 §3.6 allows at most once (its table's "max number" 1).
+pub const AT_MOST_ONCE: &[&str] = &[
+    "date",
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "subject",
+];
+
+/// Why a header block breaks RFC 5322 §3.6's field counts, for `StrictHeaders` (refuse to
+/// process) and `RequiredHeaders` (reject): no From or no Date (each "min 1"), or a field
+/// of [`AT_MOST_ONCE`] more than once. `None` if the counts conform.
+pub fn strict_headers_problem(headers: &[Header]) -> Option<HeaderCountProblem> {
+    let count = |n: &str| {
+        headers
+            .iter()
+            .filter(|h| h.name.trim().eq_ignore_ascii_case(n))
+            .count()
+    };
+    for required in ["from", "date"] {
+        if count(required) == 0 {
+            return Some(HeaderCountProblem::Missing(required));
+        }
+    }
+    AT_MOST_ONCE
+        .iter()
+        .find(|n| count(n) > 1)
+        .map(|n| HeaderCountProblem::Repeated(n))
+}
+
+/// What [`strict_headers_problem`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderCountProblem {
+    /// A mandatory field is absent.
+    #[error("RFC 5322 requires a {0} header field")]
+    Missing(&'static str),
+    /// A field allowed once appears more often.
+    #[error("RFC 5322 allows one {0} header field, found more")]
+    Repeated(&'static str),
+}
+
 /// A finished body hash for [`sign_one`].
 #[derive(Debug, Clone, Copy)]
 pub struct BodyHash<'a> {
@@ -136,6 +187,12 @@ pub fn sign_one(
         headers: &h,
     };
     let mut value = unsigned.render();
+    if opts.request_reports {
+        // After t=/x=/i=/l=, before bh=: hashed like every other tag.
+        if let Some(at) = value.find("\n\tbh=") {
+            value.insert_str(at, " r=y;");
+        }
+    }
     let field = Header {
         name: "DKIM-Signature".into(),
         value: format!(" {value}").replace('\n', "\r\n").into_bytes(),
@@ -151,6 +208,9 @@ pub fn sign_one(
                 .map_err(|e| SignError::Crypto(e.to_string()))?;
             out
         }
+        PrivateKey::RsaLegacy(k) => k
+            .sign_sha256_digest(digest.as_ref())
+            .map_err(|e| SignError::Crypto(e.to_string()))?,
         PrivateKey::Ed25519(k) => k.sign(digest.as_ref()).as_ref().to_vec(),
     };
     append_b(&mut value, &sig);
@@ -237,14 +297,20 @@ impl KeySet {
                 let mut parts = value.splitn(3, ':');
                 let (Some(d), Some(s), Some(k)) = (parts.next(), parts.next(), parts.next()) else {
                     return Err(format!(
-                        "KeyTable entry {name:?}: expected domain:selector:key, found {value:?}"
+                        "KeyTable entry {name:?}: expected domain:selector:key, found {value:?} \
+                         (refused at startup; OpenDKIM would start and tempfail the mail \
+                         this key should sign)"
                     ));
                 };
                 let key = if k.starts_with('/') || k.starts_with("./") || k.starts_with("../") {
                     PrivateKey::read(Path::new(k), cfg.require_safe_keys)?
                 } else {
-                    PrivateKey::parse(k.as_bytes())
-                        .map_err(|e| format!("KeyTable entry {name:?}: {e}"))?
+                    PrivateKey::parse(k.as_bytes()).map_err(|e| {
+                        format!(
+                            "KeyTable entry {name:?}: {e} (refused at startup; OpenDKIM \
+                                 would start and tempfail the mail this key should sign)"
+                        )
+                    })?
                 };
                 set.keys.push((
                     name.clone(),
@@ -254,6 +320,16 @@ impl KeySet {
                         key,
                     },
                 ));
+            }
+        }
+        for (name, k) in &set.keys {
+            if k.key.key_type() == KeyType::Rsa && k.key.bits() < super::key::RECOMMENDED_RSA_BITS {
+                tracing::warn!(
+                    "key {name:?} (selector {}): {}-bit RSA; RFC 8301 asks signers for at \
+                     least 2048 bits",
+                    k.selector,
+                    k.key.bits()
+                );
             }
         }
         Ok(set)
@@ -315,15 +391,20 @@ impl KeySet {
         if self.keys.is_empty() {
             return Vec::new();
         }
-        let matched = self.domains.keys().find(|d| {
+        // `Domain *` (or a `refile:` pattern) matches every domain, as in OpenDKIM; the
+        // signature then carries the sender's own domain as d=.
+        let matched = self.domains.keys().find_map(|d| {
             let d = d.to_ascii_lowercase();
-            domain == d || (self.sub_domains && domain.ends_with(&format!(".{d}")))
+            if d == "*" || (self.domains.wildcard && super::dataset::wildcard_match(&d, domain)) {
+                return Some(domain.to_owned());
+            }
+            (domain == d || (self.sub_domains && domain.ends_with(&format!(".{d}")))).then_some(d)
         });
         matched
             .map(|d| {
                 vec![KeyChoice {
                     index: 0,
-                    domain: d.to_ascii_lowercase(),
+                    domain: d,
                     identity: None,
                 }]
             })
@@ -365,6 +446,79 @@ mod tests {
         let o = SignOptions::from_config(&cfg);
         let (hs, _) = Header::split_message(b"From: a@b\r\nTo: c\r\nTo: d\r\nX: y\r\n\r\n");
         assert_eq!(o.header_list(&hs), ["From", "To", "To", "From", "Reply-To"]);
+    }
+
+    #[test]
+    fn header_counts_for_strict_headers() {
+        let hs = |t: &[u8]| Header::split_message(t).0;
+        assert_eq!(
+            strict_headers_problem(&hs(b"From: a@b\r\nDate: x\r\nTo: c\r\nTo: d\r\n\r\n")),
+            Some(HeaderCountProblem::Repeated("to"))
+        );
+        assert_eq!(
+            strict_headers_problem(&hs(b"Date: x\r\nSubject: s\r\n\r\n")),
+            Some(HeaderCountProblem::Missing("from"))
+        );
+        assert_eq!(
+            strict_headers_problem(&hs(
+                b"From: a@b\r\nDate: x\r\nReceived: 1\r\nReceived: 2\r\n\r\n"
+            )),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn request_reports_adds_r_y_and_the_signature_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key_file(dir.path());
+        let key = SigningKey {
+            domain: Some("example.com".into()),
+            selector: "s".into(),
+            key: PrivateKey::read(&k, true).unwrap(),
+        };
+        let cfg = DkimConfig::parse(Path::new("c"), "RequestReports yes\n").unwrap();
+        let msg = b"From: a@example.com\r\nDate: x\r\n\r\nhi\r\n";
+        let v = sign_message(
+            &[(&key, "example.com")],
+            &SignOptions::from_config(&cfg),
+            msg,
+            false,
+            1,
+        )
+        .unwrap()
+        .remove(0);
+        assert!(v.contains(" r=y;\n\tbh="), "{v}");
+        let sig =
+            super::super::sig::Signature::parse(format!(" {v}").replace('\n', "\r\n").as_bytes())
+                .unwrap();
+        assert_eq!(sig.selector, "s");
+        let mut zone = crate::dns::MemoryResolver::new();
+        zone.add(
+            "s._domainkey.example.com",
+            crate::dns::MemoryRecord::Txt(
+                format!("v=DKIM1; k=ed25519; p={}", key.key.public_record_value()).into_bytes(),
+            ),
+        );
+        let mut signed = format!("DKIM-Signature: {}\r\n", v.replace('\n', "\r\n")).into_bytes();
+        signed.extend_from_slice(msg);
+        let r = super::super::verify::verify_message(
+            &signed,
+            std::sync::Arc::new(zone),
+            super::super::verify::VerifyOptions::from_config(&cfg),
+            1,
+        )
+        .await;
+        assert_eq!(r[0].result, super::super::verify::DkimResult::Pass, "{r:?}");
+        let plain = sign_message(
+            &[(&key, "example.com")],
+            &SignOptions::from_config(&DkimConfig::default()),
+            msg,
+            false,
+            1,
+        )
+        .unwrap()
+        .remove(0);
+        assert!(!plain.contains("r=y"));
     }
 
     #[test]
@@ -411,6 +565,11 @@ mod tests {
             ["example.com"]
         );
         assert!(d(&single("Mode v\n"), "a@example.com").is_empty());
+        // `Domain *`: every domain, signed as itself (signed nothing before).
+        let text = format!("Domain *\nSelector s\nKeyFile {}\n", k.display());
+        let all = KeySet::from_config(&DkimConfig::parse(Path::new("c"), &text).unwrap()).unwrap();
+        assert_eq!(d(&all, "a@Other.ORG"), ["other.org"]);
+        assert_eq!(d(&all, "a@sub.example.com"), ["sub.example.com"]);
 
         // KeyTable with `%`: the sender's domain signs; every match with MultipleSignatures.
         let text = format!(

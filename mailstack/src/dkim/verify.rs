@@ -10,10 +10,12 @@ use aws_lc_rs::signature::{
 };
 
 use super::canon::{BodyHasher, Header, hash_headers, hash_signature_field};
+use super::config::DEFAULT_DNS_TIMEOUT;
 use super::config::{Canon, DkimConfig};
-use super::key::{KeyType, PublicKeyRecord, rsa_key_bits};
+use super::key::{KeyRecordError, KeyType, PublicKeyRecord, rsa_key_bits};
 use super::sig::{Algorithm, Signature};
-use crate::dns::Resolver;
+use crate::dns::{DnsError, Resolver};
+use std::time::Duration;
 
 /// The result of one signature (RFC 8601 §2.7.1 words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,7 @@ pub struct MessageVerifier {
     sigs: Vec<(Header, Result<Signature, &'static str>)>,
     hashers: Vec<BodyHasher>,
     opts: VerifyOptions,
+    key_timeout: Option<Duration>,
 }
 
 impl MessageVerifier {
@@ -137,7 +140,19 @@ impl MessageVerifier {
             sigs,
             hashers,
             opts,
+            key_timeout: Some(DEFAULT_DNS_TIMEOUT),
         }
+    }
+
+    /// The deadline of each key lookup (`DNSTimeout`; [`DEFAULT_DNS_TIMEOUT`] unless set).
+    /// It applies whatever resolver is used, the system one included, so a resolver that
+    /// retries for longer cannot hold the message past it. Zero means no deadline
+    /// (OpenDKIM: "a value of 0 causes an infinite wait"). A lookup past the deadline is
+    /// `temperror` (`On-DNSError`).
+    #[must_use]
+    pub fn with_key_timeout(mut self, timeout: Duration) -> Self {
+        self.key_timeout = (!timeout.is_zero()).then_some(timeout);
+        self
     }
 
     /// Whether the message carries any signature.
@@ -180,7 +195,11 @@ impl MessageVerifier {
                     });
                     match body {
                         Some((_, _, _, d, n)) => {
-                            verify_one(s, field, headers, (d, *n), resolver, &self.opts, now).await
+                            let lookup = KeyLookup {
+                                resolver,
+                                timeout: self.key_timeout,
+                            };
+                            verify_one(s, field, headers, (d, *n), &lookup, &self.opts, now).await
                         }
                         None => failed(
                             Some(s),
@@ -225,12 +244,29 @@ fn failed(
     }
 }
 
+/// The key lookup of one signature: the resolver and the `DNSTimeout` deadline.
+struct KeyLookup<'a> {
+    resolver: &'a dyn Resolver,
+    timeout: Option<Duration>,
+}
+
+impl KeyLookup<'_> {
+    async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+        match self.timeout {
+            None => self.resolver.txt(name).await,
+            Some(t) => tokio::time::timeout(t, self.resolver.txt(name))
+                .await
+                .unwrap_or(Err(DnsError::Timeout)),
+        }
+    }
+}
+
 async fn verify_one(
     s: &Signature,
     field: &Header,
     headers: &[Header],
     body: (&Digest, u64),
-    resolver: &dyn Resolver,
+    resolver: &KeyLookup<'_>,
     opts: &VerifyOptions,
     now: u64,
 ) -> SignatureResult {
@@ -267,12 +303,19 @@ async fn verify_one(
         Err(e) if e.is_void() => {
             return failed(Some(s), PermError, "key not found in DNS", KeyNotFound);
         }
+        // SERVFAIL, REFUSED, a timeout (ours or the resolver's), no usable answer: RFC 6376
+        // §6.1.2 "TEMPFAIL (key unavailable)", OpenDKIM's On-DNSError (tempfail).
         Err(_) => {
             return failed(Some(s), TempError, "key DNS query failed", Dns);
         }
     };
     let rec = match txts.iter().map(|t| PublicKeyRecord::parse(t)).next() {
         Some(Ok(r)) => r,
+        // RFC 6376 §6.1.2 step 6: an empty p= means the key was revoked, and the signature
+        // FAILs (PERMFAIL there, but "fail" in RFC 8601's words, as OpenDKIM reports it).
+        Some(Err(e)) if e == KeyRecordError::REVOKED => {
+            return failed(Some(s), Fail, e.0, BadSignature);
+        }
         Some(Err(e)) => return failed(Some(s), PermError, e.0, BadSignature),
         None => return failed(Some(s), PermError, "key not found in DNS", KeyNotFound),
     };
@@ -437,5 +480,105 @@ mod tests {
             "AAAAAAAAAB"
         );
         assert_eq!(b_prefix("AAAAAAAABB", &["AAAAAAAABB", "BBBB"]), "AAAAAAAA");
+    }
+
+    /// A resolver answering every query with `err`, after `delay`.
+    struct Failing(DnsError, Duration);
+
+    #[async_trait::async_trait]
+    impl Resolver for Failing {
+        async fn txt(&self, _: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+            tokio::time::sleep(self.1).await;
+            Err(self.0.clone())
+        }
+        async fn a(&self, _: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+            Err(self.0.clone())
+        }
+        async fn aaaa(&self, _: &str) -> Result<Vec<std::net::Ipv6Addr>, DnsError> {
+            Err(self.0.clone())
+        }
+        async fn mx(&self, _: &str) -> Result<Vec<crate::dns::Mx>, DnsError> {
+            Err(self.0.clone())
+        }
+        async fn ptr(&self, _: std::net::IpAddr) -> Result<Vec<String>, DnsError> {
+            Err(self.0.clone())
+        }
+    }
+
+    fn signed_message() -> Vec<u8> {
+        use super::super::key::{GenKeyOptions, KeyType, PrivateKey, generate};
+        use super::super::sign::{SignOptions, SigningKey, sign_message};
+        let g = generate(&GenKeyOptions {
+            key_type: KeyType::Ed25519,
+            ..GenKeyOptions::default()
+        })
+        .unwrap();
+        let key = SigningKey {
+            domain: Some("example.com".into()),
+            selector: "s".into(),
+            key: PrivateKey::parse(g.private_pem.as_bytes()).unwrap(),
+        };
+        let msg = b"From: a@example.com\r\nSubject: x\r\n\r\nhi\r\n";
+        let cfg = DkimConfig::default();
+        let sigs = sign_message(
+            &[(&key, "example.com")],
+            &SignOptions::from_config(&cfg),
+            msg,
+            false,
+            1_700_000_000,
+        )
+        .unwrap();
+        let mut out = format!("DKIM-Signature: {}\r\n", sigs[0].replace('\n', "\r\n")).into_bytes();
+        out.extend_from_slice(msg);
+        out
+    }
+
+    async fn verify_with(r: Failing, timeout: Duration) -> SignatureResult {
+        let msg = signed_message();
+        let (headers, at) = Header::split_message(&msg);
+        let mut v =
+            MessageVerifier::new(&headers, VerifyOptions::from_config(&DkimConfig::default()))
+                .with_key_timeout(timeout);
+        v.body(&msg[at..]);
+        v.finish(&headers, &r, 1_700_000_000).await.remove(0)
+    }
+
+    #[tokio::test]
+    async fn servfail_on_the_key_is_a_temporary_error() {
+        let r = verify_with(
+            Failing(DnsError::ServFail, Duration::ZERO),
+            DEFAULT_DNS_TIMEOUT,
+        )
+        .await;
+        assert_eq!(r.result, DkimResult::TempError);
+        assert_eq!(r.class, Some(FailureClass::DnsError));
+        let ar = authentication_results("mx", &[r]);
+        assert!(
+            ar.contains("dkim=temperror reason=\"key DNS query failed\""),
+            "{ar}"
+        );
+    }
+
+    #[tokio::test]
+    async fn key_lookups_have_their_own_deadline() {
+        // A resolver that would answer only after a minute: DNSTimeout ends the lookup.
+        let started = std::time::Instant::now();
+        let r = verify_with(
+            Failing(DnsError::NxDomain, Duration::from_secs(60)),
+            Duration::from_millis(100),
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(r.result, DkimResult::TempError);
+        assert_eq!(r.reason, Some("key DNS query failed"));
+        assert_eq!(r.class, Some(FailureClass::DnsError));
+        // DNSTimeout 0: no deadline (OpenDKIM's infinite wait), the resolver's answer counts.
+        let r = verify_with(
+            Failing(DnsError::NxDomain, Duration::from_millis(300)),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(r.result, DkimResult::PermError);
+        assert_eq!(r.class, Some(FailureClass::KeyNotFound));
     }
 }
