@@ -760,3 +760,56 @@ async fn job_id_software_header_and_skips() {
         "IgnoreMailTo recipients only"
     );
 }
+
+/// Results handed on by earlier filters (`MessageFacts::prior`) are the ones used: a
+/// trusted-looking upstream field saying otherwise is not read, our own SPF check does not
+/// run (no `spf=` field), and the verdict's clauses hold the `dmarc=` result.
+#[tokio::test]
+async fn prior_results_win_over_headers_and_self_validation() {
+    let z: Arc<dyn Resolver> = Arc::new(policy_zone());
+    let f = DmarcFilter::new(
+        cfg("AuthservID mx.example\nRejectFailures yes\nSPFSelfValidate yes\n"),
+        z,
+    );
+    let h = headers(&[
+        (
+            "Authentication-Results",
+            "mx.example; spf=pass smtp.mailfrom=alice@reject.example",
+        ),
+        ("From", "alice@reject.example"),
+    ]);
+    let mut prior = mailstack::filter::AuthFacts::default();
+    prior.spf = Some(SpfInput {
+        domain: "reject.example".into(),
+        identity: Identity::MailFrom,
+        result: SpfResult::Fail,
+    });
+    prior.dkim = Some(Vec::new());
+    let mut m = facts("alice@reject.example", &h);
+    m.prior = Some(&prior);
+    let v = f.check(&m).await;
+    assert_eq!(v.evaluation.unwrap().result, DmarcResult::Fail);
+    assert!(matches!(v.verdict.action, Action::Reject(Some(_))));
+    // An SPF pass from before, DKIM left to the usual sources: accepted, one field (the
+    // dmarc= one, no self-SPF field), and its clause.
+    let mut prior = mailstack::filter::AuthFacts::default();
+    prior.spf = Some(SpfInput {
+        domain: "reject.example".into(),
+        identity: Identity::MailFrom,
+        result: SpfResult::Pass,
+    });
+    let h = headers(&[("From", "alice@reject.example")]);
+    let mut m = facts("alice@reject.example", &h);
+    m.prior = Some(&prior);
+    let v = f.check(&m).await;
+    assert_eq!(v.verdict.action, Action::Accept);
+    assert_eq!(
+        v.headers(),
+        headers(&[(
+            "Authentication-Results",
+            "mx.example; dmarc=pass (p=reject dis=none) header.from=reject.example"
+        )])
+    );
+    assert_eq!(v.verdict.auth_results.len(), 1);
+    assert_eq!(v.verdict.auth_results[0].method, "dmarc");
+}
