@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mailstack::av::AvConfig;
-use mailstack::av::milter::AvFilter;
+use mailstack::av::AvFilter;
+use mailstack::filter::Milter;
 use mailstack_benches::{Server, cpu_seconds, vm_hwm_kb};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::reply::Reply;
@@ -92,7 +93,7 @@ fn main() {
         &cm_sock,
         "clamav-milter",
     );
-    // ours: this binary re-executed, serving mailstack::av::milter::AvFilter, once with each
+    // ours: this binary re-executed, serving mailstack::av::AvFilter, once with each
     // ClamdTransfer.
     let spawn_ours = |name: &str, extra: &str| {
         let sock = dir.join(format!("{name}.sock"));
@@ -186,7 +187,7 @@ fn serve_child(conf: &Path) {
         let listener = Listener::bind(&socket, &UnixSocketOptions::default()).await?;
         serve(
             listener,
-            move || filter.connection(),
+            Milter::factory(filter),
             ServerConfig::default(),
             std::future::pending(),
         )

@@ -22,9 +22,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mailstack::dmarc::milter::DmarcMilter;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter};
 use mailstack::dns::HickoryResolver;
+use mailstack::filter::Milter;
 use mailstack_benches::{Figures, Server, alternate, cpu_seconds, print_header, print_row};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::reply::Reply;
@@ -115,7 +115,7 @@ fn serve_child(socket: &str) {
         let listener = Listener::bind(&socket, &UnixSocketOptions::default()).await?;
         serve(
             listener,
-            move || DmarcMilter::new(filter.clone()),
+            move || Milter::new(filter.clone()),
             ServerConfig::default(),
             std::future::pending(),
         )

@@ -90,14 +90,30 @@ async fn connect(spec: &SocketSpec) -> Client<MilterStream> {
 }
 
 /// Sends `n` copies of `raw` over one connection; returns the last outcome and the time.
+/// Added field values are given as the MTA writes them: a milter that negotiated
+/// `SMFIP_HDR_LEADSPC` (av-milter, through the generic adapter) sends the leading space
+/// itself (checked, then removed), clamav-milter leaves it to the MTA.
 async fn run(spec: &SocketSpec, raw: &[u8], n: usize) -> (Outcome, Duration) {
     let mut c = connect(spec).await;
+    let leadspc = c
+        .negotiated()
+        .protocol
+        .contains(milter_proto::flags::Protocol::HDR_LEADSPC);
     let t = Instant::now();
     let mut last = None;
     for i in 0..n {
         last = Some(c.message(&message(i, raw)).await.unwrap());
     }
-    (last.unwrap(), t.elapsed())
+    let mut last = last.unwrap();
+    if leadspc {
+        for m in &mut last.modifications {
+            if let Reply::AddHeader { value, .. } | Reply::InsHeader { value, .. } = m {
+                assert_eq!(value.first(), Some(&b' '), "HDR_LEADSPC: {value:?}");
+                *value = value.slice(1..);
+            }
+        }
+    }
+    (last, t.elapsed())
 }
 
 #[test]
@@ -182,11 +198,16 @@ fn av_milter_agrees_with_clamav_milter() {
                 ))),
                 "{name}: {bad:?}"
             );
-            assert_eq!(
-                status(&bad),
-                [format!("Infected ({SIG})")],
-                "{name}: {bad:?}"
-            );
+            // clamav-milter sends its X-Virus-* fields before rejecting; the MTA discards
+            // them with the message. av-milter's one verdict table (filter::apply) sends
+            // modifications only for a message that is delivered, so none here (the
+            // Infected field for delivered mail is tested in mailstack's av::filter tests).
+            let expected: &[String] = if *name == "clamav-milter" {
+                &[format!("Infected ({SIG})")]
+            } else {
+                &[]
+            };
+            assert_eq!(status(&bad), expected, "{name}: {bad:?}");
             verdicts.push((clean.decision, bad.decision));
         }
         // A large clean message: both stream or spool it and find nothing.

@@ -42,7 +42,11 @@ fn ar(o: &Outcome) -> Vec<String> {
         .iter()
         .filter_map(|r| match r {
             Reply::InsHeader { name, value, .. } if &name[..] == b"Authentication-Results" => {
-                Some(String::from_utf8_lossy(value).into_owned())
+                // The generic adapter negotiates SMFIP_HDR_LEADSPC: the value carries the
+                // space the MTA would otherwise put after the colon.
+                let v = String::from_utf8_lossy(value);
+                let v = v.strip_prefix(' ').expect("HDR_LEADSPC: a leading space");
+                Some(v.to_owned())
             }
             _ => None,
         })

@@ -544,7 +544,8 @@ pub fn fuzz_dmarc_zone() -> crate::dns::MemoryResolver {
 /// From domain is a valid host name.
 pub fn dmarc_filter(data: &[u8]) {
     use crate::dmarc::headers::{is_valid_domain, parse_auth_results};
-    use crate::dmarc::{Action, DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Policy};
+    use crate::dmarc::{DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Policy};
+    use crate::filter::Action;
 
     static FILTER: std::sync::OnceLock<DmarcFilter> = std::sync::OnceLock::new();
     let filter = FILTER.get_or_init(|| {
@@ -570,9 +571,10 @@ pub fn dmarc_filter(data: &[u8]) {
         raw_message: None,
         job_id: Some("4ABCDEF"),
         mta_name: Some("mx.example.net"),
+        prior: None,
     };
     let verdict = runtime().block_on(filter.check(&facts));
-    for (name, value) in &verdict.headers {
+    for (name, value) in &verdict.headers() {
         if name == "Authentication-Results" {
             let read = parse_auth_results(value);
             assert_eq!(
@@ -584,9 +586,9 @@ pub fn dmarc_filter(data: &[u8]) {
     }
     if let Some(ev) = &verdict.evaluation {
         assert!(is_valid_domain(&ev.from_domain), "{ev:?}");
-        let wanted = match verdict.action {
-            Action::Reject(_) => Some(Policy::Reject),
-            Action::Quarantine(_) => Some(Policy::Quarantine),
+        let wanted = match verdict.verdict.action {
+            Action::Reject(Some(_)) => Some(Policy::Reject),
+            Action::Quarantine { .. } => Some(Policy::Quarantine),
             _ => None,
         };
         if let Some(p) = wanted {

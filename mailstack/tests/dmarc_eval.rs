@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use mailstack::dmarc::psl::PublicSuffixList;
 use mailstack::dmarc::{
-    Action, DkimInput, DkimStatus, DmarcConfig, DmarcEvaluator, DmarcFilter, DmarcResult,
-    MessageFacts, Policy, Specification, SpfInput,
+    DkimInput, DkimStatus, DmarcConfig, DmarcEvaluator, DmarcFilter, DmarcResult, MessageFacts,
+    Policy, Specification, SpfInput,
 };
 use mailstack::dns::{MemoryRecord, MemoryResolver, Resolver};
+use mailstack::filter::{Action, Fallback};
 use mailstack::spf::{Identity, SpfResult};
 use proptest::prelude::*;
 
@@ -267,6 +268,7 @@ fn facts<'a>(env: &'a str, hdrs: &'a [(String, String)]) -> MessageFacts<'a> {
         raw_message: None,
         job_id: Some("4ABC"),
         mta_name: Some("mx.example"),
+        prior: None,
     }
 }
 
@@ -291,14 +293,16 @@ async fn enforcement_follows_opendmarc() {
     let h = headers(&[("From", "Alice <alice@reject.example>")]);
     let v = on.check(&facts("x@spammer.example", &h)).await;
     assert_eq!(
-        v.action,
-        Action::Reject("550 5.7.1 rejected by DMARC policy for reject.example".into())
+        v.verdict.action,
+        Action::Reject(Some(
+            "550 5.7.1 rejected by DMARC policy for reject.example".into()
+        ))
     );
-    assert!(v.headers.is_empty(), "no AR on a reject");
+    assert!(v.headers().is_empty(), "no AR on a reject");
     let v = off.check(&facts("x@spammer.example", &h)).await;
-    assert_eq!(v.action, Action::Accept);
+    assert_eq!(v.verdict.action, Action::Accept);
     assert_eq!(
-        v.headers,
+        v.headers(),
         headers(&[(
             "Authentication-Results",
             "mx.example; dmarc=fail (p=reject dis=none) header.from=reject.example"
@@ -313,9 +317,9 @@ async fn enforcement_follows_opendmarc() {
         ("From", "alice@reject.example"),
     ]);
     let v = on.check(&facts("alice@reject.example", &h2)).await;
-    assert_eq!(v.action, Action::Accept);
+    assert_eq!(v.verdict.action, Action::Accept);
     assert_eq!(
-        v.headers[0].1,
+        v.headers()[0].1,
         "mx.example; dmarc=pass (p=reject dis=none) header.from=reject.example"
     );
     // The same from an untrusted authserv-id is ignored.
@@ -327,29 +331,32 @@ async fn enforcement_follows_opendmarc() {
         ("From", "alice@reject.example"),
     ]);
     assert!(matches!(
-        on.check(&facts("alice@reject.example", &h3)).await.action,
-        Action::Reject(_)
+        on.check(&facts("alice@reject.example", &h3))
+            .await
+            .verdict
+            .action,
+        Action::Reject(Some(_))
     ));
     // p=none and permerror.
     let h = headers(&[("From", "a@none.example")]);
     let v = on.check(&facts("x@spammer.example", &h)).await;
-    assert_eq!(v.action, Action::Accept);
+    assert_eq!(v.verdict.action, Action::Accept);
     assert_eq!(
-        v.headers[0].1,
+        v.headers()[0].1,
         "mx.example; dmarc=fail (p=none dis=none) header.from=none.example"
     );
     let h = headers(&[("From", "a@bad.example")]);
     let v = on.check(&facts("x@spammer.example", &h)).await;
     assert_eq!(
-        v.headers[0].1,
+        v.headers()[0].1,
         "mx.example; dmarc=permerror header.from=bad.example"
     );
     // p=quarantine: as OpenDMARC, dis=quarantine and the milter quarantine only with Hold.
     let h = headers(&[("From", "a@quar.example")]);
     let v = on.check(&facts("x@spammer.example", &h)).await;
-    assert_eq!(v.action, Action::Accept);
+    assert_eq!(v.verdict.action, Action::Accept);
     assert_eq!(
-        v.headers[0].1,
+        v.headers()[0].1,
         "mx.example; dmarc=fail (p=quarantine dis=none) header.from=quar.example"
     );
     let hold = DmarcFilter::new(
@@ -358,11 +365,14 @@ async fn enforcement_follows_opendmarc() {
     );
     let v = hold.check(&facts("x@spammer.example", &h)).await;
     assert_eq!(
-        v.action,
-        Action::Quarantine("quarantined by DMARC policy for quar.example".into())
+        v.verdict.action,
+        Action::Quarantine {
+            reason: "quarantined by DMARC policy for quar.example".into(),
+            fallback: Fallback::Accept,
+        }
     );
     assert_eq!(
-        v.headers[0].1,
+        v.headers()[0].1,
         "mx.example; dmarc=fail (p=quarantine dis=quarantine) header.from=quar.example"
     );
     // Custom RejectString.
@@ -373,8 +383,8 @@ async fn enforcement_follows_opendmarc() {
     let h = headers(&[("From", "a@reject.example")]);
     let v = custom.check(&facts("x@spammer.example", &h)).await;
     assert_eq!(
-        v.action,
-        Action::Reject("550 5.7.1 DMARC says no to reject.example".into())
+        v.verdict.action,
+        Action::Reject(Some("550 5.7.1 DMARC says no to reject.example".into()))
     );
 }
 
@@ -389,10 +399,10 @@ async fn from_protections_and_required_headers() {
     let date = ("Date", "Wed, 25 Nov 2026 10:00:00 +0000");
     let multi = headers(&[date, ("From", "a@none.example, b@reject.example")]);
     let v = plain.check(&facts("", &multi)).await;
-    assert_eq!(v.action, Action::Accept);
-    assert!(v.skipped.is_some() && v.headers.is_empty());
+    assert_eq!(v.verdict.action, Action::Accept);
+    assert!(v.skipped.is_some() && v.headers().is_empty());
     let v = strict.check(&facts("", &multi)).await;
-    assert_eq!(v.action, Action::RejectDefault);
+    assert_eq!(v.verdict.action, Action::Reject(None));
     assert_eq!(
         v.skipped.as_deref(),
         Some("multi-valued From field detected")
@@ -402,17 +412,20 @@ async fn from_protections_and_required_headers() {
         ("From", "a@reject.example"),
         ("From", "b@reject.example"),
     ]);
-    assert_eq!(plain.check(&facts("", &two)).await.action, Action::Accept);
+    assert_eq!(
+        plain.check(&facts("", &two)).await.verdict.action,
+        Action::Accept
+    );
     let v = strict.check(&facts("", &two)).await;
-    assert_eq!(v.action, Action::RejectDefault);
+    assert_eq!(v.verdict.action, Action::Reject(None));
     assert_eq!(
         v.skipped.as_deref(),
         Some("RFC5322 requirement error: 2 From fields")
     );
     let no_date = headers(&[("From", "a@none.example")]);
     assert_eq!(
-        strict.check(&facts("", &no_date)).await.action,
-        Action::RejectDefault
+        strict.check(&facts("", &no_date)).await.verdict.action,
+        Action::Reject(None)
     );
     let subjects = headers(&[
         date,
@@ -421,16 +434,19 @@ async fn from_protections_and_required_headers() {
         ("Subject", "b"),
     ]);
     assert_eq!(
-        strict.check(&facts("", &subjects)).await.action,
-        Action::RejectDefault
+        strict.check(&facts("", &subjects)).await.verdict.action,
+        Action::Reject(None)
     );
     let unbalanced = headers(&[date, ("From", "<a@reject.example>>")]);
     assert_eq!(
-        strict.check(&facts("", &unbalanced)).await.action,
-        Action::RejectDefault
+        strict.check(&facts("", &unbalanced)).await.verdict.action,
+        Action::Reject(None)
     );
     let fine = headers(&[date, ("From", "a@none.example"), ("Subject", "a")]);
-    assert_eq!(strict.check(&facts("", &fine)).await.action, Action::Accept);
+    assert_eq!(
+        strict.check(&facts("", &fine)).await.verdict.action,
+        Action::Accept
+    );
 }
 
 #[tokio::test]
@@ -442,9 +458,9 @@ async fn spf_self_validate_uses_our_evaluator_and_writes_its_ar() {
     );
     let h = headers(&[("From", "alice@reject.example")]);
     let v = f.check(&facts("alice@reject.example", &h)).await;
-    assert_eq!(v.action, Action::Accept);
+    assert_eq!(v.verdict.action, Action::Accept);
     assert_eq!(
-        v.headers,
+        v.headers(),
         headers(&[
             (
                 "Authentication-Results",
@@ -458,7 +474,7 @@ async fn spf_self_validate_uses_our_evaluator_and_writes_its_ar() {
     );
     // Null sender: HELO identity (client.example has no SPF record: none), so DMARC fails.
     let v = f.check(&facts("", &h)).await;
-    assert!(matches!(v.action, Action::Reject(_)));
+    assert!(matches!(v.verdict.action, Action::Reject(Some(_))));
 }
 
 /// Standard base64 (the `base64` crate mailstack already uses).
@@ -676,7 +692,7 @@ proptest! {
         let f = DmarcFilter::new(cfg(conf), Arc::new(zone(&[("_dmarc.sender.example", rec.as_str())])));
         let h = headers(&[("From", "a@sender.example")]);
         let v = rt.block_on(f.check(&facts("x@elsewhere.example", &h)));
-        let rejected = matches!(v.action, Action::Reject(_));
+        let rejected = matches!(v.verdict.action, Action::Reject(Some(_)));
         if rejected {
             prop_assert!(reject_failures && p == "reject");
         }
@@ -684,7 +700,7 @@ proptest! {
             prop_assert!(!rejected);
         }
         if !rejected {
-            prop_assert!(v.headers[0].1.contains("header.from=sender.example"));
+            prop_assert!(v.headers()[0].1.contains("header.from=sender.example"));
         }
     }
 }
@@ -705,18 +721,18 @@ async fn job_id_software_header_and_skips() {
         ("From", "a@reject.example"),
     ]);
     let v = f.check(&facts("a@reject.example", &h)).await;
-    assert_eq!(v.headers[0].0, "DMARC-Filter");
+    assert_eq!(v.headers()[0].0, "DMARC-Filter");
     assert!(
-        v.headers[0].1.starts_with("mailstack dmarc-milter v")
-            && v.headers[0].1.ends_with(" mx.example 4ABC")
+        v.headers()[0].1.starts_with("mailstack dmarc-milter v")
+            && v.headers()[0].1.ends_with(" mx.example 4ABC")
     );
     assert_eq!(
-        v.headers[1].1,
+        v.headers()[1].1,
         "mx.example/4ABC; dmarc=pass (p=reject dis=none) header.from=reject.example"
     );
     let h = headers(&[("From", "a@skip.example")]);
     let v = f.check(&facts("a@skip.example", &h)).await;
-    assert!(v.skipped.is_some() && v.headers.is_empty());
+    assert!(v.skipped.is_some() && v.headers().is_empty());
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("history");
@@ -743,4 +759,57 @@ async fn job_id_software_header_and_skips() {
         text,
         "IgnoreMailTo recipients only"
     );
+}
+
+/// Results handed on by earlier filters (`MessageFacts::prior`) are the ones used: a
+/// trusted-looking upstream field saying otherwise is not read, our own SPF check does not
+/// run (no `spf=` field), and the verdict's clauses hold the `dmarc=` result.
+#[tokio::test]
+async fn prior_results_win_over_headers_and_self_validation() {
+    let z: Arc<dyn Resolver> = Arc::new(policy_zone());
+    let f = DmarcFilter::new(
+        cfg("AuthservID mx.example\nRejectFailures yes\nSPFSelfValidate yes\n"),
+        z,
+    );
+    let h = headers(&[
+        (
+            "Authentication-Results",
+            "mx.example; spf=pass smtp.mailfrom=alice@reject.example",
+        ),
+        ("From", "alice@reject.example"),
+    ]);
+    let mut prior = mailstack::filter::AuthFacts::default();
+    prior.spf = Some(SpfInput {
+        domain: "reject.example".into(),
+        identity: Identity::MailFrom,
+        result: SpfResult::Fail,
+    });
+    prior.dkim = Some(Vec::new());
+    let mut m = facts("alice@reject.example", &h);
+    m.prior = Some(&prior);
+    let v = f.check(&m).await;
+    assert_eq!(v.evaluation.unwrap().result, DmarcResult::Fail);
+    assert!(matches!(v.verdict.action, Action::Reject(Some(_))));
+    // An SPF pass from before, DKIM left to the usual sources: accepted, one field (the
+    // dmarc= one, no self-SPF field), and its clause.
+    let mut prior = mailstack::filter::AuthFacts::default();
+    prior.spf = Some(SpfInput {
+        domain: "reject.example".into(),
+        identity: Identity::MailFrom,
+        result: SpfResult::Pass,
+    });
+    let h = headers(&[("From", "alice@reject.example")]);
+    let mut m = facts("alice@reject.example", &h);
+    m.prior = Some(&prior);
+    let v = f.check(&m).await;
+    assert_eq!(v.verdict.action, Action::Accept);
+    assert_eq!(
+        v.headers(),
+        headers(&[(
+            "Authentication-Results",
+            "mx.example; dmarc=pass (p=reject dis=none) header.from=reject.example"
+        )])
+    );
+    assert_eq!(v.verdict.auth_results.len(), 1);
+    assert_eq!(v.verdict.auth_results[0].method, "dmarc");
 }

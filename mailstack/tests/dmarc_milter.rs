@@ -1,4 +1,5 @@
-//! The DMARC milter handler driven by milter-proto's MTA-side client (Postfix's offer), with
+//! The DMARC filter behind the generic milter adapter (`filter::Milter`, as `dmarc-milter`
+//! serves it), driven by milter-proto's MTA-side client (Postfix's offer), with
 //! an in-memory DNS zone: p=reject failure → `550 5.7.1`, p=none failure → accepted with
 //! `dmarc=fail`, pass → `dmarc=pass`; IgnoreHosts and IgnoreAuthenticatedClients skip.
 
@@ -6,15 +7,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mailstack::dmarc::milter::DmarcMilter;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
+use mailstack::filter::Milter;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
 use milter_proto::command::ConnAddr;
 use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve_connection};
 
 fn filter(conf: &str) -> Arc<DmarcFilter> {
+    Arc::new(dmarc(conf))
+}
+
+fn dmarc(conf: &str) -> DmarcFilter {
     let mut z = MemoryResolver::new();
     for (name, txt) in [
         ("_dmarc.reject.example", "v=DMARC1; p=reject"),
@@ -25,13 +30,13 @@ fn filter(conf: &str) -> Arc<DmarcFilter> {
         z.add(name, MemoryRecord::Txt(txt.as_bytes().to_vec()));
     }
     let cfg = DmarcConfig::parse(Path::new("opendmarc.conf"), conf).unwrap();
-    Arc::new(DmarcFilter::new(cfg, Arc::new(z)))
+    DmarcFilter::new(cfg, Arc::new(z))
 }
 
 async fn run(filter: Arc<DmarcFilter>, conn: &Connection, msg: &Message) -> (Outcome, Outcome) {
     let (mta, milter) = tokio::io::duplex(64 * 1024);
     let server = tokio::spawn(async move {
-        serve_connection(milter, DmarcMilter::new(filter), &ServerConfig::default()).await
+        serve_connection(milter, Milter::new(filter), &ServerConfig::default()).await
     });
     let mut client = Client::negotiate(mta, ClientConfig::default())
         .await
@@ -54,7 +59,8 @@ fn message(sender: &str, raw: &str) -> Message {
 }
 
 /// The inserted fields in the order they end up at the top of the message (each INSHEADER
-/// at index 0 goes above the previous ones).
+/// at index 0 goes above the previous ones). The adapter negotiates `SMFIP_HDR_LEADSPC`, so
+/// every value carries its leading space (checked), removed here.
 fn inserted_headers(o: &Outcome) -> Vec<(String, String)> {
     let mut top: Vec<(String, String)> = o
         .modifications
@@ -64,10 +70,13 @@ fn inserted_headers(o: &Outcome) -> Vec<(String, String)> {
                 index: 0,
                 name,
                 value,
-            } => Some((
-                String::from_utf8_lossy(name).into_owned(),
-                String::from_utf8_lossy(value).into_owned(),
-            )),
+            } => {
+                let value = String::from_utf8_lossy(value);
+                let value = value
+                    .strip_prefix(' ')
+                    .expect("HDR_LEADSPC: a leading space");
+                Some((String::from_utf8_lossy(name).into_owned(), value.to_owned()))
+            }
             _ => None,
         })
         .collect();
@@ -146,7 +155,9 @@ async fn quarantine_uses_the_milter_quarantine_when_asked() {
     );
     let conf = format!("{CONF}HoldQuarantinedMessages yes\n");
     let (_, o) = run(filter(&conf), &Connection::default(), &msg).await;
-    assert_eq!(o.decision, Reply::Continue);
+    // The one verdict table answers ACCEPT after QUARANTINE (the old DMARC handler said
+    // CONTINUE; at end of message both accept the message into the hold queue).
+    assert_eq!(o.decision, Reply::Accept);
     assert!(
         o.modifications
             .contains(&Reply::Quarantine(Bytes::from_static(
@@ -237,7 +248,7 @@ async fn in_process_dkim_through_the_milter() {
     assert_eq!(o.decision, Reply::Accept);
     assert_eq!(
         inserted_headers(&o)[0].1,
-        " mx.example; dmarc=pass (p=reject dis=none) header.from=reject.example"
+        "mx.example; dmarc=pass (p=reject dis=none) header.from=reject.example"
     );
     let tampered = signed.replacen("Hello", "Hellp", 1);
     let (_, o) = run(
@@ -247,4 +258,171 @@ async fn in_process_dkim_through_the_milter() {
     )
     .await;
     assert!(matches!(o.decision, Reply::ReplyCode(_)), "{o:?}");
+}
+
+/// An earlier filter in a chain that hands on fixed SPF and DKIM results (what the SPF and
+/// DKIM filters do in `mailstackd`).
+struct Earlier(mailstack::filter::AuthFacts);
+
+#[async_trait::async_trait]
+impl mailstack::filter::Filter for Earlier {
+    type Message = ();
+
+    fn needs(&self) -> mailstack::filter::Needs {
+        mailstack::filter::Needs::default()
+    }
+
+    async fn mail(
+        &self,
+        _: &mailstack::filter::Connection,
+        _: &mailstack::filter::Envelope,
+    ) -> mailstack::filter::Start<()> {
+        mailstack::filter::Start::Message(())
+    }
+
+    async fn end_of_message(
+        &self,
+        _: (),
+        _: &mailstack::filter::EndOfMessage<'_>,
+    ) -> mailstack::filter::Verdict {
+        let mut v = mailstack::filter::Verdict::accept();
+        v.facts = self.0.clone();
+        v
+    }
+}
+
+/// SPF `fail` for the envelope domain and no DKIM signature, as an SPF and a DKIM filter
+/// would find for forged mail.
+fn failing_facts(envelope_domain: &str) -> mailstack::filter::AuthFacts {
+    let mut f = mailstack::filter::AuthFacts::default();
+    f.spf = Some(mailstack::dmarc::SpfInput {
+        domain: envelope_domain.into(),
+        identity: mailstack::spf::Identity::MailFrom,
+        result: mailstack::spf::SpfResult::Fail,
+    });
+    f.dkim = Some(Vec::new());
+    f
+}
+
+async fn run_chain(
+    filter: DmarcFilter,
+    facts: mailstack::filter::AuthFacts,
+    conn: &Connection,
+    msg: &Message,
+) -> Outcome {
+    let chain = mailstack::filter::Chain::new(Earlier(facts), filter);
+    let (mta, milter) = tokio::io::duplex(64 * 1024);
+    let h = Milter::new(Arc::new(chain));
+    let server =
+        tokio::spawn(async move { serve_connection(milter, h, &ServerConfig::default()).await });
+    let mut client = Client::negotiate(mta, ClientConfig::default())
+        .await
+        .unwrap();
+    client.connection(conn).await.unwrap();
+    let m = client.message(msg).await.unwrap();
+    client.quit().await.unwrap();
+    server.await.unwrap().unwrap();
+    m
+}
+
+/// Forged upstream results carrying our own authserv-id: alone, dmarc-milter trusts them
+/// (as OpenDMARC does; Postfix is expected to strip such fields). In a chain, the SPF and
+/// DKIM results of the earlier filters are used and the header fields are never read: the
+/// forged `pass` does not save the message, and our own SPF check does not run.
+#[tokio::test]
+async fn in_a_chain_earlier_results_are_used_never_the_headers() {
+    let forged = "Authentication-Results: mx.example; spf=pass smtp.mailfrom=reject.example;\r\n\
+                  \tdkim=pass header.d=reject.example header.s=sel\r\n\
+                  From: Alice <alice@reject.example>\r\nSubject: x\r\n\r\nbody\r\n";
+    let msg = message("mallory@reject.example", forged);
+    let (_, alone) = run(filter(CONF), &Connection::default(), &msg).await;
+    assert_eq!(alone.decision, Reply::Accept, "{alone:?}");
+    let o = run_chain(
+        dmarc(CONF),
+        failing_facts("reject.example"),
+        &Connection::default(),
+        &msg,
+    )
+    .await;
+    assert_eq!(
+        o.decision,
+        Reply::ReplyCode(Bytes::from_static(
+            b"550 5.7.1 rejected by DMARC policy for reject.example"
+        ))
+    );
+    // With p=none the message is delivered: the only field is the dmarc= one (no self-SPF
+    // field, SPFSelfValidate is not needed when SPF already ran).
+    let msg = message(
+        "mallory@spammer.example",
+        &forged.replace("alice@reject.example", "alice@none.example"),
+    );
+    let o = run_chain(
+        dmarc(CONF),
+        failing_facts("spammer.example"),
+        &Connection::default(),
+        &msg,
+    )
+    .await;
+    assert_eq!(o.decision, Reply::Accept);
+    assert_eq!(
+        inserted_headers(&o),
+        vec![(
+            "Authentication-Results".into(),
+            "mx.example; dmarc=fail (p=none dis=none) header.from=none.example".into()
+        )]
+    );
+}
+
+/// In a chain CONNECT is advisory (another filter wants the connection): a client in
+/// IgnoreHosts must still be skipped at MAIL.
+#[tokio::test]
+async fn in_a_chain_ignored_hosts_are_skipped_at_mail() {
+    let msg = message(
+        "mallory@spammer.example",
+        "From: a@reject.example\r\n\r\nbody\r\n",
+    );
+    let local = Connection {
+        addr: ConnAddr::Inet {
+            port: 1,
+            address: Bytes::from_static(b"127.0.0.1"),
+        },
+        ..Connection::default()
+    };
+    let o = run_chain(dmarc(CONF), failing_facts("spammer.example"), &local, &msg).await;
+    assert_eq!(o.decision, Reply::Accept);
+    assert!(inserted_headers(&o).is_empty());
+    let o = run_chain(
+        dmarc(CONF),
+        failing_facts("spammer.example"),
+        &Connection::default(),
+        &msg,
+    )
+    .await;
+    assert!(matches!(o.decision, Reply::ReplyCode(_)), "{o:?}");
+}
+
+/// dmarc-milter asks the MTA for the body only when it verifies DKIM itself.
+#[tokio::test]
+async fn the_body_is_asked_for_only_with_dkim_self_validate() {
+    use mailstack::filter::Filter as _;
+    let n = filter(CONF).needs();
+    assert!(n.headers && !n.body);
+    let n = filter(&format!("{CONF}DKIMSelfValidate yes\n")).needs();
+    assert!(n.headers && n.body);
+    // The negotiation switches body events off (SMFIP_NOBODY).
+    let (mta, milter) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        serve_connection(milter, Milter::new(filter(CONF)), &ServerConfig::default()).await
+    });
+    let client = Client::negotiate(mta, ClientConfig::default())
+        .await
+        .unwrap();
+    assert!(
+        client
+            .negotiated()
+            .protocol
+            .contains(milter_proto::flags::Protocol::NOBODY)
+    );
+    client.quit().await.unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -16,9 +16,8 @@ use mailstack::dkim::sig::{Algorithm, Signature};
 use mailstack::dkim::verify::{DkimResult, VerifyOptions, verify_message};
 use mailstack::dmarc::headers::{FromError, UpstreamContext, author_domain, read_upstream};
 use mailstack::dmarc::record::{DmarcRecord, Policy, RecordError};
-use mailstack::dmarc::{
-    Action, DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Specification,
-};
+use mailstack::dmarc::{DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Specification};
+use mailstack::filter::Action;
 use mailstack::spf::SpfResult;
 
 fn seed(target: &str, name: &str) -> Vec<u8> {
@@ -312,18 +311,21 @@ async fn dmarc_filter_corpus_replays_and_keeps_meaning() {
             raw_message: None,
             job_id: None,
             mta_name: Some("mx.example.net"),
+            prior: None,
         };
         filter.check(&facts).await
     };
     let v = check("reject_fail").await;
     assert_eq!(
-        v.action,
-        Action::Reject("550 5.7.1 rejected by DMARC policy for example.com".into())
+        v.verdict.action,
+        Action::Reject(Some(
+            "550 5.7.1 rejected by DMARC policy for example.com".into()
+        ))
     );
     let v = check("trusted_upstream_dkim").await;
-    assert_eq!(v.action, Action::Accept);
+    assert_eq!(v.verdict.action, Action::Accept);
     assert_eq!(
-        v.headers[0].1,
+        v.headers()[0].1,
         "mx.example.net; dmarc=pass (p=reject dis=none) header.from=example.com"
     );
     assert_eq!(
@@ -331,8 +333,11 @@ async fn dmarc_filter_corpus_replays_and_keeps_meaning() {
         DmarcResult::Fail
     );
     assert!(matches!(
-        check("quarantine_held").await.action,
-        Action::Quarantine(_)
+        check("quarantine_held").await.verdict.action,
+        Action::Quarantine { .. }
     ));
-    assert_eq!(check("temperror_dns").await.action, Action::Tempfail);
+    assert_eq!(
+        check("temperror_dns").await.verdict.action,
+        Action::Tempfail(None)
+    );
 }

@@ -9,8 +9,9 @@
 //! Run: `av-milter --config /etc/clamav/clamav-milter.conf` and point Postfix at the
 //! `MilterSocket` (`smtpd_milters = unix:/run/clamav/clamav-milter.ctl`).
 //!
-//! The filter is library code, `mailstack::av::milter` (one handler per MTA connection on
-//! `milter-proto`'s server); this binary reads the configuration and serves it.
+//! The filter is library code, `mailstack::av::AvFilter`, served by the generic
+//! `mailstack::filter::Milter` adapter (one handler per MTA connection on `milter-proto`'s
+//! server), the same code `mailstackd` runs; this binary reads the configuration and serves it.
 
 use std::io;
 use std::path::PathBuf;
@@ -18,7 +19,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use mailstack::av::AvConfig;
-use mailstack::av::milter::AvFilter;
+use mailstack::av::AvFilter;
+use mailstack::filter::Milter;
 use mailstack::notify::{MsmtpConfig, Notifier};
 use mailstack_examples::shutdown_signal;
 use milter_proto::server::{self, ServerConfig};
@@ -171,6 +173,11 @@ async fn serve(spec: &SocketSpec, filter: Arc<AvFilter>) -> io::Result<()> {
     };
     let listener = Listener::bind(spec, &unix).await?;
     tracing::info!(socket = %spec, "listening");
-    let make = move || filter.connection();
-    server::serve(listener, make, ServerConfig::default(), shutdown_signal()).await
+    server::serve(
+        listener,
+        Milter::factory(filter),
+        ServerConfig::default(),
+        shutdown_signal(),
+    )
+    .await
 }

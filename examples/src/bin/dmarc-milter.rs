@@ -1,7 +1,8 @@
 //! `dmarc-milter`: a DMARC milter reading `opendmarc.conf`, a drop-in for OpenDMARC.
 //!
-//! All the logic is `mailstack::dmarc` (evaluation, enforcement, the milter handler); this
-//! binary reads the configuration, builds the resolver and serves the socket.
+//! All the logic is `mailstack::dmarc` (evaluation, enforcement, the `Filter`) served by the
+//! generic `mailstack::filter::Milter` adapter, the same code `mailstackd` runs; this binary
+//! reads the configuration, builds the resolver and serves the socket.
 //!
 //! Run: `dmarc-milter --config /etc/opendmarc.conf --socket inet:8893@localhost` and point
 //! Postfix at it after the DKIM milter (`smtpd_milters = ..., inet:localhost:8893`), so the
@@ -13,9 +14,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use mailstack::dmarc::milter::DmarcMilter;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, Specification};
 use mailstack::dns::{HickoryResolver, Resolver};
+use mailstack::filter::Milter;
 use mailstack_examples::shutdown_signal;
 use milter_proto::server::{ServerConfig, serve};
 use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
@@ -156,8 +157,12 @@ async fn run(
         .await
         .map_err(|e| format!("{spec}: {e}"))?;
     tracing::info!(socket = %spec, "listening");
-    let make = move || DmarcMilter::new(filter.clone());
-    serve(listener, make, ServerConfig::default(), shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    serve(
+        listener,
+        Milter::factory(filter),
+        ServerConfig::default(),
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }

@@ -129,7 +129,7 @@ pub struct AvConfig {
     pub report_hostname: Option<String>,
     /// `VirusAction`.
     pub virus_action: Option<PathBuf>,
-    /// `MaxFileSize` (default 100M): only this many bytes are scanned.
+    /// `MaxFileSize` (default 100M): only this many bytes are scanned; 0 means no limit.
     pub max_file_size: u64,
     /// `SkipAuthenticated`.
     pub skip_authenticated: Option<SkipAuth>,

@@ -5,12 +5,30 @@
 //! INSTREAM chunks of [`SCAN_CHUNK`] bytes (fewer writes for us and fewer reads for clamd), so
 //! memory stays bounded by that chunk size whatever the message size. Only the first `MaxFileSize` bytes are scanned
 //! (clamav-milter truncates the same way). [`decide`] maps the outcome to the configured
-//! action, SMTP reply and `X-Virus-*` header fields. [`milter`] is the whole filter as a
-//! milter handler (the `av-milter` example binary serves it). [`config`] reads
+//! action, SMTP reply and `X-Virus-*` header fields. [`AvFilter`] is the whole filter in the
+//! common shape ([`crate::filter::Filter`]): the `av-milter` example binary serves it through
+//! [`crate::filter::Milter`], `mailstackd` in a [`crate::filter::Chain`]. [`config`] reads
 //! `clamav-milter.conf`.
+//!
+//! # Actions
+//!
+//! | `OnClean`/`OnInfected`/`OnFail` | [`crate::filter::Action`] |
+//! |---|---|
+//! | `Accept` | `Accept` |
+//! | `Reject` | `Reject` (with `RejectMsg`, `%v` = the virus name, printable ASCII only) |
+//! | `Defer` | `Tempfail(None)` |
+//! | `Blackhole` | `Discard` |
+//! | `Quarantine` | `Quarantine` with [`crate::filter::Fallback::Tempfail`]: when the MTA did not grant quarantine the message is deferred, never delivered |
+//!
+//! `AddHeader` fields (`X-Virus-Scanned`, `X-Virus-Status`) are written only for a scan that
+//! was done: clamd down, a timeout or an error never yields `X-Virus-Status: Clean`.
+//! `MaxFileSize 0` means no limit. `VirusAction` and notifications run in the background,
+//! at most [`MAX_BACKGROUND`] at once (the others are logged and dropped), within
+//! [`VIRUS_ACTION_TIMEOUT`] and [`NOTIFY_TIMEOUT`]. `LocalNet local` matches only local
+//! submissions: an Inet client address the MTA sent but that does not parse is scanned.
 
 pub mod config;
-pub mod milter;
+mod filter;
 
 use std::time::Duration;
 
@@ -18,6 +36,10 @@ use std::path::PathBuf;
 
 use crate::clamd::{ClamdAddr, ClamdError, Client, Instream, Phase, Socket, Timeouts, Verdict};
 pub use config::{Action, AddHeader, AvConfig, LogLevel, Transfer};
+pub use filter::{
+    AvFilter, AvMessage, MAX_BACKGROUND, NOTIFY_TIMEOUT, PRODUCT, QUARANTINE_REASON,
+    VIRUS_ACTION_TIMEOUT,
+};
 
 /// What scanning found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +94,11 @@ impl MessageScan {
             stream: None,
             failed: None,
             sent: 0,
-            limit: cfg.max_file_size,
+            // `MaxFileSize 0` is clamd's and clamav-milter's "no limit": scan everything.
+            limit: match cfg.max_file_size {
+                0 => u64::MAX,
+                n => n,
+            },
             started: false,
             pending: Vec::new(),
             spool: (cfg.clamd_transfer == Transfer::Fildes)
@@ -277,14 +303,32 @@ pub struct Decision {
     pub headers: Vec<(String, String)>,
 }
 
-/// The `X-Virus-Status` value for an outcome (`None` when the scan failed).
+/// The most bytes of an `X-Virus-Status` value: clamav-milter's buffer is 255 bytes, and
+/// we keep the field bounded the same way.
+pub const MAX_STATUS_LEN: usize = 255;
+
+/// A virus name as clamd reported it, made safe for a header field, an SMTP reply, a log
+/// line or a program argument: control characters (CR, LF, TAB, NUL, ...) become spaces.
+pub fn sanitize_virus_name(v: &str) -> String {
+    v.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The `X-Virus-Status` value for an outcome (`None` when the scan failed: a message that
+/// was not scanned never gets `Clean`). The virus name is sanitized
+/// ([`sanitize_virus_name`]) and the value cut to [`MAX_STATUS_LEN`] bytes at a character
+/// boundary.
 pub fn status_value(o: &Outcome) -> Option<String> {
     match o {
         Outcome::Clean => Some("Clean".into()),
-        // clamav-milter's buffer is 255 bytes; keep the field bounded the same way.
         Outcome::Infected(v) => {
-            let mut s = format!("Infected ({v})");
-            s.truncate(255);
+            let mut s = format!("Infected ({})", sanitize_virus_name(v));
+            let mut end = s.len().min(MAX_STATUS_LEN);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
             Some(s)
         }
         Outcome::Failed(_) => None,
@@ -335,7 +379,7 @@ pub fn decide(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
@@ -393,5 +437,111 @@ mod tests {
                 .headers
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_long_multibyte_virus_name_is_cut_at_a_char_boundary() {
+        // "Infected (" is 10 bytes: byte 255 falls inside the 123rd 'é'.
+        let name = "é".repeat(200);
+        let s = status_value(&Outcome::Infected(name)).unwrap();
+        assert!(
+            s.len() <= MAX_STATUS_LEN && s.len() >= MAX_STATUS_LEN - 3,
+            "{}",
+            s.len()
+        );
+        assert!(s.starts_with("Infected (éé"));
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_status_or_the_reply() {
+        let evil = "Eicar\r\nX-Injected: yes\0\t".to_owned();
+        let s = status_value(&Outcome::Infected(evil.clone())).unwrap();
+        assert!(!s.chars().any(char::is_control), "{s:?}");
+        assert_eq!(s, "Infected (Eicar  X-Injected: yes  )");
+        let c = cfg("OnInfected Reject\nRejectMsg Virus %v found\n");
+        let d = decide(&c, &Outcome::Infected(evil), "p", None);
+        let reply = d.reply.unwrap();
+        assert!(!reply.chars().any(char::is_control), "{reply:?}");
+        assert!(
+            !d.headers
+                .iter()
+                .any(|(_, v)| v.chars().any(char::is_control))
+        );
+    }
+
+    #[test]
+    fn a_failed_scan_never_gets_clean() {
+        let c = cfg("AddHeader Replace\nOnFail Accept\n");
+        assert_eq!(status_value(&Outcome::Failed("down".into())), None);
+        let d = decide(&c, &Outcome::Failed("down".into()), "p", Some("mx"));
+        assert_eq!(d.action, Action::Accept);
+        assert!(d.headers.is_empty(), "{:?}", d.headers);
+    }
+
+    /// A clamd stand-in on a unix socket: answers each INSTREAM with `reply` once the
+    /// zero-length chunk arrived, and counts the bytes streamed to it.
+    pub(crate) fn fake_clamd(
+        reply: &'static [u8],
+    ) -> (
+        tempfile::TempDir,
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clamd.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let got = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    loop {
+                        if s.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                        if b[0] == 0 || b[0] == b'\n' {
+                            break;
+                        }
+                    }
+                    loop {
+                        let Ok(n) = s.read_u32().await else { return };
+                        if n == 0 {
+                            break;
+                        }
+                        let mut data = vec![0u8; n as usize];
+                        if s.read_exact(&mut data).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(u64::from(n), Ordering::Relaxed);
+                    }
+                    let _ = s.write_all(reply).await;
+                });
+            }
+        });
+        (dir, format!("unix:{}", path.display()), got)
+    }
+
+    #[tokio::test]
+    async fn max_file_size_zero_means_no_limit() {
+        use std::sync::atomic::Ordering;
+        let (_dir, sock, got) = fake_clamd(b"stream: Eicar-Test-Signature FOUND\0");
+        let c = AvConfig::parse(
+            Path::new("t.conf"),
+            &format!("ClamdSocket {sock}\nMaxFileSize 0\n"),
+        )
+        .unwrap();
+        let mut scan = MessageScan::new(&c);
+        scan.header("Subject", "x").await;
+        scan.end_of_headers().await;
+        scan.body(b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR\r\n").await;
+        assert_eq!(
+            scan.finish().await,
+            Outcome::Infected("Eicar-Test-Signature".into())
+        );
+        assert!(got.load(Ordering::Relaxed) > 40, "nothing reached clamd");
     }
 }

@@ -1,24 +1,27 @@
 //! DMARC (RFC 7489, or RFC 9989 when configured) as a drop-in for OpenDMARC 1.4.
 //!
-//! [`DmarcFilter::check`] takes what the MTA told us about one message ([`MessageFacts`]) and
-//! returns a [`Verdict`]: the action (accept, reject with OpenDMARC's `550 5.7.1 rejected by
-//! DMARC policy for <policy domain>`, tempfail, quarantine) and the header fields to insert (the
-//! `Authentication-Results` OpenDMARC writes, `dmarc=<result> (p=<policy> dis=<disposition>)
-//! header.from=<domain>`). [`milter::DmarcMilter`] wraps it as a
-//! [`milter_proto::server::Handler`]; the `dmarc-milter` example binary is a thin `main`
-//! around that. [`config`] reads `opendmarc.conf`.
+//! [`DmarcFilter`] is a [`crate::filter::Filter`]: the `dmarc-milter` example binary serves
+//! it alone through [`crate::filter::Milter`], and `mailstackd` runs it in a
+//! [`crate::filter::Chain`] after SPF and DKIM. [`DmarcFilter::check`] is the same
+//! evaluation on what is known about one message ([`MessageFacts`]); it returns an
+//! [`Outcome`]: the [`crate::filter::Verdict`] (accept, reject with OpenDMARC's `550 5.7.1
+//! rejected by DMARC policy for <policy domain>`, tempfail, quarantine; the
+//! `Authentication-Results` OpenDMARC writes, `dmarc=<result> (p=<policy>
+//! dis=<disposition>) header.from=<domain>`, as a field and as a clause) and the
+//! evaluation for logs and reports. [`config`] reads `opendmarc.conf`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::path::Path;
 //! use std::sync::Arc;
-//! use mailstack::dmarc::{Action, DmarcConfig, DmarcFilter, MessageFacts};
+//! use mailstack::dmarc::{DmarcConfig, DmarcFilter, MessageFacts};
 //! use mailstack::dns::HickoryResolver;
+//! use mailstack::filter::Action;
 //!
 //! let cfg = DmarcConfig::read(Path::new("/etc/opendmarc.conf"))?;
 //! let filter = DmarcFilter::new(cfg, Arc::new(HickoryResolver::system()?));
 //! let headers = vec![("From".to_owned(), "Alice <alice@example.com>".to_owned())];
-//! let verdict = filter
+//! let outcome = filter
 //!     .check(&MessageFacts {
 //!         client_ip: Some("192.0.2.1".parse()?),
 //!         envelope_from: "alice@example.com",
@@ -29,12 +32,13 @@
 //!         raw_message: None,
 //!         job_id: None,
 //!         mta_name: Some("mx.example.net"),
+//!         prior: None,
 //!     })
 //!     .await;
-//! if let Action::Reject(reply) = &verdict.action {
+//! if let Action::Reject(Some(reply)) = &outcome.verdict.action {
 //!     println!("{reply}"); // 550 5.7.1 rejected by DMARC policy for example.com
 //! }
-//! for (name, value) in &verdict.headers {
+//! for (name, value) in outcome.headers() {
 //!     println!("{name}: {value}"); // Authentication-Results: mx.example.net; dmarc=...
 //! }
 //! # Ok(()) }
@@ -54,7 +58,10 @@
 //!
 //! # Where SPF and DKIM results come from
 //!
-//! As OpenDMARC: from trusted `Authentication-Results` (authserv-id equal to ours or listed in
+//! In a chain, from the SPF and DKIM filters that ran before ([`MessageFacts::prior`],
+//! [`crate::filter::AuthFacts`]): a result found there is used, and that result is then
+//! never read from the message's header fields (a sender can forge them) nor computed again.
+//! Alone (or for a result no earlier filter gave), as OpenDMARC: from trusted `Authentication-Results` (authserv-id equal to ours or listed in
 //! `TrustedAuthservIDs`), then from a `Received-SPF` for this envelope's MAIL FROM
 //! ([`headers::read_upstream`] lists the rules and the CVE fixes kept). With
 //! `SPFSelfValidate`, when no usable SPF result was found (or `SPFIgnoreResults` is set), our
@@ -72,6 +79,13 @@
 //! | fail, disposition quarantine | AR `dis=none`, accept | with `HoldQuarantinedMessages`: milter quarantine (Postfix hold), AR `dis=quarantine`; else as without |
 //! | temperror | AR, accept | tempfail, no AR |
 //! | permerror | AR `dmarc=permerror header.from=<d>`, accept | same |
+//!
+//! As a [`crate::filter::Action`]: `Reject(Some(text))` for the policy reject,
+//! `Reject(None)` (the MTA's own reply, libmilter `SMFIS_REJECT`) for `RequiredHeaders`
+//! and `RejectMultiValueFrom`, `Tempfail(None)`, and `Quarantine` with
+//! [`crate::filter::Fallback::Accept`] (as OpenDMARC, delivered when the MTA did not grant
+//! quarantine). Fields are inserted at the top ([`Outcome::headers`] lists them top first):
+//! `DMARC-Filter` (`SoftwareHeader`), the `dmarc=` field, then our own SPF field.
 //!
 //! Each evaluated message becomes a [`history::MessageRecord`] in the configured
 //! [`history::HistoryStore`] (default: `HistoryFile` in OpenDMARC's format), for messages from
@@ -102,14 +116,15 @@
 //! - [`headers`]: From, upstream `Authentication-Results` and `Received-SPF`.
 //! - [`dkim`]: in-process DKIM verification.
 //! - [`history`]: aggregate-report records and their store.
-//! - [`milter`]: the milter handler.
+//! - `filter`: the [`crate::filter::Filter`] implementation ([`DmarcMessage`] is its
+//!   per-message state).
 
 pub mod config;
 pub mod dkim;
 pub mod eval;
+mod filter;
 pub mod headers;
 pub mod history;
-pub mod milter;
 pub mod psl;
 pub mod record;
 
@@ -119,10 +134,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth_results::{AuthResults, MethodResult};
 use crate::dns::Resolver;
+use crate::filter::{Action, AuthFacts, Fallback, Modification, Verdict};
 use crate::spf::{Identity, Limits, SpfEvaluator};
 
 pub use config::{DmarcConfig, Specification};
 pub use eval::{DkimInput, DkimStatus, DmarcEvaluator, DmarcResult, Evaluation, SpfInput};
+pub use filter::DmarcMessage;
 pub use headers::FromError;
 pub use history::{HistoryFile, HistoryStore, MessageRecord};
 pub use record::{Alignment, DmarcRecord, Policy};
@@ -169,46 +186,40 @@ pub struct MessageFacts<'a> {
     pub job_id: Option<&'a str>,
     /// The MTA's name (`j` macro), the default authserv-id.
     pub mta_name: Option<&'a str>,
+    /// Results of the SPF and DKIM filters that ran before this one in the same pass
+    /// ([`crate::filter::Chain`]). A result present here is the one used: that result is
+    /// then never read from the message's header fields (a sender can forge them), nor
+    /// computed again (`SPFSelfValidate`, `DKIMSelfValidate`). `None`, or a field left
+    /// `None`, keeps OpenDMARC's sources (see the module docs).
+    pub prior: Option<&'a AuthFacts>,
 }
 
-/// What to do with the message.
+/// What DMARC made of one message: the [`Verdict`] to apply, and for logging and aggregate
+/// reports the evaluation (or why there was none).
+///
+/// The verdict's action is [`Action::Accept`], [`Action::Reject`] with OpenDMARC's reply
+/// text (`Some`) or the MTA's own (`None`, for `RequiredHeaders` and
+/// `RejectMultiValueFrom`, as libmilter's `SMFIS_REJECT`), [`Action::Tempfail`]`(None)`
+/// when evaluation could not complete, or [`Action::Quarantine`] with
+/// [`Fallback::Accept`] (OpenDMARC delivers when the MTA did not grant quarantine). Its
+/// modifications are the fields OpenDMARC inserts at the top, in the order the adapter
+/// applies them (see [`Outcome::headers`] for the order they end up in).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "the verdict must be applied (see filter::apply)"]
 #[non_exhaustive]
-pub enum Action {
-    /// Let it through.
-    Accept,
-    /// Refuse it with this SMTP reply (`550 5.7.1 ...`).
-    Reject(String),
-    /// Refuse it with the MTA's own reply (libmilter `SMFIS_REJECT`; Postfix answers
-    /// `550 5.7.1 Command rejected`), as OpenDMARC does for `RequiredHeaders` and
-    /// `RejectMultiValueFrom`.
-    RejectDefault,
-    /// Refuse it temporarily (evaluation could not complete).
-    Tempfail,
-    /// Accept it into quarantine (Postfix: the hold queue) with this reason.
-    Quarantine(String),
-}
-
-/// The filter's answer for one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
-#[non_exhaustive]
-pub struct Verdict {
-    /// The action.
-    pub action: Action,
-    /// Header fields to insert at the top, `(name, value folded with "\n\t")`, in order.
-    pub headers: Vec<(String, String)>,
+pub struct Outcome {
+    /// What to do, the fields to write, the `Authentication-Results` clauses.
+    pub verdict: Verdict,
     /// The evaluation, when one ran.
     pub evaluation: Option<Evaluation>,
     /// Why the message was not evaluated, when it was not.
     pub skipped: Option<String>,
 }
 
-impl Verdict {
+impl Outcome {
     fn skip(why: impl Into<String>) -> Self {
         Self {
-            action: Action::Accept,
-            headers: Vec::new(),
+            verdict: Verdict::accept(),
             evaluation: None,
             skipped: Some(why.into()),
         }
@@ -216,9 +227,26 @@ impl Verdict {
 
     fn refuse(why: impl Into<String>) -> Self {
         Self {
-            action: Action::RejectDefault,
+            verdict: Verdict::action(Action::Reject(None)),
             ..Self::skip(why)
         }
+    }
+
+    /// The fields the verdict writes, `(name, value)`, top first as they end up in the
+    /// message (each modification is inserted at the top, so this is their reverse order).
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.verdict
+            .modifications
+            .iter()
+            .rev()
+            .filter_map(|m| match m {
+                Modification::AuthResults(v) => {
+                    Some(("Authentication-Results".to_owned(), v.clone()))
+                }
+                Modification::Insert { name, value, .. } => Some((name.clone(), value.clone())),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -297,8 +325,9 @@ impl DmarcFilter {
             || (self.cfg.ignore_authenticated_clients && auth_login.is_some_and(|l| !l.is_empty()))
     }
 
-    /// Evaluates one message.
-    pub async fn check(&self, m: &MessageFacts<'_>) -> Verdict {
+    /// Evaluates one message. The [`crate::filter::Filter`] implementation runs this too, so
+    /// a message through `dmarc-milter`, `mailstackd` or a direct call gets the same answer.
+    pub async fn check(&self, m: &MessageFacts<'_>) -> Outcome {
         let cfg = &self.cfg;
         let from = match self.author(m) {
             Ok(d) => d,
@@ -309,16 +338,18 @@ impl DmarcFilter {
             (true, Some(job)) => format!("{base_id}/{job}"),
             _ => base_id.clone(),
         };
-        let mut out_headers = Vec::new();
-        let (spf, dkim) = self.inputs(m, &base_id, &ar_id, &mut out_headers).await;
+        // Top first, as they end up in the message.
+        let mut fields = Vec::new();
+        let mut clauses = Vec::new();
+        let (spf, dkim) = self.inputs(m, &ar_id, &mut fields, &mut clauses).await;
         let ev = self.evaluator.evaluate(&from, spf.as_ref(), &dkim).await;
         let (action, dis) = self.enforce(&ev);
-        if !matches!(
-            action,
-            Action::Reject(_) | Action::RejectDefault | Action::Tempfail
-        ) {
-            let ar = dmarc_ar(&ar_id, &ev, dis);
-            out_headers.insert(0, ("Authentication-Results".to_owned(), ar));
+        if action.delivers() {
+            let clause = dmarc_clause(&ev, dis);
+            let mut ar = AuthResults::new(ar_id.as_str());
+            ar.push(clause.clone());
+            fields.insert(0, Modification::AuthResults(ar.to_single_line()));
+            clauses.insert(0, clause);
         }
         if cfg.software_header {
             let job = m.job_id.unwrap_or("NOQUEUE");
@@ -326,12 +357,18 @@ impl DmarcFilter {
                 "mailstack dmarc-milter v{} {base_id} {job}",
                 env!("CARGO_PKG_VERSION")
             );
-            out_headers.insert(0, ("DMARC-Filter".to_owned(), sw));
+            fields.insert(0, top_field("DMARC-Filter", sw));
         }
         self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, dis);
-        Verdict {
-            action,
-            headers: out_headers,
+        // Each modification goes to the top in turn: the last applied ends up first.
+        fields.reverse();
+        Outcome {
+            verdict: Verdict {
+                action,
+                modifications: fields,
+                auth_results: clauses,
+                ..Verdict::default()
+            },
             evaluation: Some(ev),
             skipped: None,
         }
@@ -339,12 +376,12 @@ impl DmarcFilter {
 
     /// The author domain, or the verdict for a message that is not evaluated:
     /// `RequiredHeaders`, `RejectMultiValueFrom`, an unusable From, `IgnoreMailFrom`.
-    fn author(&self, m: &MessageFacts<'_>) -> Result<String, Box<Verdict>> {
+    fn author(&self, m: &MessageFacts<'_>) -> Result<String, Box<Outcome>> {
         let cfg = &self.cfg;
         if cfg.required_headers
             && let Some(problem) = rfc5322_problem(m.headers)
         {
-            return Err(Box::new(Verdict::refuse(format!(
+            return Err(Box::new(Outcome::refuse(format!(
                 "RFC5322 requirement error: {problem}"
             ))));
         }
@@ -357,58 +394,69 @@ impl DmarcFilter {
         let from = match headers::author_domain(&froms) {
             Ok(d) => d,
             Err(FromError::MultipleDomains) if cfg.reject_multi_value_from => {
-                return Err(Box::new(Verdict::refuse(
+                return Err(Box::new(Outcome::refuse(
                     "multi-valued From field detected",
                 )));
             }
-            Err(e) if cfg.required_headers => return Err(Box::new(Verdict::refuse(e.to_string()))),
-            Err(e) => return Err(Box::new(Verdict::skip(e.to_string()))),
+            Err(e) if cfg.required_headers => return Err(Box::new(Outcome::refuse(e.to_string()))),
+            Err(e) => return Err(Box::new(Outcome::skip(e.to_string()))),
         };
         if cfg.ignore_mail_from.contains(&from) {
-            return Err(Box::new(Verdict::skip(format!(
+            return Err(Box::new(Outcome::skip(format!(
                 "{from} is in IgnoreMailFrom"
             ))));
         }
         Ok(from)
     }
 
-    /// The SPF and DKIM results to evaluate: trusted upstream fields, our own SPF check
-    /// (its `Authentication-Results` pushed to `out`), in-process DKIM.
+    /// The SPF and DKIM results to evaluate: those of earlier filters
+    /// ([`MessageFacts::prior`]), else trusted upstream fields, our own SPF check (its
+    /// `Authentication-Results` pushed to `fields`, its clause to `clauses`), in-process DKIM.
     async fn inputs(
         &self,
         m: &MessageFacts<'_>,
-        base_id: &str,
         ar_id: &str,
-        out: &mut Vec<(String, String)>,
+        fields: &mut Vec<Modification>,
+        clauses: &mut Vec<MethodResult>,
     ) -> (Option<SpfInput>, Vec<DkimInput>) {
+        let prior_spf = m.prior.and_then(|p| p.spf.clone());
+        let prior_dkim = m.prior.and_then(|p| p.dkim.clone());
+        if let (Some(spf), Some(dkim)) = (&prior_spf, &prior_dkim) {
+            return (Some(spf.clone()), dkim.clone());
+        }
         let cfg = &self.cfg;
+        let base_id = cfg.authserv_id(m.mta_name);
         let ctx = headers::UpstreamContext {
             envelope_from: m.envelope_from,
             spf_ignore_results: cfg.spf_ignore_results,
         };
         let upstream =
-            headers::read_upstream(m.headers, ctx, |id| cfg.is_trusted(id, base_id, m.job_id));
-        let spf = match upstream.spf {
-            Some(s) => Some(s),
-            None if cfg.spf_self_validate => {
-                let (s, ar) = self.self_spf(m, ar_id).await;
-                out.push(("Authentication-Results".to_owned(), ar));
+            headers::read_upstream(m.headers, ctx, |id| cfg.is_trusted(id, &base_id, m.job_id));
+        let spf = match (prior_spf, upstream.spf) {
+            (Some(s), _) | (None, Some(s)) => Some(s),
+            (None, None) if cfg.spf_self_validate => {
+                let (s, clause) = self.self_spf(m).await;
+                let mut ar = AuthResults::new(ar_id);
+                ar.push(clause.clone());
+                fields.push(Modification::AuthResults(ar.to_single_line()));
+                clauses.push(clause);
                 Some(s)
             }
-            None => None,
+            (None, None) => None,
         };
-        let dkim = match (&self.dkim, m.dkim_results, m.raw_message) {
-            (Some(_), Some(done), _) => done.to_vec(),
-            (Some(v), None, Some(raw)) => v.verify(raw).await,
-            (Some(_), None, None) => Vec::new(),
-            (None, ..) => upstream.dkim,
+        let dkim = match (prior_dkim, &self.dkim, m.dkim_results, m.raw_message) {
+            (Some(d), ..) => d,
+            (None, Some(_), Some(done), _) => done.to_vec(),
+            (None, Some(v), None, Some(raw)) => v.verify(raw).await,
+            (None, Some(_), None, None) => Vec::new(),
+            (None, None, ..) => upstream.dkim,
         };
         (spf, dkim)
     }
 
     /// SPF by our evaluator: MAIL FROM, or HELO for the null sender. Returns the input and its
-    /// `Authentication-Results` value (OpenDMARC: `spf=<res> smtp.mailfrom=<domain>`).
-    async fn self_spf(&self, m: &MessageFacts<'_>, ar_id: &str) -> (SpfInput, String) {
+    /// `Authentication-Results` clause (OpenDMARC: `spf=<res> smtp.mailfrom=<domain>`).
+    async fn self_spf(&self, m: &MessageFacts<'_>) -> (SpfInput, MethodResult) {
         let ip = m.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let out = if m.envelope_from.is_empty() {
             self.spf.check_helo(ip, m.helo).await
@@ -419,14 +467,14 @@ impl DmarcFilter {
             Identity::MailFrom => "smtp.mailfrom",
             Identity::Helo => "smtp.helo",
         };
-        let mut ar = AuthResults::new(ar_id);
-        ar.push(MethodResult::new("spf", out.result.as_str()).property(prop, out.domain.clone()));
+        let clause =
+            MethodResult::new("spf", out.result.as_str()).property(prop, out.domain.clone());
         let input = SpfInput {
             domain: out.domain.to_ascii_lowercase(),
             identity: out.identity,
             result: out.result,
         };
-        (input, ar.to_single_line())
+        (input, clause)
     }
 
     /// The action and the disposition taken (see the table in the module docs).
@@ -436,15 +484,24 @@ impl DmarcFilter {
         let cfg = &self.cfg;
         let policy_domain = ev.policy_domain.as_deref().unwrap_or(&ev.from_domain);
         match ev.result {
-            DmarcResult::TempError if cfg.reject_failures => (Action::Tempfail, Policy::None),
+            DmarcResult::TempError if cfg.reject_failures => (Action::Tempfail(None), Policy::None),
             DmarcResult::Fail if cfg.reject_failures => match ev.requested_disposition() {
                 Policy::Reject => {
                     let text = cfg.reject_string.replacen("%s", policy_domain, 1);
-                    (Action::Reject(format!("550 5.7.1 {text}")), Policy::Reject)
+                    (
+                        Action::Reject(Some(format!("550 5.7.1 {text}"))),
+                        Policy::Reject,
+                    )
                 }
                 Policy::Quarantine if cfg.hold_quarantined_messages => {
                     let text = config::QUARANTINE_STRING.replacen("%s", policy_domain, 1);
-                    (Action::Quarantine(text), Policy::Quarantine)
+                    (
+                        Action::Quarantine {
+                            reason: text,
+                            fallback: Fallback::Accept,
+                        },
+                        Policy::Quarantine,
+                    )
                 }
                 // OpenDMARC 1.4.2 writes dis=none here: the disposition is what was done.
                 Policy::Quarantine => (Action::Accept, Policy::None),
@@ -506,7 +563,6 @@ impl DmarcFilter {
     }
 }
 
-/// The `Authentication-Results` value OpenDMARC writes for an evaluation.
 /// The first RFC 5322 §3.6 count violated, if any.
 fn rfc5322_problem(fields: &[(String, String)]) -> Option<String> {
     RFC5322_COUNTS.iter().find_map(|(name, min, max)| {
@@ -518,9 +574,18 @@ fn rfc5322_problem(fields: &[(String, String)]) -> Option<String> {
     })
 }
 
-/// On one line, as OpenDMARC writes it (it fits well within 998 octets).
-fn dmarc_ar(id: &str, ev: &Evaluation, dis: Policy) -> String {
-    let mut ar = AuthResults::new(id);
+/// A field inserted at the top of the message.
+fn top_field(name: &str, value: String) -> Modification {
+    Modification::Insert {
+        index: 0,
+        name: name.to_owned(),
+        value,
+    }
+}
+
+/// The `dmarc=` clause OpenDMARC writes for an evaluation; its field is on one line, as
+/// OpenDMARC writes it (it fits well within 998 octets).
+fn dmarc_clause(ev: &Evaluation, dis: Policy) -> MethodResult {
     let clause = match ev.result {
         DmarcResult::PermError => MethodResult::new("dmarc", "permerror"),
         r => MethodResult::new("dmarc", r.as_str()).comment(format!(
@@ -529,6 +594,5 @@ fn dmarc_ar(id: &str, ev: &Evaluation, dis: Policy) -> String {
             dis.as_str()
         )),
     };
-    ar.push(clause.property("header.from", ev.from_domain.clone()));
-    ar.to_single_line()
+    clause.property("header.from", ev.from_domain.clone())
 }
