@@ -12,6 +12,7 @@ use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
 use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
+use mailstack::filter::Milter;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
 use milter_proto::command::ConnAddr;
 use milter_proto::reply::Reply;
@@ -56,19 +57,19 @@ fn env(record_extra: &str) -> Env {
     }
 }
 
-fn filter(e: &Env, extra: &str) -> DkimFilter {
+fn filter(e: &Env, extra: &str) -> Arc<DkimFilter> {
     let conf = format!(
         "Domain example.com\nSelector sel\nKeyFile {}\nAuthservID mx.test\n\
          Canonicalization relaxed/simple\n{extra}",
         e.dir.path().join("sel.private").display()
     );
     let cfg = DkimConfig::parse(Path::new("test.conf"), &conf).unwrap();
-    DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap()
+    Arc::new(DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap())
 }
 
-async fn run(f: &DkimFilter, ip: &'static str, raw: &[u8]) -> Outcome {
+async fn run(f: &Arc<DkimFilter>, ip: &'static str, raw: &[u8]) -> Outcome {
     let (a, b) = tokio::io::duplex(1 << 20);
-    let h = f.handler();
+    let h = Milter::new(f.clone());
     let server =
         tokio::spawn(async move { serve_connection(b, h, &ServerConfig::default()).await });
     let mut c = Client::negotiate(a, ClientConfig::default()).await.unwrap();
@@ -141,7 +142,7 @@ async fn internal_mail_is_signed_external_mail_is_verified() {
     let mut msg = format!("DKIM-Signature:{}\r\n", sig[0].replace('\n', "\r\n")).into_bytes();
     msg.extend_from_slice(MSG);
     let out = run(&f, "192.0.2.1", &msg).await;
-    assert_eq!(out.decision, Reply::Continue);
+    assert_eq!(out.decision, Reply::Accept);
     let ar = inserted(&out, "Authentication-Results");
     assert_eq!(ar.len(), 1);
     assert!(
@@ -162,7 +163,7 @@ async fn on_actions_and_replies() {
     let out = run(&filter(&e, ""), "192.0.2.1", bad.as_bytes()).await;
     assert_eq!(
         out.decision,
-        Reply::Continue,
+        Reply::Accept,
         "On-BadSignature defaults to accept"
     );
     assert!(
@@ -186,22 +187,35 @@ async fn on_actions_and_replies() {
     };
     let out = run(&filter(&e, ""), "192.0.2.1", &signed(&slow, MSG)).await;
     assert_eq!(reply_text(&out), "451 4.7.5 DKIM key retrieval failed");
+    // A refused message gets no header changes (filter::apply's table; the MTA would drop
+    // them): the temperror result is in the verdict (see the filter's unit tests) and shows
+    // when the action delivers.
+    assert!(out.modifications.is_empty(), "{out:?}");
+    let out = run(
+        &filter(&e, "On-DNSError accept\n"),
+        "192.0.2.1",
+        &signed(&slow, MSG),
+    )
+    .await;
+    assert_eq!(out.decision, Reply::Accept);
     assert!(inserted(&out, "Authentication-Results")[0].contains("dkim=temperror"));
 
     // Unsigned: no AR unless AlwaysAddARHeader; On-NoSignature applies.
     let out = run(&filter(&e, ""), "192.0.2.1", MSG).await;
     assert!(inserted(&out, "Authentication-Results").is_empty());
-    assert_eq!(out.decision, Reply::Continue);
+    assert_eq!(out.decision, Reply::Accept);
+    let out = run(&filter(&e, "AlwaysAddARHeader yes\n"), "192.0.2.1", MSG).await;
+    assert_eq!(
+        inserted(&out, "Authentication-Results"),
+        [" mx.test; dkim=none"]
+    );
     let out = run(
         &filter(&e, "AlwaysAddARHeader yes\nOn-NoSignature tempfail\n"),
         "192.0.2.1",
         MSG,
     )
     .await;
-    assert_eq!(
-        inserted(&out, "Authentication-Results"),
-        [" mx.test; dkim=none"]
-    );
+    assert!(out.modifications.is_empty(), "{out:?}");
     assert_eq!(
         reply_text(&out),
         "451 4.7.0 DKIM signature processing failed"
@@ -218,11 +232,7 @@ async fn testing_keys_and_small_keys() {
         bad.as_bytes(),
     )
     .await;
-    assert_eq!(
-        out.decision,
-        Reply::Continue,
-        "t=y bypasses On-BadSignature"
-    );
+    assert_eq!(out.decision, Reply::Accept, "t=y bypasses On-BadSignature");
     let e = env("");
     let msg = signed(&e.key, MSG);
     let out = run(&filter(&e, "MinimumKeyBits 4096\n"), "192.0.2.1", &msg).await;
@@ -281,7 +291,7 @@ async fn signing_table_identity_becomes_i_and_header_i() {
         key.display()
     );
     let cfg = DkimConfig::parse(Path::new("test.conf"), &conf).unwrap();
-    let f = DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap();
+    let f = Arc::new(DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap());
     let out = run(&f, "127.0.0.1", MSG).await;
     let sig = &inserted(&out, "DKIM-Signature")[0];
     assert!(sig.contains("\n\ti=alice@example.com;"), "{sig}");
@@ -302,9 +312,10 @@ async fn authenticated_clients_peer_list_and_exempt_domains() {
         &e,
         "PeerList 198.51.100.0/24\nExemptDomains exempt.example\n",
     );
-    // SMTP AUTH ({auth_type} at MAIL) makes an outside client internal: signed.
+    // SMTP AUTH at MAIL makes an outside client internal: signed. Postfix sends both
+    // {auth_type} and {auth_authen}; the filter reads the login (Envelope::authenticated).
     let (a, b) = tokio::io::duplex(1 << 20);
-    let h = f.handler();
+    let h = Milter::new(f.clone());
     let server =
         tokio::spawn(async move { serve_connection(b, h, &ServerConfig::default()).await });
     let mut c = Client::negotiate(a, ClientConfig::default()).await.unwrap();
@@ -312,10 +323,16 @@ async fn authenticated_clients_peer_list_and_exempt_domains() {
     let mut msg = Message::parse(b"<alice@example.com>", &[b"<bob@example.org>"], MSG);
     msg.macros = vec![(
         b'M',
-        vec![(
-            Bytes::from_static(b"{auth_type}"),
-            Bytes::from_static(b"PLAIN"),
-        )],
+        vec![
+            (
+                Bytes::from_static(b"{auth_type}"),
+                Bytes::from_static(b"PLAIN"),
+            ),
+            (
+                Bytes::from_static(b"{auth_authen}"),
+                Bytes::from_static(b"alice"),
+            ),
+        ],
     )];
     let out = c.message(&msg).await.unwrap();
     c.quit().await.unwrap();
