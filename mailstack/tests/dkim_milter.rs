@@ -351,3 +351,55 @@ async fn authenticated_clients_peer_list_and_exempt_domains() {
     let out = run(&f, "127.0.0.1", exempt.as_bytes()).await;
     assert!(out.modifications.is_empty(), "{out:?}");
 }
+
+fn deleted(o: &Outcome, name: &str) -> Vec<u32> {
+    o.modifications
+        .iter()
+        .filter_map(|m| match m {
+            Reply::ChgHeader {
+                index,
+                name: n,
+                value,
+            } if value.is_empty() && n.eq_ignore_ascii_case(name.as_bytes()) => Some(*index),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn forged_results_are_removed_in_every_mode_whatever_their_method() {
+    let e = env("");
+    // 1: ours, behind a comment, folded, SPF only; 2: someone else's; 3: ours with a
+    // version number, in capitals.
+    let forged = format!(
+        "Authentication-Results: (forged) mx.test;\r\n\tspf=pass smtp.mailfrom=example.com\r\n\
+         Authentication-Results: other.example; dkim=pass\r\n\
+         Authentication-Results: MX.TEST 1; dkim=pass header.d=example.com\r\n{}",
+        String::from_utf8_lossy(MSG)
+    );
+    let exempt = forged.replace("alice@example.com", "a@exempt.example");
+    let f = filter(&e, "ExemptDomains exempt.example\n");
+    // Signing (internal), verifying (external), nothing (exempt domain).
+    for (ip, msg) in [
+        ("127.0.0.1", &forged),
+        ("192.0.2.1", &forged),
+        ("127.0.0.1", &exempt),
+    ] {
+        let out = run(&f, ip, msg.as_bytes()).await;
+        assert_eq!(out.decision, Reply::Accept, "{ip}: {out:?}");
+        assert_eq!(
+            deleted(&out, "Authentication-Results"),
+            [3, 1],
+            "{ip} {msg}: {out:?}"
+        );
+    }
+    // KeepAuthResults yes keeps them.
+    let f = filter(&e, "KeepAuthResults yes\n");
+    for ip in ["127.0.0.1", "192.0.2.1"] {
+        let out = run(&f, ip, forged.as_bytes()).await;
+        assert!(
+            deleted(&out, "Authentication-Results").is_empty(),
+            "{out:?}"
+        );
+    }
+}

@@ -36,7 +36,7 @@ use super::verify::{
     DkimResult, FailureClass, MessageVerifier, SignatureResult, VerifyOptions,
     authentication_results, b_prefix,
 };
-use crate::auth_results::MethodResult;
+use crate::auth_results::{MethodResult, claims_authserv_id};
 use crate::dns::Resolver;
 use crate::filter::{
     Action, Connection, EndOfMessage, Envelope, Fallback, Filter, Flow, Modification, Needs, Start,
@@ -120,15 +120,6 @@ pub fn from_address(value: &str) -> Option<String> {
     };
     let addr = addr.trim();
     addr.contains('@').then(|| addr.to_owned())
-}
-
-/// Whether an `Authentication-Results` value names `id` first and carries a `dkim` result
-/// (OpenDKIM's rule for forged fields).
-fn dkim_claim(value: &[u8], id: &str) -> bool {
-    let v = String::from_utf8_lossy(value);
-    let their = v.split(';').next().unwrap_or("").trim();
-    let their = their.split_whitespace().next().unwrap_or("");
-    their.eq_ignore_ascii_case(id) && v.to_ascii_lowercase().contains("dkim=")
 }
 
 fn unix_now() -> u64 {
@@ -439,7 +430,7 @@ impl Filter for DkimFilter {
     async fn header(&self, msg: &mut DkimMessage, h: &Header) {
         if is(h, "Authentication-Results") {
             msg.ar_seen = msg.ar_seen.saturating_add(1);
-            if !self.cfg.keep_auth_results && dkim_claim(&h.value, &msg.authserv_id) {
+            if !self.cfg.keep_auth_results && claims_authserv_id(&h.value, &msg.authserv_id) {
                 if msg.forged.len() < MAX_FORGED_RESULTS {
                     msg.forged.push(msg.ar_seen);
                 } else {
@@ -482,14 +473,12 @@ impl Filter for DkimFilter {
             return Verdict::action(self.action(security, false, "resource unavailable"));
         }
         let mut v = Verdict::accept();
-        // Forged results go when verifying, from the bottom up so earlier indices stay valid.
-        if matches!(msg.mode, Mode::Verify(_)) {
-            for &index in msg.forged.iter().rev() {
-                v.modifications.push(Modification::Delete {
-                    name: "Authentication-Results".into(),
-                    index,
-                });
-            }
+        // Forged results go in every mode, from the bottom up so earlier indices stay valid.
+        for &index in msg.forged.iter().rev() {
+            v.modifications.push(Modification::Delete {
+                name: "Authentication-Results".into(),
+                index,
+            });
         }
         if msg.too_big {
             tracing::warn!(

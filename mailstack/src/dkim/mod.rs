@@ -76,6 +76,11 @@
 //! - RSA keys under 1024 bits cannot be verified by aws-lc (`policy`, "key too small", even
 //!   with `MinimumKeyBits 0`).
 //! - `MaximumHeaders` exceeded → `On-Security`, not a fixed reject.
+//! - Every `Authentication-Results` field claiming our authserv-id is deleted, whatever its
+//!   methods, comments, version or folding ([`crate::auth_results::claims_authserv_id`]) and
+//!   whether we sign, verify or do nothing; OpenDKIM deletes only fields with a `dkim` result
+//!   and only when verifying, so a forged `spf=pass` under our name survived it.
+//!   `KeepAuthResults yes` keeps them all, as OpenDKIM.
 //! - Unsupported features (LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics,
 //!   RBL, header rewriting, re-signing, `SenderHeaders`, `MacroList`, `MTA`) are refused at
 //!   startup with file and line instead of being available.
