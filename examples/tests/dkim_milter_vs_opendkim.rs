@@ -9,6 +9,8 @@
 //!   signatures; OpenDKIM's RSA signature passes ours; on the same messages both write the
 //!   same Authentication-Results (less `dkim-atps`);
 //! - a forged Authentication-Results carrying our authserv-id is deleted by both;
+//! - a From without a domain (or no From) gets the same `dkim=permerror (bad
+//!   message/signature format)` from both, signed for no one;
 //! - `--check-config` refuses a key file others can read, naming it.
 //!
 //! Needs `/usr/sbin/opendkim`; fails without it.
@@ -316,6 +318,32 @@ Authentication-Results: other.example; dkim=fail\r\n"
         assert_eq!(deleted, [1], "{spec}: {mods:?}");
     }
     let _ = s.dir.path();
+}
+
+#[tokio::test]
+async fn a_from_without_a_domain_gets_opendkims_format_error() {
+    let s = setup();
+    let undisclosed = b"From: undisclosed\r\nTo: b@example.org\r\nSubject: x\r\n\r\nHi\r\n";
+    let no_from = b"To: b@example.org\r\nSubject: x\r\n\r\nHi\r\n";
+    for raw in [&undisclosed[..], &no_from[..]] {
+        for ip in ["192.0.2.1", "127.0.0.1"] {
+            let mut ars = Vec::new();
+            for spec in [s.ours.spec(), s.odk_spec.clone()] {
+                let (_, mods) = run(&spec, ip, raw).await;
+                assert!(
+                    inserted(&mods, "DKIM-Signature").is_empty(),
+                    "{spec}: {mods:?}"
+                );
+                ars.push(inserted(&mods, "Authentication-Results"));
+            }
+            assert_eq!(
+                ars[0],
+                ["test.example; dkim=permerror (bad message/signature format)"],
+                "{ip}"
+            );
+            assert_eq!(ars[0], ars[1], "{ip}: ours, then OpenDKIM's");
+        }
+    }
 }
 
 #[test]

@@ -403,3 +403,28 @@ async fn forged_results_are_removed_in_every_mode_whatever_their_method() {
         );
     }
 }
+
+#[tokio::test]
+async fn from_without_a_domain_is_a_format_error() {
+    let e = env("");
+    let f = filter(&e, "On-NoSignature reject\nOn-BadSignature reject\n");
+    let undisclosed =
+        String::from_utf8_lossy(MSG).replace("Alice <alice@example.com>", "undisclosed");
+    let no_from = String::from_utf8_lossy(MSG).replace("From: Alice <alice@example.com>\r\n", "");
+    let signed_undisclosed = String::from_utf8_lossy(&signed(&e.key, MSG))
+        .replace("Alice <alice@example.com>", "undisclosed");
+    for msg in [&undisclosed, &no_from, &signed_undisclosed] {
+        // OpenDKIM's text, whether the client is internal or not, signed or not, and
+        // whatever On-NoSignature says (the differential test shows it).
+        for ip in ["127.0.0.1", "192.0.2.1"] {
+            let out = run(&f, ip, msg.as_bytes()).await;
+            assert_eq!(out.decision, Reply::Accept, "{ip} {msg}: {out:?}");
+            assert_eq!(
+                inserted(&out, "Authentication-Results"),
+                [" mx.test; dkim=permerror (bad message/signature format)"],
+                "{ip} {msg}"
+            );
+            assert!(inserted(&out, "DKIM-Signature").is_empty());
+        }
+    }
+}

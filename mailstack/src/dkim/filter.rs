@@ -13,9 +13,6 @@
 //!                                                    format), nothing else (OpenDKIM)
 //!                 ExemptDomains                    → nothing
 //!                 internal (or AUTH) + our key     → sign
-//!                 a DKIM-Signature that is not a tag-list or lacks v/a/b/d/h/s (verifying)
-//!                                                  → On-BadSignature now, "DKIM signature
-//!                                                    syntax error" (OpenDKIM)
 //!                 otherwise                        → verify (Mode v)
 //!  end of message the verdict: the On-* action, the header changes, the AR clauses, the facts
 //! ```
@@ -47,6 +44,9 @@ use crate::filter::{
 /// sender a whole header field; a message carrying more is not processed (`On-Security`),
 /// since it could not be cleaned.
 pub const MAX_FORGED_RESULTS: usize = 256;
+
+/// The `Authentication-Results` comment OpenDKIM writes for a message without a usable `From`.
+const BAD_FORMAT: &str = "bad message/signature format";
 
 /// Why a [`DkimFilter`] could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +108,8 @@ enum Mode {
     Undecided,
     Sign(Vec<KeyChoice>, BodyHasher, bool),
     Verify(MessageVerifier),
+    /// No usable From: OpenDKIM's `dkim=permerror (bad message/signature format)`.
+    BadFormat,
     Nothing,
 }
 
@@ -119,7 +121,8 @@ pub fn from_address(value: &str) -> Option<String> {
         _ => v.split_whitespace().next().unwrap_or(""),
     };
     let addr = addr.trim();
-    addr.contains('@').then(|| addr.to_owned())
+    let (local, domain) = addr.rsplit_once('@')?;
+    (!local.is_empty() && !domain.is_empty()).then(|| addr.to_owned())
 }
 
 fn unix_now() -> u64 {
@@ -175,11 +178,21 @@ impl DkimFilter {
     /// Chooses sign, verify or nothing once the headers are known.
     fn decide(&self, msg: &DkimMessage, conn: &Connection) -> Mode {
         let cfg = &self.cfg;
-        let froms: Vec<&Header> = msg.headers.iter().filter(|h| is(h, "from")).collect();
-        let from = match froms.as_slice() {
-            [one] => from_address(&String::from_utf8_lossy(&one.value)),
-            _ => None,
+        let mut froms = msg.headers.iter().filter(|h| is(h, "from"));
+        // OpenDKIM reads the first From field; without a domain there is nothing to sign
+        // for and nothing to align with.
+        let Some(first) = froms
+            .next()
+            .and_then(|h| from_address(&String::from_utf8_lossy(&h.value)))
+        else {
+            return if cfg.verify {
+                Mode::BadFormat
+            } else {
+                Mode::Nothing
+            };
         };
+        // Several From fields: verified, never signed.
+        let from = froms.next().is_none().then_some(first);
         let domain = from
             .as_deref()
             .and_then(|f| f.rsplit_once('@'))
@@ -492,6 +505,11 @@ impl Filter for DkimFilter {
         match std::mem::take(&mut msg.mode) {
             mode @ Mode::Sign(..) => self.sign(mode, &msg.headers, eom, &mut v),
             mode @ Mode::Verify(_) => self.verify(mode, &msg, eom, &mut v).await,
+            Mode::BadFormat => {
+                let value = format!("{}; dkim=permerror ({BAD_FORMAT})", msg.authserv_id);
+                v.modifications.push(Modification::AuthResults(value));
+                v.auth_results = vec![MethodResult::new("dkim", "permerror").comment(BAD_FORMAT)];
+            }
             Mode::Undecided | Mode::Nothing => {}
         }
         v
@@ -718,5 +736,7 @@ Subject: test\r\n\r\nHello\r\n";
             Some("a@example.com")
         );
         assert_eq!(from_address(" undisclosed"), None);
+        assert_eq!(from_address(" <a@>"), None);
+        assert_eq!(from_address(" @example.com"), None);
     }
 }
