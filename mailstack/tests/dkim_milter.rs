@@ -428,3 +428,36 @@ async fn from_without_a_domain_is_a_format_error() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_signature_that_does_not_parse_is_decided_at_end_of_headers() {
+    let e = env("");
+    let garbage = format!(
+        "DKIM-Signature: v=1; a=rsa-sha256; garbage\r\n{}",
+        String::from_utf8_lossy(&signed(&e.key, MSG))
+    );
+    // On-BadSignature accept (the default): delivered without a verdict, as OpenDKIM.
+    let out = run(&filter(&e, ""), "192.0.2.1", garbage.as_bytes()).await;
+    assert_eq!(out.decision, Reply::Accept, "{out:?}");
+    assert!(out.modifications.is_empty(), "{out:?}");
+    // On-BadSignature reject: OpenDKIM's reply, at end of headers.
+    let out = run(
+        &filter(&e, "On-BadSignature reject\n"),
+        "192.0.2.1",
+        garbage.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply_text(&out), "550 5.7.0 DKIM signature syntax error");
+    assert_eq!(out.replies.last().map(|r| r.0), Some(b'N'), "{out:?}");
+    // A duplicate tag is not a syntax error: a permerror result at end of message.
+    let dup = format!(
+        "DKIM-Signature: v=1; a=rsa-sha256; d=example.com; d=example.com; s=sel; h=from; \
+         bh=xx; b=yy\r\n{}",
+        String::from_utf8_lossy(MSG)
+    );
+    let out = run(&filter(&e, ""), "192.0.2.1", dup.as_bytes()).await;
+    assert!(
+        inserted(&out, "Authentication-Results")[0].contains("dkim=permerror"),
+        "{out:?}"
+    );
+}

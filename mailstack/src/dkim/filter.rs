@@ -13,6 +13,9 @@
 //!                                                    format), nothing else (OpenDKIM)
 //!                 ExemptDomains                    → nothing
 //!                 internal (or AUTH) + our key     → sign
+//!                 a DKIM-Signature that is not a tag-list or lacks v/a/b/d/h/s (verifying)
+//!                                                  → On-BadSignature now, "DKIM signature
+//!                                                    syntax error" (OpenDKIM)
 //!                 otherwise                        → verify (Mode v)
 //!  end of message the verdict: the On-* action, the header changes, the AR clauses, the facts
 //! ```
@@ -44,6 +47,10 @@ use crate::filter::{
 /// sender a whole header field; a message carrying more is not processed (`On-Security`),
 /// since it could not be cleaned.
 pub const MAX_FORGED_RESULTS: usize = 256;
+
+/// The reply text OpenDKIM 2.11 gives a `DKIM-Signature` that does not parse (seen with the
+/// differential test in `examples/tests/dkim_milter_vs_opendkim.rs`).
+const SYNTAX_ERROR: &str = "DKIM signature syntax error";
 
 /// The `Authentication-Results` comment OpenDKIM writes for a message without a usable `From`.
 const BAD_FORMAT: &str = "bad message/signature format";
@@ -110,6 +117,8 @@ enum Mode {
     Verify(MessageVerifier),
     /// No usable From: OpenDKIM's `dkim=permerror (bad message/signature format)`.
     BadFormat,
+    /// A signature did not parse; On-BadSignature (quarantine or accept) at end of message.
+    SyntaxError(OnAction),
     Nothing,
 }
 
@@ -123,6 +132,28 @@ pub fn from_address(value: &str) -> Option<String> {
     let addr = addr.trim();
     let (local, domain) = addr.rsplit_once('@')?;
     (!local.is_empty() && !domain.is_empty()).then(|| addr.to_owned())
+}
+
+/// Whether a `DKIM-Signature` value is a syntax error for OpenDKIM 2.11 (libopendkim's
+/// `DKIM_STAT_SYNTAX`): an item that is not `tag=value`, or one of the tags `v a b d h s`
+/// missing. Other defects (duplicate tags, a bad algorithm, no `bh=`) are `permerror` results
+/// at end of message, for OpenDKIM and for us.
+fn syntax_error(value: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(value);
+    let mut tags = Vec::new();
+    for item in text.split(';') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        match item.split_once('=') {
+            Some((tag, _)) if !tag.trim().is_empty() => tags.push(tag.trim().to_owned()),
+            _ => return true,
+        }
+    }
+    ["v", "a", "b", "d", "h", "s"]
+        .iter()
+        .any(|t| !tags.iter().any(|have| have == t))
 }
 
 fn unix_now() -> u64 {
@@ -225,6 +256,13 @@ impl DkimFilter {
         }
         if !cfg.verify {
             return Mode::Nothing;
+        }
+        if msg
+            .headers
+            .iter()
+            .any(|h| is(h, "DKIM-Signature") && syntax_error(&h.value))
+        {
+            return Mode::SyntaxError(cfg.actions.bad_signature);
         }
         Mode::Verify(MessageVerifier::new(&msg.headers, self.verify_opts.clone()))
     }
@@ -395,12 +433,19 @@ impl Filter for DkimFilter {
     type Message = DkimMessage;
 
     fn needs(&self) -> Needs {
+        // A syntax error answers at end of headers only when On-BadSignature stops mail.
+        let early = self.cfg.verify
+            && matches!(
+                self.cfg.actions.bad_signature,
+                OnAction::Reject | OnAction::Tempfail | OnAction::Discard
+            );
         Needs {
             actions: Actions::ADDHDRS | Actions::CHGHDRS | Actions::QUARANTINE,
             required_actions: Actions::ADDHDRS,
             headers: true,
             body: true,
             rcpts: self.cfg.body_length_db.is_some(),
+            early_reply: early,
             ..Needs::default()
         }
     }
@@ -468,7 +513,12 @@ impl Filter for DkimFilter {
             return Flow::Continue;
         }
         msg.mode = self.decide(msg, conn);
-        Flow::Continue
+        match msg.mode {
+            Mode::SyntaxError(a @ (OnAction::Reject | OnAction::Tempfail | OnAction::Discard)) => {
+                Flow::Stop(self.action(a, false, SYNTAX_ERROR))
+            }
+            _ => Flow::Continue,
+        }
     }
 
     async fn body(&self, msg: &mut DkimMessage, chunk: &[u8]) {
@@ -510,6 +560,7 @@ impl Filter for DkimFilter {
                 v.modifications.push(Modification::AuthResults(value));
                 v.auth_results = vec![MethodResult::new("dkim", "permerror").comment(BAD_FORMAT)];
             }
+            Mode::SyntaxError(a) => v.action = self.action(a, false, SYNTAX_ERROR),
             Mode::Undecided | Mode::Nothing => {}
         }
         v
@@ -738,5 +789,18 @@ Subject: test\r\n\r\nHello\r\n";
         assert_eq!(from_address(" undisclosed"), None);
         assert_eq!(from_address(" <a@>"), None);
         assert_eq!(from_address(" @example.com"), None);
+    }
+
+    #[test]
+    fn syntax_errors_are_what_opendkim_refuses_at_end_of_headers() {
+        assert!(syntax_error(b" v=1; a=rsa-sha256; garbage"));
+        assert!(syntax_error(
+            b" v=1; a=rsa-sha256; d=example.com; h=from; bh=xx; b=yy"
+        ));
+        // Duplicate tags and bad algorithms are permerror results at end of message.
+        assert!(!syntax_error(
+            b" v=1; a=foo; d=example.com; d=example.com; s=s; h=from; b=yy;"
+        ));
+        assert!(!syntax_error(b" v=1; a=rsa-sha256; d=x; s=s; h=from; b="));
     }
 }

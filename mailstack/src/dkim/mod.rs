@@ -81,6 +81,13 @@
 //!   whether we sign, verify or do nothing; OpenDKIM deletes only fields with a `dkim` result
 //!   and only when verifying, so a forged `spf=pass` under our name survived it.
 //!   `KeepAuthResults yes` keeps them all, as OpenDKIM.
+//! - A `DKIM-Signature` that is not a tag-list or lacks one of `v a b d h s` is, as for
+//!   OpenDKIM, a syntax error decided at end of headers by `On-BadSignature` (reject:
+//!   `550 5.7.0 DKIM signature syntax error` there, the filter's `Needs::early_reply`).
+//!   With `accept` (the default) OpenDKIM answers ACCEPT at end of headers; we go on to end
+//!   of message and answer ACCEPT with no result, so forged fields are still deleted.
+//!   OpenDKIM also declines to sign internal mail carrying such a signature; we sign it (the
+//!   check applies only to mail we verify).
 //! - Unsupported features (LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics,
 //!   RBL, header rewriting, re-signing, `SenderHeaders`, `MacroList`, `MTA`) are refused at
 //!   startup with file and line instead of being available.
