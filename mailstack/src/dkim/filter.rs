@@ -16,7 +16,7 @@
 //!                 a DKIM-Signature that is not a tag-list or lacks v/a/b/d/h/s (verifying)
 //!                                                  → On-BadSignature now, "DKIM signature
 //!                                                    syntax error" (OpenDKIM)
-//!                 otherwise                        → verify (Mode v)
+//!                 otherwise (Mode v)               → verify
 //!  end of message the verdict: the On-* action, the header changes, the AR clauses, the facts
 //! ```
 //!
@@ -184,11 +184,6 @@ impl DkimFilter {
             hostname: local_hostname(),
             cfg,
         })
-    }
-
-    /// The configuration the filter runs with.
-    pub fn config(&self) -> &DkimConfig {
-        &self.cfg
     }
 
     fn authserv_id(&self, conn: &Connection) -> String {
