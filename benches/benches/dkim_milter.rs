@@ -21,6 +21,7 @@ use bytes::Bytes;
 use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
 use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
+use mailstack::filter::Milter;
 use mailstack_benches::{Figures, Server, alternate, cpu_seconds, print_header, print_row};
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::command::ConnAddr;
@@ -161,7 +162,7 @@ fn serve_child(conf: &str) {
         let listener = Listener::bind(&socket, &UnixSocketOptions::default()).await?;
         serve(
             listener,
-            move || filter.handler(),
+            Milter::factory(Arc::new(filter)),
             ServerConfig::default(),
             std::future::pending(),
         )

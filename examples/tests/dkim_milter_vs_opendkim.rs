@@ -9,6 +9,11 @@
 //!   signatures; OpenDKIM's RSA signature passes ours; on the same messages both write the
 //!   same Authentication-Results (less `dkim-atps`);
 //! - a forged Authentication-Results carrying our authserv-id is deleted by both;
+//! - a From without a domain (or no From) gets the same `dkim=permerror (bad
+//!   message/signature format)` from both, signed for no one;
+//! - a DKIM-Signature that is not a tag-list, or lacks one of v a b d h s, is refused by both
+//!   at end of headers with `On-BadSignature reject` (`550 5.7.0 DKIM signature syntax
+//!   error`), and delivered without a result by default;
 //! - `--check-config` refuses a key file others can read, naming it, and (like `opendkim -n`)
 //!   needs no `Socket`;
 //! - a 1024-bit RSA key signs and OpenDKIM passes it; a revoked key is the same `dkim=fail`
@@ -172,6 +177,11 @@ fn txt_value(path: &Path) -> String {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// Both milters with `extra` appended to the options they share.
+fn setup_with(extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     genkey(d, &["-s", "rsa"]);
@@ -205,7 +215,7 @@ fn setup() -> Setup {
     .unwrap();
     let common = format!(
         "Mode sv\nCanonicalization simple/simple\nOversignHeaders From\nTestPublicKeys {0}/keys\n\
-         AuthservID test.example\nInternalHosts 127.0.0.1\n",
+         AuthservID test.example\nInternalHosts 127.0.0.1\n{extra}",
         d.display()
     );
     let ours_conf = d.join("ours.conf");
@@ -319,6 +329,80 @@ Authentication-Results: other.example; dkim=fail\r\n"
         assert_eq!(deleted, [1], "{spec}: {mods:?}");
     }
     let _ = s.dir.path();
+}
+
+#[tokio::test]
+async fn a_from_without_a_domain_gets_opendkims_format_error() {
+    let s = setup();
+    let undisclosed = b"From: undisclosed\r\nTo: b@example.org\r\nSubject: x\r\n\r\nHi\r\n";
+    let no_from = b"To: b@example.org\r\nSubject: x\r\n\r\nHi\r\n";
+    for raw in [&undisclosed[..], &no_from[..]] {
+        for ip in ["192.0.2.1", "127.0.0.1"] {
+            let mut ars = Vec::new();
+            for spec in [s.ours.spec(), s.odk_spec.clone()] {
+                let (_, mods) = run(&spec, ip, raw).await;
+                assert!(
+                    inserted(&mods, "DKIM-Signature").is_empty(),
+                    "{spec}: {mods:?}"
+                );
+                ars.push(inserted(&mods, "Authentication-Results"));
+            }
+            assert_eq!(
+                ars[0],
+                ["test.example; dkim=permerror (bad message/signature format)"],
+                "{ip}"
+            );
+            assert_eq!(ars[0], ars[1], "{ip}: ours, then OpenDKIM's");
+        }
+    }
+}
+
+/// One message through the milter at `spec`, whatever the answer.
+async fn outcome(spec: &str, ip: &'static str, raw: &[u8]) -> milter_proto::client::Outcome {
+    let spec: SocketSpec = spec.parse().unwrap();
+    let mut c = Client::connect(&spec, ClientConfig::default())
+        .await
+        .unwrap();
+    c.connection(&connection(ip)).await.unwrap();
+    let msg = Message::parse(b"<alice@example.com>", &[b"<bob@example.org>"], raw);
+    let out = c.message(&msg).await.unwrap();
+    c.quit().await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_signature_that_does_not_parse_is_decided_at_end_of_headers_like_opendkim() {
+    let base = "From: a@example.com\r\nTo: b@example.org\r\nSubject: x\r\n\r\nHi\r\n";
+    let garbage = format!("DKIM-Signature: v=1; a=rsa-sha256; garbage\r\n{base}");
+    let no_s =
+        format!("DKIM-Signature: v=1; a=rsa-sha256; d=example.com; h=from; bh=xx; b=yy\r\n{base}");
+    let s = setup_with("On-BadSignature reject\n");
+    let (signed, _) = run(&s.ours.spec(), "127.0.0.1", &corpus()[0].1).await;
+    // A good signature first, the broken one below it: still refused.
+    let text = String::from_utf8_lossy(&signed).into_owned();
+    let (top, rest) = text.split_once("\r\nFrom:").unwrap();
+    let after_good = format!("{top}\r\nDKIM-Signature: v=1; garbage\r\nFrom:{rest}");
+    for raw in [&garbage, &no_s, &after_good] {
+        for spec in [s.ours.spec(), s.odk_spec.clone()] {
+            let out = outcome(&spec, "192.0.2.1", raw.as_bytes()).await;
+            assert_eq!(
+                out.decision,
+                Reply::ReplyCode(Bytes::from_static(b"550 5.7.0 DKIM signature syntax error")),
+                "{spec}: {raw}"
+            );
+            assert_eq!(
+                out.replies.last().map(|r| r.0),
+                Some(b'N'),
+                "{spec}: {out:?}"
+            );
+        }
+    }
+    // On-BadSignature accept (the default): delivered without an Authentication-Results.
+    let s = setup();
+    for spec in [s.ours.spec(), s.odk_spec.clone()] {
+        let (_, mods) = run(&spec, "192.0.2.1", garbage.as_bytes()).await;
+        assert!(mods.is_empty(), "{spec}: {mods:?}");
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@ use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
 use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
+use mailstack::filter::Milter;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
 use milter_proto::command::ConnAddr;
 use milter_proto::reply::Reply;
@@ -56,19 +57,19 @@ fn env(record_extra: &str) -> Env {
     }
 }
 
-fn filter(e: &Env, extra: &str) -> DkimFilter {
+fn filter(e: &Env, extra: &str) -> Arc<DkimFilter> {
     let conf = format!(
         "Domain example.com\nSelector sel\nKeyFile {}\nAuthservID mx.test\n\
          Canonicalization relaxed/simple\n{extra}",
         e.dir.path().join("sel.private").display()
     );
     let cfg = DkimConfig::parse(Path::new("test.conf"), &conf).unwrap();
-    DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap()
+    Arc::new(DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap())
 }
 
-async fn run(f: &DkimFilter, ip: &'static str, raw: &[u8]) -> Outcome {
+async fn run(f: &Arc<DkimFilter>, ip: &'static str, raw: &[u8]) -> Outcome {
     let (a, b) = tokio::io::duplex(1 << 20);
-    let h = f.handler();
+    let h = Milter::new(f.clone());
     let server =
         tokio::spawn(async move { serve_connection(b, h, &ServerConfig::default()).await });
     let mut c = Client::negotiate(a, ClientConfig::default()).await.unwrap();
@@ -141,7 +142,7 @@ async fn internal_mail_is_signed_external_mail_is_verified() {
     let mut msg = format!("DKIM-Signature:{}\r\n", sig[0].replace('\n', "\r\n")).into_bytes();
     msg.extend_from_slice(MSG);
     let out = run(&f, "192.0.2.1", &msg).await;
-    assert_eq!(out.decision, Reply::Continue);
+    assert_eq!(out.decision, Reply::Accept);
     let ar = inserted(&out, "Authentication-Results");
     assert_eq!(ar.len(), 1);
     assert!(
@@ -162,7 +163,7 @@ async fn on_actions_and_replies() {
     let out = run(&filter(&e, ""), "192.0.2.1", bad.as_bytes()).await;
     assert_eq!(
         out.decision,
-        Reply::Continue,
+        Reply::Accept,
         "On-BadSignature defaults to accept"
     );
     assert!(
@@ -186,22 +187,35 @@ async fn on_actions_and_replies() {
     };
     let out = run(&filter(&e, ""), "192.0.2.1", &signed(&slow, MSG)).await;
     assert_eq!(reply_text(&out), "451 4.7.5 DKIM key retrieval failed");
+    // A refused message gets no header changes (filter::apply's table; the MTA would drop
+    // them): the temperror result is in the verdict (see the filter's unit tests) and shows
+    // when the action delivers.
+    assert!(out.modifications.is_empty(), "{out:?}");
+    let out = run(
+        &filter(&e, "On-DNSError accept\n"),
+        "192.0.2.1",
+        &signed(&slow, MSG),
+    )
+    .await;
+    assert_eq!(out.decision, Reply::Accept);
     assert!(inserted(&out, "Authentication-Results")[0].contains("dkim=temperror"));
 
     // Unsigned: no AR unless AlwaysAddARHeader; On-NoSignature applies.
     let out = run(&filter(&e, ""), "192.0.2.1", MSG).await;
     assert!(inserted(&out, "Authentication-Results").is_empty());
-    assert_eq!(out.decision, Reply::Continue);
+    assert_eq!(out.decision, Reply::Accept);
+    let out = run(&filter(&e, "AlwaysAddARHeader yes\n"), "192.0.2.1", MSG).await;
+    assert_eq!(
+        inserted(&out, "Authentication-Results"),
+        [" mx.test; dkim=none"]
+    );
     let out = run(
         &filter(&e, "AlwaysAddARHeader yes\nOn-NoSignature tempfail\n"),
         "192.0.2.1",
         MSG,
     )
     .await;
-    assert_eq!(
-        inserted(&out, "Authentication-Results"),
-        [" mx.test; dkim=none"]
-    );
+    assert!(out.modifications.is_empty(), "{out:?}");
     assert_eq!(
         reply_text(&out),
         "451 4.7.0 DKIM signature processing failed"
@@ -218,11 +232,7 @@ async fn testing_keys_and_small_keys() {
         bad.as_bytes(),
     )
     .await;
-    assert_eq!(
-        out.decision,
-        Reply::Continue,
-        "t=y bypasses On-BadSignature"
-    );
+    assert_eq!(out.decision, Reply::Accept, "t=y bypasses On-BadSignature");
     let e = env("");
     let msg = signed(&e.key, MSG);
     let out = run(&filter(&e, "MinimumKeyBits 4096\n"), "192.0.2.1", &msg).await;
@@ -281,7 +291,7 @@ async fn signing_table_identity_becomes_i_and_header_i() {
         key.display()
     );
     let cfg = DkimConfig::parse(Path::new("test.conf"), &conf).unwrap();
-    let f = DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap();
+    let f = Arc::new(DkimFilter::new(cfg, Arc::new(e.zone.clone())).unwrap());
     let out = run(&f, "127.0.0.1", MSG).await;
     let sig = &inserted(&out, "DKIM-Signature")[0];
     assert!(sig.contains("\n\ti=alice@example.com;"), "{sig}");
@@ -302,9 +312,10 @@ async fn authenticated_clients_peer_list_and_exempt_domains() {
         &e,
         "PeerList 198.51.100.0/24\nExemptDomains exempt.example\n",
     );
-    // SMTP AUTH ({auth_type} at MAIL) makes an outside client internal: signed.
+    // SMTP AUTH at MAIL makes an outside client internal: signed. Postfix sends both
+    // {auth_type} and {auth_authen}; the filter reads the login (Envelope::authenticated).
     let (a, b) = tokio::io::duplex(1 << 20);
-    let h = f.handler();
+    let h = Milter::new(f.clone());
     let server =
         tokio::spawn(async move { serve_connection(b, h, &ServerConfig::default()).await });
     let mut c = Client::negotiate(a, ClientConfig::default()).await.unwrap();
@@ -312,10 +323,16 @@ async fn authenticated_clients_peer_list_and_exempt_domains() {
     let mut msg = Message::parse(b"<alice@example.com>", &[b"<bob@example.org>"], MSG);
     msg.macros = vec![(
         b'M',
-        vec![(
-            Bytes::from_static(b"{auth_type}"),
-            Bytes::from_static(b"PLAIN"),
-        )],
+        vec![
+            (
+                Bytes::from_static(b"{auth_type}"),
+                Bytes::from_static(b"PLAIN"),
+            ),
+            (
+                Bytes::from_static(b"{auth_authen}"),
+                Bytes::from_static(b"alice"),
+            ),
+        ],
     )];
     let out = c.message(&msg).await.unwrap();
     c.quit().await.unwrap();
@@ -333,4 +350,114 @@ async fn authenticated_clients_peer_list_and_exempt_domains() {
     let f = filter(&e, "ExemptDomains exempt.example\nAlwaysAddARHeader yes\n");
     let out = run(&f, "127.0.0.1", exempt.as_bytes()).await;
     assert!(out.modifications.is_empty(), "{out:?}");
+}
+
+fn deleted(o: &Outcome, name: &str) -> Vec<u32> {
+    o.modifications
+        .iter()
+        .filter_map(|m| match m {
+            Reply::ChgHeader {
+                index,
+                name: n,
+                value,
+            } if value.is_empty() && n.eq_ignore_ascii_case(name.as_bytes()) => Some(*index),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn forged_results_are_removed_in_every_mode_whatever_their_method() {
+    let e = env("");
+    // 1: ours, behind a comment, folded, SPF only; 2: someone else's; 3: ours with a
+    // version number, in capitals.
+    let forged = format!(
+        "Authentication-Results: (forged) mx.test;\r\n\tspf=pass smtp.mailfrom=example.com\r\n\
+         Authentication-Results: other.example; dkim=pass\r\n\
+         Authentication-Results: MX.TEST 1; dkim=pass header.d=example.com\r\n{}",
+        String::from_utf8_lossy(MSG)
+    );
+    let exempt = forged.replace("alice@example.com", "a@exempt.example");
+    let f = filter(&e, "ExemptDomains exempt.example\n");
+    // Signing (internal), verifying (external), nothing (exempt domain).
+    for (ip, msg) in [
+        ("127.0.0.1", &forged),
+        ("192.0.2.1", &forged),
+        ("127.0.0.1", &exempt),
+    ] {
+        let out = run(&f, ip, msg.as_bytes()).await;
+        assert_eq!(out.decision, Reply::Accept, "{ip}: {out:?}");
+        assert_eq!(
+            deleted(&out, "Authentication-Results"),
+            [3, 1],
+            "{ip} {msg}: {out:?}"
+        );
+    }
+    // KeepAuthResults yes keeps them.
+    let f = filter(&e, "KeepAuthResults yes\n");
+    for ip in ["127.0.0.1", "192.0.2.1"] {
+        let out = run(&f, ip, forged.as_bytes()).await;
+        assert!(
+            deleted(&out, "Authentication-Results").is_empty(),
+            "{out:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn from_without_a_domain_is_a_format_error() {
+    let e = env("");
+    let f = filter(&e, "On-NoSignature reject\nOn-BadSignature reject\n");
+    let undisclosed =
+        String::from_utf8_lossy(MSG).replace("Alice <alice@example.com>", "undisclosed");
+    let no_from = String::from_utf8_lossy(MSG).replace("From: Alice <alice@example.com>\r\n", "");
+    let signed_undisclosed = String::from_utf8_lossy(&signed(&e.key, MSG))
+        .replace("Alice <alice@example.com>", "undisclosed");
+    for msg in [&undisclosed, &no_from, &signed_undisclosed] {
+        // OpenDKIM's text, whether the client is internal or not, signed or not, and
+        // whatever On-NoSignature says (the differential test shows it).
+        for ip in ["127.0.0.1", "192.0.2.1"] {
+            let out = run(&f, ip, msg.as_bytes()).await;
+            assert_eq!(out.decision, Reply::Accept, "{ip} {msg}: {out:?}");
+            assert_eq!(
+                inserted(&out, "Authentication-Results"),
+                [" mx.test; dkim=permerror (bad message/signature format)"],
+                "{ip} {msg}"
+            );
+            assert!(inserted(&out, "DKIM-Signature").is_empty());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_signature_that_does_not_parse_is_decided_at_end_of_headers() {
+    let e = env("");
+    let garbage = format!(
+        "DKIM-Signature: v=1; a=rsa-sha256; garbage\r\n{}",
+        String::from_utf8_lossy(&signed(&e.key, MSG))
+    );
+    // On-BadSignature accept (the default): delivered without a verdict, as OpenDKIM.
+    let out = run(&filter(&e, ""), "192.0.2.1", garbage.as_bytes()).await;
+    assert_eq!(out.decision, Reply::Accept, "{out:?}");
+    assert!(out.modifications.is_empty(), "{out:?}");
+    // On-BadSignature reject: OpenDKIM's reply, at end of headers.
+    let out = run(
+        &filter(&e, "On-BadSignature reject\n"),
+        "192.0.2.1",
+        garbage.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply_text(&out), "550 5.7.0 DKIM signature syntax error");
+    assert_eq!(out.replies.last().map(|r| r.0), Some(b'N'), "{out:?}");
+    // A duplicate tag is not a syntax error: a permerror result at end of message.
+    let dup = format!(
+        "DKIM-Signature: v=1; a=rsa-sha256; d=example.com; d=example.com; s=sel; h=from; \
+         bh=xx; b=yy\r\n{}",
+        String::from_utf8_lossy(MSG)
+    );
+    let out = run(&filter(&e, ""), "192.0.2.1", dup.as_bytes()).await;
+    assert!(
+        inserted(&out, "Authentication-Results")[0].contains("dkim=permerror"),
+        "{out:?}"
+    );
 }

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mailstack::dkim::key::{self, GenKeyOptions, KeyType};
 use mailstack::dkim::{DkimConfig, DkimFilter};
 use mailstack::dns::{HickoryResolver, Resolver};
+use mailstack::filter::Milter;
 use mailstack_examples::shutdown_signal;
 use milter_proto::server::{self, ServerConfig};
 use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
@@ -214,7 +215,7 @@ async fn serve(spec: &SocketSpec, filter: DkimFilter, umask: Option<u32>) -> io:
     config.progress_interval = Some(Duration::from_secs(10));
     server::serve(
         listener,
-        move || filter.handler(),
+        Milter::factory(Arc::new(filter)),
         config,
         shutdown_signal(),
     )

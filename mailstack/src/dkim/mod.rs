@@ -9,8 +9,26 @@
 //! - [`key`]: private keys, `RequireSafeKeys`, key records, `genkey`.
 //! - [`sign`]: which keys sign a message, and signing; [`verify`]: verification and the
 //!   `Authentication-Results` value.
-//! - [`milter`]: the [`milter_proto::server::Handler`] ([`DkimFilter::handler`]); the
-//!   `dkim-milter` example binary is a thin wrapper over it.
+//! - [`filter`]: [`DkimFilter`], the sign/verify decisions in the common
+//!   [`crate::filter::Filter`] shape. The `dkim-milter` example binary serves it alone as
+//!   `mailstack::filter::Milter<DkimFilter>`; `mailstackd` chains it with the other filters.
+//!
+//! # What the milter answers
+//! [`DkimFilter`] returns a [`crate::filter::Verdict`]: the `On-*` action (reject as
+//! `550 5.7.0 <text>`, tempfail as `451 4.7.5` for DNS failures and `451 4.7.0` otherwise,
+//! discard, quarantine falling back to delivery when the MTA did not grant it, accept), the
+//! header changes (the `DKIM-Signature` fields inserted at the top, first key first, the
+//! `DKIM-Filter` field, old signatures and forged `Authentication-Results` deleted, and our own
+//! `Authentication-Results` as [`crate::filter::Modification::AuthResults`], OpenDKIM's exact
+//! text), one `dkim=` clause per signature for `mailstackd`'s combined field, and the results
+//! as [`crate::filter::AuthFacts::dkim`] for DMARC (only when it verified).
+//!
+//! Served alone, the generic [`crate::filter::Milter`] turns that into the reply through the
+//! one table [`crate::filter::apply`]: end of message answers **ACCEPT** (after the header
+//! changes), as OpenDKIM does, not CONTINUE: the filter has seen the whole message and has
+//! nothing more to say. A refused message (reject, tempfail, discard) gets no header changes,
+//! since the MTA would drop them. A header change the MTA refuses is logged; it no longer
+//! turns into `On-InternalError` (the adapter applies the changes after the decision).
 //!
 //! For embedding (the DMARC filter, tools), the small API is [`verify::MessageVerifier`]
 //! (`new(headers)`, `body(chunk)`, `finish(headers, resolver, now)` → one
@@ -81,6 +99,18 @@
 //!   ([`DkimConfig::dont_sign_to`], [`DkimConfig::macro_list_allows`],
 //!   [`sign::strict_headers_problem`]) for the per-message decision.
 //! - `MaximumHeaders` exceeded → `On-Security`, not a fixed reject.
+//! - Every `Authentication-Results` field claiming our authserv-id is deleted, whatever its
+//!   methods, comments, version or folding ([`crate::auth_results::claims_authserv_id`]) and
+//!   whether we sign, verify or do nothing; OpenDKIM deletes only fields with a `dkim` result
+//!   and only when verifying, so a forged `spf=pass` under our name survived it.
+//!   `KeepAuthResults yes` keeps them all, as OpenDKIM.
+//! - A `DKIM-Signature` that is not a tag-list or lacks one of `v a b d h s` is, as for
+//!   OpenDKIM, a syntax error decided at end of headers by `On-BadSignature` (reject:
+//!   `550 5.7.0 DKIM signature syntax error` there, the filter's `Needs::early_reply`).
+//!   With `accept` (the default) OpenDKIM answers ACCEPT at end of headers; we go on to end
+//!   of message and answer ACCEPT with no result, so forged fields are still deleted.
+//!   OpenDKIM also declines to sign internal mail carrying such a signature; we sign it (the
+//!   check applies only to mail we verify).
 //! - Unsupported features (LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics,
 //!   RBL, header rewriting, re-signing, `SenderHeaders`, `MTA`) are refused at startup with
 //!   file and line instead of being available.
@@ -88,8 +118,8 @@
 pub mod canon;
 pub mod config;
 pub mod dataset;
+pub mod filter;
 pub mod key;
-pub mod milter;
 pub mod sig;
 pub mod sign;
 pub mod verify;
@@ -98,7 +128,7 @@ use std::path::Path;
 
 pub use config::{Action, Actions, Canon, DkimConfig};
 pub use dataset::{Dataset, PeerList};
-pub use milter::{DkimFilter, DkimMilter};
+pub use filter::{DkimError, DkimFilter, DkimMessage};
 
 use crate::dns::{MemoryRecord, MemoryResolver};
 

@@ -52,7 +52,9 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn input(r: SignatureResult) -> DkimInput {
+/// One signature result as DMARC input: the one mapping, also used by the DKIM filter's
+/// facts ([`crate::dkim::DkimFilter`]).
+pub(crate) fn input(r: SignatureResult) -> DkimInput {
     DkimInput {
         domain: r.domain.to_ascii_lowercase(),
         selector: r.selector,
