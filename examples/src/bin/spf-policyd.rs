@@ -19,7 +19,7 @@
 //! `check_policy_service inet:127.0.0.1:10023` in `main.cf`.
 //!
 //! Options: `--config FILE` (or python's positional `policyd-spf [configfile]`),
-//! `--nameserver IP:PORT` (default: `/etc/resolv.conf`), `--socket unix:PATH|inet:HOST:PORT`,
+//! `--nameserver IP:PORT` (repeatable; default: `/etc/resolv.conf`), `--socket unix:PATH|inet:HOST:PORT`,
 //! `--log syslog|stderr|none`.
 //!
 //! The protocol side (decoding, limits, timeouts, the three transports, graceful shutdown on
@@ -30,7 +30,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use mailstack::dns::{HickoryResolver, Resolver};
@@ -51,9 +50,10 @@ struct Args {
     /// Configuration file, positional as in `policyd-spf [configfile]`.
     #[arg(conflicts_with = "config")]
     config_file: Option<PathBuf>,
-    /// DNS server to ask instead of /etc/resolv.conf's, as IP:PORT.
+    /// DNS server to ask instead of /etc/resolv.conf's, as IP:PORT; repeat it for several
+    /// (all are used).
     #[arg(long)]
-    nameserver: Option<SocketAddr>,
+    nameserver: Vec<SocketAddr>,
     /// Listen on `unix:PATH` or `inet:HOST:PORT` instead of serving stdin/stdout.
     #[arg(long)]
     socket: Option<String>,
@@ -103,11 +103,9 @@ fn load_config(args: &Args) -> Result<(PolicydConfig, Vec<String>), String> {
 }
 
 fn resolver(args: &Args) -> Result<Arc<dyn Resolver>, String> {
-    let r = match args.nameserver {
-        Some(ns) => HickoryResolver::with_nameserver(ns, Duration::from_secs(5)),
-        None => HickoryResolver::system(),
-    };
-    r.map(|r| Arc::new(r) as Arc<dyn Resolver>)
+    // Every --nameserver, else /etc/resolv.conf's servers; 5 s per query either way.
+    HickoryResolver::from_config(&args.nameserver, mailstack::dns::DEFAULT_QUERY_TIMEOUT)
+        .map(|r| Arc::new(r) as Arc<dyn Resolver>)
         .map_err(|e| format!("DNS resolver: {e}"))
 }
 
