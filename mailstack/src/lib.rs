@@ -12,6 +12,7 @@
 //! - [`dkim`]: DKIM signing and verification with OpenDKIM's configuration, and its milter.
 //! - [`filter`]: the one shape every filter has, the milter adapter over it, the verdict table.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
+//! - [`privs`]: dropping root after binding sockets, refusing root without a user.
 
 pub mod auth_results;
 pub mod av;
@@ -25,4 +26,5 @@ pub mod filter;
 pub mod fuzzing;
 mod ipnet;
 pub mod notify;
+pub mod privs;
 pub mod spf;
