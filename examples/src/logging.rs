@@ -194,8 +194,11 @@ mod tests {
                 ident: "test",
                 buf: Vec::new(),
             };
-            std::io::Write::write_all(&mut line, format!("line {n} {}", "x".repeat(200)).as_bytes())
-                .unwrap();
+            std::io::Write::write_all(
+                &mut line,
+                format!("line {n} {}", "x".repeat(200)).as_bytes(),
+            )
+            .unwrap();
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -211,7 +214,10 @@ mod tests {
         for _ in 0..20_000 {
             let Ok(n) = syslogd.recv(&mut buf) else { break };
             let text = String::from_utf8_lossy(&buf[..n]);
-            assert!(text.starts_with("<22>test[") || text.starts_with("<20>test["), "{text}");
+            assert!(
+                text.starts_with("<22>test[") || text.starts_with("<20>test["),
+                "{text}"
+            );
             if text.contains("log lines dropped") {
                 saw_note = true;
                 break;

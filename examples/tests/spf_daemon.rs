@@ -72,7 +72,13 @@ fn serves_a_unix_socket_standalone() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("spf.sock");
     let mut child = Command::new(BIN)
-        .args(["--config", &empty_config(&dir), "--log", "none", "--allow-root"])
+        .args([
+            "--config",
+            &empty_config(&dir),
+            "--log",
+            "none",
+            "--allow-root",
+        ])
         .arg("--socket")
         .arg(format!("unix:{}", sock.display()))
         .spawn()

@@ -157,14 +157,24 @@ fn root_without_user_is_refused_on_a_socket() {
     let dir = tempfile::tempdir().unwrap();
     let sock = format!("unix:{}", dir.path().join("x.sock").display());
     let out = Command::new(SPF)
-        .args(["--config", &config(dir.path()), "--log", "stderr", "--socket", &sock])
+        .args([
+            "--config",
+            &config(dir.path()),
+            "--log",
+            "stderr",
+            "--socket",
+            &sock,
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--allow-root"), "{stderr}");
-    assert!(!dir.path().join("x.sock").exists(), "refused before binding");
+    assert!(
+        !dir.path().join("x.sock").exists(),
+        "refused before binding"
+    );
     let log = dir.path().join("fixed.log");
     let out = Command::new(FIXED)
         .args(["--socket", &sock, "--log-file"])

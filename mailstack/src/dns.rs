@@ -277,7 +277,10 @@ impl std::fmt::Debug for HickoryResolver {
 impl HickoryResolver {
     /// A resolver configured from `/etc/resolv.conf` (its servers, timeout and attempts).
     pub fn system() -> Result<Self, DnsError> {
-        Self::build(hickory_resolver::TokioResolver::builder_tokio().map_err(other)?, None)
+        Self::build(
+            hickory_resolver::TokioResolver::builder_tokio().map_err(other)?,
+            None,
+        )
     }
 
     /// The resolver a daemon's configuration asks for: the `Nameservers` listed (every one
@@ -542,13 +545,21 @@ mod tests {
             assert_eq!(r.query_timeout(), t);
             for name in ["a.example", "b.example", "c.example"] {
                 let got = tokio::time::timeout(Duration::from_secs(5), r.a(name)).await;
-                assert_eq!(got, Ok(Ok(vec![Ipv4Addr::new(192, 0, 2, 1)])), "{servers:?}");
+                assert_eq!(
+                    got,
+                    Ok(Ok(vec![Ipv4Addr::new(192, 0, 2, 1)])),
+                    "{servers:?}"
+                );
             }
         }
         let only_dead = HickoryResolver::from_config(&[dead], t).unwrap();
         let started = std::time::Instant::now();
         assert_eq!(only_dead.a("d.example").await, Err(DnsError::Timeout));
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(HickoryResolver::with_nameservers(&[], t).is_err());
     }
 

@@ -106,7 +106,13 @@ pub fn lookup_user(name: &str) -> Result<User, PrivError> {
         let mut out: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call; buf.len() is its real size.
         let rc = unsafe {
-            libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out)
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            )
         };
         match rc {
             0 if out.is_null() => return Err(PrivError::UnknownUser(name.to_owned())),
@@ -138,7 +144,13 @@ pub fn lookup_group(name: &str) -> Result<Option<u32>, PrivError> {
         let mut out: *mut libc::group = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call; buf.len() is its real size.
         let rc = unsafe {
-            libc::getgrnam_r(cname.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out)
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            )
         };
         match rc {
             0 if out.is_null() => return Ok(None),
@@ -219,7 +231,8 @@ pub fn drop_privileges(user: &str, groups: Option<&[&str]>) -> Result<Dropped, P
         Some(names) => {
             let mut gids = vec![u.gid];
             for name in names {
-                let gid = lookup_group(name)?.ok_or_else(|| PrivError::UnknownGroup(name.to_string()))?;
+                let gid =
+                    lookup_group(name)?.ok_or_else(|| PrivError::UnknownGroup(name.to_string()))?;
                 gids.push(gid);
             }
             gids
@@ -340,7 +353,9 @@ mod tests {
         };
         for line in text.lines() {
             let f: Vec<&str> = line.split(':').collect();
-            let [_, _, gid, members] = f[..] else { continue };
+            let [_, _, gid, members] = f[..] else {
+                continue;
+            };
             for m in members.split(',').filter(|m| !m.is_empty()) {
                 let Ok(u) = lookup_user(m) else { continue };
                 let groups = user_groups(&u).unwrap();

@@ -49,7 +49,10 @@ const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
 fn zone() -> MemoryResolver {
     let mut z = MemoryResolver::new();
     z.add("hang.example", txt("v=spf1 -all exp=why.hang.example"))
-        .add("servfail.example", txt("v=spf1 -all exp=why.servfail.example"))
+        .add(
+            "servfail.example",
+            txt("v=spf1 -all exp=why.servfail.example"),
+        )
         .add("why.servfail.example", MemoryRecord::Timeout)
         .add("ok.example", txt("v=spf1 -all exp=why.ok.example"))
         .add("why.ok.example", txt("%{i} is not allowed"))
@@ -76,7 +79,9 @@ fn evaluator(budget: Duration) -> SpfEvaluator {
 async fn explanation_lookup_failure_keeps_fail() {
     let ev = evaluator(Duration::from_millis(300));
     for domain in ["hang.example", "redir.example", "servfail.example"] {
-        let out = ev.check_host(CLIENT, domain, "u@x.example", "h.example").await;
+        let out = ev
+            .check_host(CLIENT, domain, "u@x.example", "h.example")
+            .await;
         assert_eq!(out.result, SpfResult::Fail, "{domain}: {out:?}");
         assert_eq!(out.explanation, None, "{domain}");
         assert_eq!(out.problem, None, "{domain}");
@@ -113,7 +118,10 @@ async fn budget_still_bounds_the_verdict() {
 async fn colon_domain_specs() {
     let mut z = MemoryResolver::new();
     z.add("colon.example", txt("v=spf1 a:foo:bar.colon.example -all"))
-        .add("foo:bar.colon.example", MemoryRecord::A(Ipv4Addr::new(192, 0, 2, 9)))
+        .add(
+            "foo:bar.colon.example",
+            MemoryRecord::A(Ipv4Addr::new(192, 0, 2, 9)),
+        )
         .add("mxc.example", txt("v=spf1 mx:x:y.mxc.example/24 -all"))
         .add(
             "x:y.mxc.example",
@@ -122,7 +130,10 @@ async fn colon_domain_specs() {
                 exchange: "m.mxc.example".into(),
             }),
         )
-        .add("m.mxc.example", MemoryRecord::A(Ipv4Addr::new(192, 0, 2, 77)))
+        .add(
+            "m.mxc.example",
+            MemoryRecord::A(Ipv4Addr::new(192, 0, 2, 77)),
+        )
         .add("bad.example", txt("v=spf1 a:foo:bar ip4:192.0.2.9 -all"));
     let ev = SpfEvaluator::new(Arc::new(z), Limits::default());
     for (domain, want) in [
@@ -130,7 +141,9 @@ async fn colon_domain_specs() {
         ("mxc.example", SpfResult::Pass),
         ("bad.example", SpfResult::PermError),
     ] {
-        let out = ev.check_host(CLIENT, domain, "u@x.example", "h.example").await;
+        let out = ev
+            .check_host(CLIENT, domain, "u@x.example", "h.example")
+            .await;
         assert_eq!(out.result, want, "{domain}: {out:?}");
     }
 }

@@ -642,7 +642,7 @@ mod tests {
         });
         let mut conn = Connection::new(ours, short(), 4096);
         let t = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(5), conn.read_reply()).await;
+        let r = timeout(Duration::from_secs(5), conn.read_reply()).await;
         peer.abort();
         assert!(
             matches!(r, Ok(Err(ClamdError::Timeout(Phase::Read, _)))),

@@ -659,7 +659,10 @@ mod tests {
         };
         let trusted = |id: &str| id.eq_ignore_ascii_case("mx.example");
         for (value, dkim) in [
-            ("(x) mx.example; spf=pass smtp.mailfrom=alice@s.example", false),
+            (
+                "(x) mx.example; spf=pass smtp.mailfrom=alice@s.example",
+                false,
+            ),
             (
                 " (forged (nested)) \"mx.example\" 1;\r\n\tdkim=pass header.d=a.example",
                 true,

@@ -156,7 +156,11 @@ impl std::fmt::Display for Clean<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
         for c in self.0.chars() {
-            f.write_char(if c.is_control() || c.is_whitespace() { '?' } else { c })?;
+            f.write_char(if c.is_control() || c.is_whitespace() {
+                '?'
+            } else {
+                c
+            })?;
         }
         Ok(())
     }
@@ -347,14 +351,38 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "job", "reporter", "received", "ipaddr", "from", "mfrom", "dkim", "spf",
-                "pdomain", "policy", "rua", "pct", "adkim", "aspf", "p", "sp", "align_dkim",
-                "align_spf", "arc", "arc_policy", "action"
+                "job",
+                "reporter",
+                "received",
+                "ipaddr",
+                "from",
+                "mfrom",
+                "dkim",
+                "spf",
+                "pdomain",
+                "policy",
+                "rua",
+                "pct",
+                "adkim",
+                "aspf",
+                "p",
+                "sp",
+                "align_dkim",
+                "align_spf",
+                "arc",
+                "arc_policy",
+                "action"
             ],
             "{b}"
         );
-        assert!(b.contains("\nrua mailto:a@x.example?action?0?job?forged\n"), "{b}");
-        assert!(b.contains("\ndkim d.example?x s1?x.example?0?dkim?evil.example 0\n"), "{b}");
+        assert!(
+            b.contains("\nrua mailto:a@x.example?action?0?job?forged\n"),
+            "{b}"
+        );
+        assert!(
+            b.contains("\ndkim d.example?x s1?x.example?0?dkim?evil.example 0\n"),
+            "{b}"
+        );
         assert!(b.starts_with("job Q1?action?0\n"), "{b}");
     }
 

@@ -11,7 +11,9 @@ fn is_atext(b: u8) -> bool {
 
 /// `dot-atom-text`: atext parts separated by single dots.
 fn is_dot_atom(v: &str) -> bool {
-    !v.is_empty() && v.split('.').all(|p| !p.is_empty() && p.bytes().all(is_atext))
+    !v.is_empty()
+        && v.split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(is_atext))
 }
 
 /// A quoted-string (RFC 5322 §3.2.4) holding `v`: `"` and `\` escaped, control characters

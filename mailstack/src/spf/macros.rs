@@ -259,7 +259,10 @@ mod tests {
     /// exactly what dropping left labels from the whole expansion gives.
     #[test]
     fn truncates_huge_expansions_from_the_left_too() {
-        let local = (0..3000).map(|n| format!("l{n}")).collect::<Vec<_>>().join(".");
+        let local = (0..3000)
+            .map(|n| format!("l{n}"))
+            .collect::<Vec<_>>()
+            .join(".");
         assert!(local.len() > MAX_EXPANSION_LEN);
         let v = MacroValues {
             local: &local,

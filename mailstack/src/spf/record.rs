@@ -488,7 +488,10 @@ mod tests {
             ("v=spf1 include:foo:bar.example.com", "foo:bar.example.com"),
             ("v=spf1 ptr:foo:bar.example.com", "foo:bar.example.com"),
             ("v=spf1 exists:foo:bar.example.com", "foo:bar.example.com"),
-            ("v=spf1 mx:foo:bar.example.com/24//64", "foo:bar.example.com"),
+            (
+                "v=spf1 mx:foo:bar.example.com/24//64",
+                "foo:bar.example.com",
+            ),
             ("v=spf1 a::foo.example.com", ":foo.example.com"),
             ("v=spf1 a:x/24:foo.example.com", "x/24:foo.example.com"),
         ] {
