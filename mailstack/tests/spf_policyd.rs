@@ -257,3 +257,14 @@ async fn odd_helo_and_sender_values_are_quoted() {
         "{got}"
     );
 }
+
+/// Empty values stay bare as python-policyd-spf writes them (`envelope-from=;` in a bypass
+/// header for the null sender): nothing in them can add a key.
+#[tokio::test]
+async fn empty_values_stay_bare() {
+    let p = policy("Whitelist = 192.0.2.60\n");
+    assert_eq!(
+        answer(&p, "192.0.2.60", "", "u@pass.example", "e1").await,
+        "prepend X-Comment: SPF skipped for whitelisted relay - client-ip=192.0.2.60; helo=; envelope-from=u@pass.example; receiver=dest.example "
+    );
+}

@@ -42,13 +42,14 @@ pub(crate) fn kv_value(v: &str) -> String {
 }
 
 /// [`kv_value`] as python-policyd-spf spells values, for the policy server's transcripts:
-/// besides dot-atoms, it writes an address (`u@example.com`), the null sender `<>` and
-/// `<UNKNOWN>` bare. Those are kept bare only when made of atext, `.`, `@`, `<`, `>`, `:`,
+/// besides dot-atoms, it writes an address (`u@example.com`), the null sender `<>`,
+/// `<UNKNOWN>` and an empty value (a bypass header for the null sender: `envelope-from=;`)
+/// bare. Those are kept bare only when made of atext, `.`, `@`, `<`, `>`, `:`,
 /// `[` and `]` (no white space, `;`, `"`, `(`, `\` or control character), so no reader that
 /// splits the list on `;` and white space can see a key in them; anything else (a HELO name
 /// like `x identity=mailfrom`) is quoted as §9.1 says.
 pub(crate) fn kv_value_compat(v: &str) -> String {
-    let bare = !v.is_empty() && v.bytes().all(|b| is_atext(b) || b".@<>:[]".contains(&b));
+    let bare = v.bytes().all(|b| is_atext(b) || b".@<>:[]".contains(&b));
     if bare { v.to_owned() } else { quoted(v) }
 }
 
