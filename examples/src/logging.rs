@@ -5,9 +5,16 @@
 //! (`docs/spec/policy-delegation.md` §1.5), so anything written to stderr there would be read
 //! as a (broken) policy reply. The policy daemons therefore log to syslog or a file in that
 //! mode, and [`init`] also routes panic messages to the log instead of stderr.
+//!
+//! Syslog lines are handed to one dedicated thread through a bounded queue
+//! ([`SYSLOG_QUEUE`]): a send on `/dev/log` blocks while syslogd is behind, and the writer
+//! runs inside the async workers, so a full queue drops lines (counted, and the count is
+//! logged once syslogd catches up) instead of stalling every connection.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
 /// Where logs go.
@@ -27,9 +34,59 @@ pub enum LogTarget {
 /// The syslog socket.
 const SYSLOG_SOCKET: &str = "/dev/log";
 
+/// Log lines waiting for the syslog thread; more are dropped (and counted) rather than
+/// block the task that logs. A datagram send to `/dev/log` blocks while syslogd's queue is
+/// full, and the tracing writer runs inside the async workers that serve Postfix.
+pub const SYSLOG_QUEUE: usize = 1024;
+
+/// The non-blocking side of the syslog socket: lines go through a bounded channel to one
+/// dedicated thread that does the (blocking) sends.
+#[derive(Clone)]
+struct SyslogSink {
+    queue: SyncSender<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SyslogSink {
+    /// Starts the writer thread over `socket` (connected); `ident` names the program in the
+    /// line reporting drops.
+    fn new(socket: UnixDatagram, capacity: usize, ident: &'static str) -> std::io::Result<Self> {
+        let (queue, lines) = sync_channel::<Vec<u8>>(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        std::thread::Builder::new()
+            .name("syslog-writer".into())
+            .spawn(move || {
+                for line in lines {
+                    let _ = socket.send(&line);
+                    let lost = counter.swap(0, Ordering::Relaxed);
+                    if lost > 0 {
+                        // <20> = facility mail (2) * 8 + severity warning (4).
+                        let note = format!(
+                            "<20>{ident}[{}]: {lost} log lines dropped (syslog too slow)",
+                            std::process::id()
+                        );
+                        let _ = socket.send(note.as_bytes());
+                    }
+                }
+            })?;
+        Ok(Self { queue, dropped })
+    }
+
+    /// Queues one datagram; never blocks. A full queue drops the line and counts it.
+    fn send(&self, line: Vec<u8>) {
+        match self.queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// One syslog datagram per log line (RFC 3164 framing, facility mail).
 struct SyslogLine {
-    socket: Option<Arc<UnixDatagram>>,
+    sink: Option<SyslogSink>,
     ident: &'static str,
     buf: Vec<u8>,
 }
@@ -47,7 +104,7 @@ impl std::io::Write for SyslogLine {
 
 impl Drop for SyslogLine {
     fn drop(&mut self) {
-        if let Some(sock) = &self.socket {
+        if let Some(sink) = &self.sink {
             let text = String::from_utf8_lossy(&self.buf);
             // <22> = facility mail (2) * 8 + severity info (6).
             let msg = format!(
@@ -56,7 +113,7 @@ impl Drop for SyslogLine {
                 std::process::id(),
                 text.trim_end()
             );
-            let _ = sock.send(msg.as_bytes());
+            sink.send(msg.into_bytes());
         }
     }
 }
@@ -83,17 +140,17 @@ pub fn init(target: &LogTarget, default_level: &str, ident: &'static str) -> std
         LogTarget::None => {}
         LogTarget::Stderr => stderr(default_level),
         LogTarget::Syslog => {
-            let socket = UnixDatagram::unbound()
+            let sink = UnixDatagram::unbound()
                 .ok()
                 .filter(|s| s.connect(SYSLOG_SOCKET).is_ok())
-                .map(Arc::new);
+                .and_then(|s| SyslogSink::new(s, SYSLOG_QUEUE, ident).ok());
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(false)
                 .without_time()
                 .with_target(false)
                 .with_writer(move || SyslogLine {
-                    socket: socket.clone(),
+                    sink: sink.clone(),
                     ident,
                     buf: Vec::new(),
                 })
@@ -117,4 +174,55 @@ pub fn init(target: &LogTarget, default_level: &str, ident: &'static str) -> std
         std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A syslog socket nobody reads (syslogd stuck): logging never blocks, lines beyond the
+    /// queue are counted, and once syslogd reads again the count is reported.
+    #[test]
+    fn a_stuck_syslog_never_blocks_the_logger() {
+        let (ours, syslogd) = UnixDatagram::pair().unwrap();
+        let sink = SyslogSink::new(ours, 8, "test").unwrap();
+        let started = Instant::now();
+        for n in 0..20_000 {
+            let mut line = SyslogLine {
+                sink: Some(sink.clone()),
+                ident: "test",
+                buf: Vec::new(),
+            };
+            std::io::Write::write_all(
+                &mut line,
+                format!("line {n} {}", "x".repeat(200)).as_bytes(),
+            )
+            .unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "logging blocked: {:?}",
+            started.elapsed()
+        );
+        assert!(sink.dropped.load(Ordering::Relaxed) > 0);
+        syslogd
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let mut saw_note = false;
+        for _ in 0..20_000 {
+            let Ok(n) = syslogd.recv(&mut buf) else { break };
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                text.starts_with("<22>test[") || text.starts_with("<20>test["),
+                "{text}"
+            );
+            if text.contains("log lines dropped") {
+                saw_note = true;
+                break;
+            }
+        }
+        assert!(saw_note, "the drop count is reported");
+    }
 }

@@ -46,7 +46,14 @@ impl Policyd {
     fn start(dir: &Path, name: &str, socket: &str, action: &str) -> Self {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(BIN)
-            .args(["--socket", socket, "--action", action, "--log-file"])
+            .args([
+                "--socket",
+                socket,
+                "--action",
+                action,
+                "--allow-root",
+                "--log-file",
+            ])
             .arg(&log)
             .stdin(Stdio::null())
             .spawn()

@@ -2,7 +2,8 @@
 //! standalone on `--socket unix:PATH` and on TCP (`inet:HOST:PORT`, and the bare `HOST:PORT`
 //! earlier versions took), stopping on SIGTERM, and refusing a bad configuration with file and
 //! line.
-//! Only loopback clients are used, which `skip_addresses` answers without DNS.
+//! Only loopback clients are used, which `skip_addresses` answers without DNS. The socket
+//! tests run as root (CI does) and pass `--allow-root`; `spf_privs.rs` tests `--user`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -71,7 +72,14 @@ fn serves_a_unix_socket_standalone() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("spf.sock");
     let mut child = Command::new(BIN)
-        .args(["--config", &empty_config(&dir), "--log", "none", "--socket"])
+        .args([
+            "--config",
+            &empty_config(&dir),
+            "--log",
+            "none",
+            "--allow-root",
+        ])
+        .arg("--socket")
         .arg(format!("unix:{}", sock.display()))
         .spawn()
         .unwrap();
@@ -119,6 +127,7 @@ fn serves_tcp_and_stops_on_sigterm() {
                 &empty_config(&dir),
                 "--log",
                 "none",
+                "--allow-root",
                 "--socket",
                 &spec,
             ])

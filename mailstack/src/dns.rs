@@ -275,40 +275,80 @@ impl std::fmt::Debug for HickoryResolver {
 }
 
 impl HickoryResolver {
-    /// A resolver configured from `/etc/resolv.conf`.
+    /// A resolver configured from `/etc/resolv.conf` (its servers, timeout and attempts).
     pub fn system() -> Result<Self, DnsError> {
-        let mut builder = hickory_resolver::TokioResolver::builder_tokio()
-            .map_err(|e| DnsError::Other(e.to_string()))?;
-        // Caching is left to the local resolver; answers must reflect the zone as it is.
-        builder.options_mut().cache_size = 0;
-        builder.options_mut().ndots = 0;
-        let inner = builder
-            .build()
-            .map_err(|e| DnsError::Other(e.to_string()))?;
-        Ok(Self { inner })
+        Self::build(
+            hickory_resolver::TokioResolver::builder_tokio().map_err(other)?,
+            None,
+        )
+    }
+
+    /// The resolver a daemon's configuration asks for: the `Nameservers` listed (every one
+    /// of them, each `ip:port` over UDP with TCP for truncated answers), or those of
+    /// `/etc/resolv.conf` when the list is empty; in both cases each query waits at most
+    /// `timeout` per attempt (`DNSTimeout`), [`DEFAULT_QUERY_ATTEMPTS`] attempts.
+    pub fn from_config(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
+        if nameservers.is_empty() {
+            let builder = hickory_resolver::TokioResolver::builder_tokio().map_err(other)?;
+            Self::build(builder, Some(timeout))
+        } else {
+            Self::with_nameservers(nameservers, timeout)
+        }
     }
 
     /// A resolver that asks only `server` (UDP, falling back to TCP for truncated answers).
     pub fn with_nameserver(server: SocketAddr, timeout: Duration) -> Result<Self, DnsError> {
+        Self::with_nameservers(&[server], timeout)
+    }
+
+    /// A resolver that asks `servers` (all of them: hickory spreads queries over the pool
+    /// and moves on to the next server when one does not answer), each over UDP with TCP
+    /// for truncated answers. An empty list is [`DnsError::Other`]; use
+    /// [`Self::from_config`] to fall back to `/etc/resolv.conf`.
+    pub fn with_nameservers(servers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
         use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-        let mut ns = NameServerConfig::udp_and_tcp(server.ip());
-        for conn in &mut ns.connections {
-            conn.port = server.port();
+        if servers.is_empty() {
+            return Err(DnsError::Other("no name server given".into()));
         }
-        let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
-        let mut builder = hickory_resolver::TokioResolver::builder_with_config(
+        let ns = servers
+            .iter()
+            .map(|server| {
+                let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+                for conn in &mut ns.connections {
+                    conn.port = server.port();
+                }
+                ns
+            })
+            .collect();
+        let config = ResolverConfig::from_parts(None, vec![], ns);
+        let builder = hickory_resolver::TokioResolver::builder_with_config(
             config,
             hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
         );
+        Self::build(builder, Some(timeout))
+    }
+
+    fn build(
+        mut builder: hickory_resolver::ResolverBuilder<
+            hickory_resolver::net::runtime::TokioRuntimeProvider,
+        >,
+        timeout: Option<Duration>,
+    ) -> Result<Self, DnsError> {
         let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = DEFAULT_QUERY_ATTEMPTS;
+        if let Some(t) = timeout {
+            opts.timeout = t;
+            opts.attempts = DEFAULT_QUERY_ATTEMPTS;
+        }
+        // Caching is left to the local resolver; answers must reflect the zone as it is.
         opts.cache_size = 0;
         opts.ndots = 0;
-        let inner = builder
-            .build()
-            .map_err(|e| DnsError::Other(e.to_string()))?;
+        let inner = builder.build().map_err(other)?;
         Ok(Self { inner })
+    }
+
+    /// The per-attempt query timeout in force.
+    pub fn query_timeout(&self) -> Duration {
+        self.inner.options().timeout
     }
 
     async fn query(
@@ -336,6 +376,10 @@ impl HickoryResolver {
             Err(e) => Err(map_error(&e)),
         }
     }
+}
+
+fn other(e: impl std::fmt::Display) -> DnsError {
+    DnsError::Other(e.to_string())
 }
 
 fn map_error(e: &hickory_resolver::net::NetError) -> DnsError {
@@ -462,5 +506,68 @@ mod tests {
         assert_eq!(z.txt("missing.example").await, Err(DnsError::NxDomain));
         z.add_name("empty.example");
         assert_eq!(z.mx("empty.example").await, Err(DnsError::NoData));
+    }
+
+    /// A DNS server on 127.0.0.1 answering every A query with 192.0.2.1, or, when `answer`
+    /// is false, reading queries and never answering (a dead server).
+    async fn stub(answer: bool) -> SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if !answer || n < 12 {
+                    continue;
+                }
+                // Header: same id, QR + RD + RA, one question, one answer.
+                let mut out = buf[..2].to_vec();
+                out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+                let mut q = 12;
+                while q < n && buf[q] != 0 {
+                    q += 1 + usize::from(buf[q]);
+                }
+                out.extend_from_slice(&buf[12..(q + 5).min(n)]);
+                out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+                let _ = sock.send_to(&out, from).await;
+            }
+        });
+        addr
+    }
+
+    /// Every listed name server is used: with a dead one first or last, lookups still get
+    /// the live one's answer, within the configured timeout.
+    #[tokio::test]
+    async fn every_nameserver_is_used() {
+        let (dead, live) = (stub(false).await, stub(true).await);
+        let t = Duration::from_millis(400);
+        for servers in [[dead, live], [live, dead]] {
+            let r = HickoryResolver::from_config(&servers, t).unwrap();
+            assert_eq!(r.query_timeout(), t);
+            for name in ["a.example", "b.example", "c.example"] {
+                let got = tokio::time::timeout(Duration::from_secs(5), r.a(name)).await;
+                assert_eq!(
+                    got,
+                    Ok(Ok(vec![Ipv4Addr::new(192, 0, 2, 1)])),
+                    "{servers:?}"
+                );
+            }
+        }
+        let only_dead = HickoryResolver::from_config(&[dead], t).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(only_dead.a("d.example").await, Err(DnsError::Timeout));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(HickoryResolver::with_nameservers(&[], t).is_err());
+    }
+
+    /// `DNSTimeout` applies to the resolv.conf servers too.
+    #[tokio::test]
+    async fn timeout_applies_to_the_system_resolver() {
+        let t = Duration::from_millis(1500);
+        let r = HickoryResolver::from_config(&[], t).unwrap();
+        assert_eq!(r.query_timeout(), t);
     }
 }

@@ -13,6 +13,7 @@
 //! - [`filter`]: the one shape every filter has, the milter adapter over it, the verdict table.
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
+//! - [`privs`]: dropping root after binding sockets, refusing root without a user.
 
 pub mod auth_results;
 pub mod av;
@@ -26,5 +27,6 @@ pub mod filter;
 pub mod fuzzing;
 mod ipnet;
 pub mod notify;
+pub mod privs;
 pub mod spf;
 pub mod stack;

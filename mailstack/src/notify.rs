@@ -108,6 +108,7 @@ impl MsmtpConfig {
             timeout: Duration::from_secs(30),
         };
         let mut accounts = 0;
+        let mut auth_line = 0;
         for e in &f.entries {
             let on_off = || match e.value.as_str() {
                 "on" | "" => Ok(true),
@@ -129,6 +130,7 @@ impl MsmtpConfig {
                 "port" => port = Some(f.number::<u16>(e)?),
                 "from" => from = Some(e.value.clone()),
                 "auth" => {
+                    auth_line = e.line;
                     c.auth = match e.value.as_str() {
                         "off" => false,
                         "on" | "" | "plain" | "login" => true,
@@ -152,6 +154,16 @@ impl MsmtpConfig {
         c.port = port.unwrap_or(if c.tls && !c.tls_starttls { 465 } else { 25 });
         if c.auth && (c.user.is_none() || c.password.is_none()) {
             return Err(ConfigError::at(path, 0, "auth on needs user and password"));
+        }
+        if c.auth && !c.tls {
+            // msmtp itself refuses this unless told otherwise; lettre would send the
+            // password in clear text (AUTH PLAIN/LOGIN is only base64) over plain SMTP.
+            return Err(ConfigError::at(
+                path,
+                auth_line,
+                "auth on with tls off would send the SMTP password in clear text; \
+                 set tls on (with tls_starttls on for port 25/587)",
+            ));
         }
         Ok(c)
     }
@@ -320,6 +332,14 @@ mod tests {
             ("host h\nfrom a@b\nbogus 1\n", "r:3: unknown option"),
             ("host h\nfrom a@b\ntls maybe\n", "r:3: tls"),
             ("host h\nfrom a@b\nauth on\n", "needs user and password"),
+            (
+                "host h\nfrom a@b\nauth on\nuser u\npassword p\n",
+                "r:3: auth on with tls off",
+            ),
+            (
+                "host h\nfrom a@b\ntls off\nauth plain\nuser u\npassword p\n",
+                "r:4: auth on with tls off",
+            ),
         ] {
             let e = MsmtpConfig::parse(Path::new("r"), text)
                 .unwrap_err()

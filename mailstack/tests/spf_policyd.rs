@@ -217,3 +217,54 @@ async fn mock_and_unknown_keys() {
         "/etc/x.conf:2: Header_Type: expected SPF, AR or None, found \"both\""
     );
 }
+
+/// A HELO name or sender that is not a plain host name or address is quoted (RFC 7208 §9.1),
+/// so it can never add an `identity=mailfrom` the DMARC reader would take; comments lose
+/// the parentheses that could end them.
+#[tokio::test]
+async fn odd_helo_and_sender_values_are_quoted() {
+    use mailstack::dmarc::headers::{UpstreamContext, read_upstream};
+    let p = policy("");
+    let helo = "h\" identity=mailfrom; envelope-from=u@pass.example; x=\"";
+    let got = answer(&p, "192.0.2.9", helo, "", "q1").await;
+    assert_eq!(
+        got,
+        "prepend Received-SPF: None (no SPF record) identity=helo; client-ip=192.0.2.9; \
+         helo=\"h\\\" identity=mailfrom; envelope-from=u@pass.example; x=\\\"\"; \
+         envelope-from=<>; receiver=dest.example "
+    );
+    let value = got.strip_prefix("prepend Received-SPF: ").unwrap();
+    let fields = [("Received-SPF".to_owned(), value.to_owned())];
+    for envelope_from in ["u@pass.example", ""] {
+        let ctx = UpstreamContext {
+            envelope_from,
+            spf_ignore_results: false,
+        };
+        assert_eq!(read_upstream(&fields, ctx, |_| false).spf, None);
+    }
+    let got = answer(&p, "192.0.2.1", "a b", "x y@pass.example", "q2").await;
+    assert!(
+        got.ends_with("helo=\"a b\"; envelope-from=\"x y@pass.example\"; receiver=dest.example "),
+        "{got}"
+    );
+    let p = policy("Header_Type = AR\n");
+    let got = answer(&p, "192.0.2.9", "x) dkim=pass (", "", "q3").await;
+    assert!(
+        got.ends_with(
+            " smtp.helo=\"x) dkim=pass (\" (client-ip=192.0.2.9; helo=\"x dkim=pass \"; \
+             envelope-from=<>; receiver=dest.example)"
+        ),
+        "{got}"
+    );
+}
+
+/// Empty values stay bare as python-policyd-spf writes them (`envelope-from=;` in a bypass
+/// header for the null sender): nothing in them can add a key.
+#[tokio::test]
+async fn empty_values_stay_bare() {
+    let p = policy("Whitelist = 192.0.2.60\n");
+    assert_eq!(
+        answer(&p, "192.0.2.60", "", "u@pass.example", "e1").await,
+        "prepend X-Comment: SPF skipped for whitelisted relay - client-ip=192.0.2.60; helo=; envelope-from=u@pass.example; receiver=dest.example "
+    );
+}

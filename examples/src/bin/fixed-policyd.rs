@@ -68,6 +68,22 @@ struct Args {
     /// smtpd_policy_service_max_idle, 300 s).
     #[arg(long, default_value_t = policy_proto::IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
+    /// Switch to this user (with its groups from /etc/group) once the socket is bound and
+    /// the log file open.
+    #[arg(long)]
+    user: Option<String>,
+    /// With --socket and no --user: run as root anyway (refused otherwise).
+    #[arg(long)]
+    allow_root: bool,
+}
+
+/// Switches to --user, if given (after binding and opening the log).
+fn drop_privileges(user: Option<&str>) -> Result<(), mailstack::privs::PrivError> {
+    if let Some(user) = user {
+        let d = mailstack::privs::drop_privileges(user, None)?;
+        tracing::info!("running as {user} (uid {}, gid {})", d.uid, d.gid);
+    }
+    Ok(())
 }
 
 const AFTER_HELP: &str = "\
@@ -77,7 +93,8 @@ connection events.
 
 Examples:
   fixed-policyd --socket inet:127.0.0.1:10040 --action 'REJECT 5.7.1 go away'
-  fixed-policyd --socket unix:/var/spool/postfix/private/fixed --socket-group postfix --socket-mode 660
+  fixed-policyd --socket unix:/var/spool/postfix/private/fixed --socket-group postfix --socket-mode 660 --user nobody
+Started as root with --socket, it needs --user USER (switched to after binding) or --allow-root.
   master.cf: fixed  unix  -  n  n  -  0  spawn  user=nobody argv=/usr/local/bin/fixed-policyd --log-file /var/log/fixed-policyd.log
 In master.cf an action with spaces goes in braces (Postfix 3.0+ passes it as one argument):
   argv=/usr/local/bin/fixed-policyd --action { PREPEND X-Policy: checked }";
@@ -140,6 +157,14 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(1);
     }
+    // Under spawn(8) Postfix has already switched to master.cf's `user=` (never root).
+    if args.socket.is_some()
+        && args.user.is_none()
+        && let Err(e) = mailstack::privs::refuse_root_without_user(args.allow_root)
+    {
+        tracing::error!("{e}");
+        return ExitCode::from(1);
+    }
     let mut limits = Limits::default();
     limits.max_requests = args.max_requests.max(1);
     limits.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
@@ -170,12 +195,22 @@ fn main() -> ExitCode {
                         return ExitCode::from(1);
                     }
                 };
+                if let Err(e) = drop_privileges(args.user.as_deref()) {
+                    tracing::error!("{e}");
+                    return ExitCode::from(1);
+                }
                 let shown = listener
                     .local_spec()
                     .map_or(spec.to_string(), |s| s.to_string());
                 tracing::info!("listening on {shown}, answering {}", args.action);
                 server.serve(listener, shutdown_signal()).await;
                 ExitCode::SUCCESS
+            }
+            None if drop_privileges(args.user.as_deref())
+                .inspect_err(|e| tracing::error!("{e}"))
+                .is_err() =>
+            {
+                ExitCode::from(1)
             }
             None => match server.serve_stdio().await {
                 Ok(end) => {

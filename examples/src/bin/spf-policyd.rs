@@ -19,8 +19,11 @@
 //! `check_policy_service inet:127.0.0.1:10023` in `main.cf`.
 //!
 //! Options: `--config FILE` (or python's positional `policyd-spf [configfile]`),
-//! `--nameserver IP:PORT` (default: `/etc/resolv.conf`), `--socket unix:PATH|inet:HOST:PORT`,
-//! `--log syslog|stderr|none`.
+//! `--nameserver IP:PORT` (repeatable; default: `/etc/resolv.conf`), `--socket unix:PATH|inet:HOST:PORT`,
+//! `--log syslog|stderr|none`, `--user USER` (switch to it after binding; started as root
+//! with `--socket`, `--user` or `--allow-root` is required), `--group GROUP` and
+//! `--socket-mode MODE` for a unix socket (default `postfix` if that group exists, `660`, so
+//! Postfix can connect).
 //!
 //! The protocol side (decoding, limits, timeouts, the three transports, graceful shutdown on
 //! SIGTERM in socket mode) is `policy_proto::Server`, serving
@@ -30,7 +33,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use mailstack::dns::{HickoryResolver, Resolver};
@@ -51,15 +53,68 @@ struct Args {
     /// Configuration file, positional as in `policyd-spf [configfile]`.
     #[arg(conflicts_with = "config")]
     config_file: Option<PathBuf>,
-    /// DNS server to ask instead of /etc/resolv.conf's, as IP:PORT.
+    /// DNS server to ask instead of /etc/resolv.conf's, as IP:PORT; repeat it for several
+    /// (all are used).
     #[arg(long)]
-    nameserver: Option<SocketAddr>,
+    nameserver: Vec<SocketAddr>,
     /// Listen on `unix:PATH` or `inet:HOST:PORT` instead of serving stdin/stdout.
     #[arg(long)]
     socket: Option<String>,
     /// Where logs go; default: syslog on stdin/stdout (spawn), stderr with --socket.
     #[arg(long)]
     log: Option<LogArg>,
+    /// Switch to this user (its groups from /etc/group) once the socket is bound.
+    /// python-policyd-spf has no such option: under spawn(8) master.cf's `user=` does it.
+    #[arg(long)]
+    user: Option<String>,
+    /// With --socket and no --user: run as root anyway (refused otherwise).
+    #[arg(long)]
+    allow_root: bool,
+    /// Group owner of a unix socket (default: `postfix` if that group exists), so that
+    /// Postfix can connect.
+    #[arg(long)]
+    group: Option<String>,
+    /// Permission bits of a unix socket, octal.
+    #[arg(long, value_parser = octal, default_value = "660")]
+    socket_mode: u32,
+}
+
+fn octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("{s:?}: not an octal mode: {e}"))
+}
+
+/// The unix socket's group: `--group`, else `postfix` when the group exists.
+fn socket_group(args: &Args) -> Option<String> {
+    args.group.clone().or_else(|| {
+        mailstack::privs::lookup_group("postfix")
+            .ok()
+            .flatten()
+            .map(|_| "postfix".to_owned())
+    })
+}
+
+/// Before binding: a daemon on a socket started as root with no --user refuses to run
+/// unless --allow-root. Under spawn(8) (stdin/stdout) Postfix has already switched to
+/// master.cf's `user=`, which it never lets be root.
+fn check_root(args: &Args) -> Result<(), String> {
+    if args.socket.is_some() && args.user.is_none() {
+        mailstack::privs::refuse_root_without_user(args.allow_root).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// After binding and loading everything: switch to --user, if given.
+fn drop_privileges(args: &Args) -> Result<(), String> {
+    if let Some(user) = &args.user {
+        let d = mailstack::privs::drop_privileges(user, None).map_err(|e| e.to_string())?;
+        tracing::info!(
+            "running as {user} (uid {}, gid {}, groups {:?})",
+            d.uid,
+            d.gid,
+            d.groups
+        );
+    }
+    Ok(())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,11 +158,9 @@ fn load_config(args: &Args) -> Result<(PolicydConfig, Vec<String>), String> {
 }
 
 fn resolver(args: &Args) -> Result<Arc<dyn Resolver>, String> {
-    let r = match args.nameserver {
-        Some(ns) => HickoryResolver::with_nameserver(ns, Duration::from_secs(5)),
-        None => HickoryResolver::system(),
-    };
-    r.map(|r| Arc::new(r) as Arc<dyn Resolver>)
+    // Every --nameserver, else /etc/resolv.conf's servers; 5 s per query either way.
+    HickoryResolver::from_config(&args.nameserver, mailstack::dns::DEFAULT_QUERY_TIMEOUT)
+        .map(|r| Arc::new(r) as Arc<dyn Resolver>)
         .map_err(|e| format!("DNS resolver: {e}"))
 }
 
@@ -123,11 +176,13 @@ fn socket_spec(spec: &str) -> Result<SocketSpec, String> {
         })
 }
 
-async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str) -> Result<(), String> {
+async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str, args: &Args) -> Result<(), String> {
     let parsed = socket_spec(spec)?;
-    let listener = Listener::bind_with(&parsed, &UnixOptions::default())
+    let opts = UnixOptions::new(Some(args.socket_mode), socket_group(args));
+    let listener = Listener::bind_with(&parsed, &opts)
         .await
         .map_err(|e| format!("{spec}: {e}"))?;
+    drop_privileges(args)?;
     let shown = listener
         .local_spec()
         .map_or_else(|_| parsed.to_string(), |s| s.to_string());
@@ -138,6 +193,19 @@ async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str) -> Result<(), String> 
     Ok(())
 }
 
+async fn serve_stdio(policy: Arc<SpfPolicy>) -> Result<(), String> {
+    match SpfService::server(policy).serve_stdio().await {
+        Ok(end) => {
+            tracing::debug!("connection ended: {end:?}");
+            Ok(())
+        }
+        Err(e) => {
+            policy_proto::log_error(&Peer::Stdio, &e);
+            Err(e.to_string())
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let log = args.log.unwrap_or(if args.socket.is_some() {
@@ -145,7 +213,7 @@ fn main() -> std::process::ExitCode {
     } else {
         LogArg::Syslog
     });
-    let config = match load_config(&args) {
+    let config = match check_root(&args).and_then(|()| load_config(&args)) {
         Ok((c, warnings)) => {
             init_logging(log, c.debug_level);
             for w in warnings {
@@ -179,17 +247,11 @@ fn main() -> std::process::ExitCode {
         let resolver = resolver(&args)?;
         let policy = Arc::new(SpfPolicy::new(config, resolver));
         match &args.socket {
-            Some(spec) => serve_socket(policy, spec).await,
-            None => match SpfService::server(policy).serve_stdio().await {
-                Ok(end) => {
-                    tracing::debug!("connection ended: {end:?}");
-                    Ok(())
-                }
-                Err(e) => {
-                    policy_proto::log_error(&Peer::Stdio, &e);
-                    Err(e.to_string())
-                }
-            },
+            Some(spec) => serve_socket(policy, spec, &args).await,
+            None => {
+                drop_privileges(&args)?;
+                serve_stdio(policy).await
+            }
         }
     });
     let code = match result {

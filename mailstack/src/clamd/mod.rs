@@ -153,7 +153,9 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Each write of a command or chunk.
     pub write: Duration,
-    /// Each read while waiting for a reply (clamav-milter's `ReadTimeout`, 120 s).
+    /// The whole wait for one reply, from the first read to its terminator (clamav-milter's
+    /// `ReadTimeout`, 120 s). It bounds the reply as a whole, not each read: a peer sending
+    /// one byte now and then, never the terminator, cannot hold a scan for longer.
     pub read: Duration,
 }
 
@@ -393,18 +395,19 @@ impl<S: ClamdStream> Connection<S> {
         Ok(())
     }
 
-    /// Reads one terminated reply, each read bounded by the read timeout, the whole reply by
-    /// the size bound. A reply cut by EOF is returned as is; no bytes at all is
+    /// Reads one terminated reply, bounded in time as a whole by the read timeout and in
+    /// size by the reply bound. A reply cut by EOF is returned as is; no bytes at all is
     /// [`ClamdError::Closed`].
     pub async fn read_reply(&mut self) -> Result<String, ClamdError> {
         let mut rb = ReplyBuffer::new(self.style, self.max_reply);
         let mut buf = [0u8; 512];
         let t = self.timeouts.read;
+        let deadline = tokio::time::Instant::now() + t;
         loop {
             // Read one byte at a time past the first chunk would be slow; replies are short
             // and clamd sends nothing after the terminator outside a session, and inside a
             // session we ask for one reply at a time, so reading ahead is safe.
-            let n = timeout(t, self.stream.read(&mut buf))
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
                 .await
                 .map_err(|_| ClamdError::Timeout(Phase::Read, t))??;
             if n == 0 {
@@ -611,5 +614,71 @@ impl<S: ClamdStream> Session<S> {
             let _ = timeout(c.timeouts.write, c.stream.shutdown()).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn short() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            write: Duration::from_millis(300),
+            read: Duration::from_millis(300),
+        }
+    }
+
+    /// A peer that sends a byte every 50 ms and never the terminator: the read timeout
+    /// bounds the whole reply, so this ends after it, not after 4 KiB × 50 ms.
+    #[tokio::test]
+    async fn a_trickling_reply_that_never_ends_times_out() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let peer = tokio::spawn(async move {
+            while theirs.write_all(b"A").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut conn = Connection::new(ours, short(), 4096);
+        let t = Instant::now();
+        let r = timeout(Duration::from_secs(5), conn.read_reply()).await;
+        peer.abort();
+        assert!(
+            matches!(r, Ok(Err(ClamdError::Timeout(Phase::Read, _)))),
+            "{r:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    /// A clamd stand-in that accepts and then neither reads nor answers: every phase of a
+    /// scan (command, chunks, reply) is bounded, so a handler never waits forever.
+    #[tokio::test]
+    async fn a_stand_in_that_accepts_and_never_answers_is_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stalled.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let held = tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                keep.push(s);
+            }
+        });
+        let c = Client::new(ClamdAddr::Unix(path)).timeouts(short());
+        let t = Instant::now();
+        let small = c.scan_bytes(b"hello").await;
+        assert!(
+            matches!(small, Err(ClamdError::Timeout(Phase::Read, _))),
+            "{small:?}"
+        );
+        let big = vec![0u8; 16 << 20];
+        let big = c.scan_bytes(&big).await;
+        assert!(
+            matches!(big, Err(ClamdError::Timeout(Phase::Write, _))),
+            "{big:?}"
+        );
+        assert!(c.ping().await.is_err());
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        held.abort();
     }
 }

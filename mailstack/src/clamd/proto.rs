@@ -115,6 +115,25 @@ pub fn reply_text(raw: &[u8]) -> String {
     s.trim_end_matches(['\n', '\r', '\0']).to_owned()
 }
 
+/// Longest virus name kept from a reply, in bytes. ClamAV's own signature names stay far
+/// below it (`Win.Test.EICAR_HDB-1`, `Heuristics.Phishing.Email.SpoofedDomain`: under 64
+/// bytes in the official databases); the name goes into headers, logs and reject texts, so
+/// a peer must not be able to make it arbitrarily long.
+pub const MAX_VIRUS_NAME_LEN: usize = 128;
+
+/// A virus name as it may be shown anywhere: control characters (CR, LF, NUL, ESC, ...)
+/// removed, then cut to [`MAX_VIRUS_NAME_LEN`] bytes on a char boundary.
+pub fn clean_virus_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len().min(MAX_VIRUS_NAME_LEN));
+    for c in name.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_VIRUS_NAME_LEN {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Parses a scan reply (`stream: OK`, `stream: Eicar FOUND`, `stream: ... ERROR`,
 /// `INSTREAM size limit exceeded. ERROR`, or several such lines), with or without an
 /// IDSESSION id prefix on each line.
@@ -139,11 +158,11 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, Garbage> {
         if let Some(head) = line.strip_suffix(" FOUND") {
             // `<object>: <signature> FOUND`; the object (a path) may contain ": " itself, the
             // signature never contains spaces.
-            let name = head.rsplit_once(": ").map(|(_, n)| n).unwrap_or("");
+            let name = clean_virus_name(head.rsplit_once(": ").map(|(_, n)| n).unwrap_or(""));
             if name.is_empty() || name.contains(' ') {
                 return Err(Garbage(reply.to_owned()));
             }
-            found.push(name.to_owned());
+            found.push(name);
             continue;
         }
         if line.ends_with(": OK") {
@@ -330,6 +349,25 @@ mod tests {
     }
 
     #[test]
+    fn virus_names_cut_on_a_char_boundary_without_controls() {
+        let long = "\u{e9}".repeat(100); // 200 bytes of two-byte chars
+        let Ok(Verdict::Infected(n)) = parse_scan_reply(&format!("stream: A{long} FOUND")) else {
+            panic!("not infected");
+        };
+        assert_eq!(n[0].len(), MAX_VIRUS_NAME_LEN - 1);
+        assert_eq!(n[0], format!("A{}", "\u{e9}".repeat(63)));
+        assert_eq!(
+            parse_scan_reply("stream: Evil\r\x1b[2J\0Sig FOUND"),
+            Ok(Verdict::Infected(vec!["Evil[2JSig".into()]))
+        );
+        assert_eq!(
+            parse_scan_reply("stream: Sig\r FOUND\n"),
+            Ok(Verdict::Infected(vec!["Sig".into()]))
+        );
+        assert!(parse_scan_reply("stream: \r\x07 FOUND").is_err());
+    }
+
+    #[test]
     fn other_replies() {
         assert_eq!(parse_pong("PONG"), Ok(()));
         assert_eq!(parse_pong("1: PONG"), Ok(()));
@@ -366,6 +404,22 @@ mod tests {
         #[test]
         fn arbitrary_replies_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             fuzz_reply(&data);
+        }
+
+        #[test]
+        fn virus_names_are_bounded_and_clean(
+            name in "[^ ]{1,400}",
+            id in proptest::option::of(0u32..1000),
+        ) {
+            let prefix = id.map(|i| format!("{i}: ")).unwrap_or_default();
+            let reply = format!("{prefix}stream: {name} FOUND");
+            if let Ok(Verdict::Infected(names)) = parse_scan_reply(&reply) {
+                for n in names {
+                    proptest::prop_assert!(n.len() <= MAX_VIRUS_NAME_LEN, "{n:?}");
+                    proptest::prop_assert!(!n.chars().any(char::is_control), "{n:?}");
+                    proptest::prop_assert!(!n.is_empty());
+                }
+            }
         }
 
         #[test]

@@ -280,7 +280,8 @@ pub struct UpstreamContext<'a> {
 }
 
 /// Reads SPF and DKIM results from the header fields `(name, value)` of a message, using
-/// only `Authentication-Results` whose authserv-id `trusted` accepts, as OpenDMARC does
+/// only `Authentication-Results` whose authserv-id (read by
+/// [`crate::auth_results::authserv_id`]) `trusted` accepts, as OpenDMARC does
 /// (§2.3 of the reference): SPF from `spf=` with an `smtp.mailfrom` in the envelope domain
 /// (or `smtp.helo` for the null sender), else from the first `Received-SPF` that names
 /// `identity=mailfrom` and an `envelope-from` in the envelope domain; DKIM from `dkim=` with `header.d` (and
@@ -296,12 +297,17 @@ pub fn read_upstream(
         if !name.eq_ignore_ascii_case("Authentication-Results") {
             continue;
         }
-        let Some((id, results)) = parse_auth_results(value) else {
-            continue;
-        };
-        if !trusted(&id) {
+        // The one reader of the claimed id, shared with the filters that remove forged
+        // fields (past comments, folding, quotes and the version), so a field is trusted
+        // here exactly when it would have been recognised as claiming that id there.
+        let id = crate::auth_results::authserv_id(value.as_bytes())
+            .and_then(|id| std::str::from_utf8(id).ok());
+        if !id.is_some_and(&trusted) {
             continue;
         }
+        let Some((_, results)) = parse_auth_results(value) else {
+            continue;
+        };
         for r in results {
             match r.method.as_str() {
                 "spf" if !ctx.spf_ignore_results && up.spf.is_none() => {
@@ -348,33 +354,28 @@ fn spf_from_ar(r: &ResInfo, env_domain: &str, null_sender: bool) -> Option<SpfIn
 }
 
 /// `Received-SPF: <result> (comment) key=value; ...` (RFC 7208 §9.1), used only with
-/// `identity=mailfrom` and an `envelope-from` in the envelope sender's domain.
+/// `identity=mailfrom` and an `envelope-from` in the envelope sender's domain. Only the
+/// key=value list after the comment counts, and of each key only its first occurrence (the
+/// writer puts `identity=` first; a value quoted or not can then never override it).
 fn spf_from_received(value: &str, envelope_from: &str) -> Option<SpfInput> {
-    let clean = strip_comments(value)?;
-    let result = clean.split_whitespace().next()?;
-    let mut identity_ok = false;
-    let mut env_ok = false;
-    for kv in split_unquoted(&clean, |c| c == ';' || c.is_whitespace()) {
-        if let Some((k, v)) = kv.split_once('=') {
-            let v = v.trim().trim_matches('"');
-            match k.trim().to_ascii_lowercase().as_str() {
-                "identity" => identity_ok = v.eq_ignore_ascii_case("mailfrom"),
-                // OpenDMARC compares the domains (checked against OpenDMARC 1.4.2 in
-                // examples/tests/dmarc_vs_opendmarc.rs).
-                "envelope-from" => {
-                    env_ok = !envelope_from.is_empty()
-                        && v.contains('@')
-                        && domain_of(v) == domain_of(envelope_from);
-                }
-                _ => {}
-            }
-        }
-    }
+    let (result, pairs) = received_spf_fields(value)?;
+    let first = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    };
+    let identity_ok = first("identity").is_some_and(|v| v.eq_ignore_ascii_case("mailfrom"));
+    // OpenDMARC compares the domains (checked against OpenDMARC 1.4.2 in
+    // examples/tests/dmarc_vs_opendmarc.rs).
+    let env_ok = first("envelope-from").is_some_and(|v| {
+        !envelope_from.is_empty() && v.contains('@') && domain_of(v) == domain_of(envelope_from)
+    });
     let domain = domain_of(envelope_from);
     if !(identity_ok && env_ok && is_valid_domain(&domain)) {
         return None;
     }
-    let result = match spf_word(result) {
+    let result = match spf_word(&result) {
         SpfResult::Pass => SpfResult::Pass,
         SpfResult::TempError => SpfResult::TempError,
         SpfResult::Fail | SpfResult::SoftFail | SpfResult::Neutral => SpfResult::Fail,
@@ -385,6 +386,110 @@ fn spf_from_received(value: &str, envelope_from: &str) -> Option<SpfInput> {
         identity: Identity::MailFrom,
         result,
     })
+}
+
+/// Most key=value pairs read from one `Received-SPF` (RFC 7208 §9.1 defines seven keys).
+const MAX_RECEIVED_SPF_PAIRS: usize = 32;
+
+/// Splits a `Received-SPF` value (RFC 7208 §9.1) into its result and its key=value pairs:
+///
+/// ```text
+/// header = result FWS [comment FWS] [ key-value-list ] CRLF
+/// key-value-list = key-value-pair *( ";" [CFWS] key-value-pair ) [";"]
+/// key-value-pair = key [CFWS] "=" ( dot-atom / quoted-string )
+/// ```
+///
+/// Quoted strings are unescaped; a bare value is taken up to white space, `;` or `(` (so the
+/// unquoted `envelope-from=a@b.example` python-policyd-spf writes still reads). `None` when
+/// the value does not have that shape (unterminated comment or quoted string, a pair
+/// without `=`, two pairs without `;` between them): such a field is not used at all.
+fn received_spf_fields(value: &str) -> Option<(String, Vec<(String, String)>)> {
+    let mut p = Cursor(value.as_bytes(), 0);
+    p.skip_cfws()?;
+    let result = p.take_while(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if result.is_empty() {
+        return None;
+    }
+    let mut pairs = Vec::new();
+    loop {
+        p.skip_cfws()?;
+        if p.peek().is_none() || pairs.len() >= MAX_RECEIVED_SPF_PAIRS {
+            break;
+        }
+        let key = p.take_while(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        p.skip_cfws()?;
+        if key.is_empty() || p.next() != Some(b'=') {
+            return None;
+        }
+        p.skip_cfws()?;
+        let value = if p.peek() == Some(b'"') {
+            p.quoted()?
+        } else {
+            p.take_while(|b| !b.is_ascii_whitespace() && !b";\"(".contains(&b))
+        };
+        pairs.push((key, value));
+        p.skip_cfws()?;
+        match p.next() {
+            Some(b';') | None => {}
+            Some(_) => return None,
+        }
+    }
+    Some((result, pairs))
+}
+
+/// A byte cursor for [`received_spf_fields`].
+struct Cursor<'a>(&'a [u8], usize);
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.0.get(self.1).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.1 += 1;
+        Some(b)
+    }
+
+    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> String {
+        let start = self.1;
+        while self.peek().is_some_and(&f) {
+            self.1 += 1;
+        }
+        String::from_utf8_lossy(self.0.get(start..self.1).unwrap_or_default()).into_owned()
+    }
+
+    /// Skips white space (folding included) and comments, nested, with quoted pairs; `None`
+    /// when a comment does not end.
+    fn skip_cfws(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match (depth, self.peek()) {
+                (0, Some(b)) if b.is_ascii_whitespace() => {}
+                (0, Some(b'(')) => depth = 1,
+                (0, _) => return Some(()),
+                (_, None) => return None,
+                (_, Some(b'\\')) => self.1 += 1,
+                (_, Some(b'(')) => depth += 1,
+                (_, Some(b')')) => depth -= 1,
+                _ => {}
+            }
+            self.1 += 1;
+        }
+    }
+
+    /// A quoted-string starting at the cursor, unescaped; `None` when it does not end.
+    fn quoted(&mut self) -> Option<String> {
+        self.next();
+        let mut out = Vec::new();
+        loop {
+            match self.next()? {
+                b'"' => return Some(String::from_utf8_lossy(&out).into_owned()),
+                b'\\' => out.push(self.next()?),
+                b => out.push(b),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -544,5 +649,69 @@ mod tests {
             ..ctx
         };
         assert_eq!(read_upstream(&f, ignore, |_| true).spf, None);
+    }
+
+    #[test]
+    fn trusted_id_read_by_the_shared_reader() {
+        let ctx = UpstreamContext {
+            envelope_from: "alice@s.example",
+            spf_ignore_results: false,
+        };
+        let trusted = |id: &str| id.eq_ignore_ascii_case("mx.example");
+        for (value, dkim) in [
+            (
+                "(x) mx.example; spf=pass smtp.mailfrom=alice@s.example",
+                false,
+            ),
+            (
+                " (forged (nested)) \"mx.example\" 1;\r\n\tdkim=pass header.d=a.example",
+                true,
+            ),
+            ("\"mx.example\"; dkim=pass header.d=a.example", true),
+        ] {
+            let up = read_upstream(&fields(&[("Authentication-Results", value)]), ctx, trusted);
+            assert_eq!(!up.dkim.is_empty(), dkim, "{value}");
+            assert_eq!(up.spf.is_some(), !dkim, "{value}");
+        }
+        for value in [
+            "mx.example.evil; dkim=pass header.d=a.example",
+            "(mx.example) evil.example; dkim=pass header.d=a.example",
+            "(mx.example; dkim=pass header.d=a.example",
+        ] {
+            let up = read_upstream(&fields(&[("Authentication-Results", value)]), ctx, trusted);
+            assert_eq!(up, Upstream::default(), "{value}");
+        }
+    }
+
+    #[test]
+    fn received_spf_helo_result_never_poses_as_mail_from() {
+        let ctx = UpstreamContext {
+            envelope_from: "alice@sender.example",
+            spf_ignore_results: false,
+        };
+        for forged in [
+            // A later identity= must not override the first one.
+            "Pass (x) identity=helo; helo=x; identity=mailfrom; envelope-from=alice@sender.example",
+            // An escaped quote inside the quoted HELO value does not end it.
+            "Pass (x) identity=helo; client-ip=192.0.2.1; \
+             helo=\"a\\\" identity=mailfrom envelope-from=alice@sender.example \\\"\"; \
+             envelope-from=alice@sender.example",
+            "Pass (x) identity=helo; helo=\"x identity=mailfrom\"; \
+             envelope-from=alice@sender.example",
+            // Only the list after the comment counts.
+            "Pass identity=mailfrom (identity=helo) identity=helo; envelope-from=alice@sender.example",
+            // Malformed: no identity at all, a pair without ';', an open quoted string.
+            "Pass (x) envelope-from=alice@sender.example",
+            "Pass (x) identity=mailfrom envelope-from=alice@sender.example",
+            "Pass (x) identity=mailfrom; envelope-from=\"alice@sender.example",
+        ] {
+            let up = read_upstream(&fields(&[("Received-SPF", forged)]), ctx, |_| false);
+            assert_eq!(up.spf, None, "{forged}");
+        }
+        let quoted = "pass (mx: domain of alice@sender.example designates 192.0.2.1) \
+                      identity=mailfrom; client-ip=192.0.2.1; helo=\"a b\"; \
+                      envelope-from=\"alice@sender.example\"; receiver=mx.example";
+        let up = read_upstream(&fields(&[("Received-SPF", quoted)]), ctx, |_| false);
+        assert_eq!(up.spf.map(|s| s.result), Some(SpfResult::Pass));
     }
 }

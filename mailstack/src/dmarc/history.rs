@@ -146,38 +146,64 @@ fn align_code(a: Alignment) -> u8 {
     a.as_char() as u8
 }
 
+/// A value written into a history line: every character that could end the line or shift
+/// the space-separated columns `opendmarc-import` reads (control characters, CR, LF, any
+/// white space, U+2028/U+2029) becomes `?`. The values come from peers (DNS records, header
+/// fields, the queue id macro), so a `rua` holding a newline must never start a forged line.
+struct Clean<'a>(&'a str);
+
+impl std::fmt::Display for Clean<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            f.write_char(if c.is_control() || c.is_whitespace() {
+                '?'
+            } else {
+                c
+            })?;
+        }
+        Ok(())
+    }
+}
+
 impl MessageRecord {
     /// The record as an OpenDMARC `HistoryFile` block (see the module docs).
     pub fn to_history_block(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "job {}", self.job_id);
-        let _ = writeln!(s, "reporter {}", self.reporter);
+        let _ = writeln!(s, "job {}", Clean(&self.job_id));
+        let _ = writeln!(s, "reporter {}", Clean(&self.reporter));
         let _ = writeln!(s, "received {}", self.received);
         let ip = self
             .source_ip
             .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         let _ = writeln!(s, "ipaddr {ip}");
-        let _ = writeln!(s, "from {}", self.header_from);
-        let _ = writeln!(s, "mfrom {}", self.envelope_from);
+        let _ = writeln!(s, "from {}", Clean(&self.header_from));
+        let _ = writeln!(s, "mfrom {}", Clean(&self.envelope_from));
         for d in &self.dkim {
             let sel = if d.selector.is_empty() {
                 "-"
             } else {
                 &d.selector
             };
-            let _ = writeln!(s, "dkim {} {sel} {}", d.domain, dkim_code(d.status));
+            let _ = writeln!(
+                s,
+                "dkim {} {} {}",
+                Clean(&d.domain),
+                Clean(sel),
+                dkim_code(d.status)
+            );
         }
         let _ = writeln!(s, "spf {}", spf_code(self.spf));
         let (pdomain, rec) = match &self.policy {
             Some((d, r)) => (d.as_str(), Some(r)),
             None => (self.header_from.as_str(), None),
         };
-        let _ = writeln!(s, "pdomain {pdomain}");
+        let _ = writeln!(s, "pdomain {}", Clean(pdomain));
         let outcome = outcome_code(self.result, self.policy_in_force, rec.is_some());
         let _ = writeln!(s, "policy {outcome}");
         match rec {
             Some(r) if !r.rua.is_empty() => r.rua.iter().for_each(|u| {
-                let _ = writeln!(s, "rua {u}");
+                let _ = writeln!(s, "rua {}", Clean(u));
             }),
             _ => s.push_str("rua -\n"),
         }
@@ -308,6 +334,56 @@ mod tests {
              adkim 114\naspf 114\np 114\nsp 0\nalign_dkim 4\nalign_spf 5\narc 7\n\
              arc_policy 2 json:[]\naction 2\n"
         );
+    }
+
+    #[test]
+    fn peer_values_never_start_a_line() {
+        let mut r = sample();
+        r.job_id = "Q1\naction 0".into();
+        r.header_from = "a.example\r\npolicy 16".into();
+        r.dkim[0].selector = "s1 x.example 0\ndkim evil.example".into();
+        r.dkim[0].domain = "d.example\u{2028}x".into();
+        if let Some((_, rec)) = &mut r.policy {
+            rec.rua = vec!["mailto:a@x.example\naction 0\njob forged".into()];
+        }
+        let b = r.to_history_block();
+        let keys: Vec<&str> = b.lines().map(|l| l.split(' ').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "job",
+                "reporter",
+                "received",
+                "ipaddr",
+                "from",
+                "mfrom",
+                "dkim",
+                "spf",
+                "pdomain",
+                "policy",
+                "rua",
+                "pct",
+                "adkim",
+                "aspf",
+                "p",
+                "sp",
+                "align_dkim",
+                "align_spf",
+                "arc",
+                "arc_policy",
+                "action"
+            ],
+            "{b}"
+        );
+        assert!(
+            b.contains("\nrua mailto:a@x.example?action?0?job?forged\n"),
+            "{b}"
+        );
+        assert!(
+            b.contains("\ndkim d.example?x s1?x.example?0?dkim?evil.example 0\n"),
+            "{b}"
+        );
+        assert!(b.starts_with("job Q1?action?0\n"), "{b}");
     }
 
     #[test]

@@ -26,7 +26,10 @@ impl From<record::SyntaxError> for Abort {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Outcome {
     pub(crate) result: SpfResult,
-    pub(crate) explanation: Option<String>,
+    /// On `fail` from a record with `exp=`: the explanation to fetch, and the domain of that
+    /// record. It is fetched after the verdict, on its own deadline, so that a DNS failure or
+    /// a slow answer there can never change the result (§6.2).
+    pub(crate) explain: Option<(MacroString, String)>,
     pub(crate) mechanism: Option<String>,
     pub(crate) problem: Option<String>,
 }
@@ -35,7 +38,7 @@ impl Outcome {
     fn plain(result: SpfResult) -> Self {
         Self {
             result,
-            explanation: None,
+            explain: None,
             mechanism: None,
             problem: None,
         }
@@ -249,13 +252,13 @@ impl Session<'_> {
                     Qualifier::SoftFail => SpfResult::SoftFail,
                     Qualifier::Neutral => SpfResult::Neutral,
                 };
-                let explanation = match (&record.exp, result) {
-                    (Some(exp), SpfResult::Fail) => self.explain(exp, domain).await,
+                let explain = match (&record.exp, result) {
+                    (Some(exp), SpfResult::Fail) => Some((exp.clone(), domain.to_owned())),
                     _ => None,
                 };
                 return Ok(Outcome {
                     mechanism: Some(directive.text.clone()),
-                    explanation,
+                    explain,
                     ..Outcome::plain(result)
                 });
             }
@@ -278,7 +281,7 @@ impl Session<'_> {
     }
 
     /// §6.2: the explanation text, `None` on any problem (the caller uses its default).
-    async fn explain(&mut self, exp: &MacroString, domain: &str) -> Option<String> {
+    pub(crate) async fn explain(&mut self, exp: &MacroString, domain: &str) -> Option<String> {
         let target = self.expand_domain(exp, domain).await;
         if !valid_domain(&target) {
             return None;

@@ -4,33 +4,58 @@
 use super::{Identity, SpfOutput};
 use crate::auth_results::MethodResult;
 
-/// A `Received-SPF` key=value value: a dot-atom is written as is, anything else quoted.
-fn kv_value(v: &str) -> String {
-    let atom = !v.is_empty()
-        && v.split('.').all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b))
-        });
-    if atom {
+/// `atext` of RFC 5322 §3.2.3 (the characters of a dot-atom's parts).
+fn is_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
+}
+
+/// `dot-atom-text`: atext parts separated by single dots.
+fn is_dot_atom(v: &str) -> bool {
+    !v.is_empty()
+        && v.split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(is_atext))
+}
+
+/// A quoted-string (RFC 5322 §3.2.4) holding `v`: `"` and `\` escaped, control characters
+/// (CR, LF, NUL, ...) dropped, since they could end the header field.
+fn quoted(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A `Received-SPF` key=value value (RFC 7208 §9.1: `dot-atom / quoted-string`): a dot-atom
+/// is written as is, anything else quoted.
+pub(crate) fn kv_value(v: &str) -> String {
+    if is_dot_atom(v) {
         v.to_owned()
     } else {
-        let inner: String = v
-            .chars()
-            .filter(|c| !c.is_control())
-            .map(|c| {
-                if c == '"' || c == '\\' {
-                    format!("\\{c}")
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect();
-        format!("\"{inner}\"")
+        quoted(v)
     }
 }
 
-fn clean_comment(s: &str) -> String {
+/// [`kv_value`] as python-policyd-spf spells values, for the policy server's transcripts:
+/// besides dot-atoms, it writes an address (`u@example.com`), the null sender `<>`,
+/// `<UNKNOWN>` and an empty value (a bypass header for the null sender: `envelope-from=;`)
+/// bare. Those are kept bare only when made of atext, `.`, `@`, `<`, `>`, `:`,
+/// `[` and `]` (no white space, `;`, `"`, `(`, `\` or control character), so no reader that
+/// splits the list on `;` and white space can see a key in them; anything else (a HELO name
+/// like `x identity=mailfrom`) is quoted as §9.1 says.
+pub(crate) fn kv_value_compat(v: &str) -> String {
+    let bare = v.bytes().all(|b| is_atext(b) || b".@<>:[]".contains(&b));
+    if bare { v.to_owned() } else { quoted(v) }
+}
+
+/// Text safe inside a header comment: no parenthesis or backslash that could end it, no
+/// control character that could end the field.
+pub(crate) fn clean_comment(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control() && *c != '(' && *c != ')' && *c != '\\')
         .collect()

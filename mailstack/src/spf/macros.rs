@@ -111,8 +111,22 @@ fn transform(value: &str, digits: Option<u32>, reverse: bool, delimiters: &str) 
     parts.join(".")
 }
 
-/// Expands a macro-string (no length limit applied beyond [`MAX_EXPANSION_LEN`]).
+/// Which end of an over-long expansion is kept.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// An explanation: its first [`MAX_EXPANSION_LEN`] bytes.
+    Start,
+    /// A domain: enough of the end for the §7.3 left truncation to give what it would give
+    /// on the whole expansion.
+    End,
+}
+
+/// Expands a macro-string, cut to its first [`MAX_EXPANSION_LEN`] bytes.
 pub(crate) fn expand(m: &MacroString, v: &MacroValues<'_>) -> String {
+    expand_keeping(m, v, Keep::Start)
+}
+
+fn expand_keeping(m: &MacroString, v: &MacroValues<'_>, keep: Keep) -> String {
     let mut out = String::new();
     for token in &m.tokens {
         match token {
@@ -133,20 +147,36 @@ pub(crate) fn expand(m: &MacroString, v: &MacroValues<'_>) -> String {
             }
         }
         if out.len() > MAX_EXPANSION_LEN {
-            let mut cut = MAX_EXPANSION_LEN;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
+            match keep {
+                Keep::Start => {
+                    let mut cut = MAX_EXPANSION_LEN;
+                    while !out.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    out.truncate(cut);
+                    break;
+                }
+                Keep::End => {
+                    // What expand_domain keeps starts after a dot among the last 254
+                    // bytes of the final string (253 without a trailing dot), so those
+                    // and one more are all that can matter; later tokens only append.
+                    let mut cut = out.len() - (MAX_DOMAIN_LEN + 2);
+                    while !out.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    out.drain(..cut);
+                }
             }
-            out.truncate(cut);
-            break;
         }
     }
     out
 }
 
-/// Expands a domain-spec and applies the §7.3 left truncation to 253 characters.
+/// Expands a domain-spec and applies the §7.3 left truncation: left labels are dropped until
+/// at most [`MAX_DOMAIN_LEN`] octets are left (also when the expansion is longer than
+/// [`MAX_EXPANSION_LEN`]: the end of the name is what is kept).
 pub(crate) fn expand_domain(m: &MacroString, v: &MacroValues<'_>) -> String {
-    let mut s = expand(m, v);
+    let mut s = expand_keeping(m, v, Keep::End);
     if s.ends_with('.') {
         s.pop();
     }
@@ -223,5 +253,37 @@ mod tests {
         let out = expand_domain(&m, &values("192.0.2.3"));
         assert!(out.len() <= MAX_DOMAIN_LEN);
         assert!(out.ends_with(".example.com"));
+    }
+
+    /// An expansion longer than [`MAX_EXPANSION_LEN`] still keeps its right end: the name is
+    /// exactly what dropping left labels from the whole expansion gives.
+    #[test]
+    fn truncates_huge_expansions_from_the_left_too() {
+        let local = (0..3000)
+            .map(|n| format!("l{n}"))
+            .collect::<Vec<_>>()
+            .join(".");
+        assert!(local.len() > MAX_EXPANSION_LEN);
+        let v = MacroValues {
+            local: &local,
+            ..values("192.0.2.3")
+        };
+        let m = MacroString::parse("%{l}.%{l}.x.%{d2}", false).unwrap();
+        let out = expand_domain(&m, &v);
+        let whole = format!("{local}.{local}.x.example.com");
+        let mut want = whole.as_str();
+        while want.len() > MAX_DOMAIN_LEN {
+            want = want.split_once('.').unwrap().1;
+        }
+        assert_eq!(out, want);
+        assert!(out.ends_with(".l2999.x.example.com") && out.len() <= MAX_DOMAIN_LEN);
+        // A label cut by the bound is never kept as if it were whole.
+        let m = MacroString::parse("%{l}", false).unwrap();
+        let labels = "a".repeat(200) + "." + &"b".repeat(9000) + ".c.example.com";
+        let v = MacroValues {
+            local: &labels,
+            ..values("192.0.2.3")
+        };
+        assert_eq!(expand_domain(&m, &v), "c.example.com");
     }
 }

@@ -309,6 +309,7 @@ impl SpfEvaluator {
             sender_dependent: false,
             top_record: None,
         };
+        let started = tokio::time::Instant::now();
         let outcome = match tokio::time::timeout(
             self.limits.time_budget,
             session.check_host(domain.to_owned()),
@@ -318,10 +319,22 @@ impl SpfEvaluator {
             Ok(o) => o,
             Err(_) => eval::Outcome {
                 result: SpfResult::TempError,
-                explanation: None,
+                explain: None,
                 mechanism: None,
                 problem: Some("DNS Error: exceeded max query lookup time".into()),
             },
+        };
+        // §6.2: a failure to get the explanation (DNS error, no time left) leaves the result
+        // `fail`, with no explanation; only what is left of the budget is spent on it.
+        let explanation = match (&outcome.explain, outcome.result) {
+            (Some((exp, exp_domain)), SpfResult::Fail) => {
+                let left = self.limits.time_budget.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, session.explain(exp, exp_domain))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
         };
         SpfOutput {
             result: outcome.result,
@@ -330,7 +343,7 @@ impl SpfEvaluator {
             sender: format!("{local}@{sender_domain}"),
             ip,
             helo: helo.to_owned(),
-            explanation: outcome.explanation,
+            explanation,
             mechanism: outcome.mechanism,
             problem: outcome.problem,
             sender_dependent: session.sender_dependent,

@@ -464,6 +464,56 @@ mod tests {
         ));
     }
 
+    /// RFC 7208 §7.1: `macro-literal = %x21-24 / %x26-7E` holds `:` and `/`, and a
+    /// domain-spec must end in `"." toplabel` or a macro; §5: `a`, `mx` take
+    /// `[ ":" domain-spec ] [ dual-cidr-length ]`, the others a bare domain-spec. So a `:`
+    /// after the first one belongs to the domain-spec, and the domain-end decides.
+    #[test]
+    fn colons_in_domain_specs_follow_the_abnf() {
+        let domain = |r: &str| -> Result<String, SyntaxError> {
+            let rec = Record::parse(r.as_bytes())?;
+            let spec = match &rec.directives[0].mechanism {
+                Mechanism::A { domain, .. } | Mechanism::Mx { domain, .. } => domain.clone(),
+                Mechanism::Include(m) | Mechanism::Exists(m) => Some(m.clone()),
+                Mechanism::Ptr(m) => m.clone(),
+                other => panic!("{other:?}"),
+            };
+            Ok(match spec.map(|m| m.tokens).as_deref() {
+                Some([MacroToken::Literal(l)]) => l.clone(),
+                other => format!("{other:?}"),
+            })
+        };
+        for (record, want) in [
+            ("v=spf1 a:foo:bar.example.com", "foo:bar.example.com"),
+            ("v=spf1 include:foo:bar.example.com", "foo:bar.example.com"),
+            ("v=spf1 ptr:foo:bar.example.com", "foo:bar.example.com"),
+            ("v=spf1 exists:foo:bar.example.com", "foo:bar.example.com"),
+            (
+                "v=spf1 mx:foo:bar.example.com/24//64",
+                "foo:bar.example.com",
+            ),
+            ("v=spf1 a::foo.example.com", ":foo.example.com"),
+            ("v=spf1 a:x/24:foo.example.com", "x/24:foo.example.com"),
+        ] {
+            assert_eq!(domain(record).as_deref(), Ok(want), "{record}");
+        }
+        for bad in [
+            "v=spf1 a:foo:bar",
+            "v=spf1 a:foo.example.com:80",
+            "v=spf1 a:foo.example.com:",
+            "v=spf1 a:%{d}:bar",
+            "v=spf1 ptr:foo:bar.example.com/24",
+            "v=spf1 include:foo:bar.example.com/24",
+            "v=spf1 exists:foo:",
+            "v=spf1 a:",
+            "v=spf1 redirect=foo:bar",
+        ] {
+            assert!(Record::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // An unknown modifier's value is any macro-string, `:` included.
+        assert!(Record::parse(b"v=spf1 foo=bar:baz -all").is_ok());
+    }
+
     #[test]
     fn toplabels() {
         assert!(is_toplabel("com"));

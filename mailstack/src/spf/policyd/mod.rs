@@ -55,6 +55,7 @@ pub use config::{
 pub use serve::{MAX_CONNECTIONS, SpfService, reply};
 
 use self::cache::BoundedCache;
+use super::header::{clean_comment, kv_value_compat};
 use super::{Limits, SpfEvaluator, SpfOutput, SpfResult};
 use crate::auth_results::{AuthResults, MethodResult};
 use crate::dns::Resolver;
@@ -540,8 +541,18 @@ impl SpfPolicy {
         out
     }
 
+    /// The `client-ip=...; helo=...; envelope-from=...; receiver=...` list, every value
+    /// written by [`kv_value_compat`] (bare as python-policyd-spf writes it when it is a plain
+    /// host name, address or IP; quoted per RFC 7208 §9.1 otherwise), so a HELO name or sender
+    /// such as `x identity=mailfrom` can never add a key.
     fn detail(ip: &str, helo: &str, from: &str, receiver: &str) -> String {
-        format!("client-ip={ip}; helo={helo}; envelope-from={from}; receiver={receiver}")
+        format!(
+            "client-ip={}; helo={}; envelope-from={}; receiver={}",
+            kv_value_compat(ip),
+            kv_value_compat(helo),
+            kv_value_compat(from),
+            kv_value_compat(receiver)
+        )
     }
 
     fn header_helo(
@@ -557,8 +568,9 @@ impl SpfPolicy {
         match self.config.header_type {
             HeaderType::AuthResults => self.ar(out, reason, "smtp.helo", helo, &detail),
             _ => format!(
-                "Received-SPF: {} ({reason}) identity=helo; {detail} ",
-                result_word(out.result)
+                "Received-SPF: {} ({}) identity=helo; {detail} ",
+                result_word(out.result),
+                clean_comment(reason)
             ),
         }
     }
@@ -590,7 +602,11 @@ impl SpfPolicy {
                 .comment(reason)
                 .property(ptype, value),
         );
-        format!("Authentication-Results: {} ({detail})", ar.to_single_line())
+        format!(
+            "Authentication-Results: {} ({})",
+            ar.to_single_line(),
+            clean_comment(detail)
+        )
     }
 
     /// The bypass chain: skip_addresses, Whitelist, Domain_Whitelist, HELO_Whitelist,
@@ -615,8 +631,9 @@ impl SpfPolicy {
             HeaderType::AuthResults => {
                 let ar = AuthResults::new(&self.authserv_id);
                 format!(
-                    "Authentication-Results: {} ({comment} {detail})",
-                    ar.to_single_line()
+                    "Authentication-Results: {} ({comment} {})",
+                    ar.to_single_line(),
+                    clean_comment(&detail)
                 )
             }
             _ => format!("X-Comment: {comment}{detail} "),
