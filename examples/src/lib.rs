@@ -6,6 +6,7 @@
 //! `examples/README.md`), built on `milter-proto`'s tokio server and client, `policy-proto`
 //! and `mailstack`; this library only holds what the binaries share.
 
+pub mod daemon;
 pub mod logging;
 
 /// Resolves on SIGTERM or SIGINT: pass it to `milter_proto::server::serve` as the shutdown

@@ -288,6 +288,12 @@ fn verify_dropped(uid: u32, gid: u32) -> Result<(), PrivError> {
     Ok(())
 }
 
+/// Whether this process runs with effective uid 0.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Whether a process with effective uid `euid` and no user to switch to must refuse to run.
 pub fn root_refused(euid: u32, allow_root: bool) -> bool {
     euid == 0 && !allow_root

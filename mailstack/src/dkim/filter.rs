@@ -31,7 +31,7 @@ use milter_proto::flags::Actions;
 use super::canon::{BodyHasher, Header};
 use super::config::{Action as OnAction, DkimConfig};
 use super::sig::Algorithm;
-use super::sign::{BodyHash, KeyChoice, KeySet, SignOptions, sign_one};
+use super::sign::{BodyHash, KeyChoice, KeySet, SignOptions, sign_one, strict_headers_problem};
 use super::verify::{
     DkimResult, FailureClass, MessageVerifier, SignatureResult, VerifyOptions,
     authentication_results, b_prefix,
@@ -88,6 +88,8 @@ pub struct DkimMessage {
     authserv_id: String,
     authenticated: bool,
     rcpts: Vec<String>,
+    /// The MacroList macros the MTA sent up to MAIL.
+    macros: Vec<(String, String)>,
     headers: Vec<Header>,
     header_bytes: usize,
     too_big: bool,
@@ -197,6 +199,31 @@ impl DkimFilter {
         }
     }
 
+    /// BodyLengthDB and DontSignMailTo read the recipients.
+    fn wants_rcpts(&self) -> bool {
+        self.cfg.body_length_db.is_some() || self.cfg.dont_sign_mail_to.is_some()
+    }
+
+    /// MacroList's names, asked for at MAIL (Postfix keeps connection macros until then).
+    fn macro_list_names(&self) -> Vec<(u32, String)> {
+        if self.cfg.macro_list.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<String> = self
+            .cfg
+            .macro_list
+            .iter()
+            .map(|(n, _)| {
+                if n.len() == 1 {
+                    n.clone()
+                } else {
+                    format!("{{{n}}}")
+                }
+            })
+            .collect();
+        vec![(milter_proto::macros::stage::ENVFROM, names.join(" "))]
+    }
+
     fn skips(&self, conn: &Connection) -> bool {
         self.cfg.peer_list.contains(conn.ip(), &conn.hostname)
     }
@@ -227,16 +254,17 @@ impl DkimFilter {
             return Mode::Nothing;
         }
         let (ip, host) = (conn.ip(), conn.hostname.as_str());
-        let internal = msg.authenticated || cfg.internal_hosts.contains(ip, host);
+        let internal = msg.authenticated
+            || cfg.internal_hosts.contains(ip, host)
+            || cfg.macro_list_allows(|n| {
+                crate::filter::find_macro(&msg.macros, n).map(str::to_owned)
+            });
         if cfg.sign
             && let Some(from) = &from
         {
             let keys = self.keys.keys_for(from);
-            if internal && !keys.is_empty() {
-                let length = cfg
-                    .body_length_db
-                    .as_ref()
-                    .is_some_and(|db| msg.rcpts.iter().any(|r| db.contains(r)));
+            if internal && !keys.is_empty() && !cfg.dont_sign_to(&msg.rcpts) {
+                let length = cfg.body_length_for(&msg.rcpts);
                 let hasher =
                     BodyHasher::new(self.sign_opts.canon.1, &aws_lc_rs::digest::SHA256, None);
                 return Mode::Sign(keys, hasher, length);
@@ -259,7 +287,10 @@ impl DkimFilter {
         {
             return Mode::SyntaxError(cfg.actions.bad_signature);
         }
-        Mode::Verify(MessageVerifier::new(&msg.headers, self.verify_opts.clone()))
+        Mode::Verify(
+            MessageVerifier::new(&msg.headers, self.verify_opts.clone())
+                .with_key_timeout(cfg.dns_timeout),
+        )
     }
 
     /// An `On-*` action as a verdict action, with OpenDKIM's reply texts. Quarantine falls
@@ -429,17 +460,19 @@ impl Filter for DkimFilter {
 
     fn needs(&self) -> Needs {
         // A syntax error answers at end of headers only when On-BadSignature stops mail.
-        let early = self.cfg.verify
-            && matches!(
-                self.cfg.actions.bad_signature,
-                OnAction::Reject | OnAction::Tempfail | OnAction::Discard
-            );
+        let early = self.cfg.required_headers
+            || (self.cfg.verify
+                && matches!(
+                    self.cfg.actions.bad_signature,
+                    OnAction::Reject | OnAction::Tempfail | OnAction::Discard
+                ));
         Needs {
             actions: Actions::ADDHDRS | Actions::CHGHDRS | Actions::QUARANTINE,
             required_actions: Actions::ADDHDRS,
             headers: true,
             body: true,
-            rcpts: self.cfg.body_length_db.is_some(),
+            rcpts: self.wants_rcpts(),
+            macros: self.macro_list_names(),
             early_reply: early,
             ..Needs::default()
         }
@@ -462,6 +495,7 @@ impl Filter for DkimFilter {
             authserv_id: self.authserv_id(conn),
             authenticated: env.authenticated(),
             rcpts: Vec::new(),
+            macros: env.macros.clone(),
             headers: Vec::new(),
             header_bytes: 0,
             too_big: false,
@@ -474,7 +508,7 @@ impl Filter for DkimFilter {
 
     fn rcpt(&self, msg: &mut DkimMessage, rcpt: &str) -> Flow {
         // Only BodyLengthDB reads recipients; they are bounded by the envelope's limit.
-        if self.cfg.body_length_db.is_some() && msg.rcpts.len() < crate::filter::MAX_RECIPIENTS {
+        if self.wants_rcpts() && msg.rcpts.len() < crate::filter::MAX_RECIPIENTS {
             msg.rcpts.push(rcpt.to_owned());
         }
         Flow::Continue
@@ -505,6 +539,24 @@ impl Filter for DkimFilter {
     async fn end_of_headers(&self, msg: &mut DkimMessage, conn: &Connection, _: &Envelope) -> Flow {
         if msg.too_big || msg.forged_overflow {
             msg.mode = Mode::Nothing;
+            return Flow::Continue;
+        }
+        if (self.cfg.strict_headers || self.cfg.required_headers)
+            && let Some(problem) = strict_headers_problem(&msg.headers)
+        {
+            tracing::info!("RFC 5322 header field counts: {problem}");
+            if self.cfg.required_headers {
+                msg.mode = Mode::Nothing;
+                return Flow::Stop(Action::Reject(Some(
+                    "550 5.7.0 RFC5322 header requirement error".into(),
+                )));
+            }
+            // StrictHeaders: the library refuses to process the message.
+            msg.mode = if self.cfg.verify {
+                Mode::BadFormat
+            } else {
+                Mode::Nothing
+            };
             return Flow::Continue;
         }
         msg.mode = self.decide(msg, conn);

@@ -29,6 +29,8 @@ const OWN_MACROS: [(u32, &str); 3] = [
 /// `milter_proto::server::serve`).
 pub struct Milter<F: Filter> {
     filter: Arc<F>,
+    /// The macro names the filter asked for up to MAIL (handed over in the envelope).
+    wanted: Vec<String>,
     conn: Connection,
     env: Envelope,
     msg: Option<F::Message>,
@@ -47,8 +49,16 @@ impl<F: Filter> std::fmt::Debug for Milter<F> {
 impl<F: Filter> Milter<F> {
     /// A handler for one connection over the shared `filter`.
     pub fn new(filter: Arc<F>) -> Self {
+        let wanted = filter
+            .needs()
+            .macros
+            .iter()
+            .filter(|(st, _)| *st <= stage::ENVFROM)
+            .flat_map(|(_, names)| names.split_whitespace().map(str::to_owned))
+            .collect();
         Self {
             filter,
+            wanted,
             conn: Connection::default(),
             env: Envelope::default(),
             msg: None,
@@ -83,7 +93,9 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
         }
     }
     let mut per_stage: Vec<(u32, Vec<&str>)> = Vec::new();
-    for (st, names) in OWN_MACROS.iter().copied().chain(n.macros.iter().copied()) {
+    let own = OWN_MACROS.iter().map(|&(st, names)| (st, names));
+    let theirs = n.macros.iter().map(|(st, names)| (*st, names.as_str()));
+    for (st, names) in own.chain(theirs) {
         let at = match per_stage.iter().position(|(s, _)| *s == st) {
             Some(i) => i,
             None => {
@@ -241,6 +253,11 @@ impl<F: Filter> Handler for Milter<F> {
         self.env = Envelope::new(&lossy(sender));
         self.env.auth_login = macro_text(ctx, "{auth_authen}");
         self.env.queue_id = macro_text(ctx, "i");
+        self.env.macros = self
+            .wanted
+            .iter()
+            .filter_map(|n| macro_text(ctx, n).map(|v| (n.clone(), v)))
+            .collect();
         if self.conn.mta_name.is_none() {
             self.conn.mta_name = macro_text(ctx, "j");
         }
@@ -354,7 +371,10 @@ mod tests {
     #[test]
     fn needs_merge_macros_per_stage_and_switch_off_unread_stages() {
         let n = Needs {
-            macros: vec![(stage::ENVFROM, "{auth_type} i"), (stage::EOM, "i")],
+            macros: vec![
+                (stage::ENVFROM, "{auth_type} i".into()),
+                (stage::EOM, "i".into()),
+            ],
             headers: true,
             ..Needs::default()
         };

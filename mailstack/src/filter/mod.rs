@@ -103,6 +103,9 @@ pub struct Envelope {
     pub rcpts_dropped: usize,
     /// The MTA's queue id (macro `i`), once known.
     pub queue_id: Option<String>,
+    /// The macros a filter asked for in [`Needs::macros`] up to MAIL, `(name as asked,
+    /// value)`, for those the MTA sent.
+    pub macros: Vec<(String, String)>,
 }
 
 impl Envelope {
@@ -128,10 +131,25 @@ impl Envelope {
         self.auth_login.as_deref().is_some_and(|l| !l.is_empty())
     }
 
+    /// The value of macro `name` (with or without braces), if the MTA sent it.
+    pub fn macro_value(&self, name: &str) -> Option<&str> {
+        find_macro(&self.macros, name)
+    }
+
     /// The queue id, or `NOQUEUE` as Postfix logs it before one exists.
     pub fn queue_id(&self) -> &str {
         self.queue_id.as_deref().unwrap_or("NOQUEUE")
     }
+}
+
+/// The value of macro `name` in `(name, value)` pairs, braces ignored on both sides.
+pub fn find_macro<'a>(macros: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let bare = |n: &'a str| n.trim_start_matches('{').trim_end_matches('}');
+    let want = name.trim_start_matches('{').trim_end_matches('}');
+    macros
+        .iter()
+        .find(|(n, _)| bare(n) == want)
+        .map(|(_, v)| v.as_str())
 }
 
 /// `<addr>` → `addr` (and surrounding white space removed).
@@ -152,8 +170,9 @@ pub struct Needs {
     pub actions: Actions,
     /// Modifications without which it cannot work (the MTA is refused otherwise).
     pub required_actions: Actions,
-    /// Macros per stage (milter_proto::macros::stage), space-separated names.
-    pub macros: Vec<(u32, &'static str)>,
+    /// Macros per stage (milter_proto::macros::stage), space-separated names. Those asked
+    /// for at CONNECT, HELO or MAIL are handed over in [`Envelope::macros`].
+    pub macros: Vec<(u32, String)>,
     /// Whether it reads header fields.
     pub headers: bool,
     /// Whether it reads the body.

@@ -305,7 +305,7 @@ fn parse_with<T>(
 impl StackConfig {
     /// The embedded default (no file).
     pub fn embedded() -> Result<Self, ConfigError> {
-        Self::build(None, "", FileForm::default())
+        Self::assemble(None, "", FileForm::default())
     }
 
     /// Reads `mailstackd.toml`.
@@ -320,10 +320,10 @@ impl StackConfig {
             let at = e.span().map_or(0, |s| line_of(text, s.start));
             ConfigError::at(path, at, e.message())
         })?;
-        Self::build(Some(path), text, form)
+        Self::assemble(Some(path), text, form)
     }
 
-    fn build(path: Option<&Path>, text: &str, form: FileForm) -> Result<Self, ConfigError> {
+    fn assemble(path: Option<&Path>, text: &str, form: FileForm) -> Result<Self, ConfigError> {
         let shown = path.unwrap_or(Path::new("<embedded default>"));
         let rd = Reader { path: shown, text };
         let daemon = daemon_settings(&rd, form.mailstackd)?;

@@ -7,9 +7,11 @@
 //! DKIM hashers and to clamd, DMARC takes SPF and DKIM from the filters that ran (never from
 //! headers), and one `Authentication-Results` field is written with every clause.
 
+mod build;
 mod config;
 mod pipeline;
 
+pub use build::{BuildError, Filters, Mailstack};
 pub use config::{
     DEFAULT_DKIM, DEFAULT_DMARC, DEFAULT_DNS_TIMEOUT, DEFAULT_SPF, DaemonSettings, Source,
     StackConfig,

@@ -1,0 +1,201 @@
+//! What every milter daemon does the same way: the common flags (`--socket`,
+//! `--nameserver`, `--user`, `--group`, `--allow-root`, `--check-config`), the resolver,
+//! binding the socket (0660 by default, group settable), dropping privileges after binding,
+//! serving until SIGTERM.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailstack::dns::{HickoryResolver, Resolver};
+use mailstack::stack::DaemonSettings;
+use milter_proto::server::{Handler, ServerConfig, serve};
+use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions, group_id};
+
+/// Default mode of a daemon's unix socket: the daemon and its group (Postfix) only.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// The flags every milter daemon takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// Where to listen: unix:/path, local:/path, a bare path, inet:host:port, inet:port@host
+    /// or inet6:port@host (overrides the configuration file).
+    #[arg(long, value_name = "SPEC")]
+    pub socket: Option<SocketSpec>,
+    /// DNS server to ask (IP:PORT; repeat for several) instead of /etc/resolv.conf.
+    #[arg(long, value_name = "IP:PORT")]
+    pub nameserver: Vec<SocketAddr>,
+    /// Run as this user after binding the socket and loading keys.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Group of the unix socket file (default: `postfix` when that group exists; the socket
+    /// is 0660, owner the daemon's user).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Keep running as root when no user is configured (refused otherwise).
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Check the configuration, print what is in force, exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// What [`DaemonArgs`] and the file's settings resolve to.
+#[derive(Debug, Clone)]
+pub struct DaemonOpts {
+    /// Where to listen.
+    pub socket: SocketSpec,
+    /// Unix socket mode and group.
+    pub unix: UnixSocketOptions,
+    /// DNS servers (empty: the system's).
+    pub nameservers: Vec<SocketAddr>,
+    /// The user to run as.
+    pub user: Option<String>,
+    /// `--allow-root`.
+    pub allow_root: bool,
+}
+
+/// A daemon's start-up error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// No socket was given.
+    #[error("no socket: pass --socket or set one in the configuration")]
+    NoSocket,
+    /// The socket spec in the file does not parse.
+    #[error("socket {0:?}: {1}")]
+    BadSocket(String, String),
+    /// The group does not exist.
+    #[error("socket group {0}: {1}")]
+    Group(String, std::io::Error),
+    /// DNS could not be set up.
+    #[error("resolver: {0}")]
+    Resolver(String),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The filters could not be built.
+    #[error(transparent)]
+    Build(#[from] mailstack::stack::BuildError),
+    /// Root without a user, or the switch to the user failed.
+    #[error(transparent)]
+    Privileges(#[from] mailstack::privs::PrivError),
+}
+
+impl DaemonArgs {
+    /// Merges the flags over `file` (flags win).
+    pub fn resolve(&self, file: &DaemonSettings) -> Result<DaemonOpts, DaemonError> {
+        let socket = match (&self.socket, &file.socket) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|e: milter_proto::socket::SocketSpecError| {
+                    DaemonError::BadSocket(s.clone(), e.to_string())
+                })?,
+            (None, None) => return Err(DaemonError::NoSocket),
+        };
+        let group = match self.group.as_ref().or(file.socket_group.as_ref()) {
+            Some(g) => Some(group_id(g).map_err(|e| DaemonError::Group(g.clone(), e))?),
+            None => mailstack::privs::lookup_group("postfix").ok().flatten(),
+        };
+        let nameservers = if self.nameserver.is_empty() {
+            file.nameservers.clone()
+        } else {
+            self.nameserver.clone()
+        };
+        Ok(DaemonOpts {
+            socket,
+            unix: UnixSocketOptions {
+                mode: Some(file.socket_mode.unwrap_or(DEFAULT_SOCKET_MODE)),
+                group,
+            },
+            nameservers,
+            user: self.user.clone().or_else(|| file.user.clone()),
+            allow_root: self.allow_root,
+        })
+    }
+}
+
+/// Prints `name: e` and exits with status 2 (a configuration or start-up error).
+pub fn fail(name: &str, e: impl Display) -> ! {
+    eprintln!("{name}: {e}");
+    std::process::exit(2);
+}
+
+/// The kernel's host name (the authserv-id of last resort).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// DNS through every server of `nameservers` (empty: /etc/resolv.conf's), `timeout` per
+/// query either way.
+pub fn resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Arc<dyn Resolver>, DaemonError> {
+    let r = HickoryResolver::from_config(nameservers, timeout)
+        .map_err(|e| DaemonError::Resolver(e.to_string()))?;
+    Ok(Arc::new(r))
+}
+
+impl DaemonOpts {
+    /// Before anything is bound: started as root with no user to switch to, refuse unless
+    /// `--allow-root`.
+    pub fn check_root(&self) -> Result<(), DaemonError> {
+        if self.user.is_none() {
+            mailstack::privs::refuse_root_without_user(self.allow_root)?;
+        }
+        Ok(())
+    }
+
+    /// After binding and loading keys: give the socket file to the user, then switch the
+    /// process to it. Not root: nothing to switch (already unprivileged), said in the log.
+    pub fn drop_privileges(&self) -> Result<(), DaemonError> {
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        if !mailstack::privs::running_as_root() {
+            tracing::warn!("not started as root: staying this user instead of switching to {user}");
+            return Ok(());
+        }
+        let u = mailstack::privs::lookup_user(user)?;
+        if let SocketSpec::Unix(path) = &self.socket {
+            std::os::unix::fs::chown(path, Some(u.uid), None)?;
+        }
+        let d = mailstack::privs::drop_privileges(user, None)?;
+        tracing::info!(
+            "running as {user} (uid {}, gid {}, groups {:?})",
+            d.uid,
+            d.gid,
+            d.groups
+        );
+        Ok(())
+    }
+}
+
+/// Refuses root without a user, binds `opts.socket`, drops privileges, then serves one
+/// handler from `make` per MTA connection until SIGTERM or SIGINT (messages in flight finish
+/// first). Load keys and configuration before calling it.
+pub async fn serve_milter<H, F>(opts: &DaemonOpts, make: F) -> Result<(), DaemonError>
+where
+    H: Handler,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    opts.check_root()?;
+    let listener = Listener::bind(&opts.socket, &opts.unix).await?;
+    opts.drop_privileges()?;
+    tracing::info!(socket = %opts.socket, "listening");
+    serve(
+        listener,
+        make,
+        ServerConfig::default(),
+        crate::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
