@@ -11,7 +11,7 @@
 //! | `inet:port@host`, `inet6:port@host` | TCP, libmilter style |
 //! | `inet:port`, `inet6:port` | TCP on every IPv4 (`0.0.0.0`) / IPv6 (`::`) address, as libmilter |
 //!
-//! Unix socket files get mode `0o660` by default ([`UnixOptions`]), with a group you choose;
+//! Unix socket files get mode `0o660` by default (`UnixOptions`, feature `tokio`), with a group you choose;
 //! a stale one is replaced only when nothing listens on it, and the listener removes its file
 //! when dropped.
 
