@@ -230,7 +230,7 @@ fn rejections_and_rset_keep_the_milter_session_in_step_with_postfix() {
             bound_tx.send(()).unwrap();
             // Every Postfix connection (the fixture's readiness probe opens one too).
             loop {
-                let stream = listener.accept().await.unwrap();
+                let (stream, _peer) = listener.accept().await.unwrap();
                 let (tx, seen) = (tx.clone(), seen2.clone());
                 tokio::spawn(async move {
                     let config = ServerConfig::default();

@@ -43,11 +43,13 @@
 //!   [`session::ProtocolError`], [`session::HeaderLimits`]; flow diagram and the out-of-order
 //!   rule in its doc.
 //! - [`socket`]: [`socket::SocketSpec`] (Postfix `unix:`/`inet:host:port` and libmilter
-//!   `local:`/`inet:port@host`/`inet6:` forms); with `tokio`, `Listener` (unix socket mode,
-//!   group, stale-file removal; `TCP_NODELAY`) and `connect`.
+//!   `local:`/`inet:port@host`/`inet6:` forms, `inet:port` for every address; the grammar
+//!   `policy-proto` reads too); with `tokio`, `Listener` (unix socket mode 0660 and group,
+//!   stale-file removal, removal on drop; `TCP_NODELAY`) and `connect`.
 //! - `server` (feature `tokio`): `Handler` (one async method per stage), `Context` (macros,
-//!   modifications, progress), `serve` (accept loop, connection limit, idle and per-read
-//!   timeouts, graceful shutdown), `serve_connection`, `ServerConfig`.
+//!   modifications, progress), `serve` (accept loop, connection limit, idle timeout and a
+//!   deadline per command, graceful shutdown with a grace period), `serve_connection`,
+//!   `ServerConfig`.
 //! - `client` (feature `tokio`): the MTA side, `Client` (connect, negotiate, send a whole
 //!   message stage by stage as Postfix does), `Connection`, `Message`, `Outcome`.
 //! - [`DecodeError`], [`ApiMisuse`].

@@ -27,6 +27,16 @@ pub mod stage {
     pub const EOH: u32 = 6;
 }
 
+/// Command bytes of the events an MTA sends macros for (CONNECT, HELO, MAIL, RCPT, DATA,
+/// HEADER, EOH, BODY, BODYEOB, UNKNOWN). A MACRO packet for any other stage byte is ignored,
+/// as libmilter ignores stages outside its table, so a session keeps at most this many.
+pub const STAGES: &[u8] = b"CHMRTLNBEU";
+
+/// Default for the bytes of macro names and values one connection keeps at once
+/// ([`crate::session::Session::with_limits`]): 256 KiB. Postfix sends a few hundred bytes per
+/// stage; sendmail's `Milter.macros.*` lists are of the same order.
+pub const DEFAULT_MAX_MACRO_BYTES: usize = 256 * 1024;
+
 /// Command bytes of the stages whose macros belong to the connection (kept until QUIT_NC).
 const CONNECTION_STAGES: &[u8] = b"CHU";
 
@@ -38,6 +48,21 @@ pub struct Macros {
 }
 
 impl Macros {
+    /// Bytes of names and values kept, over every stage.
+    pub fn byte_len(&self) -> usize {
+        self.stages.iter().map(|(_, p)| pair_bytes(p)).sum()
+    }
+
+    /// Bytes kept once `stage` is replaced (and, with `message_over`, the message stages
+    /// cleared): what stays besides the new packet.
+    pub(crate) fn bytes_besides(&self, stage: u8, message_over: bool) -> usize {
+        self.stages
+            .iter()
+            .filter(|(s, _)| *s != stage && (!message_over || CONNECTION_STAGES.contains(s)))
+            .map(|(_, p)| pair_bytes(p))
+            .sum()
+    }
+
     /// Replace the macros of `stage` (a command byte such as `b'C'`).
     pub fn set(&mut self, stage: u8, pairs: Vec<(Bytes, Bytes)>) {
         self.stages.retain(|(s, _)| *s != stage);
@@ -73,6 +98,11 @@ impl Macros {
     pub fn clear(&mut self) {
         self.stages.clear();
     }
+}
+
+/// Bytes of names and values in `pairs`.
+pub(crate) fn pair_bytes(pairs: &[(Bytes, Bytes)]) -> usize {
+    pairs.iter().map(|(n, v)| n.len() + v.len()).sum()
 }
 
 fn strip_braces(n: &[u8]) -> &[u8] {

@@ -10,6 +10,10 @@ use crate::reply::Reply;
 /// Highest protocol version spoken (Postfix 3.x default `milter_protocol = 6`).
 pub const VERSION: u32 = 6;
 
+/// Lowest protocol version accepted (libmilter `SMFI_PROT_VERSION_MIN`): an MTA offering
+/// less is refused ([`NegotiateError::UnsupportedVersion`]) and the connection closed.
+pub const MIN_VERSION: u32 = 2;
+
 /// Actions an MTA speaking versions 2 to 5 knows (libmilter `SMFI_V2_ACTS`).
 const V2_ACTIONS: u32 = 0x3F;
 /// Protocol bits an MTA speaking versions 2 to 5 knows (libmilter `SMFI_V2_PROT`).
@@ -38,6 +42,12 @@ pub struct Needs {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NegotiateError {
+    /// The MTA offered a protocol version below [`MIN_VERSION`]; libmilter refuses it too.
+    #[error("MTA offered milter protocol version {version}, below the minimum {MIN_VERSION}")]
+    UnsupportedVersion {
+        /// The version the MTA offered.
+        version: u32,
+    },
     /// Required actions (`SMFIF_*`) missing from the offer or from the agreed version.
     #[error("MTA (protocol version {version}) does not offer required milter actions {missing:?}")]
     MissingActions {
@@ -95,7 +105,7 @@ impl Negotiated {
         }
     }
 
-    /// Like [`Negotiated::new`], but refuse when a required action or protocol option of
+    /// Like [`Negotiated::new`], but refuse an MTA version below [`MIN_VERSION`], and refuse when a required action or protocol option of
     /// `needs` is not agreed (not offered, or unknown to the MTA's version).
     pub fn negotiate(
         mta_version: u32,
@@ -103,6 +113,11 @@ impl Negotiated {
         offered_proto: Protocol,
         needs: &Needs,
     ) -> Result<Self, NegotiateError> {
+        if mta_version < MIN_VERSION {
+            return Err(NegotiateError::UnsupportedVersion {
+                version: mta_version,
+            });
+        }
         let n = Self::new(mta_version, offered, offered_proto, needs);
         let missing = needs.required_actions - n.actions;
         if !missing.is_empty() {

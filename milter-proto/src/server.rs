@@ -37,18 +37,27 @@
 //! command, a refused negotiation or a timeout ends the connection after
 //! [`ServerConfig::error_reply`] (tempfail) is sent.
 //!
+//! Time limits: between commands the MTA may stay silent for [`ServerConfig::idle_timeout`];
+//! once a command's first byte arrived the whole command must arrive within
+//! [`ServerConfig::io_timeout`] (a deadline, not a per-read timeout, so a peer dribbling one
+//! byte at a time cannot hold the connection), and each write must complete within it too.
+//!
+//! Shutdown: [`serve`] stops accepting, closes connections that are between messages, lets
+//! the others go on for [`ServerConfig::shutdown_grace`] and then closes them.
+//!
 //! Logging (crate `tracing`): `debug` for routine per-connection events and peers that hang
 //! up; `warn` for peer errors (malformed packets, out-of-order commands, timeouts) naming the
-//! error; `error` only for our own failures (a handler that panicked, accept failing).
+//! peer and the error; `error` only for our own failures (a handler that panicked, naming the
+//! peer; accept failing).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use mailstack_transport::{ServeLimits, Stop};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
 use crate::command::{Command, ConnAddr};
 use crate::flags::{Actions, Protocol};
@@ -70,6 +79,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(7210);
 /// Longest wait for the rest of a command once its first byte arrived, and for one write:
 /// Postfix's `milter_command_timeout` (30 s).
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`serve`] lets connections in flight go on after shutdown before closing them
+/// (10 s, the same default as the policy server's).
+pub use mailstack_transport::DEFAULT_SHUTDOWN_GRACE;
 /// Connections served at once; further MTA connections wait in the listen queue. Postfix opens
 /// one milter connection per SMTP connection, so this bounds concurrent SMTP sessions filtered.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -84,6 +96,8 @@ pub struct ServerConfig {
     pub io_timeout: Duration,
     /// See [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// See [`DEFAULT_SHUTDOWN_GRACE`].
+    pub shutdown_grace: Duration,
     /// Sent before closing on a peer error or timeout (default [`Reply::Tempfail`], what
     /// Postfix's `milter_default_action = tempfail` would do anyway).
     pub error_reply: Reply,
@@ -102,6 +116,7 @@ impl Default for ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             error_reply: Reply::Tempfail,
             progress_interval: None,
             header_limits: HeaderLimits::default(),
@@ -412,8 +427,17 @@ pub enum ConnectionError {
 }
 
 /// Serve `listener` until `shutdown` completes, with one handler from `make_handler` per MTA
-/// connection. On shutdown: stop accepting, let connections finish the message in flight
-/// (idle ones close at once), wait for them, return. `Err` only if accepting fails fatally.
+/// connection, at most [`ServerConfig::max_connections`] at once. On shutdown: stop accepting
+/// (a unix socket file is removed), close connections between messages at once, let those
+/// with a message open go on for [`ServerConfig::shutdown_grace`], then close them and return.
+/// A handler that panics is logged at `error` level naming the peer, and its connection is
+/// closed.
+///
+/// # Errors
+///
+/// When accepting fails for a reason that is not about one connection or a passing shortage
+/// of descriptors or memory (for example the listening socket was shut down): the loop stops,
+/// connections in flight get the grace period, and that error is returned.
 pub async fn serve<H, F, S>(
     listener: Listener,
     make_handler: F,
@@ -425,55 +449,21 @@ where
     F: Fn() -> H,
     S: Future<Output = ()>,
 {
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let limits = ServeLimits {
+        max_connections: config.max_connections,
+        shutdown_grace: config.shutdown_grace,
+    };
     let config = Arc::new(config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
-            () = &mut shutdown => break,
-            s = listener.accept() => s,
-        };
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("milter accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    mailstack_transport::serve(listener, limits, shutdown, move |stream, peer, stop| {
         let handler = make_handler();
-        let (config, stop) = (config.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
+        let config = config.clone();
+        async move {
             if let Err(e) = run(stream, handler, &config, stop).await {
-                tracing::warn!("milter connection ended: {e}");
+                tracing::warn!(%peer, "milter connection ended: {e}");
             }
-        });
-        while let Some(done) = tasks.try_join_next() {
-            log_join(done);
         }
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    while let Some(done) = tasks.join_next().await {
-        log_join(done);
-    }
-    Ok(())
-}
-
-fn log_join(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        tracing::error!("milter connection task failed: {e}");
-    }
+    })
+    .await
 }
 
 /// Serve one MTA connection (already accepted) with `handler` until QUIT, the peer closes, or
@@ -487,8 +477,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Handler,
 {
-    let (_keep, stop) = watch::channel(false);
-    run(stream, handler, config, stop).await
+    run(stream, handler, config, Stop::never()).await
 }
 
 struct Conn<'a, S, H> {
@@ -499,14 +488,14 @@ struct Conn<'a, S, H> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_len: u32,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
 }
 
 async fn run<S, H>(
     stream: S,
     handler: H,
     config: &ServerConfig,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
 ) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -565,30 +554,39 @@ where
     }
 
     /// Read one command; `None` at a clean end (peer closed between packets, or shutdown
-    /// while no message is open).
+    /// while no message is open). Between commands the wait is the idle timeout; once a
+    /// command's first byte is in, the rest must arrive by one deadline counted from then.
     async fn read_command(&mut self) -> Result<Option<Command>, ConnectionError> {
+        let mut deadline = None;
         loop {
             if let Some(cmd) = Command::decode(&mut self.rbuf, self.max_len)? {
                 return Ok(Some(cmd));
             }
             let idle = self.rbuf.is_empty();
-            let wait = if idle {
-                self.config.idle_timeout
-            } else {
-                self.config.io_timeout
-            };
             let may_stop = idle && !self.ctx.session.in_message();
-            let read = tokio::select! {
-                r = tokio::time::timeout(wait, self.stream.read_buf(&mut self.rbuf)) => r,
-                () = stopped(&mut self.stop), if may_stop => return Ok(None),
+            if may_stop && self.stop.is_stopped() {
+                return Ok(None);
+            }
+            let read = if idle {
+                let wait = self.config.idle_timeout;
+                tokio::select! {
+                    r = tokio::time::timeout(wait, self.stream.read_buf(&mut self.rbuf)) => {
+                        r.map_err(|_| ConnectionError::IdleTimeout(wait))?
+                    }
+                    () = self.stop.stopped(), if may_stop => return Ok(None),
+                }
+            } else {
+                let wait = self.config.io_timeout;
+                let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+                tokio::time::timeout_at(at, self.stream.read_buf(&mut self.rbuf))
+                    .await
+                    .map_err(|_| ConnectionError::IoTimeout(wait))?
             };
             match read {
-                Err(_) if idle => return Err(ConnectionError::IdleTimeout(wait)),
-                Err(_) => return Err(ConnectionError::IoTimeout(wait)),
-                Ok(Ok(0)) if idle => return Ok(None),
-                Ok(Ok(0)) => return Err(ConnectionError::Truncated),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(0) if idle => return Ok(None),
+                Ok(0) => return Err(ConnectionError::Truncated),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -700,12 +698,5 @@ async fn tick_or_never(tick: &mut Option<tokio::time::Interval>) {
             t.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Resolves once shutdown was requested (never if the sender is gone without requesting it).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }

@@ -27,7 +27,7 @@
 //! next command.
 
 use crate::command::Command;
-use crate::macros::Macros;
+use crate::macros::{DEFAULT_MAX_MACRO_BYTES, Macros, STAGES, pair_bytes};
 use crate::negotiate::Negotiated;
 
 /// Why a command was refused by the state machine.
@@ -52,6 +52,13 @@ pub enum ProtocolError {
     /// The message's header names and values add up to more than [`HeaderLimits::max_bytes`].
     #[error("milter message has more than {max} bytes of header fields")]
     HeadersTooLarge {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The macros kept on the connection would add up to more than the session's cap
+    /// ([`crate::macros::DEFAULT_MAX_MACRO_BYTES`] by default).
+    #[error("milter macros exceed {max} bytes on this connection")]
+    MacrosTooLarge {
         /// The configured limit.
         max: usize,
     },
@@ -121,6 +128,7 @@ pub struct Session {
     /// The last command ended a message: drop its macros at the next command.
     message_done: bool,
     limits: HeaderLimits,
+    max_macro_bytes: usize,
     /// Header fields and their bytes in the current message.
     headers: u32,
     header_bytes: usize,
@@ -146,8 +154,18 @@ impl Session {
             macros: Macros::default(),
             message_done: false,
             limits,
+            max_macro_bytes: DEFAULT_MAX_MACRO_BYTES,
             headers: 0,
             header_bytes: 0,
+        }
+    }
+
+    /// A session awaiting OPTNEG with header limits and a cap on the bytes of macros kept at
+    /// once (a MACRO packet over it is [`ProtocolError::MacrosTooLarge`]).
+    pub fn with_limits(limits: HeaderLimits, max_macro_bytes: usize) -> Self {
+        Self {
+            max_macro_bytes,
+            ..Self::with_header_limits(limits)
         }
     }
 
@@ -196,11 +214,32 @@ impl Session {
         matches!(self.state, State::Message(_))
     }
 
+    /// Refuse a MACRO packet that would take the macros kept past the byte cap (checked
+    /// before the state changes, so a refused packet leaves the session as it was).
+    fn check_macros(&self, cmd: &Command) -> Result<(), ProtocolError> {
+        let Command::Macro { stage, pairs } = cmd else {
+            return Ok(());
+        };
+        if !STAGES.contains(stage) {
+            return Ok(());
+        }
+        let others = self.macros.bytes_besides(*stage, self.message_done);
+        let new = pair_bytes(pairs);
+        if others.saturating_add(new) > self.max_macro_bytes {
+            return Err(ProtocolError::MacrosTooLarge {
+                max: self.max_macro_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn keep_macros(&mut self, cmd: &Command) {
         if std::mem::take(&mut self.message_done) {
             self.macros.clear_message();
         }
         match cmd {
+            // A stage no event has is ignored, as libmilter does.
+            Command::Macro { stage, .. } if !STAGES.contains(stage) => {}
             Command::Macro { stage, pairs } => self.macros.set(*stage, pairs.clone()),
             Command::Abort => self.macros.clear_message(),
             Command::QuitNc => self.macros.clear(),
@@ -243,6 +282,7 @@ impl Session {
             _ => return Err(out_of_order()),
         };
         self.count_header(cmd)?;
+        self.check_macros(cmd)?;
         self.state = next;
         self.keep_macros(cmd);
         let reply_due = match &self.negotiated {

@@ -383,18 +383,22 @@ async fn unix_socket_mode_group_and_stale_socket() {
     // A socket somebody serves is not taken over.
     let err = Listener::bind(&spec, &opts).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
-    // A stale socket file (its server gone) is replaced.
+    // Our listener removes its socket file when dropped.
     drop(live);
+    assert!(!path.exists());
+    // A stale socket file (its server gone without removing it) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let again = Listener::bind(&spec, &UnixSocketOptions::default())
         .await
         .unwrap();
     drop(again);
+    assert!(!path.exists());
     // A file that is not a socket is left alone.
-    std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, b"not a socket").unwrap();
+    // (AlreadyExists, as the policy server always said; it was AddrInUse here.)
     let err = Listener::bind(&spec, &opts).await.unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
     assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
 }
 
@@ -409,7 +413,7 @@ async fn tcp_streams_have_nodelay_on_both_sides() {
     .unwrap();
     let spec = listener.local_spec().unwrap();
     let (accepted, connected) = tokio::join!(listener.accept(), connect(&spec));
-    for s in [accepted.unwrap(), connected.unwrap()] {
+    for s in [accepted.unwrap().0, connected.unwrap()] {
         match s {
             // Small replies must not wait for the peer's delayed ACK (Nagle).
             MilterStream::Tcp(t) => assert!(t.nodelay().unwrap()),

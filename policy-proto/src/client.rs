@@ -57,16 +57,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to `spec` (UNIX socket or TCP, with `TCP_NODELAY`) within [`CLIENT_TIMEOUT`].
     pub async fn connect(spec: &SocketSpec) -> Result<Self, ClientError> {
-        let connect = async {
-            Ok::<_, io::Error>(match spec {
-                SocketSpec::Unix(p) => Self::new(tokio::net::UnixStream::connect(p).await?),
-                SocketSpec::Inet { host, port } => {
-                    let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                    s.set_nodelay(true)?;
-                    Self::new(s)
-                }
-            })
-        };
+        let connect = async { mailstack_transport::connect(spec).await.map(Self::new) };
         Ok(tokio::time::timeout(CLIENT_TIMEOUT, connect)
             .await
             .map_err(|_| ClientError::Timeout)??)

@@ -62,9 +62,10 @@
 //! [`Handler::respond`] to send a [`Reply`] in another server's spelling or a restriction class
 //! name) and hand it to a [`Server`], which serves
 //! - a [`Listener`] bound from a Postfix-style [`SocketSpec`] (`unix:/path`, `local:/path`, a
-//!   bare path, `inet:host:port`): [`Server::serve`] with a shutdown future; UNIX sockets get
-//!   a mode and group ([`UnixOptions`]) and a stale socket file is replaced only when nothing
-//!   listens on it;
+//!   bare path, `inet:host:port`, `inet:port@host`, `inet:port` for every address: the grammar
+//!   `milter-proto` reads too): [`Server::serve`] with a shutdown future; UNIX sockets get
+//!   mode 0660 and a group ([`UnixOptions`]), a stale socket file is replaced only when nothing
+//!   listens on it, and the file is removed on drop;
 //! - stdin/stdout under Postfix spawn(8): [`Server::serve_stdio`] (stderr is the connection
 //!   too there: log to a file or syslog);
 //! - any stream: [`Server::serve_connection`].

@@ -13,17 +13,14 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use mailstack_transport::{ServeLimits, Stop, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
 
 use crate::{
     Action, DecodeError, MAX_ATTRS, MAX_LINE, MAX_REQUEST, PolicyRequest, Reply, RequestDecoder,
@@ -44,9 +41,9 @@ pub const MAX_REQUESTS_PER_CONNECTION: u64 = 100_000;
 /// Connections served at once: 1024. Each smtpd process keeps at most one connection per
 /// policy endpoint, and Postfix's `default_process_limit` is 100.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// How long a graceful shutdown waits for requests in progress: 30 s, then the rest are
-/// dropped (Postfix retries them).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a graceful shutdown waits for requests in progress: 10 s, then the rest are
+/// dropped (Postfix retries them). The same default as the milter server's.
+pub const SHUTDOWN_GRACE: Duration = mailstack_transport::DEFAULT_SHUTDOWN_GRACE;
 /// How much one read asks for.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -294,48 +291,26 @@ impl<H: Handler> Server<H> {
 
     /// Accepts connections until `shutdown` completes, one task per connection, at most
     /// [`Limits::max_connections`] at once. On shutdown it stops accepting (and removes its
-    /// UNIX socket), lets each connection finish the request in progress (at most
-    /// [`Limits::shutdown_grace`]), closes idle ones, and returns.
+    /// UNIX socket), closes idle connections, lets each connection finish the request in
+    /// progress (at most [`Limits::shutdown_grace`]), closes the rest, and returns. It also
+    /// returns, after the same grace period, when accepting fails for a reason that is not
+    /// about one connection (logged at `error` level). A handler that panics is logged at
+    /// `error` level naming the peer, and its connection is closed without a reply.
     pub async fn serve(&self, listener: Listener, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let slots = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
-        let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => tokio::select! {
-                        () = &mut shutdown => break,
-                        a = listener.accept() => a.map(|c| (c, p)),
-                    },
-                    Err(_) => break,
-                },
+        let limits = ServeLimits {
+            max_connections: self.limits.max_connections,
+            shutdown_grace: self.limits.shutdown_grace,
+        };
+        // The error is logged by the accept loop; this API has no caller to hand it to.
+        let _ = mailstack_transport::serve(listener.0, limits, shutdown, |stream, peer, stop| {
+            let this = self.clone();
+            let peer = match peer {
+                mailstack_transport::Peer::Tcp(a) => Peer::Tcp(a),
+                _ => Peer::Unix,
             };
-            match accepted {
-                Ok(((stream, peer), permit)) => {
-                    let this = self.clone();
-                    let stop = stop_rx.clone();
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        this.run(stream, peer, stop).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::error!("policy server: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let grace = self.limits.shutdown_grace;
-        let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!("policy server: requests still running after {grace:?}, dropped");
-            tasks.abort_all();
-        }
+            async move { this.run(stream, peer, stop).await }
+        })
+        .await;
     }
 
     /// Serves the one connection spawn(8) hands a child: stdin and stdout. Returns when
@@ -347,7 +322,7 @@ impl<H: Handler> Server<H> {
     /// through tokio's `stdin()`/`stdout()`, whose blocking reader thread can outlive this
     /// call, so end the process (`std::process::exit`) after it returns.
     pub async fn serve_stdio(&self) -> Result<ConnEnd, ConnError> {
-        let (_stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx = Stop::never();
         match stdio_fds()? {
             Stdio::Socket(s) => {
                 let s = tokio::net::UnixStream::from_std(s)?;
@@ -371,34 +346,38 @@ impl<H: Handler> Server<H> {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
-        let (_stop_tx, stop_rx) = watch::channel(false);
         let (r, w) = tokio::io::split(stream);
+        let stop_rx = Stop::never();
         self.drive(r, w, peer, stop_rx).await
     }
 
     /// One accepted connection: serve it and log how it ended.
-    async fn run(&self, stream: Accepted, peer: Peer, stop: watch::Receiver<bool>) {
+    async fn run(&self, stream: Stream, peer: Peer, stop: Stop) {
         let res = match stream {
-            Accepted::Unix(s) => {
+            Stream::Unix(s) => {
                 let (r, w) = s.into_split();
                 self.drive(r, w, peer.clone(), stop).await
             }
-            Accepted::Tcp(s) => {
-                let _ = s.set_nodelay(true);
+            Stream::Tcp(s) => {
                 let (r, w) = s.into_split();
                 self.drive(r, w, peer.clone(), stop).await
             }
+            // `Stream` is the shared transport's; a new kind would come with its own arm.
+            #[allow(unreachable_patterns)]
+            _ => return,
         };
         log_end(&peer, &res);
     }
 
-    /// The request loop: decode, answer, repeat; closes without a reply on any error.
+    /// The request loop: decode, answer, repeat; closes without a reply on any error. Once a
+    /// request's first byte is in, the whole request must arrive by one deadline
+    /// ([`Limits::io_timeout`] from then), not within a timeout per read.
     async fn drive<R, W>(
         &self,
         mut reader: R,
         mut writer: W,
         peer: Peer,
-        mut stop: watch::Receiver<bool>,
+        mut stop: Stop,
     ) -> Result<ConnEnd, ConnError>
     where
         R: AsyncRead + Unpin,
@@ -414,8 +393,10 @@ impl<H: Handler> Server<H> {
         tracing::trace!(conn = info.id, peer = %info.peer, "policy connection");
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = BytesMut::with_capacity(256);
+        let mut deadline = None;
         loop {
             while let Some(req) = decoder.decode(&mut buf)? {
+                deadline = None;
                 let Some(reply) = self.handler.respond(req, &info).await else {
                     return Ok(ConnEnd::HandlerClosed);
                 };
@@ -427,7 +408,8 @@ impl<H: Handler> Server<H> {
                     return Ok(ConnEnd::RequestLimit);
                 }
             }
-            if !decoder.in_request() && *stop.borrow() {
+            let in_request = decoder.in_request() || !buf.is_empty();
+            if !in_request && stop.is_stopped() {
                 return Ok(ConnEnd::Shutdown);
             }
             // Read at most what the request limit still allows (plus one byte, so going over
@@ -437,8 +419,10 @@ impl<H: Handler> Server<H> {
             buf.reserve(want);
             let mut limited = (&mut reader).take(want as u64);
             let read = limited.read_buf(&mut buf);
-            let n = if decoder.in_request() {
-                tokio::time::timeout(l.io_timeout, read)
+            let n = if in_request {
+                let at =
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + l.io_timeout);
+                tokio::time::timeout_at(at, read)
                     .await
                     .map_err(|_| ConnError::ReadTimeout)??
             } else {
@@ -447,7 +431,7 @@ impl<H: Handler> Server<H> {
                         Ok(n) => n?,
                         Err(_) => return Ok(ConnEnd::Idle),
                     },
-                    _ = stop.wait_for(|s| *s) => return Ok(ConnEnd::Shutdown),
+                    () = stop.stopped() => return Ok(ConnEnd::Shutdown),
                 }
             };
             if n == 0 {
@@ -523,14 +507,24 @@ fn stdio_fds() -> io::Result<Stdio> {
 }
 
 /// How a UNIX socket is created: its permission bits and group. Postfix's smtpd runs as
-/// `postfix` (chrooted or not) and must be able to connect.
-#[derive(Debug, Clone, Default)]
+/// `postfix` (chrooted or not) and must be able to connect. Applied by the transport shared
+/// with `milter-proto` (the group name is looked up with the system's group database).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct UnixOptions {
-    /// Permission bits (for example `0o660`); `None` keeps what the umask gives.
+    /// Permission bits; default `0o660` (owner and group). `None` keeps what the umask gives.
     pub mode: Option<u32>,
     /// Group owner, a name or a number; `None` keeps ours.
     pub group: Option<String>,
+}
+
+impl Default for UnixOptions {
+    fn default() -> Self {
+        Self {
+            mode: Some(mailstack_transport::DEFAULT_UNIX_MODE),
+            group: None,
+        }
+    }
 }
 
 impl UnixOptions {
@@ -540,24 +534,10 @@ impl UnixOptions {
     }
 }
 
-/// A bound listening socket.
+/// A bound listening socket (the transport shared with `milter-proto`): a stale UNIX socket
+/// file is replaced only when nothing listens on it, and the file is removed on drop.
 #[derive(Debug)]
-pub struct Listener {
-    inner: Inner,
-    /// Our UNIX socket file (path, device, inode), removed on drop if it is still ours.
-    owned: Option<(PathBuf, u64, u64)>,
-}
-
-#[derive(Debug)]
-enum Inner {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-enum Accepted {
-    Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
-}
+pub struct Listener(mailstack_transport::Listener);
 
 impl Listener {
     /// Binds `spec` with default [`UnixOptions`].
@@ -569,16 +549,15 @@ impl Listener {
     /// removed first; a live one is `AddrInUse`, and a path that is not a socket is
     /// `AlreadyExists` (never removed). Then `opts` are applied.
     pub async fn bind_with(spec: &SocketSpec, opts: &UnixOptions) -> io::Result<Self> {
-        match spec {
-            SocketSpec::Inet { host, port } => {
-                let l = TcpListener::bind((host.as_str(), *port)).await?;
-                Ok(Self {
-                    inner: Inner::Tcp(l),
-                    owned: None,
-                })
-            }
-            SocketSpec::Unix(path) => bind_unix(path, opts),
-        }
+        let group = opts
+            .group
+            .as_deref()
+            .map(mailstack_transport::group_id)
+            .transpose()?;
+        let opts = mailstack_transport::UnixOptions::new(opts.mode, group);
+        mailstack_transport::Listener::bind(spec, &opts)
+            .await
+            .map(Self)
     }
 
     /// Parses a Postfix-style spec ([`SocketSpec`]) and binds it.
@@ -592,120 +571,6 @@ impl Listener {
     /// Where this listener accepts, as a spec a client can connect to (the real port when
     /// bound to port 0).
     pub fn local_spec(&self) -> io::Result<SocketSpec> {
-        match &self.inner {
-            Inner::Tcp(l) => {
-                let a = l.local_addr()?;
-                Ok(SocketSpec::Inet {
-                    host: a.ip().to_string(),
-                    port: a.port(),
-                })
-            }
-            Inner::Unix(l) => {
-                let a = l.local_addr()?;
-                let p = a.as_pathname().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "unnamed unix socket")
-                })?;
-                Ok(SocketSpec::Unix(p.to_owned()))
-            }
-        }
+        self.0.local_spec()
     }
-
-    async fn accept(&self) -> io::Result<(Accepted, Peer)> {
-        match &self.inner {
-            Inner::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((Accepted::Unix(s), Peer::Unix))
-            }
-            Inner::Tcp(l) => {
-                let (s, a) = l.accept().await?;
-                Ok((Accepted::Tcp(s), Peer::Tcp(a)))
-            }
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some((path, dev, ino)) = &self.owned
-            && let Ok(m) = std::fs::symlink_metadata(path)
-            && m.dev() == *dev
-            && m.ino() == *ino
-        {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn bind_unix(path: &Path, opts: &UnixOptions) -> io::Result<Listener> {
-    remove_stale(path)?;
-    let l = UnixListener::bind(path)?;
-    if let Some(mode) = opts.mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    if let Some(group) = &opts.group {
-        let gid = lookup_group(group)?;
-        std::os::unix::fs::chown(path, None, Some(gid))?;
-    }
-    let m = std::fs::symlink_metadata(path)?;
-    Ok(Listener {
-        inner: Inner::Unix(l),
-        owned: Some((path.to_owned(), m.dev(), m.ino())),
-    })
-}
-
-/// Removes `path` if it is a socket nobody accepts on.
-fn remove_stale(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        ));
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("a server already listens on {}", path.display()),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
-        Err(e) => Err(e),
-    }
-}
-
-/// A group name or number to a gid.
-fn lookup_group(group: &str) -> io::Result<u32> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    let name = std::ffi::CString::new(group)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name holds NUL"))?;
-    let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `name` is NUL-terminated, `grp` and
-    // `result` are writable, and `buf` is writable for `buf.len()` bytes.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            grp.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    if result.is_null() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no group {group:?}"),
-        ));
-    }
-    // SAFETY: getgrnam_r returned 0 with a non-null result, so it initialised `grp`.
-    Ok(unsafe { grp.assume_init() }.gr_gid)
 }
