@@ -23,6 +23,7 @@ pub mod dkim;
 pub mod dmarc;
 pub mod dns;
 pub mod filter;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod ipnet;
