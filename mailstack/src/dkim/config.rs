@@ -820,6 +820,29 @@ mod tests {
     }
 
     #[test]
+    fn macro_list_from_a_file_data_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("macros");
+        std::fs::write(
+            &list,
+            "# local senders\ndaemon_name MTA-out|submission\n{auth_type}\n",
+        )
+        .unwrap();
+        let c = parse(&format!("MacroList file:{}\n", list.display())).unwrap();
+        let get = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(c.macro_list_allows(get(&[("daemon_name", "submission")])));
+        assert!(!c.macro_list_allows(get(&[("daemon_name", "smtpd")])));
+        assert!(c.macro_list_allows(get(&[("auth_type", "PLAIN")])));
+    }
+
+    #[test]
     fn dont_sign_mail_to_and_macro_list() {
         let c = parse(
             "DontSignMailTo csl:*@partner.example, boss@example.com\n\
