@@ -71,6 +71,12 @@ impl Daemon {
         self.child.id()
     }
 
+    /// `kill -9` the child and reap it (a crash, as a supervisor sees it).
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM (a graceful shutdown request) to the child.
     pub fn terminate(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
