@@ -128,7 +128,10 @@ fn sigkill_under_load_loses_nothing_and_delivers_nothing_unchecked() {
     let ok: Vec<usize> = (0..sent).filter(|n| replies[n] == 250).collect();
     let deferred = sent - ok.len();
     let kills = kills.load(Ordering::Relaxed);
-    assert!(kills >= KILLS, "only {kills} kills in {sent_in:?}: no fault injected");
+    assert!(
+        kills >= KILLS,
+        "only {kills} kills in {sent_in:?}: no fault injected"
+    );
     assert!(!ok.is_empty(), "nothing accepted at all:\n{}", pf.log());
     pf.wait_for_messages(ok.len(), Duration::from_secs(30));
     // Anything more (a duplicate, a deferred one) would arrive now; give it a moment.

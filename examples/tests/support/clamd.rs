@@ -114,7 +114,7 @@ pub fn ping(socket: &Path) -> bool {
 pub enum Fault {
     /// Accept and never answer (keeps the connection open).
     Hung,
-    /// Read the whole `zINSTREAM` upload, wait this long, then answer `stream: OK`.
+    /// Read the whole INSTREAM upload, wait this long, then answer `stream: OK`.
     Slow(Duration),
 }
 
@@ -172,15 +172,17 @@ impl Drop for StandIn {
     }
 }
 
-/// Reads one `z`-command; for INSTREAM the chunks up to the empty one; then answers late.
+/// Reads one command (`z...\0` or `n...\n`); for INSTREAM the chunks up to the empty one;
+/// then answers late, in the command's style.
 fn slow_answer(mut s: std::os::unix::net::UnixStream, delay: Duration) {
     let mut cmd = Vec::new();
     let mut b = [0u8; 1];
-    while s.read_exact(&mut b).is_ok() && b[0] != 0 {
+    while s.read_exact(&mut b).is_ok() && b[0] != 0 && b[0] != b'\n' {
         cmd.push(b[0]);
     }
-    if cmd == b"zPING" {
-        let _ = s.write_all(b"PONG\0");
+    let end = b[0];
+    if cmd.get(1..) == Some(&b"PING"[..]) {
+        let _ = s.write_all(&[&b"PONG"[..], &[end]].concat());
         return;
     }
     loop {
@@ -198,5 +200,5 @@ fn slow_answer(mut s: std::os::unix::net::UnixStream, delay: Duration) {
         }
     }
     std::thread::sleep(delay);
-    let _ = s.write_all(b"stream: OK\0");
+    let _ = s.write_all(&[&b"stream: OK"[..], &[end]].concat());
 }

@@ -135,3 +135,68 @@ pub fn build_c_milter(dir: &Path) -> PathBuf {
     assert!(status.success(), "cc {} -lmilter failed", src.display());
     out
 }
+
+/// What the MTA offers in negotiation: every action and protocol option (as `milter-client`
+/// does by default, and Postfix 3.x nearly so).
+pub fn mta_config() -> milter_proto::client::ClientConfig {
+    use milter_proto::flags::{Actions, Protocol};
+    milter_proto::client::ClientConfig::offer(
+        6,
+        Actions::from_bits_truncate(0x1FF),
+        Protocol::from_bits_truncate(0x1F_FFFF),
+    )
+}
+
+/// One message on a fresh milter connection to the unix socket `socket`, from the default
+/// connection (`client.example [192.0.2.1]`, macro `j` = `mx.example`).
+pub async fn one_message(
+    socket: &Path,
+    msg: &milter_proto::client::Message,
+) -> Result<milter_proto::client::Outcome, milter_proto::client::ClientError> {
+    use milter_proto::client::{Client, Connection};
+    let spec = milter_proto::socket::SocketSpec::Unix(socket.to_owned());
+    let mut c = Client::connect(&spec, mta_config()).await?;
+    c.connection(&Connection::default()).await?;
+    let out = c.message(msg).await?;
+    let _ = c.quit().await;
+    Ok(out)
+}
+
+/// The SMTP code an MTA would answer for a milter decision (`250` for accept/continue and
+/// for discard, which the client is not told of).
+pub fn smtp_code(r: &milter_proto::reply::Reply) -> u16 {
+    use milter_proto::reply::Reply;
+    match r {
+        Reply::Tempfail => 451,
+        Reply::Reject => 550,
+        Reply::ConnFail | Reply::Shutdown => 421,
+        Reply::ReplyCode(b) => std::str::from_utf8(b.get(..3).unwrap_or_default())
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        _ => 250,
+    }
+}
+
+/// The header fields the milter added or changed (`name: value`), in order; deletions (a
+/// change to an empty value) are left out.
+pub fn added_headers(out: &milter_proto::client::Outcome) -> Vec<String> {
+    use milter_proto::reply::Reply;
+    out.modifications
+        .iter()
+        .filter_map(|m| match m {
+            Reply::AddHeader { name, value }
+            | Reply::InsHeader { name, value, .. }
+            | Reply::ChgHeader { name, value, .. }
+                if !value.is_empty() =>
+            {
+                Some(format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(value)
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}

@@ -28,6 +28,9 @@ pub fn children_max_rss_kb() -> u64 {
     // SAFETY: getrusage writes into the zeroed struct we pass; no other preconditions.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },
+        0
+    );
     u64::try_from(ru.ru_maxrss).unwrap_or(0)
 }
