@@ -23,12 +23,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_mailstackd");
 /// Peak RSS allowed (kB): far below the 100 MB body, so nothing is buffered whole.
 const MAX_RSS_KB: u64 = 64 * 1024;
 
-/// What happened to one message: the SMTP code, whether our AR was added, or the error.
-fn outcome(
-    rt: &tokio::runtime::Runtime,
-    sock: &Path,
-    msg: &Message,
-) -> Result<(u16, bool), String> {
+/// The SMTP code and whether our AR was added, or why the conversation ended.
+type Got = Result<(u16, bool), String>;
+
+/// What happened to one message.
+fn outcome(rt: &tokio::runtime::Runtime, sock: &Path, msg: &Message) -> Got {
     let out = rt
         .block_on(one_message(sock, msg))
         .map_err(|e| e.to_string())?;
@@ -91,7 +90,7 @@ fn hostile_shapes_get_clear_answers_with_bounded_memory() {
         .chain((0..10_000).map(|i| h(&format!("X-Filler-{i}"), b" v")))
         .collect();
     let long_line = [b" ".as_slice(), &vec![b'a'; 1024 * 1024]].concat();
-    let cases: Vec<(&str, Message, Result<(u16, bool), String>)> = vec![
+    let cases: Vec<(&str, Message, Got)> = vec![
         ("100 MB body", msg(base(), Bytes::from(big), 1), ok.clone()),
         // Over milter-proto's DEFAULT_MAX_HEADERS (1,000; Postfix's header_size_limit of
         // 100 KB keeps real mail far below 10,000 fields).

@@ -200,3 +200,16 @@ pub fn added_headers(out: &milter_proto::client::Outcome) -> Vec<String> {
         })
         .collect()
 }
+
+/// `dkim-milter genkey -d example.com -s SELECTOR -D DIR` (the binary `exe`); returns the TXT
+/// record's text. The private key is `DIR/SELECTOR.private`.
+pub fn dkim_genkey(exe: &Path, dir: &Path, selector: &str) -> String {
+    let st = Command::new(exe)
+        .args(["genkey", "-d", "example.com", "-s", selector, "-D"])
+        .arg(dir)
+        .status()
+        .expect("run dkim-milter genkey");
+    assert!(st.success(), "dkim-milter genkey");
+    let t = std::fs::read_to_string(dir.join(format!("{selector}.txt"))).expect("key TXT file");
+    t.split('"').skip(1).step_by(2).collect()
+}
