@@ -6,7 +6,8 @@
 //! for `cmd`. The server socket is created by a thread that joined the namespace with
 //! `setns(2)` (namespaces are per thread), and that thread then serves it: UDP only, answers
 //! with the AA bit, NXDOMAIN for unknown names, and no answer at all for names marked
-//! [`Rec::Timeout`]. Needs root (CI runs as root); [`Netns::create`] returns `None` otherwise
+//! [`Rec::Timeout`]; for the fault tests also late answers ([`Rec::Delay`]), empty answers
+//! with the TC bit ([`Rec::Truncated`]; there is no TCP side) and garbage ([`Rec::Garbage`]). Needs root (CI runs as root); [`Netns::create`] returns `None` otherwise
 //! and the callers fail the test.
 
 #![allow(dead_code, unreachable_pub)]
@@ -27,6 +28,13 @@ pub enum Rec {
     Ptr(String),
     /// Queries for this name get no answer (a DNS timeout for the client).
     Timeout,
+    /// The answer for this name is sent this late (real time; other queries go on meanwhile).
+    Delay(std::time::Duration),
+    /// The answer has the TC bit and no records (the client should retry over TCP, where
+    /// nothing listens).
+    Truncated,
+    /// The answer is the query's id followed by bytes that are no DNS message.
+    Garbage,
 }
 
 /// A zone: lower-case names without trailing dot.
@@ -145,8 +153,19 @@ fn serve(socket: &UdpSocket, zone: &Zone) {
         let Ok((n, peer)) = socket.recv_from(&mut buf) else {
             return;
         };
-        if let Some(reply) = answer(&buf[..n], zone) {
-            let _ = socket.send_to(&reply, peer);
+        let Some(reply) = answer(&buf[..n], zone) else {
+            continue;
+        };
+        match delay(&buf[..n], zone).map(|d| (d, socket.try_clone())) {
+            Some((d, Ok(late))) => {
+                std::thread::spawn(move || {
+                    std::thread::sleep(d);
+                    let _ = late.send_to(&reply, peer);
+                });
+            }
+            _ => {
+                let _ = socket.send_to(&reply, peer);
+            }
         }
     }
 }
@@ -163,8 +182,17 @@ fn put_name(out: &mut Vec<u8>, name: &str) {
     out.push(0);
 }
 
-/// Builds the response to one query; `None` means "stay silent" (timeout).
-pub fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
+/// How late the answer to `query` is sent ([`Rec::Delay`]), if at all.
+fn delay(query: &[u8], zone: &Zone) -> Option<std::time::Duration> {
+    let (name, _, _) = question(query)?;
+    zone.0.get(&name)?.iter().find_map(|r| match r {
+        Rec::Delay(d) => Some(*d),
+        _ => None,
+    })
+}
+
+/// The query's name (lower case), type and the end of its question section.
+fn question(query: &[u8]) -> Option<(String, u16, usize)> {
     if query.len() < 12 {
         return None;
     }
@@ -180,14 +208,24 @@ pub fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
         pos += len;
     }
     let qtype = u16::from_be_bytes([*query.get(pos)?, *query.get(pos + 1)?]);
-    let question_end = pos + 4;
-    let name = labels.join(".");
+    Some((labels.join("."), qtype, pos + 4))
+}
+
+/// Builds the response to one query; `None` means "stay silent" (timeout).
+pub fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
+    let (name, qtype, question_end) = question(query)?;
     let records = zone.0.get(&name);
     let mut answers: Vec<(u16, Vec<u8>)> = Vec::new();
-    let mut timeout = false;
+    let (mut timeout, mut truncated) = (false, false);
     for rec in records.into_iter().flatten() {
         match (rec, qtype) {
             (Rec::Timeout, _) => timeout = true,
+            (Rec::Truncated, _) => truncated = true,
+            (Rec::Garbage, _) => {
+                let mut g = query.get(..2)?.to_vec();
+                g.extend((0..200u32).map(|i| (i.wrapping_mul(151) % 251) as u8));
+                return Some(g);
+            }
             (Rec::A(a), 1) => answers.push((1, a.octets().to_vec())),
             (Rec::Aaaa(a), 28) => answers.push((28, a.octets().to_vec())),
             (Rec::Txt(strings), 16) => {
@@ -216,11 +254,14 @@ pub fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
     if timeout && answers.is_empty() {
         return None;
     }
+    if truncated {
+        answers.clear();
+    }
     let rcode = if records.is_none() { 3 } else { 0 };
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&query[..2]);
     let rd = query[2] & 0x01;
-    out.push(0x84 | rd); // QR, AA, RD copied
+    out.push(0x84 | if truncated { 0x02 } else { 0 } | rd); // QR, AA, TC, RD copied
     out.push(0x80 | rcode); // RA, RCODE
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&(answers.len() as u16).to_be_bytes());

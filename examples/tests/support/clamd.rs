@@ -108,3 +108,97 @@ pub fn ping(socket: &Path) -> bool {
     let mut r = Vec::new();
     s.write_all(b"zPING\0").is_ok() && s.read_to_end(&mut r).is_ok() && r == b"PONG\0"
 }
+
+/// What a [`StandIn`] does with each connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Accept and never answer (keeps the connection open).
+    Hung,
+    /// Read the whole INSTREAM upload, wait this long, then answer `stream: OK`.
+    Slow(Duration),
+}
+
+/// A scripted clamd stand-in on a unix socket, for fault cases only (a real clamd for the
+/// rest). Stops accepting and removes its socket on drop.
+pub struct StandIn {
+    /// Its socket.
+    pub socket: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections accepted so far.
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StandIn {
+    /// Listens on `socket` (removing a stale file first).
+    pub fn start(socket: &Path, fault: Fault) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let _ = std::fs::remove_file(socket);
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (st, acc) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        acc.fetch_add(1, Ordering::Relaxed);
+                        s.set_nonblocking(false).unwrap();
+                        match fault {
+                            Fault::Hung => held.push(s),
+                            Fault::Slow(d) => {
+                                std::thread::spawn(move || slow_answer(s, d));
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            socket: socket.to_owned(),
+            stop,
+            accepted,
+        }
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Reads one command (`z...\0` or `n...\n`); for INSTREAM the chunks up to the empty one;
+/// then answers late, in the command's style.
+fn slow_answer(mut s: std::os::unix::net::UnixStream, delay: Duration) {
+    let mut cmd = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read_exact(&mut b).is_ok() && b[0] != 0 && b[0] != b'\n' {
+        cmd.push(b[0]);
+    }
+    let end = b[0];
+    if cmd.get(1..) == Some(&b"PING"[..]) {
+        let _ = s.write_all(&[&b"PONG"[..], &[end]].concat());
+        return;
+    }
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return;
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = vec![0u8; n];
+        if s.read_exact(&mut chunk).is_err() {
+            return;
+        }
+    }
+    std::thread::sleep(delay);
+    let _ = s.write_all(&[&b"stream: OK"[..], &[end]].concat());
+}

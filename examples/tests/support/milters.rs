@@ -71,6 +71,12 @@ impl Daemon {
         self.child.id()
     }
 
+    /// `kill -9` the child and reap it (a crash, as a supervisor sees it).
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM (a graceful shutdown request) to the child.
     pub fn terminate(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
@@ -128,4 +134,82 @@ pub fn build_c_milter(dir: &Path) -> PathBuf {
         .expect("run cc (install gcc, listed in .ci/packages)");
     assert!(status.success(), "cc {} -lmilter failed", src.display());
     out
+}
+
+/// What the MTA offers in negotiation: every action and protocol option (as `milter-client`
+/// does by default, and Postfix 3.x nearly so).
+pub fn mta_config() -> milter_proto::client::ClientConfig {
+    use milter_proto::flags::{Actions, Protocol};
+    milter_proto::client::ClientConfig::offer(
+        6,
+        Actions::from_bits_truncate(0x1FF),
+        Protocol::from_bits_truncate(0x1F_FFFF),
+    )
+}
+
+/// One message on a fresh milter connection to the unix socket `socket`, from the default
+/// connection (`client.example [192.0.2.1]`, macro `j` = `mx.example`).
+pub async fn one_message(
+    socket: &Path,
+    msg: &milter_proto::client::Message,
+) -> Result<milter_proto::client::Outcome, milter_proto::client::ClientError> {
+    use milter_proto::client::{Client, Connection};
+    let spec = milter_proto::socket::SocketSpec::Unix(socket.to_owned());
+    let mut c = Client::connect(&spec, mta_config()).await?;
+    c.connection(&Connection::default()).await?;
+    let out = c.message(msg).await?;
+    let _ = c.quit().await;
+    Ok(out)
+}
+
+/// The SMTP code an MTA would answer for a milter decision (`250` for accept/continue and
+/// for discard, which the client is not told of).
+pub fn smtp_code(r: &milter_proto::reply::Reply) -> u16 {
+    use milter_proto::reply::Reply;
+    match r {
+        Reply::Tempfail => 451,
+        Reply::Reject => 550,
+        Reply::ConnFail | Reply::Shutdown => 421,
+        Reply::ReplyCode(b) => std::str::from_utf8(b.get(..3).unwrap_or_default())
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        _ => 250,
+    }
+}
+
+/// The header fields the milter added or changed (`name: value`), in order; deletions (a
+/// change to an empty value) are left out.
+pub fn added_headers(out: &milter_proto::client::Outcome) -> Vec<String> {
+    use milter_proto::reply::Reply;
+    out.modifications
+        .iter()
+        .filter_map(|m| match m {
+            Reply::AddHeader { name, value }
+            | Reply::InsHeader { name, value, .. }
+            | Reply::ChgHeader { name, value, .. }
+                if !value.is_empty() =>
+            {
+                Some(format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(value)
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `dkim-milter genkey -d example.com -s SELECTOR -D DIR` (the binary `exe`); returns the TXT
+/// record's text. The private key is `DIR/SELECTOR.private`.
+pub fn dkim_genkey(exe: &Path, dir: &Path, selector: &str) -> String {
+    let st = Command::new(exe)
+        .args(["genkey", "-d", "example.com", "-s", selector, "-D"])
+        .arg(dir)
+        .status()
+        .expect("run dkim-milter genkey");
+    assert!(st.success(), "dkim-milter genkey");
+    let t = std::fs::read_to_string(dir.join(format!("{selector}.txt"))).expect("key TXT file");
+    t.split('"').skip(1).step_by(2).collect()
 }

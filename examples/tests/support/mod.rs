@@ -3,7 +3,9 @@
 //! - [`postfix`]: a private Postfix instance on loopback that delivers to an in-process SMTP
 //!   sink, for tests that put our milters and policy servers behind the real MTA.
 //! - [`milters`]: our example milters (and the libmilter C milter) as child processes.
-//! - [`clamd`]: a private clamd with an EICAR signature we write.
+//! - [`clamd`]: a private clamd with an EICAR signature we write, and scripted stand-ins
+//!   for its faults (hung, slow).
+//! - [`procfs`]: peak RSS and ids of a child from `/proc/PID/status`.
 //!
 //! Each test binary includes this with `mod support;` and uses what it needs.
 
@@ -12,3 +14,4 @@
 pub mod clamd;
 pub mod milters;
 pub mod postfix;
+pub mod procfs;

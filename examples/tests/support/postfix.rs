@@ -423,21 +423,97 @@ impl Smtp {
         self.data(message)
     }
 
+    /// One whole transaction that never fails the test on a refusal (for fault tests, where
+    /// any stage may be refused): the first reply that is not the positive one expected, or
+    /// the reply to the final dot. A connection closed or reset mid-way is `421` with the
+    /// text `connection lost` (the sender retries, as for any 4xx).
+    pub fn try_send(
+        port: u16,
+        xclient: Option<(&str, &str)>,
+        from: &str,
+        rcpts: &[&str],
+        message: &str,
+    ) -> Reply {
+        let lost = Reply {
+            code: 421,
+            text: "connection lost".into(),
+        };
+        let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return lost;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+        let Ok(r) = s.try_clone() else { return lost };
+        let mut c = Self {
+            r: BufReader::new(r),
+            w: s,
+        };
+        let mut steps: Vec<(String, u16)> = vec![("EHLO client.example".into(), 250)];
+        if let Some((addr, helo)) = xclient {
+            steps.push((
+                format!("XCLIENT ADDR={addr} NAME=[UNAVAILABLE] HELO={helo}"),
+                220,
+            ));
+            steps.push((format!("EHLO {helo}"), 250));
+        }
+        steps.push((format!("MAIL FROM:<{from}>"), 250));
+        steps.extend(rcpts.iter().map(|r| (format!("RCPT TO:<{r}>"), 250)));
+        steps.push(("DATA".into(), 354));
+        match c.try_read_reply() {
+            Some(g) if g.code == 220 => {}
+            Some(g) => return g,
+            None => return lost,
+        }
+        for (line, want) in steps {
+            if c.w.write_all(format!("{line}\r\n").as_bytes()).is_err() {
+                return lost;
+            }
+            match c.try_read_reply() {
+                Some(r) if r.code == want => {}
+                Some(r) => return r,
+                None => return lost,
+            }
+        }
+        let mut out = String::new();
+        for line in message.split("\r\n") {
+            if line.starts_with('.') {
+                out.push('.');
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        if message.ends_with("\r\n") {
+            out.truncate(out.len() - 2);
+        }
+        out.push_str(".\r\n");
+        if c.w.write_all(out.as_bytes()).is_err() {
+            return lost;
+        }
+        c.try_read_reply().unwrap_or(lost)
+    }
+
     fn read_reply(&mut self) -> Reply {
+        self.try_read_reply()
+            .expect("read SMTP reply: the server closed the connection")
+    }
+
+    /// The next reply; `None` when the connection is closed or broken.
+    fn try_read_reply(&mut self) -> Option<Reply> {
         let mut code = 0;
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            let n = self.r.read_line(&mut line).expect("read SMTP reply");
-            assert!(n > 0, "server closed the connection after {lines:?}");
+            let n = self.r.read_line(&mut line).ok()?;
+            if n == 0 {
+                return None;
+            }
             let line = line.trim_end_matches(['\r', '\n']);
             code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(code);
             lines.push(line.get(4..).unwrap_or("").to_owned());
             if line.as_bytes().get(3) != Some(&b'-') {
-                return Reply {
+                return Some(Reply {
                     code,
                     text: lines.join("\n"),
-                };
+                });
             }
         }
     }
