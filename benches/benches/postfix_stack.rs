@@ -34,7 +34,8 @@
 //! a check (printed below the table).
 //!
 //! Columns: messages per second; the filters' CPU seconds per 1,000 messages (every process
-//! of the setup's filters, including spawn(8)'s policy children, clamd apart); Postfix's own
+//! of the setup's filters, including spawn(8)'s policy children, clamd apart; each program's
+//! share on the lines under each case); Postfix's own
 //! CPU seconds per 1,000; clamd's; the sum of the filter processes' peak RSS (VmHWM, over the
 //! AV phase so far); rate against bare Postfix and against the seed, filter CPU against the
 //! seed's. Processes that exit during a run are not counted (Postfix's `max_use` is raised so
@@ -56,6 +57,7 @@ mod spf_support;
 #[allow(missing_docs, dead_code, unreachable_pub)]
 mod clamd;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -277,6 +279,14 @@ fn main() {
             for r in &rows {
                 print_row(&case, r, bare, seed);
             }
+            for r in rows.iter().filter(|r| !r.per_program.is_empty()) {
+                let parts: Vec<String> = r
+                    .per_program
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .collect();
+                println!("{:<8}   {}: {}", "", r.kind.name(), parts.join(", "));
+            }
         }
         for n in &notes {
             println!("  ! {n}");
@@ -322,6 +332,17 @@ fn build_daemons() -> Bins {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let build = |bins: &[&str]| {
         let mut c = Command::new(&cargo);
+        // The variables `cargo bench` sets for this process would make the nested build see a
+        // changed environment and rebuild: it gets the caller's environment back.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+                || k == "LD_LIBRARY_PATH"
+                || k == "OUT_DIR"
+            {
+                c.env_remove(k);
+            }
+        }
         c.args([
             "build",
             "--quiet",
@@ -875,11 +896,17 @@ impl Setup {
         if problem.is_none() && self.av && self.kind != Kind::Bare && clamd_k <= 0.0 {
             problem = Some("clamd used no CPU: nothing was scanned".into());
         }
+        let mut per_program: BTreeMap<String, f64> = BTreeMap::new();
+        for p in &filters {
+            *per_program.entry(program(&p.cmdline)).or_default() +=
+                per_k(cpu_since(&before, &[*p]));
+        }
         Run {
             fig: Some(Figures {
                 rate: n as f64 / secs,
                 cpu_ms: per_k(cpu_since(&before, &filters)),
             }),
+            per_program,
             postfix_k: per_k(cpu_since(&before, &postfix)),
             clamd_k,
             rss_kb: filters.iter().map(|p| p.hwm_kb).sum(),
@@ -903,6 +930,25 @@ impl Setup {
             .filter(|p| pset.contains(&p.pid) && !fset.contains(&p.pid))
             .collect();
         (filters, postfix)
+    }
+}
+
+/// The program a command line runs: the script under an interpreter, rspamd for its
+/// retitled workers.
+fn program(cmdline: &str) -> String {
+    let mut words = cmdline.split_whitespace();
+    let first = words.next().unwrap_or("?");
+    let base = |w: &str| {
+        w.rsplit('/')
+            .next()
+            .unwrap_or(w)
+            .trim_end_matches(':')
+            .to_owned()
+    };
+    if base(first).starts_with("python") {
+        words.next().map_or_else(|| base(first), base)
+    } else {
+        base(first)
     }
 }
 
@@ -1143,6 +1189,8 @@ impl Drop for PostfixInstance {
 /// One measured run, or why it failed.
 struct Run {
     fig: Option<Figures>,
+    /// Filter CPU seconds per 1,000 messages by program.
+    per_program: BTreeMap<String, f64>,
     postfix_k: f64,
     clamd_k: f64,
     rss_kb: u64,
@@ -1153,6 +1201,7 @@ impl Run {
     fn failed(why: String) -> Self {
         Self {
             fig: None,
+            per_program: BTreeMap::new(),
             postfix_k: f64::NAN,
             clamd_k: f64::NAN,
             rss_kb: 0,
@@ -1165,6 +1214,7 @@ impl Run {
 struct Row {
     kind: Kind,
     fig: Option<Figures>,
+    per_program: BTreeMap<String, f64>,
     postfix_k: f64,
     clamd_k: f64,
     rss_kb: u64,
@@ -1187,6 +1237,17 @@ impl Row {
         Self {
             kind: s.kind,
             fig: (!good.is_empty()).then(|| median(good.iter().filter_map(|r| r.fig).collect())),
+            per_program: good
+                .iter()
+                .flat_map(|r| r.per_program.keys())
+                .map(|k| {
+                    let v = good
+                        .iter()
+                        .map(|r| r.per_program.get(k).copied().unwrap_or(0.0))
+                        .collect();
+                    (k.clone(), median_f64(v))
+                })
+                .collect(),
             postfix_k: median_f64(good.iter().map(|r| r.postfix_k).collect()),
             clamd_k: median_f64(good.iter().map(|r| r.clamd_k).collect()),
             rss_kb: good.iter().map(|r| r.rss_kb).max().unwrap_or(0),
