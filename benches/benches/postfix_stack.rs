@@ -554,9 +554,19 @@ struct Env<'a> {
 struct Kill(Child);
 
 impl Drop for Kill {
+    /// Kills the child and every process it started (rspamd's workers outlive a killed
+    /// main process otherwise).
     fn drop(&mut self) {
+        let tree = descendants(&processes(), &[self.0.id()]);
         let _ = self.0.kill();
         let _ = self.0.wait();
+        for pid in tree.into_iter().filter(|p| *p != self.0.id()) {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) has no memory preconditions; these are our child's children,
+                // snapshotted just now.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
