@@ -146,3 +146,213 @@ pub fn print_row(case: &str, ours: Figures, theirs: Figures) {
         pa / pb
     );
 }
+
+/// The median of `values` (the upper one of the two middle values for an even count); NaN
+/// for none.
+pub fn median_f64(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One process as `/proc` shows it at a [`processes`] snapshot.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// The command line, arguments joined by spaces.
+    pub cmdline: String,
+    /// utime + stime in seconds (as [`cpu_seconds`]).
+    pub cpu: f64,
+    /// Peak RSS (`VmHWM`) in kB.
+    pub hwm_kb: u64,
+}
+
+/// Every process `/proc` lists now (those that vanish while it is read are left out).
+pub fn processes() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" that closes the command name: state, ppid (4), utime (14),
+        // stime (15).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .split('\0')
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out.push(Proc {
+            pid,
+            ppid: f.get(1).and_then(|x| x.parse().ok()).unwrap_or(0),
+            cmdline,
+            cpu: (num(11) + num(12)) / hz,
+            hwm_kb: vm_hwm_kb(pid),
+        });
+    }
+    out
+}
+
+/// The pids in `procs` that are one of `roots` or descend from one.
+pub fn descendants(procs: &[Proc], roots: &[u32]) -> std::collections::BTreeSet<u32> {
+    let mut set: std::collections::BTreeSet<u32> = roots
+        .iter()
+        .copied()
+        .filter(|r| procs.iter().any(|p| p.pid == *r))
+        .collect();
+    loop {
+        let before = set.len();
+        for p in procs {
+            if set.contains(&p.ppid) {
+                set.insert(p.pid);
+            }
+        }
+        if set.len() == before {
+            return set;
+        }
+    }
+}
+
+/// CPU seconds the processes `now` (a later snapshot restricted to some set) used since
+/// `before` (an earlier full snapshot): a process absent from `before` started in between
+/// and counts from zero. Processes that exited in between are not counted.
+pub fn cpu_since(before: &[Proc], now: &[&Proc]) -> f64 {
+    now.iter()
+        .map(|p| {
+            let start = before
+                .iter()
+                .find(|b| b.pid == p.pid)
+                .map_or(0.0, |b| b.cpu);
+            (p.cpu - start).max(0.0)
+        })
+        .sum()
+}
+
+/// An SMTP server on 127.0.0.1 that accepts every message, counts them and keeps only the
+/// last one: the end of a Postfix relay chain under load (`smtp-sink` without its per-message
+/// files). A thread per connection; runs until the process exits.
+#[derive(Debug, Clone)]
+pub struct CountingSink {
+    /// The port it listens on.
+    pub port: u16,
+    state: std::sync::Arc<SinkState>,
+}
+
+#[derive(Debug, Default)]
+struct SinkState {
+    count: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Vec<u8>>,
+}
+
+impl CountingSink {
+    /// Binds 127.0.0.1 on a free port (in the calling thread's network namespace) and serves.
+    pub fn start() -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let state = std::sync::Arc::new(SinkState::default());
+        let st = std::sync::Arc::clone(&state);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let st = std::sync::Arc::clone(&st);
+                std::thread::spawn(move || {
+                    let _ = serve_sink(conn, &st);
+                });
+            }
+        });
+        Ok(Self { port, state })
+    }
+
+    /// Messages received so far.
+    pub fn count(&self) -> usize {
+        self.state.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The last message received (dot-unstuffed, CRLF line ends), empty before the first.
+    pub fn last(&self) -> Vec<u8> {
+        self.state
+            .last
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until at least `n` messages arrived or `deadline` passed; true if they did.
+    pub fn wait_for(&self, n: usize, deadline: Instant) -> bool {
+        while self.count() < n {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+fn serve_sink(conn: std::net::TcpStream, st: &SinkState) -> std::io::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut out = conn.try_clone()?;
+    let mut input = std::io::BufReader::new(conn);
+    out.write_all(b"220 sink ESMTP\r\n")?;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let verb = line
+            .get(..4)
+            .map(|v| v.to_ascii_uppercase())
+            .unwrap_or_default();
+        match verb.as_slice() {
+            b"EHLO" => out.write_all(b"250-sink\r\n250 8BITMIME\r\n")?,
+            b"QUIT" => {
+                out.write_all(b"221 bye\r\n")?;
+                return Ok(());
+            }
+            b"DATA" => {
+                out.write_all(b"354 go\r\n")?;
+                let mut msg = Vec::new();
+                loop {
+                    line.clear();
+                    if input.read_until(b'\n', &mut line)? == 0 {
+                        return Ok(());
+                    }
+                    if line == b".\r\n" || line == b".\n" {
+                        break;
+                    }
+                    let text = line.strip_prefix(b".").unwrap_or(&line);
+                    msg.extend_from_slice(text);
+                }
+                if let Ok(mut last) = st.last.lock() {
+                    *last = msg;
+                }
+                st.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                out.write_all(b"250 queued\r\n")?;
+            }
+            _ => out.write_all(b"250 ok\r\n")?,
+        }
+    }
+}
