@@ -3,12 +3,15 @@
 //! - [`postfix`]: a private Postfix instance on loopback that delivers to an in-process SMTP
 //!   sink, for tests that put our milters and policy servers behind the real MTA.
 //! - [`milters`]: our example milters (and the libmilter C milter) as child processes.
+//! - [`chain`]: milters and a policy server driven as Postfix chains them, and their
+//!   results read back.
 //! - [`clamd`]: a private clamd with an EICAR signature we write.
 //!
 //! Each test binary includes this with `mod support;` and uses what it needs.
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod chain;
 pub mod clamd;
 pub mod milters;
 pub mod postfix;
