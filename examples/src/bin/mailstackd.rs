@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
     /// Also scan with the clamd at this socket (unix:/path or tcp:host:port) when the
-    /// configuration has no [av] section.
+    /// configuration has no `[av]` section.
     #[arg(long, value_name = "SOCKET")]
     clamd: Option<String>,
     /// The authserv-id to write and defend (overrides the file; default: the MTA's name).

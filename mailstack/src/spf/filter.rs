@@ -1,4 +1,4 @@
-//! SPF as a [`Filter`](crate::filter::Filter): the python-policyd-spf decision
+//! SPF as a [`crate::filter::Filter`]: the python-policyd-spf decision
 //! ([`SpfPolicy`]) taken inside the milter at MAIL FROM, so no policy daemon is needed.
 //!
 //! At MAIL FROM it checks HELO and MAIL FROM as `policyd-spf.conf` says (the same options,
