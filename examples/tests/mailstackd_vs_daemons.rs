@@ -12,7 +12,8 @@
 //! - DKIM: the result of each signature (`dkim=` with `header.d`, `header.s`, `header.b`);
 //! - DMARC: the result, the `(p=... dis=...)` comment and `header.from`;
 //! - SPF: the result and identity of mailstackd's `spf=` clause against `spf-policyd`'s
-//!   `Received-SPF` for the same client, HELO and sender;
+//!   `Received-SPF` for the same client, HELO and sender, and with `received_spf = true`
+//!   mailstackd's `Received-SPF` against `spf-policyd`'s, whole;
 //! - AV: the reply and `X-Virus-Status`.
 //!
 //! Over: the shared DKIM corpus (`mailstack/tests/data/dkim/corpus.txt`), signed by
@@ -369,26 +370,23 @@ async fn daemons(w: &World, mail: &Mail) -> (Decision, Message) {
     (d, msg)
 }
 
-/// Through mailstackd alone; also the one `Authentication-Results` value, if any.
-async fn stack(stack: &Daemon, id: &str, mail: &Mail) -> (Decision, Option<String>) {
+/// Through mailstackd alone: what it decided, its one `Authentication-Results` value (if
+/// any) and the `Received-SPF` values it wrote (only with `received_spf = true`).
+async fn stack(stack: &Daemon, id: &str, mail: &Mail) -> (Decision, Option<String>, Vec<String>) {
     let out = chain::milter(&spec(stack), &mail.conn(), &mail.message()).await;
     let mut d = Decision::new(out.decision.clone());
     if !chain::delivers(&out.decision) {
-        return (d, None);
+        return (d, None, Vec::new());
     }
     let ars = chain::added(&out.modifications, "Authentication-Results");
     assert!(ars.len() <= 1, "one merged field: {ars:?}");
-    assert!(
-        chain::added(&out.modifications, "Received-SPF").is_empty(),
-        "no Received-SPF by default: {:?}",
-        out.modifications
-    );
     for ar in &ars {
         assert!(ar.starts_with(&format!("{id};")), "{ar}");
         d.add_clauses(&chain::clauses(ar));
     }
     d.av.extend(chain::added(&out.modifications, "X-Virus-Status"));
-    (d, ars.into_iter().next())
+    let received = chain::added(&out.modifications, "Received-SPF");
+    (d, ars.into_iter().next(), received)
 }
 
 /// Compares both sides on `mail`; returns mailstackd's decision and field.
@@ -404,7 +402,11 @@ async fn compare(w: &World, what: &str, mail: &Mail) -> (Decision, Option<String
             String::new(),
         ));
     }
-    let (ours, ar) = stack(&w.stack, "mx.example", mail).await;
+    let (ours, ar, received) = stack(&w.stack, "mx.example", mail).await;
+    assert!(
+        received.is_empty(),
+        "{what}: no Received-SPF by default: {received:?}"
+    );
     // A refusal at end of message carries no results on either side; a refusal by the
     // policy server is one at MAIL FROM in mailstackd, with the same text.
     assert_eq!(
@@ -588,7 +590,7 @@ fn mailstackd_spf_answers_as_spf_policyd() {
             &format!("stack{i}"),
             &format!(
                 "[mailstackd]\nauthserv_id = \"mx.test\"\nnameservers = [\"{dns}\"]\n\
-                 dns_timeout = 3\n\n[spf]\nconfig = \"{}\"\n\n[dkim]\nenabled = false\n\n\
+                 dns_timeout = 3\nreceived_spf = true\n\n[spf]\nconfig = \"{}\"\n\n[dkim]\nenabled = false\n\n\
                  [dmarc]\nenabled = false\n",
                 spf_conf.display()
             ),
@@ -613,7 +615,18 @@ fn mailstackd_spf_answers_as_spf_policyd() {
                     sender: (*sender).to_owned(),
                     raw: b"From: a@example.org\r\nSubject: spf\r\n\r\nhi\r\n".to_vec(),
                 };
-                let (ours, _) = stack(&stackd, "mx.test", &mail).await;
+                let (ours, _, received) = stack(&stackd, "mx.test", &mail).await;
+                // With `received_spf = true` mailstackd writes spf-policyd's field, byte for
+                // byte (both decide at MAIL FROM, so `receiver=none` in both).
+                let prepended: Vec<String> = match &action {
+                    policy_proto::Action::Prepend(h) => h
+                        .as_str()
+                        .strip_prefix("Received-SPF: ")
+                        .map(|v| vec![v.trim().to_owned()])
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                assert_eq!(received, prepended, "{what}: Received-SPF");
                 let mut theirs = spf_from_policy(&action);
                 if conf.contains("TestOnly = 0")
                     && action == policy_proto::Action::Dunno
