@@ -20,7 +20,7 @@ use bytes::Bytes;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
 use milter_proto::reply::Reply;
 use milter_proto::socket::{MilterStream, SocketSpec};
-use support::clamd::{Clamd, SIG, eicar};
+use support::clamd::{Clamd, SIG, av_messages};
 use support::milters::Daemon;
 
 const AV_MILTER: &str = env!("CARGO_BIN_EXE_av-milter");
@@ -156,21 +156,7 @@ fn av_milter_agrees_with_clamav_milter() {
         ("clamav-milter", SocketSpec::Unix(cm_sock.clone())),
         ("av-milter", SocketSpec::Unix(dir.join("av.sock"))),
     ];
-    let mut clean5k = b"Subject: hello\r\nFrom: a@src.example\r\n\r\n".to_vec();
-    while clean5k.len() < 5 * 1024 {
-        clean5k.extend_from_slice(
-            b"The quick brown fox jumps over the lazy dog, again and again.\r\n",
-        );
-    }
-    let mut infected = b"Subject: bad\r\nFrom: a@src.example\r\n\r\n".to_vec();
-    infected.extend_from_slice(eicar().as_bytes());
-    infected.extend_from_slice(b"\r\n");
-    let mut big = b"Subject: big\r\nFrom: a@src.example\r\n\r\n".to_vec();
-    while big.len() < 10 * 1024 * 1024 {
-        big.extend_from_slice(
-            b"abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcd\r\n",
-        );
-    }
+    let [(_, clean5k), (_, infected), (_, big)] = av_messages();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -19,35 +19,11 @@ use bytes::Bytes;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
 use milter_proto::reply::Reply;
 use milter_proto::socket::SocketSpec;
-use spf_support::{Netns, Rec, Zone};
+use spf_support::Netns;
+use spf_support::dmarc_cases::{self, zone};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
 const OPENDMARC: &str = "/usr/sbin/opendmarc";
-
-fn zone() -> Zone {
-    let mut z = Zone::default();
-    z.txt("_dmarc.reject.example", "v=DMARC1; p=reject")
-        .txt("_dmarc.none.example", "v=DMARC1; p=none")
-        .txt("_dmarc.quar.example", "v=DMARC1; p=quarantine")
-        .txt("_dmarc.org.example", "v=DMARC1; p=none; sp=reject")
-        .txt(
-            "_dmarc.strict.example",
-            "v=DMARC1; p=reject; aspf=s; adkim=s",
-        )
-        .txt("_dmarc.bad.example", "v=DMARC1; p=bogus")
-        .txt("reject.example", "v=spf1 ip4:192.0.2.1 -all")
-        .txt("org.example", "v=spf1 ip4:192.0.2.1 -all")
-        .txt("_dmarc.fail.example", "v=DMARC1; p=none")
-        .add("_dmarc.slow.example", Rec::Timeout)
-        .txt("fail.example", "v=spf1 -all")
-        .txt("_dmarc.orgdomain.com", "v=DMARC1; p=none; sp=reject")
-        .txt("_dmarc.orgnone.com", "v=DMARC1; p=reject; sp=none")
-        .txt(
-            "_dmarc.strict.example.com",
-            "v=DMARC1; p=reject; aspf=s; adkim=s",
-        );
-    z
-}
 
 struct Proc(Child);
 
@@ -215,101 +191,10 @@ async fn same_verdicts_and_headers_as_opendmarc() {
     let pair = Pair::start(&ns, dir.path(), "plain", base);
     let (theirs_spec, ours_spec) = (pair.theirs.clone(), pair.ours.clone());
 
-    let ar = "Authentication-Results: mx.example;";
-    let spf_ar = |d: &str| format!("{ar} spf=pass smtp.mailfrom={d}\r\nFrom: a@reject.example\r\n");
-    let dkim_ar = |d: &str, from: &str| {
-        format!("{ar}\r\n\tdkim=pass (2048-bit key) header.d={d} header.s=s1\r\nFrom: {from}\r\n")
-    };
-    let same = [
-        (
-            "p=reject failure",
-            message("m@spammer.example", "From: a@reject.example\r\n"),
-        ),
-        (
-            "p=none failure",
-            message("m@spammer.example", "From: a@none.example\r\n"),
-        ),
-        (
-            "p=quarantine failure",
-            message("m@spammer.example", "From: a@quar.example\r\n"),
-        ),
-        (
-            "trusted SPF pass",
-            message("a@reject.example", &spf_ar("reject.example")),
-        ),
-        (
-            "SPF pass for another envelope domain",
-            message("m@spammer.example", &spf_ar("reject.example")),
-        ),
-        (
-            "SPF pass for the HELO identity",
-            message(
-                "a@reject.example",
-                &format!("{ar} spf=pass smtp.helo=reject.example\r\nFrom: a@reject.example\r\n"),
-            ),
-        ),
-        (
-            "trusted DKIM pass, relaxed subdomain",
-            message(
-                "m@spammer.example",
-                &dkim_ar("mail.reject.example", "Alice <a@reject.example>"),
-            ),
-        ),
-        (
-            "trusted DKIM pass, foreign domain",
-            message(
-                "m@spammer.example",
-                &dkim_ar("other.example", "a@reject.example"),
-            ),
-        ),
-        (
-            "untrusted DKIM pass",
-            message(
-                "m@spammer.example",
-                "Authentication-Results: evil.example; dkim=pass header.d=reject.example\r\nFrom: a@reject.example\r\n",
-            ),
-        ),
-        (
-            "Received-SPF pass",
-            message(
-                "a@reject.example",
-                "Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=192.0.2.1; \
-                 helo=client.example; envelope-from=a@reject.example; receiver=mx.example\r\n\
-                 From: a@reject.example\r\n",
-            ),
-        ),
-        (
-            "Received-SPF pass for another envelope",
-            message(
-                "m@reject.example",
-                "Received-SPF: Pass (mailfrom) identity=mailfrom; envelope-from=a@reject.example\r\n\
-                 From: a@reject.example\r\n",
-            ),
-        ),
-        (
-            "subdomain policy sp=reject (PSL)",
-            message("m@spammer.example", "From: a@sub.orgdomain.com\r\n"),
-        ),
-        (
-            "subdomain policy sp=none (PSL)",
-            message("m@spammer.example", "From: a@sub.orgnone.com\r\n"),
-        ),
-        (
-            "no DMARC record",
-            message("m@spammer.example", "From: a@nodmarc.example\r\n"),
-        ),
-        (
-            "unparseable record",
-            message("m@spammer.example", "From: a@bad.example\r\n"),
-        ),
-        (
-            "From with two domains",
-            message(
-                "m@spammer.example",
-                "From: a@none.example, b@reject.example\r\n",
-            ),
-        ),
-    ];
+    let same: Vec<(&str, Message)> = dmarc_cases::shared()
+        .into_iter()
+        .map(|(what, sender, headers)| (what, message(sender, &headers)))
+        .collect();
     for (what, msg) in &same {
         let t = run(&theirs_spec, msg).await;
         let o = run(&ours_spec, msg).await;
@@ -325,6 +210,11 @@ async fn same_verdicts_and_headers_as_opendmarc() {
         Reply::ReplyCode(Bytes::from(format!(
             "550 5.7.1 rejected by DMARC policy for {d}"
         )))
+    };
+    let ar = "Authentication-Results: mx.example;";
+    let spf_ar = |d: &str| format!("{ar} spf=pass smtp.mailfrom={d}\r\nFrom: a@reject.example\r\n");
+    let dkim_ar = |d: &str, from: &str| {
+        format!("{ar}\r\n\tdkim=pass (2048-bit key) header.d={d} header.s=s1\r\nFrom: {from}\r\n")
     };
     let deliberate = [
         (

@@ -9,8 +9,12 @@
 //! [`Rec::Timeout`]; for the fault tests also late answers ([`Rec::Delay`]), empty answers
 //! with the TC bit ([`Rec::Truncated`]; there is no TCP side) and garbage ([`Rec::Garbage`]). Needs root (CI runs as root); [`Netns::create`] returns `None` otherwise
 //! and the callers fail the test.
+//!
+//! [`dmarc_cases`] holds the DMARC zone and messages shared by the DMARC differential tests.
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod dmarc_cases;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
@@ -320,3 +324,77 @@ pub fn golden_zone() -> Zone {
         .add("helo.nospf.example", Rec::A("192.0.2.1".parse().unwrap()));
     z
 }
+
+/// The requests over [`golden_zone`]: (client, helo, sender); each gets its own instance
+/// unless noted. Shared by `spf_golden` (against python-policyd-spf) and
+/// `mailstackd_vs_daemons` (mailstackd's SPF at MAIL FROM against `spf-policyd`).
+pub const CASES: &[(&str, &str, &str)] = &[
+    ("192.0.2.1", "mail.pass.example", "u@pass.example"),
+    ("192.0.2.9", "helo.none.example", "u@fail.example"),
+    ("192.0.2.9", "helo.none.example", "u@soft.example"),
+    ("192.0.2.9", "helo.none.example", "u@neutral.example"),
+    ("192.0.2.9", "helo.none.example", "u@perm.example"),
+    ("192.0.2.9", "helo.none.example", "u@exp.example"),
+    ("192.0.2.9", "mail.fail.example", "u@pass.example"),
+    ("192.0.2.9", "mail.fail.example", ""),
+    ("192.0.2.9", "helo.none.example", ""),
+    ("127.0.0.1", "localhost", "u@fail.example"),
+    ("2001:db8::9", "helo.none.example", "u@fail.example"),
+    ("2001:db8::1", "helo.none.example", "u@pass.example"),
+    ("::ffff:192.0.2.1", "helo.none.example", "u@pass.example"),
+    ("192.0.2.9", "", "u@soft.example"),
+    ("192.0.2.20", "helo.none.example", "u@mx.example"),
+    ("192.0.2.21", "helo.none.example", "u@mx.example"),
+    ("192.0.2.1", "helo.none.example", "u@inc.example"),
+    ("192.0.2.9", "helo.none.example", "u@inc.example"),
+    ("192.0.2.1", "helo.none.example", "u@redir.example"),
+    ("192.0.2.30", "helo.none.example", "u@ptr.example"),
+    ("192.0.2.31", "helo.none.example", "u@ptr.example"),
+    ("192.0.2.40", "helo.none.example", "u@macro.example"),
+    ("192.0.2.40", "helo.none.example", "v@macro.example"),
+    ("192.0.2.9", "helo.none.example", "u@two.example"),
+    ("192.0.2.9", "helo.none.example", "u@nxdomain.example"),
+];
+
+/// Requests that time out in DNS (slow for python: Lookup_Time each), run once per config.
+pub const TEMP_CASES: &[(&str, &str, &str)] =
+    &[("192.0.2.9", "helo.none.example", "u@temp.example")];
+
+/// CVE-2019-20790 shape: HELO passes, the MAIL FROM domain has no SPF record.
+pub const CVE_CASE: (&str, &str, &str) = ("192.0.2.1", "mail.pass.example", "u@nosuch.example");
+
+/// The `policyd-spf.conf` files both of those tests run every case under.
+pub const CONFIGS: &[(&str, &str)] = &[
+    (
+        "debian-default",
+        "debugLevel = -1\nTestOnly = 1\nHELO_reject = Fail\nMail_From_reject = Fail\nPermError_reject = False\nTempError_Defer = False\nskip_addresses = 127.0.0.0/8,::ffff:127.0.0.0/104,::1\nLookup_Time = 3\n",
+    ),
+    (
+        "defer-and-permerror",
+        "debugLevel = -1\nTempError_Defer = True\nPermError_reject = True\nLookup_Time = 3\n",
+    ),
+    (
+        "test-only",
+        "debugLevel = -1\nTestOnly = 0\nLookup_Time = 3\n",
+    ),
+    (
+        "softfail-no-mail",
+        "debugLevel = -1\nMail_From_reject = Softfail\nNo_Mail = True\nLookup_Time = 3\n",
+    ),
+    (
+        "auth-results",
+        "debugLevel = -1\nHeader_Type = AR\nAuthserv_Id = mx.test\nLookup_Time = 3\n",
+    ),
+    (
+        "not-pass-plain-codes",
+        "debugLevel = -1\nSPF_Enhanced_Status_Codes = No\nHELO_reject = SPF_Not_Pass\nMail_From_reject = SPF_Not_Pass\nLookup_Time = 3\n",
+    ),
+    (
+        "whitelist",
+        "debugLevel = -1\nWhitelist = 192.0.2.0/28\nskip_addresses = 10.0.0.0/8\nLookup_Time = 3\n",
+    ),
+    (
+        "hide-receiver-reason",
+        "debugLevel = -1\nHide_Receiver = Yes\nReason_Message = SPF says {rejectdefer}: {spf} ({url})\nLookup_Time = 3\n",
+    ),
+];

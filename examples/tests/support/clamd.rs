@@ -23,6 +23,32 @@ pub fn eicar() -> String {
     String::from_utf8(bytes).unwrap()
 }
 
+/// The messages `av_vs_clamav_milter` sends through clamav-milter and av-milter (and
+/// `mailstackd_vs_daemons` through av-milter and mailstackd): a clean one of about 5 KiB, one
+/// carrying EICAR, a clean one of 10 MiB.
+pub fn av_messages() -> [(&'static str, Vec<u8>); 3] {
+    let mut clean5k = b"Subject: hello\r\nFrom: a@src.example\r\n\r\n".to_vec();
+    while clean5k.len() < 5 * 1024 {
+        clean5k.extend_from_slice(
+            b"The quick brown fox jumps over the lazy dog, again and again.\r\n",
+        );
+    }
+    let mut infected = b"Subject: bad\r\nFrom: a@src.example\r\n\r\n".to_vec();
+    infected.extend_from_slice(eicar().as_bytes());
+    infected.extend_from_slice(b"\r\n");
+    let mut big = b"Subject: big\r\nFrom: a@src.example\r\n\r\n".to_vec();
+    while big.len() < 10 * 1024 * 1024 {
+        big.extend_from_slice(
+            b"abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcd\r\n",
+        );
+    }
+    [
+        ("clean 5 KiB", clean5k),
+        ("EICAR", infected),
+        ("clean 10 MiB", big),
+    ]
+}
+
 /// A private clamd, killed on drop.
 pub struct Clamd {
     /// Its unix socket.

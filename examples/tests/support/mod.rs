@@ -3,6 +3,8 @@
 //! - [`postfix`]: a private Postfix instance on loopback that delivers to an in-process SMTP
 //!   sink, for tests that put our milters and policy servers behind the real MTA.
 //! - [`milters`]: our example milters (and the libmilter C milter) as child processes.
+//! - [`chain`]: milters and a policy server driven as Postfix chains them, and their
+//!   results read back.
 //! - [`clamd`]: a private clamd with an EICAR signature we write, and scripted stand-ins
 //!   for its faults (hung, slow).
 //! - [`procfs`]: peak RSS and ids of a child from `/proc/PID/status`.
@@ -11,6 +13,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod chain;
 pub mod clamd;
 pub mod milters;
 pub mod postfix;
