@@ -223,7 +223,7 @@ fn spec(d: &Daemon) -> SocketSpec {
     d.spec().parse().unwrap()
 }
 
-fn policy_spec(d: &Daemon) -> policy_proto::SocketSpec {
+fn policy_spec(d: &Daemon) -> SocketSpec {
     d.spec().parse().unwrap()
 }
 

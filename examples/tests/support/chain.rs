@@ -260,7 +260,7 @@ static INSTANCE: AtomicU64 = AtomicU64::new(1);
 /// as Postfix's `check_policy_service` does in `smtpd_sender_restrictions` (at MAIL FROM:
 /// no recipient yet, the stage where a milter decides).
 pub async fn spf_policy(
-    spec: &policy_proto::SocketSpec,
+    spec: &SocketSpec,
     ip: &str,
     helo: &str,
     sender: &str,
