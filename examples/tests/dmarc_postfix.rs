@@ -182,13 +182,25 @@ fn dkim_then_dmarc(dmarc_conf: &str, dmarc_id: &str) {
         Path::new(DKIM_BIN),
         d,
         "dkim",
-        &["--config", &conf("opendkim.conf"), "--nameserver", &dns, "--allow-root"],
+        &[
+            "--config",
+            &conf("opendkim.conf"),
+            "--nameserver",
+            &dns,
+            "--allow-root",
+        ],
     );
     let dmarc = Daemon::start(
         Path::new(BIN),
         d,
         "dmarc",
-        &["--config", &conf("opendmarc.conf"), "--nameserver", &dns, "--allow-root"],
+        &[
+            "--config",
+            &conf("opendmarc.conf"),
+            "--nameserver",
+            &dns,
+            "--allow-root",
+        ],
     );
     let pf = Postfix::builder()
         .main(

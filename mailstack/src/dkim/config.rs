@@ -799,9 +799,15 @@ mod tests {
             ("opendkim", Some("opendkim"))
         );
         assert!(c.ignored.is_empty());
-        assert_eq!(parse("userid nobody\n").unwrap().user.unwrap().user, "nobody");
+        assert_eq!(
+            parse("userid nobody\n").unwrap().user.unwrap().user,
+            "nobody"
+        );
         let e = parse("Mode sv\nUserID a:b:c\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/opendkim.conf:2: UserID: expected user"), "{e}");
+        assert!(
+            e.starts_with("/etc/opendkim.conf:2: UserID: expected user"),
+            "{e}"
+        );
     }
 
     #[test]
