@@ -52,8 +52,13 @@ pub struct DaemonOpts {
     pub nameservers: Vec<SocketAddr>,
     /// The user to run as.
     pub user: Option<String>,
+    /// Its primary group instead of its own (`UserID user:group`); only with `user`.
+    pub run_group: Option<String>,
     /// `--allow-root`.
     pub allow_root: bool,
+    /// Where the configuration names the user, for the refusal message (e.g. `UserID in
+    /// opendkim.conf`).
+    pub user_option: &'static str,
 }
 
 /// A daemon's start-up error.
@@ -78,7 +83,13 @@ pub enum DaemonError {
     /// The filters could not be built.
     #[error(transparent)]
     Build(#[from] mailstack::stack::BuildError),
-    /// Root without a user, or the switch to the user failed.
+    /// Started as root with no user to switch to, and no `--allow-root`.
+    #[error(
+        "refusing to run as root without a user to switch to: set {0}, or give --user USER, \
+         or --allow-root to run as root anyway"
+    )]
+    RootWithoutUser(&'static str),
+    /// The switch to the user failed.
     #[error(transparent)]
     Privileges(#[from] mailstack::privs::PrivError),
 }
@@ -112,8 +123,28 @@ impl DaemonArgs {
             },
             nameservers,
             user: self.user.clone().or_else(|| file.user.clone()),
+            run_group: None,
             allow_root: self.allow_root,
+            user_option: "user in [mailstackd]",
         })
+    }
+
+    /// [`resolve`](Self::resolve) for a tool's own configuration file: its user option
+    /// (`UserID user[:group]`, `User name`, named by `user_option` in the refusal message)
+    /// fills `file.user` and the primary group, unless `--user` overrides both.
+    pub fn resolve_tool(
+        &self,
+        mut file: DaemonSettings,
+        run_as: Option<&mailstack::privs::RunAs>,
+        user_option: &'static str,
+    ) -> Result<DaemonOpts, DaemonError> {
+        file.user = run_as.map(|r| r.user.clone());
+        let mut opts = self.resolve(&file)?;
+        if self.user.is_none() {
+            opts.run_group = run_as.and_then(|r| r.group.clone());
+        }
+        opts.user_option = user_option;
+        Ok(opts)
     }
 }
 
@@ -147,8 +178,8 @@ impl DaemonOpts {
     /// Before anything is bound: started as root with no user to switch to, refuse unless
     /// `--allow-root`.
     pub fn check_root(&self) -> Result<(), DaemonError> {
-        if self.user.is_none() {
-            mailstack::privs::refuse_root_without_user(self.allow_root)?;
+        if self.user.is_none() && !self.allow_root && mailstack::privs::running_as_root() {
+            return Err(DaemonError::RootWithoutUser(self.user_option));
         }
         Ok(())
     }
@@ -167,7 +198,7 @@ impl DaemonOpts {
         if let SocketSpec::Unix(path) = &self.socket {
             std::os::unix::fs::chown(path, Some(u.uid), None)?;
         }
-        let d = mailstack::privs::drop_privileges(user, None)?;
+        let d = mailstack::privs::drop_privileges_to(user, self.run_group.as_deref(), None)?;
         tracing::info!(
             "running as {user} (uid {}, gid {}, groups {:?})",
             d.uid,
@@ -179,9 +210,13 @@ impl DaemonOpts {
 }
 
 /// Refuses root without a user, binds `opts.socket`, drops privileges, then serves one
-/// handler from `make` per MTA connection until SIGTERM or SIGINT (messages in flight finish
-/// first). Load keys and configuration before calling it.
-pub async fn serve_milter<H, F>(opts: &DaemonOpts, make: F) -> Result<(), DaemonError>
+/// handler from `make` per MTA connection with `config` until SIGTERM or SIGINT (messages in
+/// flight finish first). Load keys and configuration before calling it.
+pub async fn serve_milter<H, F>(
+    opts: &DaemonOpts,
+    config: ServerConfig,
+    make: F,
+) -> Result<(), DaemonError>
 where
     H: Handler,
     F: Fn() -> H + Send + Sync + 'static,
@@ -190,12 +225,6 @@ where
     let listener = Listener::bind(&opts.socket, &opts.unix).await?;
     opts.drop_privileges()?;
     tracing::info!(socket = %opts.socket, "listening");
-    serve(
-        listener,
-        make,
-        ServerConfig::default(),
-        crate::shutdown_signal(),
-    )
-    .await?;
+    serve(listener, make, config, crate::shutdown_signal()).await?;
     Ok(())
 }

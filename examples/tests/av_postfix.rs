@@ -40,7 +40,7 @@ fn av_milter_args(dir: &Path, clamd_socket: &Path, extra: &str, args: &[&str]) -
     )
     .unwrap();
     drop(f);
-    let mut all = vec!["--config", conf.to_str().unwrap()];
+    let mut all = vec!["--config", conf.to_str().unwrap(), "--allow-root"];
     all.extend_from_slice(args);
     Daemon::start(Path::new(AV_MILTER), dir, "av", &all)
 }

@@ -49,7 +49,7 @@ fn fifty_megabyte_message_keeps_peak_rss_bounded() {
         Path::new(AV_MILTER),
         dir,
         "av",
-        &["--config", conf.to_str().unwrap()],
+        &["--config", conf.to_str().unwrap(), "--allow-root"],
     );
     let idle_kb = vm_kb(milter.pid(), "VmHWM:");
 

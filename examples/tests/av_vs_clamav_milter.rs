@@ -149,7 +149,11 @@ fn av_milter_agrees_with_clamav_milter() {
         Path::new(AV_MILTER),
         dir,
         "av",
-        &["--config", dir.join("av.conf").to_str().unwrap()],
+        &[
+            "--config",
+            dir.join("av.conf").to_str().unwrap(),
+            "--allow-root",
+        ],
     );
 
     let specs = [

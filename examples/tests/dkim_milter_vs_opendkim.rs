@@ -241,7 +241,12 @@ fn setup_with(extra: &str) -> Setup {
     )
     .unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
-    let ours = Daemon::start(&exe, d, "ours", &["--config", ours_conf.to_str().unwrap()]);
+    let ours = Daemon::start(
+        &exe,
+        d,
+        "ours",
+        &["--config", ours_conf.to_str().unwrap(), "--allow-root"],
+    );
     let opendkim = start_opendkim(&odk_conf, &odk_sock);
     Setup {
         odk_spec: format!("unix:{}", odk_sock.display()),
@@ -558,7 +563,12 @@ async fn small_keys_sign_and_revoked_keys_fail_like_opendkim() {
     )
     .unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
-    let ours = Daemon::start(&exe, d, "ours", &["--config", ours_conf.to_str().unwrap()]);
+    let ours = Daemon::start(
+        &exe,
+        d,
+        "ours",
+        &["--config", ours_conf.to_str().unwrap(), "--allow-root"],
+    );
     let _odk = start_opendkim(&odk_conf, &odk_sock);
     let odk_spec = format!("unix:{}", odk_sock.display());
     for (from, want) in [
@@ -614,7 +624,12 @@ async fn domain_star_signs_every_domain_like_opendkim() {
     )
     .unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
-    let ours = Daemon::start(&exe, d, "ours", &["--config", ours_conf.to_str().unwrap()]);
+    let ours = Daemon::start(
+        &exe,
+        d,
+        "ours",
+        &["--config", ours_conf.to_str().unwrap(), "--allow-root"],
+    );
     let _odk = start_opendkim(&odk_conf, &sock);
     let raw = b"From: Alice <alice@Anything.Example>\r\nTo: bob@example.net\r\nSubject: hi\r\n\
 Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHello.\r\n";

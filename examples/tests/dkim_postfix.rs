@@ -71,7 +71,7 @@ fn outbound_is_signed_and_inbound_gets_authentication_results() {
         format!(
             "Mode sv\nKeyTable file:{0}/keytable\nSigningTable refile:{0}/signingtable\n\
              MultipleSignatures yes\nCanonicalization relaxed/simple\nOversignHeaders From\n\
-             AuthservID mx.example\nUMask 0000\n",
+             AuthservID mx.example\nUMask 0000\nUserID nobody\n",
             d.display()
         ),
     )

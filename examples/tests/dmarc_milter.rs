@@ -75,6 +75,7 @@ async fn binary_rejects_fails_and_passes_over_real_dns() {
         conf.to_str().unwrap(),
         "--nameserver",
         &dns.to_string(),
+        "--allow-root",
     ];
     let daemon = Daemon::start(Path::new(BIN), dir.path(), "dmarc", &args);
     let spec = daemon.spec().parse().unwrap();

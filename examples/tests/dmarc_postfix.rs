@@ -52,6 +52,7 @@ fn postfix_rejects_p_reject_and_delivers_p_none_with_dmarc_fail() {
         conf.to_str().unwrap(),
         "--nameserver",
         &dns.to_string(),
+        "--allow-root",
     ];
     let milter = Daemon::start(Path::new(BIN), dir.path(), "dmarc", &args);
     let pf = Postfix::builder()
@@ -181,13 +182,25 @@ fn dkim_then_dmarc(dmarc_conf: &str, dmarc_id: &str) {
         Path::new(DKIM_BIN),
         d,
         "dkim",
-        &["--config", &conf("opendkim.conf"), "--nameserver", &dns],
+        &[
+            "--config",
+            &conf("opendkim.conf"),
+            "--nameserver",
+            &dns,
+            "--allow-root",
+        ],
     );
     let dmarc = Daemon::start(
         Path::new(BIN),
         d,
         "dmarc",
-        &["--config", &conf("opendmarc.conf"), "--nameserver", &dns],
+        &[
+            "--config",
+            &conf("opendmarc.conf"),
+            "--nameserver",
+            &dns,
+            "--allow-root",
+        ],
     );
     let pf = Postfix::builder()
         .main(

@@ -114,6 +114,7 @@ impl Pair {
         );
         let mut ours = Proc(
             ns.command(BIN)
+                .arg("--allow-root")
                 .arg("--config")
                 .arg(&conf)
                 .arg("--socket")

@@ -63,6 +63,60 @@ pub enum PrivError {
     RootWithoutUser,
 }
 
+/// Who a daemon runs as: `user` or `user:group` (OpenDKIM's and OpenDMARC's `UserID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunAs {
+    /// The user.
+    pub user: String,
+    /// The primary group instead of the user's own.
+    pub group: Option<String>,
+}
+
+/// A `user[:group]` that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected user or user:group, found {0:?}")]
+pub struct RunAsError(pub String);
+
+impl RunAs {
+    /// `user` with its own primary group.
+    pub fn new(user: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            group: None,
+        }
+    }
+}
+
+impl std::str::FromStr for RunAs {
+    type Err = RunAsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || RunAsError(s.to_owned());
+        let ok = |n: &str| !n.is_empty() && !n.contains(|c: char| c.is_whitespace() || c == '\0');
+        match s.split_once(':') {
+            None if ok(s) => Ok(Self {
+                user: s.to_owned(),
+                group: None,
+            }),
+            Some((u, g)) if ok(u) && ok(g) && !g.contains(':') => Ok(Self {
+                user: u.to_owned(),
+                group: Some(g.to_owned()),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for RunAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.group {
+            Some(g) => write!(f, "{}:{g}", self.user),
+            None => f.write_str(&self.user),
+        }
+    }
+}
+
 /// A user's ids as found in the password database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -226,7 +280,21 @@ fn res_ids() -> ([libc::uid_t; 3], [libc::gid_t; 3]) {
 /// Not root but already running as `user`: nothing to do. Not root and another user:
 /// [`PrivError::NotRoot`].
 pub fn drop_privileges(user: &str, groups: Option<&[&str]>) -> Result<Dropped, PrivError> {
-    let u = lookup_user(user)?;
+    drop_privileges_to(user, None, groups)
+}
+
+/// [`drop_privileges`] with the primary group `primary` instead of the user's own (OpenDKIM's
+/// and OpenDMARC's `UserID user:group`): the process's gid becomes that group's, and it is
+/// also the first supplementary group.
+pub fn drop_privileges_to(
+    user: &str,
+    primary: Option<&str>,
+    groups: Option<&[&str]>,
+) -> Result<Dropped, PrivError> {
+    let mut u = lookup_user(user)?;
+    if let Some(g) = primary {
+        u.gid = lookup_group(g)?.ok_or_else(|| PrivError::UnknownGroup(g.to_owned()))?;
+    }
     let gids = match groups {
         Some(names) => {
             let mut gids = vec![u.gid];
@@ -237,7 +305,13 @@ pub fn drop_privileges(user: &str, groups: Option<&[&str]>) -> Result<Dropped, P
             }
             gids
         }
-        None => user_groups(&u)?,
+        None => {
+            let mut gids = user_groups(&u)?;
+            if primary.is_some() && !gids.contains(&u.gid) {
+                gids.insert(0, u.gid);
+            }
+            gids
+        }
     };
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
@@ -331,6 +405,21 @@ pub fn describe_gid(gid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_as_parses_user_and_user_group() {
+        let r: RunAs = "opendkim".parse().unwrap();
+        assert_eq!((r.user.as_str(), r.group), ("opendkim", None));
+        let r: RunAs = "opendkim:postfix".parse().unwrap();
+        assert_eq!(
+            (r.user.as_str(), r.group.as_deref()),
+            ("opendkim", Some("postfix"))
+        );
+        assert_eq!(r.to_string(), "opendkim:postfix");
+        for bad in ["", ":g", "u:", "u:g:h", "a b"] {
+            assert_eq!(bad.parse::<RunAs>(), Err(RunAsError(bad.into())), "{bad:?}");
+        }
+    }
 
     #[test]
     fn looks_up_users_and_groups() {

@@ -13,7 +13,6 @@
 //! `mailstack::filter::Milter` adapter (one handler per MTA connection on `milter-proto`'s
 //! server), the same code `mailstackd` runs; this binary reads the configuration and serves it.
 
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,9 +21,11 @@ use mailstack::av::AvConfig;
 use mailstack::av::AvFilter;
 use mailstack::filter::Milter;
 use mailstack::notify::{MsmtpConfig, Notifier};
-use mailstack_examples::shutdown_signal;
-use milter_proto::server::{self, ServerConfig};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions, group_id};
+use mailstack::privs::RunAs;
+use mailstack::stack::DaemonSettings;
+use mailstack_examples::daemon::{self, DaemonArgs};
+use milter_proto::server::ServerConfig;
+use milter_proto::socket::SocketSpec;
 
 /// Antivirus milter: scans each message with clamd while it arrives and accepts, rejects,
 /// defers, discards or quarantines it as clamav-milter.conf says.
@@ -40,10 +41,6 @@ struct Args {
         default_value = "/etc/clamav/clamav-milter.conf"
     )]
     config: PathBuf,
-    /// Where to listen, overriding MilterSocket: unix:/path, local:/path, a bare path,
-    /// inet:host:port, inet:port@host or inet6:port@host.
-    #[arg(long, value_name = "SPEC")]
-    socket: Option<SocketSpec>,
     /// Send a notification mail for every infected message, with the SMTP settings of this
     /// msmtp-style file (host, port, from, auth, user, password, tls, tls_starttls,
     /// tls_trust_file; refused if group or others can read it). Needs --notify-to.
@@ -52,16 +49,18 @@ struct Args {
     /// Where notifications go.
     #[arg(long, value_name = "ADDR", requires = "notify_msmtp")]
     notify_to: Option<String>,
-    /// Check the configuration file and exit.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 }
 
 const CONFIG_HELP: &str = "\
 Configuration file options (clamav-milter.conf syntax, `Option value`, `#` comments):
   MilterSocket SPEC            where to listen (mandatory unless --socket)
-  MilterSocketMode MODE        octal mode of the unix socket (default: umask)
-  MilterSocketGroup GROUP      group of the unix socket
+  MilterSocketMode MODE        octal mode of the unix socket (default 0660)
+  MilterSocketGroup GROUP      group of the unix socket (default postfix when it exists;
+                               --group overrides)
+  User NAME                    run as NAME after binding; started as root without it:
+                               refused unless --allow-root
   FixStaleSocket yes|no        remove a leftover socket file (default yes)
   ClamdSocket unix:/p|tcp:h[:port]
                                clamd to use; repeat for several, tried in turn (mandatory)
@@ -85,43 +84,29 @@ Configuration file options (clamav-milter.conf syntax, `Option value`, `#` comme
                                the descriptor with FILDES, as clamav-milter does on a unix
                                socket (less CPU in clamd)
   TemporaryDirectory DIR       where Fildes spools (default /tmp)
-Accepted without effect (warned): User Foreground Chroot PidFile LogFile
+Accepted without effect (warned): Foreground Chroot PidFile LogFile
 LogFileUnlock LogFileMaxSize LogTime LogSyslog LogFacility LogVerbose MaxScanSize MaxFiles
 MaxRecursion StreamMaxLength TCPSocket. Anything else is an error with file and line.";
 
 fn main() {
     mailstack_examples::logging::stderr("info");
     let args = Args::parse();
-    let cfg = match AvConfig::read(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("av-milter: {e}");
-            std::process::exit(2);
-        }
-    };
+    let cfg = AvConfig::read(&args.config).unwrap_or_else(|e| fail(e));
     for (line, name) in &cfg.ignored {
         tracing::warn!(
             "{}:{line}: {name} has no effect in av-milter",
             args.config.display()
         );
     }
-    let spec = match (&args.socket, &cfg.milter_socket) {
-        (Some(s), _) => s.clone(),
-        (None, Some(s)) => match s.parse::<SocketSpec>() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("av-milter: {}: MilterSocket: {e}", args.config.display());
-                std::process::exit(2);
-            }
-        },
-        (None, None) => {
-            eprintln!(
-                "av-milter: {}: MilterSocket is mandatory (or pass --socket)",
-                args.config.display()
-            );
-            std::process::exit(2);
-        }
-    };
+    let mut file = DaemonSettings::default();
+    file.socket.clone_from(&cfg.milter_socket);
+    file.socket_mode = cfg.milter_socket_mode;
+    file.socket_group.clone_from(&cfg.milter_socket_group);
+    let run_as = cfg.user.as_deref().map(RunAs::new);
+    let opts = args
+        .daemon
+        .resolve_tool(file, run_as.as_ref(), "User in clamav-milter.conf")
+        .unwrap_or_else(|e| fail(format!("{}: {e}", args.config.display())));
     let notify = match (&args.notify_msmtp, &args.notify_to) {
         (Some(rc), Some(to)) => {
             match MsmtpConfig::read(rc)
@@ -129,55 +114,36 @@ fn main() {
                 .and_then(|c| Notifier::new(&c).map_err(|e| e.to_string()))
             {
                 Ok(n) => Some((n, to.clone())),
-                Err(e) => {
-                    eprintln!("av-milter: {e}");
-                    std::process::exit(2);
-                }
+                Err(e) => fail(e),
             }
         }
         _ => None,
     };
-    if args.check_config {
+    if args.daemon.check_config {
         println!("{}: OK", args.config.display());
         return;
     }
-    let filter = Arc::new(AvFilter::new(cfg, notify));
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = rt.block_on(serve(&spec, filter)) {
-        eprintln!("av-milter: {e}");
-        std::process::exit(1);
-    }
-}
-
-async fn serve(spec: &SocketSpec, filter: Arc<AvFilter>) -> io::Result<()> {
-    let cfg = filter.config();
-    if let SocketSpec::Unix(path) = spec
+    opts.check_root().unwrap_or_else(|e| fail(e));
+    if let SocketSpec::Unix(path) = &opts.socket
         && !cfg.fix_stale_socket
         && std::fs::symlink_metadata(path).is_ok()
     {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("{} exists and FixStaleSocket is no", path.display()),
+        fail(format!(
+            "{} exists and FixStaleSocket is no",
+            path.display()
         ));
     }
-    let group = match &cfg.milter_socket_group {
-        Some(g) => Some(
-            group_id(g)
-                .map_err(|e| io::Error::new(e.kind(), format!("MilterSocketGroup {g}: {e}")))?,
-        ),
-        None => None,
-    };
-    let unix = UnixSocketOptions {
-        mode: cfg.milter_socket_mode,
-        group,
-    };
-    let listener = Listener::bind(spec, &unix).await?;
-    tracing::info!(socket = %spec, "listening");
-    server::serve(
-        listener,
-        Milter::factory(filter),
+    let filter = Arc::new(AvFilter::new(cfg, notify));
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
+    if let Err(e) = rt.block_on(daemon::serve_milter(
+        &opts,
         ServerConfig::default(),
-        shutdown_signal(),
-    )
-    .await
+        Milter::factory(filter),
+    )) {
+        fail(e);
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ! {
+    daemon::fail("av-milter", e)
 }

@@ -10,7 +10,6 @@
 //! Keys: `dkim-milter genkey -d example.com -s mail` writes `mail.private` and `mail.txt` as
 //! opendkim-genkey does (`--type ed25519` for an Ed25519 key).
 
-use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
@@ -20,11 +19,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use mailstack::dkim::key::{self, GenKeyOptions, KeyType};
 use mailstack::dkim::{DkimConfig, DkimFilter};
-use mailstack::dns::{HickoryResolver, Resolver};
+use mailstack::dns::Resolver;
 use mailstack::filter::Milter;
-use mailstack_examples::shutdown_signal;
-use milter_proto::server::{self, ServerConfig};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use mailstack::stack::DaemonSettings;
+use mailstack_examples::daemon::{self, DaemonArgs, DaemonError};
+use milter_proto::server::ServerConfig;
 
 /// DKIM milter: signs mail from internal hosts for your domains and verifies the rest, with
 /// OpenDKIM's configuration file and Authentication-Results.
@@ -39,17 +38,8 @@ struct Args {
         default_value = "/etc/opendkim.conf"
     )]
     config: PathBuf,
-    /// Where to listen, overriding Socket: unix:/path, local:/path, a bare path,
-    /// inet:host:port, inet:port@host or inet6:port@host.
-    #[arg(long, value_name = "SPEC")]
-    socket: Option<SocketSpec>,
-    /// DNS server for key lookups (default: Nameservers from the config, else
-    /// /etc/resolv.conf). TestPublicKeys in the config replaces DNS entirely.
-    #[arg(long, value_name = "IP:PORT")]
-    nameserver: Option<SocketAddr>,
-    /// Check the configuration and keys, then exit.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -121,9 +111,13 @@ Configuration file (opendkim.conf syntax, `Option value`, `#` comments; names ca
   AlwaysAddARHeader, KeepAuthResults, RemoveOldSignatures, SoftwareHeader   yes|no
   BodyLengthDB DATASET         recipients whose mail is signed with l=
   Nameservers IP,IP            DNS servers; TestPublicKeys FILE replaces DNS (testing)
-  Socket SPEC  UMask OCTAL     listening socket and its umask
+  Socket SPEC                  where to listen (local:/path, inet:port[@host], inet6:port@host)
+  UMask OCTAL                  unix socket mode 0777 & !UMask (default 0660, group postfix
+                               when it exists, or --group)
+  UserID USER[:GROUP]          run as USER (primary group GROUP) after binding and loading
+                               keys; started as root without it: refused unless --allow-root
 Accepted without effect (warned): Syslog* LogWhy LogResults Background AutoRestart* PidFile
-UserID TrustAnchorFile ResolverConfiguration MilterDebug Quarantine ChangeRootDirectory
+TrustAnchorFile ResolverConfiguration MilterDebug Quarantine ChangeRootDirectory
 FixCRLF. LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics and other features
 not implemented are refused with file and line.";
 
@@ -145,81 +139,64 @@ fn main() {
         );
     }
     let resolver = resolver(&args, &cfg).unwrap_or_else(|e| fail(e));
+    let mut file = DaemonSettings::default();
+    file.socket.clone_from(&cfg.socket);
+    file.socket_mode = cfg.umask.map(|u| 0o777 & !u);
     // A Socket that is given must parse; only serving needs one (`opendkim -n` checks a
     // file without Socket too).
-    let spec = match (&args.socket, &cfg.socket) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(s)) => Some(
-            opendkim_socket(s)
-                .parse::<SocketSpec>()
-                .unwrap_or_else(|e| fail(format!("{}: Socket: {e}", args.config.display()))),
-        ),
-        (None, None) => None,
+    let opts = match args
+        .daemon
+        .resolve_tool(file, cfg.user.as_ref(), "UserID in opendkim.conf")
+    {
+        Ok(o) => Some(o),
+        Err(DaemonError::NoSocket) => None,
+        Err(e) => fail(format!("{}: {e}", args.config.display())),
     };
-    let umask = cfg.umask;
     let filter = DkimFilter::new(cfg, resolver).unwrap_or_else(|e| fail(e));
-    if args.check_config {
+    if args.daemon.check_config {
         println!("{}: OK", args.config.display());
         return;
     }
-    let spec = spec.unwrap_or_else(|| {
+    let opts = opts.unwrap_or_else(|| {
         fail(format!(
             "{}: Socket is mandatory (or pass --socket)",
             args.config.display()
         ))
     });
+    opts.check_root().unwrap_or_else(|e| fail(e));
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
-    if let Err(e) = rt.block_on(serve(&spec, filter, umask)) {
+    let mut config = ServerConfig::default();
+    // Key lookups can take DNSTimeout each; keep Postfix's content timeout at bay.
+    config.progress_interval = Some(Duration::from_secs(10));
+    if let Err(e) = rt.block_on(daemon::serve_milter(
+        &opts,
+        config,
+        Milter::factory(Arc::new(filter)),
+    )) {
         fail(e);
     }
 }
 
 fn fail(e: impl std::fmt::Display) -> ! {
-    eprintln!("dkim-milter: {e}");
-    std::process::exit(2);
+    daemon::fail("dkim-milter", e)
 }
 
-/// OpenDKIM's `Socket` forms: `local:/p`, `inet:port@host`, `inet6:port@host`, a bare path.
-/// `inet:port` alone means all interfaces.
-fn opendkim_socket(s: &str) -> String {
-    match s.strip_prefix("inet:") {
-        Some(port) if port.chars().all(|c| c.is_ascii_digit()) => format!("inet:{port}@0.0.0.0"),
-        _ => s.to_owned(),
-    }
-}
-
-fn resolver(args: &Args, cfg: &DkimConfig) -> Result<Arc<dyn Resolver>, String> {
+/// TestPublicKeys replaces DNS; else every --nameserver, or Nameservers (port 53), or
+/// /etc/resolv.conf, DNSTimeout per query.
+fn resolver(args: &Args, cfg: &DkimConfig) -> Result<Arc<dyn Resolver>, DaemonError> {
     if let Some(path) = &cfg.test_public_keys {
-        return Ok(Arc::new(mailstack::dkim::test_public_keys(path)?));
+        let keys = mailstack::dkim::test_public_keys(path).map_err(DaemonError::Resolver)?;
+        return Ok(Arc::new(keys));
     }
-    let server = args
-        .nameserver
-        .or_else(|| cfg.nameservers.first().map(|ip| SocketAddr::new(*ip, 53)));
-    let r = match server {
-        Some(s) => HickoryResolver::with_nameserver(s, cfg.dns_timeout),
-        None => HickoryResolver::system(),
+    let servers: Vec<SocketAddr> = if args.daemon.nameserver.is_empty() {
+        cfg.nameservers
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, 53))
+            .collect()
+    } else {
+        args.daemon.nameserver.clone()
     };
-    r.map(|r| Arc::new(r) as Arc<dyn Resolver>)
-        .map_err(|e| format!("DNS resolver: {e}"))
-}
-
-async fn serve(spec: &SocketSpec, filter: DkimFilter, umask: Option<u32>) -> io::Result<()> {
-    let unix = UnixSocketOptions {
-        mode: umask.map(|u| 0o777 & !u),
-        group: None,
-    };
-    let listener = Listener::bind(spec, &unix).await?;
-    tracing::info!(socket = %spec, "listening");
-    let mut config = ServerConfig::default();
-    // Key lookups can take DNSTimeout each; keep Postfix's content timeout at bay.
-    config.progress_interval = Some(Duration::from_secs(10));
-    server::serve(
-        listener,
-        Milter::factory(Arc::new(filter)),
-        config,
-        shutdown_signal(),
-    )
-    .await
+    daemon::resolver(&servers, cfg.dns_timeout)
 }
 
 fn genkey(g: &GenKey) -> Result<(), String> {

@@ -8,18 +8,16 @@
 //! Postfix at it after the DKIM milter (`smtpd_milters = ..., inet:localhost:8893`), so the
 //! DKIM `Authentication-Results` it adds are visible here.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, Specification};
-use mailstack::dns::{HickoryResolver, Resolver};
 use mailstack::filter::Milter;
-use mailstack_examples::shutdown_signal;
-use milter_proto::server::{ServerConfig, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use mailstack::stack::DaemonSettings;
+use mailstack_examples::daemon::{self, DaemonArgs};
+use milter_proto::server::ServerConfig;
 
 /// DMARC milter: evaluates the From domain against SPF and DKIM results, writes OpenDMARC's
 /// Authentication-Results, and rejects or quarantines as opendmarc.conf says.
@@ -34,16 +32,8 @@ struct Args {
         default_value = "/etc/opendmarc.conf"
     )]
     config: PathBuf,
-    /// Where to listen, overriding the file's Socket: unix:/path, local:/path, a bare path,
-    /// inet:host:port, inet:port@host or inet6:port@host.
-    #[arg(long, value_name = "SPEC")]
-    socket: Option<SocketSpec>,
-    /// DNS server to ask (IP:PORT) instead of the ones in /etc/resolv.conf.
-    #[arg(long, value_name = "IP:PORT")]
-    nameserver: Option<SocketAddr>,
-    /// Check the configuration file and exit.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 }
 
 const CONFIG_HELP: &str = "\
@@ -67,14 +57,16 @@ defaults):
   RecordAllMessages yes|no      also record mail from domains without DMARC (default no)
   PublicSuffixList FILE         Organizational Domains (RFC 7489); without it, exact domains only
   Socket SPEC                   where to listen (or --socket)
-  UMask OCTAL                   unix socket mode is 0666 & !UMask (default 0666)
+  UMask OCTAL                   unix socket mode is 0666 & !UMask (default 0660, group
+                                postfix when it exists, or --group)
+  UserID USER[:GROUP]           run as USER (primary group GROUP) after binding; started as
+                                root without it: refused unless --allow-root
   DNSTimeout SECONDS            per DNS query (default 5)
   SoftwareHeader yes|no         add DMARC-Filter: (default no)
   DKIMSelfValidate yes|no       mailstack: verify DKIM here instead of reading upstream results
   DMARCSpecification rfc7489|dmarcbis   mailstack: which DMARC (default rfc7489, as OpenDMARC)
 Accepted without effect (warned): AutoRestart AutoRestartCount AutoRestartRate Background
-BaseDirectory ChangeRootDirectory PidFile Syslog SyslogFacility SyslogSuccess UserID MilterDebug
-LogWhy, FailureReports no, FailureReportsOnNone no.
+BaseDirectory ChangeRootDirectory PidFile Syslog SyslogFacility SyslogSuccess MilterDebug LogWhy, FailureReports no, FailureReportsOnNone no.
 Refused: failure reports (FailureReports yes, FailureReportsBcc, FailureReportsSentBy,
 ReportCommand, CopyFailuresTo), ARC whitelists (DomainWhitelist*); anything else unknown.
 Errors name the file and line.";
@@ -82,13 +74,7 @@ Errors name the file and line.";
 fn main() -> ExitCode {
     mailstack_examples::logging::stderr("info");
     let args = Args::parse();
-    let cfg = match DmarcConfig::read(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dmarc-milter: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let cfg = DmarcConfig::read(&args.config).unwrap_or_else(|e| fail(e));
     for (line, name) in &cfg.ignored {
         tracing::warn!(
             "{}:{line}: {name} has no effect in dmarc-milter",
@@ -98,71 +84,30 @@ fn main() -> ExitCode {
     if cfg.specification == Specification::DmarcBis && cfg.public_suffix_list.is_some() {
         tracing::warn!("PublicSuffixList has no effect with DMARCSpecification dmarcbis");
     }
-    let spec = match (&args.socket, &cfg.socket) {
-        (Some(s), _) => s.clone(),
-        (None, Some(s)) => match s.parse::<SocketSpec>() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("dmarc-milter: {}: Socket {s:?}: {e}", args.config.display());
-                return ExitCode::from(2);
-            }
-        },
-        (None, None) => {
-            eprintln!(
-                "dmarc-milter: no socket: set Socket in {} or pass --socket",
-                args.config.display()
-            );
-            return ExitCode::from(2);
-        }
-    };
-    if args.check_config {
+    let mut file = DaemonSettings::default();
+    file.socket.clone_from(&cfg.socket);
+    file.socket_mode = cfg.umask.map(|u| 0o666 & !u);
+    let opts = args
+        .daemon
+        .resolve_tool(file, cfg.user.as_ref(), "UserID in opendmarc.conf")
+        .unwrap_or_else(|e| fail(format!("{}: {e}", args.config.display())));
+    if args.daemon.check_config {
         println!("{}: OK", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dmarc-milter: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args.nameserver, cfg, spec)) {
+    opts.check_root().unwrap_or_else(|e| fail(e));
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
+    let result = rt.block_on(async move {
+        let resolver = daemon::resolver(&opts.nameservers, cfg.dns_timeout)?;
+        let filter = Arc::new(DmarcFilter::new(cfg, resolver));
+        daemon::serve_milter(&opts, ServerConfig::default(), Milter::factory(filter)).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dmarc-milter: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }
 
-async fn run(
-    nameserver: Option<SocketAddr>,
-    cfg: DmarcConfig,
-    spec: SocketSpec,
-) -> Result<(), String> {
-    let resolver = match nameserver {
-        Some(ns) => HickoryResolver::with_nameserver(ns, cfg.dns_timeout),
-        None => HickoryResolver::system(),
-    }
-    .map_err(|e| format!("resolver: {e}"))?;
-    let resolver: Arc<dyn Resolver> = Arc::new(resolver);
-    let unix = UnixSocketOptions {
-        // Without UMask: 0666, so Postfix's smtpd (user postfix) can connect (as the other
-        // example milters).
-        mode: Some(0o666 & !cfg.umask.unwrap_or(0)),
-        ..UnixSocketOptions::default()
-    };
-    let filter = Arc::new(DmarcFilter::new(cfg, resolver));
-    let listener = Listener::bind(&spec, &unix)
-        .await
-        .map_err(|e| format!("{spec}: {e}"))?;
-    tracing::info!(socket = %spec, "listening");
-    serve(
-        listener,
-        Milter::factory(filter),
-        ServerConfig::default(),
-        shutdown_signal(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+fn fail(e: impl std::fmt::Display) -> ! {
+    daemon::fail("dmarc-milter", e)
 }

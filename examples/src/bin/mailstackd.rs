@@ -15,6 +15,7 @@ use clap::Parser;
 use mailstack::filter::Milter;
 use mailstack::stack::StackConfig;
 use mailstack_examples::daemon::{self, DaemonArgs};
+use milter_proto::server::ServerConfig;
 
 /// Every mail filter in one milter: SPF, DKIM, DMARC and AV, one pass, one
 /// Authentication-Results field.
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
         let resolver = daemon::resolver(&opts.nameservers, cfg.daemon.dns_timeout)?;
         let stack = cfg.build(resolver, None, &daemon::hostname())?;
         let stack = Arc::new(stack);
-        daemon::serve_milter(&opts, Milter::factory(stack)).await
+        daemon::serve_milter(&opts, ServerConfig::default(), Milter::factory(stack)).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! Reading `clamav-milter.conf` (ClamAV 1.4.6 option names and defaults).
 //!
 //! Supported with their clamav-milter meaning: `MilterSocket`, `MilterSocketMode`,
-//! `MilterSocketGroup`, `FixStaleSocket`, `ClamdSocket` (repeatable, tried in turn),
+//! `MilterSocketGroup`, `User` (the daemon switches to it after binding), `FixStaleSocket`, `ClamdSocket` (repeatable, tried in turn),
 //! `ReadTimeout`, `OnClean`, `OnInfected`, `OnFail`, `RejectMsg`, `AddHeader`,
 //! `ReportHostname`, `VirusAction`, `MaxFileSize`, `SkipAuthenticated` (a plain login name,
 //! `^name$`, or `file:/path`; other regular expressions are refused), `LocalNet`,
@@ -12,7 +12,7 @@
 //! clamav-milter itself uses FILDES on a unix socket).
 //!
 //! Accepted without effect (listed in [`AvConfig::ignored`] so the daemon can warn): the
-//! process and logging options (`User`, `Foreground`, `Chroot`, `PidFile`, `LogFile`, `LogFileUnlock`, `LogFileMaxSize`, `LogTime`, `LogSyslog`,
+//! process and logging options (`Foreground`, `Chroot`, `PidFile`, `LogFile`, `LogFileUnlock`, `LogFileMaxSize`, `LogTime`, `LogSyslog`,
 //! `LogFacility`, `LogVerbose`) and the options clamav-milter itself ignores (`MaxScanSize`,
 //! `MaxFiles`, `MaxRecursion`, `StreamMaxLength`, `TCPSocket`). Anything else, `AllowList`
 //! included (not implemented), and the `Example` line are errors with file and line.
@@ -105,10 +105,12 @@ impl SkipAuth {
 pub struct AvConfig {
     /// `MilterSocket` (mandatory unless given on the command line).
     pub milter_socket: Option<String>,
-    /// `MilterSocketMode` (octal); `None` keeps the umask.
+    /// `MilterSocketMode` (octal); `None`: the daemon's default (0660).
     pub milter_socket_mode: Option<u32>,
     /// `MilterSocketGroup`.
     pub milter_socket_group: Option<String>,
+    /// `User`: who to run as after binding.
+    pub user: Option<String>,
     /// `FixStaleSocket` (default yes).
     pub fix_stale_socket: bool,
     /// `ClamdSocket` entries, tried in turn.
@@ -170,6 +172,7 @@ impl Default for AvConfig {
             milter_socket: None,
             milter_socket_mode: None,
             milter_socket_group: None,
+            user: None,
             fix_stale_socket: true,
             clamd_sockets: Vec::new(),
             read_timeout: Duration::from_secs(120),
@@ -194,7 +197,6 @@ impl Default for AvConfig {
 }
 
 const IGNORED: &[&str] = &[
-    "User",
     "Foreground",
     "Chroot",
     "PidFile",
@@ -262,6 +264,12 @@ impl AvConfig {
                 )
             }
             "MilterSocketGroup" => self.milter_socket_group = Some(v.to_owned()),
+            "User" => {
+                if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == ':') {
+                    return Err(bad("expected a user name"));
+                }
+                self.user = Some(v.to_owned());
+            }
             "FixStaleSocket" => self.fix_stale_socket = f.bool(e)?,
             "ClamdSocket" => self.clamd_sockets.push(
                 v.parse()
@@ -444,10 +452,8 @@ mod tests {
         assert!(c.local_net[2].contains("::1".parse().unwrap()));
         assert_eq!(c.log_infected, LogLevel::Full);
         assert!(c.support_multiple_recipients);
-        assert_eq!(
-            c.ignored,
-            vec![(23, "User".to_owned()), (24, "LogSyslog".to_owned())]
-        );
+        assert_eq!(c.user.as_deref(), Some("clamav"));
+        assert_eq!(c.ignored, vec![(24, "LogSyslog".to_owned())]);
     }
 
     #[test]
@@ -465,6 +471,7 @@ mod tests {
             ),
             ("ClamdSocket /x\nLocalNet 10.0.0.0/33\n", ":2: LocalNet"),
             ("ClamdSocket /x\nAddHeader maybe\n", ":2: AddHeader"),
+            ("ClamdSocket /x\nUser clamav:clamav\n", ":2: User"),
             (
                 "ClamdSocket /x\nMilterSocketMode 999\n",
                 ":2: MilterSocketMode",

@@ -12,13 +12,14 @@
 //! `On-SignatureError` (reject), `AuthservID` (default: the MTA's `j` macro; `HOSTNAME` = this
 //! host), `AlwaysAddARHeader`, `KeepAuthResults`, `RemoveOldSignatures`, `SignatureTTL`,
 //! `ClockDrift` (300), `DNSTimeout` (5), `Nameservers`, `BodyLengthDB`, `TestPublicKeys`,
-//! `Socket`, `UMask`, `SoftwareHeader`, `Include` (5 levels), `DontSignMailTo`,
+//! `Socket`, `UMask`, `UserID` (`user[:group]`: the daemon switches to it after binding and
+//! loading keys), `SoftwareHeader`, `Include` (5 levels), `DontSignMailTo`,
 //! `MacroList` (`name[=value1|value2]`), `StrictHeaders`, `RequiredHeaders`,
 //! `RequestReports`, `SendReports no`.
 //!
 //! Accepted without effect (listed in [`DkimConfig::ignored`] for a warning): process and
 //! logging options (`Syslog`, `SyslogSuccess`, `SyslogFacility`, `SyslogName`, `LogWhy`,
-//! `LogResults`, `Background`, `AutoRestart*`, `PidFile`, `UserID`, `TrustAnchorFile`,
+//! `LogResults`, `Background`, `AutoRestart*`, `PidFile`, `TrustAnchorFile`,
 //! `ResolverConfiguration`, `MilterDebug`, `Quarantine`, `ChangeRootDirectory`, `FixCRLF`,
 //! `TemporaryDirectory`, `KeepTemporaryFiles`, `ResolverTracing`, `DisableCryptoInit`,
 //! `EnableCoredumps`, and `ReportAddress`/`ReportBccAddress`, used only by reports).
@@ -258,6 +259,8 @@ pub struct DkimConfig {
     pub socket: Option<String>,
     /// `UMask`.
     pub umask: Option<u32>,
+    /// `UserID`: `user` or `user:group` to run as after binding and loading keys.
+    pub user: Option<crate::privs::RunAs>,
     /// Options accepted without effect: (line, name).
     pub ignored: Vec<(usize, String)>,
 }
@@ -308,6 +311,7 @@ impl Default for DkimConfig {
             test_public_keys: None,
             socket: None,
             umask: None,
+            user: None,
             ignored: Vec::new(),
         }
     }
@@ -326,7 +330,6 @@ const IGNORED: &[&str] = &[
     "autorestartrate",
     "autorestartcount",
     "pidfile",
-    "userid",
     "trustanchorfile",
     "resolverconfiguration",
     "milterdebug",
@@ -617,6 +620,13 @@ impl DkimConfig {
                     )
                 })?);
             }
+            "userid" => {
+                self.user = Some(
+                    e.value
+                        .parse()
+                        .map_err(|err| f.error(e, format_args!("UserID: {err}")))?,
+                );
+            }
             "include" => {
                 if depth + 1 >= MAX_INCLUDE_DEPTH {
                     return Err(f.error(
@@ -778,6 +788,26 @@ mod tests {
         assert!(!c.sign_headers.contains(&"cc".to_owned()));
         assert_eq!(c.ignored, [(1, "Syslog".to_owned())]);
         assert_eq!(c.authserv_id.as_deref(), Some("mx.example.com"));
+    }
+
+    #[test]
+    fn userid_is_user_or_user_group() {
+        let c = parse("UserID opendkim:opendkim\n").unwrap();
+        let r = c.user.unwrap();
+        assert_eq!(
+            (r.user.as_str(), r.group.as_deref()),
+            ("opendkim", Some("opendkim"))
+        );
+        assert!(c.ignored.is_empty());
+        assert_eq!(
+            parse("userid nobody\n").unwrap().user.unwrap().user,
+            "nobody"
+        );
+        let e = parse("Mode sv\nUserID a:b:c\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/opendkim.conf:2: UserID: expected user"),
+            "{e}"
+        );
     }
 
     #[test]

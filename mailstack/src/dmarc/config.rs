@@ -22,7 +22,8 @@
 //! | `RecordAllMessages` | no | also record mail from domains without a DMARC record |
 //! | `PublicSuffixList` | none | Organizational Domains (RFC 7489 §3.2); without it only the exact domain is queried |
 //! | `Socket` | none | where the milter listens |
-//! | `UMask` | none | octal; `dmarc-milter` gives its unix socket mode `0666 & !UMask` (0666 without it) |
+//! | `UMask` | none | octal; `dmarc-milter` gives its unix socket mode `0666 & !UMask` (without it the shared daemon default, 0660) |
+//! | `UserID` | none | `user` or `user:group`: `dmarc-milter` switches to it after binding |
 //! | `DNSTimeout` | 5 | seconds per DNS query |
 //! | `SoftwareHeader` | no | add `DMARC-Filter: <product> <host> <jobid>` |
 //! | `DKIMSelfValidate` | no | **mailstack only**: verify DKIM signatures in this process ([`super::dkim`]) instead of reading upstream `dkim=` results |
@@ -31,7 +32,7 @@
 //! Accepted without effect (listed in [`DmarcConfig::ignored`] so the daemon can warn): process
 //! and logging options (`AutoRestart`, `AutoRestartCount`, `AutoRestartRate`, `Background`,
 //! `BaseDirectory`, `ChangeRootDirectory`, `PidFile`, `Syslog`, `SyslogFacility`,
-//! `SyslogSuccess`, `UserID`, `MilterDebug`, `LogWhy`), and the failure-report and ARC
+//! `SyslogSuccess`, `MilterDebug`, `LogWhy`), and the failure-report and ARC
 //! options when they are off (`FailureReports no`, `FailureReportsOnNone no`).
 //!
 //! Refused by name with file and line: failure reports (`FailureReports yes`,
@@ -166,6 +167,8 @@ pub struct DmarcConfig {
     pub socket: Option<String>,
     /// `UMask` (octal).
     pub umask: Option<u32>,
+    /// `UserID`: `user` or `user:group` to run as after binding.
+    pub user: Option<crate::privs::RunAs>,
     /// `DNSTimeout`.
     pub dns_timeout: Duration,
     /// `SoftwareHeader`.
@@ -201,6 +204,7 @@ impl Default for DmarcConfig {
             public_suffix_list: None,
             socket: None,
             umask: None,
+            user: None,
             dns_timeout: DEFAULT_DNS_TIMEOUT,
             software_header: false,
             dkim_self_validate: false,
@@ -222,7 +226,6 @@ const IGNORED: &[&str] = &[
     "Syslog",
     "SyslogFacility",
     "SyslogSuccess",
-    "UserID",
     "MilterDebug",
     "LogWhy",
 ];
@@ -325,6 +328,12 @@ impl DmarcConfig {
                         format_args!("UMask: expected an octal mask, found {v:?}"),
                     )
                 })?);
+            }
+            "UserID" => {
+                self.user = Some(
+                    v.parse()
+                        .map_err(|err| f.error(e, format_args!("UserID: {err}")))?,
+                );
             }
             "DNSTimeout" => self.dns_timeout = Duration::from_secs(f.number::<u64>(e)?.max(1)),
             "SoftwareHeader" => self.software_header = f.bool(e)?,
@@ -501,8 +510,9 @@ mod tests {
         assert!(c.is_trusted("UPSTREAM.example", "mx.example", None));
         assert!(c.is_trusted("mx.example", "mx.example", None));
         assert!(!c.is_trusted("evil.example", "mx.example", None));
-        assert_eq!(c.ignored.len(), 4);
+        assert_eq!(c.ignored.len(), 3);
         assert_eq!(c.umask, Some(0o002));
+        assert_eq!(c.user, Some("opendmarc".parse().unwrap()));
         assert_eq!(c.ignored[0], (1, "PidFile".into()));
     }
 
@@ -519,6 +529,12 @@ mod tests {
             e.to_string(),
             "/etc/opendmarc.conf:2: DomainWhitelist is not supported: ARC whitelists are not \
              implemented"
+        );
+        let e = parse("UserID :opendmarc\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/opendmarc.conf:1: UserID: expected user"),
+            "{e}"
         );
         let e = parse("Bogus 1\n").unwrap_err();
         assert_eq!(
