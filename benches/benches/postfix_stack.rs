@@ -724,6 +724,7 @@ impl Setup {
                         &e.spec(),
                         "--nameserver",
                         ns,
+                        "--allow-root",
                     ]);
                     start(&mut c, e, bin)?;
                 }
@@ -732,7 +733,7 @@ impl Setup {
                     let mut c = Command::new(env.bins.path("av-milter"));
                     c.arg("--config")
                         .arg(p("clamav-milter.conf"))
-                        .args(["--socket", &e.spec()]);
+                        .args(["--socket", &e.spec(), "--allow-root"]);
                     start(&mut c, e, "av-milter")?;
                 }
                 policy = Some(format!(
