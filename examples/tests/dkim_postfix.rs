@@ -104,27 +104,7 @@ fn outbound_is_signed_and_inbound_gets_authentication_results() {
     let signed = msgs[0].text();
 
     // OpenDKIM, independently, passes both signatures of what Postfix delivered.
-    std::fs::write(
-        d.join("keys"),
-        format!("rsa._domainkey.example.com {rsa}\ned._domainkey.example.com {ed}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("v.conf"),
-        format!("Mode v\nTestPublicKeys {}/keys\n", d.display()),
-    )
-    .unwrap();
-    std::fs::write(d.join("signed.eml"), &signed).unwrap();
-    let out = Command::new("/usr/sbin/opendkim")
-        .arg("-vvv")
-        .arg("-t")
-        .arg(d.join("signed.eml"))
-        .arg("-x")
-        .arg(d.join("v.conf"))
-        .output()
-        .expect("run opendkim (Debian package opendkim)");
-    let odk =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let odk = support::milters::opendkim_verify(d, &[("rsa", &rsa), ("ed", &ed)], &signed);
     assert_eq!(odk.matches("dkim=pass").count(), 2, "{odk}");
 
     // 2. The signed message comes back in from outside, with a forged AR under our id.

@@ -34,18 +34,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_mailstackd");
 const CLI: &str = env!("CARGO_BIN_EXE_mailstack");
 const DKIM_BIN: &str = env!("CARGO_BIN_EXE_dkim-milter");
 
-/// `dkim-milter genkey` for `example.com`; returns the TXT record.
-fn genkey(dir: &Path, selector: &str) -> String {
-    let st = Command::new(DKIM_BIN)
-        .args(["genkey", "-d", "example.com", "-s", selector, "-D"])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let t = std::fs::read_to_string(dir.join(format!("{selector}.txt"))).unwrap();
-    t.split('"').skip(1).step_by(2).collect()
-}
-
 /// The `method=result` words of an Authentication-Results value, in order.
 fn clauses(ar: &str) -> Vec<String> {
     ar.split(';')
@@ -72,7 +60,7 @@ fn setup() -> Setup {
         .tempdir()
         .unwrap();
     let d = dir.path();
-    let rsa = genkey(d, "rsa");
+    let rsa = support::milters::dkim_genkey(Path::new(DKIM_BIN), d, "rsa");
     let mut zone = Zone::default();
     zone.txt("rsa._domainkey.example.com", &rsa)
         .txt("example.com", "v=spf1 ip4:192.0.2.1 -all")
@@ -305,26 +293,7 @@ fn one_milter_verifies_signs_scans_and_enforces() {
     );
     let signed = signed.text();
     let d = s.conf.parent().unwrap();
-    std::fs::write(
-        d.join("keys"),
-        format!("rsa._domainkey.example.com {}\n", s.rsa),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("v.conf"),
-        format!("Mode v\nTestPublicKeys {}/keys\n", d.display()),
-    )
-    .unwrap();
-    std::fs::write(d.join("signed.eml"), &signed).unwrap();
-    let o = Command::new("/usr/sbin/opendkim")
-        .arg("-vvv")
-        .arg("-t")
-        .arg(d.join("signed.eml"))
-        .arg("-x")
-        .arg(d.join("v.conf"))
-        .output()
-        .expect("run opendkim (Debian package opendkim)");
-    let odk = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let odk = support::milters::opendkim_verify(d, &[("rsa", &s.rsa)], &signed);
     assert_eq!(odk.matches("dkim=pass").count(), 1, "{odk}");
 
     // 7. The signed message back in from outside with an unaligned envelope: DKIM pass

@@ -213,3 +213,28 @@ pub fn dkim_genkey(exe: &Path, dir: &Path, selector: &str) -> String {
     let t = std::fs::read_to_string(dir.join(format!("{selector}.txt"))).expect("key TXT file");
     t.split('"').skip(1).step_by(2).collect()
 }
+
+/// Runs Debian's `opendkim -t` (an independent verifier) on `message` with `keys` as
+/// `(selector, TXT record)` for `example.com`, in `dir`; returns what it printed.
+pub fn opendkim_verify(dir: &Path, keys: &[(&str, &str)], message: &str) -> String {
+    let table: String = keys
+        .iter()
+        .map(|(sel, rec)| format!("{sel}._domainkey.example.com {rec}\n"))
+        .collect();
+    std::fs::write(dir.join("keys"), table).expect("write TestPublicKeys");
+    std::fs::write(
+        dir.join("v.conf"),
+        format!("Mode v\nTestPublicKeys {}/keys\n", dir.display()),
+    )
+    .expect("write opendkim.conf");
+    std::fs::write(dir.join("signed.eml"), message).expect("write message");
+    let out = Command::new("/usr/sbin/opendkim")
+        .arg("-vvv")
+        .arg("-t")
+        .arg(dir.join("signed.eml"))
+        .arg("-x")
+        .arg(dir.join("v.conf"))
+        .output()
+        .expect("run opendkim (Debian package opendkim)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
