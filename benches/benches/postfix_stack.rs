@@ -731,9 +731,11 @@ impl Setup {
                 if env.av {
                     let e = ep("av-milter")?;
                     let mut c = Command::new(env.bins.path("av-milter"));
-                    c.arg("--config")
-                        .arg(p("clamav-milter.conf"))
-                        .args(["--socket", &e.spec(), "--allow-root"]);
+                    c.arg("--config").arg(p("clamav-milter.conf")).args([
+                        "--socket",
+                        &e.spec(),
+                        "--allow-root",
+                    ]);
                     start(&mut c, e, "av-milter")?;
                 }
                 policy = Some(format!(
