@@ -196,7 +196,7 @@ impl World {
         );
         let ns = dns.to_string();
         let milter = |exe: &str, name: &str, conf: &Path, dns: bool| {
-            let mut args = vec!["--config", conf.to_str().unwrap()];
+            let mut args = vec!["--config", conf.to_str().unwrap(), "--allow-root"];
             if dns {
                 args.extend(["--nameserver", &ns]);
             }
