@@ -17,7 +17,27 @@
 //! - `--check-config` refuses a key file others can read, naming it, and (like `opendkim -n`)
 //!   needs no `Socket`;
 //! - a 1024-bit RSA key signs and OpenDKIM passes it; a revoked key is the same `dkim=fail`
-//!   in both; `Domain *` signs every domain as itself in both.
+//!   in both; `Domain *` signs every domain as itself in both;
+//! - BodyLengthDB: a recipient listed as `user@domain` or `*@domain` gets the same `l=` from
+//!   both, an unlisted one none; DontSignMailTo: a listed address stops signing in both;
+//! - PeerList (`!.parent.example`, `child.parent.example`): `child.parent.example` is
+//!   accepted at CONNECT by both, `host.child.parent.example` (the negation is met first)
+//!   and `other.parent.example` are processed by both;
+//! - MacroList `daemon_name=MTA-out`: an outside client whose MTA says `{daemon_name}`
+//!   `MTA-out` (at CONNECT, as Postfix) is signed by both, another value verified by both;
+//! - two From fields: StrictHeaders gives `dkim=permerror (bad message/signature format)`,
+//!   RequiredHeaders OpenDKIM's `550 5.0.0 message does not have exactly one From field`
+//!   (and its texts for Date and repeated fields) in both.
+//!
+//! Where we differ on purpose (asserted as differences):
+//! - BodyLengthDB and DontSignMailTo look recipients up in opendkim.conf(5)'s "various forms
+//!   as described under the SigningTable setting" (bare domain, `.parent`, `user@*`, `*`);
+//!   OpenDKIM 2.11 asks BodyLengthDB only for `user@domain` and `*@domain`, DontSignMailTo
+//!   only for the whole address, so `.mlm.example` and `*@nosign.example` act only in ours;
+//! - a `.child.parent.example` peer entry also names `child.parent.example` itself in ours
+//!   (kept for every peer list); in OpenDKIM it names only names below it;
+//! - RequiredHeaders refuses mail without a From, and repeated Sender fields, in ours (RFC
+//!   5322 §3.6's counts); OpenDKIM 2.11 lets both through.
 //!
 //! Needs `/usr/sbin/opendkim`; fails without it.
 
@@ -648,5 +668,333 @@ Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHello.\r\n";
             "{spec}: {}",
             sigs[0]
         );
+    }
+}
+
+/// One message through the milter at `spec` from the client `conn`, to `rcpts`.
+async fn exchange(
+    spec: &str,
+    conn: &Connection,
+    rcpts: &[&[u8]],
+    raw: &[u8],
+) -> milter_proto::client::Outcome {
+    let spec: SocketSpec = spec.parse().unwrap();
+    let mut c = Client::connect(&spec, ClientConfig::default())
+        .await
+        .unwrap();
+    let at_connect = c.connection(conn).await.unwrap();
+    let msg = Message::parse(b"<alice@example.com>", rcpts, raw);
+    let mut out = c.message(&msg).await.unwrap();
+    c.quit().await.unwrap();
+    out.replies.splice(0..0, at_connect.replies);
+    out
+}
+
+/// The client `host` at `ip`, with `macros` at CONNECT (where Postfix sends `{daemon_name}`).
+fn client(
+    host: &'static str,
+    ip: &'static str,
+    macros: &[(&'static str, &'static str)],
+) -> Connection {
+    let mut pairs = vec![(Bytes::from_static(b"j"), Bytes::from_static(b"mx.example"))];
+    pairs.extend(macros.iter().map(|(n, v)| {
+        (
+            Bytes::from_static(n.as_bytes()),
+            Bytes::from_static(v.as_bytes()),
+        )
+    }));
+    Connection {
+        hostname: Bytes::from_static(host.as_bytes()),
+        addr: ConnAddr::Inet {
+            port: 40000,
+            address: Bytes::from_static(ip.as_bytes()),
+        },
+        helo: Some(Bytes::from_static(host.as_bytes())),
+        macros: vec![(b'C', pairs)],
+    }
+}
+
+/// The RSA `DKIM-Signature` among `mods` (ours adds an Ed25519 one too), if any.
+fn rsa_signature(mods: &[Reply]) -> Option<String> {
+    inserted(mods, "DKIM-Signature")
+        .into_iter()
+        .find(|s| s.contains("a=rsa-sha256"))
+}
+
+/// The tags of `sig` that do not depend on the signer's clock or randomness, unfolded.
+fn stable_tags(sig: &str) -> Vec<(String, String)> {
+    let unfolded: String = sig.chars().filter(|c| !c.is_whitespace()).collect();
+    let mut tags: Vec<(String, String)> = unfolded
+        .split(';')
+        .filter_map(|t| t.split_once('='))
+        .filter(|(k, _)| !matches!(*k, "b" | "t" | "x"))
+        .map(|(k, v)| (k.to_owned(), v.to_ascii_lowercase()))
+        .collect();
+    tags.sort();
+    tags
+}
+
+fn tag(sig: &str, name: &str) -> Option<String> {
+    stable_tags(sig)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+const PLAIN: &[u8] = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: hi\r\n\
+Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHello.\r\nMore.\r\n";
+
+/// BodyLengthDB: `boss@example.net` (the address) and `*@lists.example` (its domain) give
+/// the same `l=` (and the same other stable tags) in both; an unlisted recipient no `l=` in
+/// either. A parent-domain entry (`.mlm.example` for `x@a.mlm.example`) is a difference on
+/// purpose: ours follows opendkim.conf(5) ("in various forms as described under the
+/// SigningTable setting"), OpenDKIM 2.11 only asks for `user@domain` and `*@domain`.
+#[tokio::test]
+async fn body_length_db_adds_l_for_the_same_recipients_as_opendkim() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bodylength");
+    std::fs::write(&db, "*@lists.example\n.mlm.example\nboss@example.net\n").unwrap();
+    let s = setup_with(&format!("BodyLengthDB file:{}\n", db.display()));
+    let local = client("localhost", "127.0.0.1", &[]);
+    let len = PLAIN.len() - PLAIN.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4;
+    // (recipient, l= from ours, l= from OpenDKIM)
+    for (rcpt, ours_l, odk_l) in [
+        (&b"<dev@lists.example>"[..], true, true),
+        (&b"<boss@example.net>"[..], true, true),
+        (&b"<x@a.mlm.example>"[..], true, false),
+        (&b"<x@example.org>"[..], false, false),
+    ] {
+        let rcpt_s = String::from_utf8_lossy(rcpt);
+        let mut sigs = Vec::new();
+        for (spec, want_l) in [(s.ours.spec(), ours_l), (s.odk_spec.clone(), odk_l)] {
+            let out = exchange(&spec, &local, &[rcpt], PLAIN).await;
+            let sig = rsa_signature(&out.modifications)
+                .unwrap_or_else(|| panic!("{spec} {rcpt_s}: {out:?}"));
+            assert_eq!(
+                tag(&sig, "l"),
+                want_l.then(|| len.to_string()),
+                "{spec} {rcpt_s}: {sig}"
+            );
+            sigs.push(stable_tags(&sig));
+        }
+        if ours_l == odk_l {
+            assert_eq!(sigs[0], sigs[1], "{rcpt_s}: ours, then OpenDKIM's");
+        }
+    }
+}
+
+/// DontSignMailTo: a message to a listed address (even among others) is signed by neither,
+/// and gets the same Authentication-Results (if any) from both; to an unlisted recipient
+/// both sign. A `*@domain` entry is a difference on purpose: ours looks recipients up as
+/// BodyLengthDB does (opendkim.conf(5)), OpenDKIM 2.11 only asks for the whole address.
+#[tokio::test]
+async fn dont_sign_mail_to_stops_signing_like_opendkim() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dontsign");
+    std::fs::write(&db, "*@nosign.example\nboss@example.net\n").unwrap();
+    let s = setup_with(&format!("DontSignMailTo file:{}\n", db.display()));
+    let local = client("localhost", "127.0.0.1", &[]);
+    // (recipients, ours signs, OpenDKIM signs)
+    for (rcpts, ours_signs, odk_signs) in [
+        (vec![&b"<boss@example.net>"[..]], false, false),
+        (
+            vec![&b"<bob@example.org>"[..], &b"<boss@example.net>"[..]],
+            false,
+            false,
+        ),
+        (vec![&b"<bob@example.org>"[..]], true, true),
+        (vec![&b"<x@nosign.example>"[..]], false, true),
+    ] {
+        let mut ars = Vec::new();
+        for (spec, signed) in [(s.ours.spec(), ours_signs), (s.odk_spec.clone(), odk_signs)] {
+            let out = exchange(&spec, &local, &rcpts, PLAIN).await;
+            assert!(
+                matches!(out.decision, Reply::Continue | Reply::Accept),
+                "{spec}: {out:?}"
+            );
+            assert_eq!(
+                rsa_signature(&out.modifications).is_some(),
+                signed,
+                "{spec} {rcpts:?}: {out:?}"
+            );
+            ars.push(inserted(&out.modifications, "Authentication-Results"));
+        }
+        assert_eq!(ars[0], ars[1], "{rcpts:?}: ours, then OpenDKIM's");
+    }
+}
+
+/// PeerList: a listed client is accepted at CONNECT, without DKIM processing, by both; a
+/// processed one gets the same Authentication-Results. With `!.parent.example` and
+/// `child.parent.example`, `host.child.parent.example` is processed by both: OpenDKIM asks
+/// for the host itself, then `.child.parent.example`, `.parent.example`, ... (each `!`
+/// first), so the bare `child.parent.example` names only that host and the negation is met
+/// first; `.child.parent.example` instead makes both skip it. On purpose, ours also lets a
+/// `.child.parent.example` entry name the host `child.parent.example` itself (kept from
+/// before, for every peer list: InternalHosts, ExternalIgnoreList, PeerList), which
+/// OpenDKIM 2.11 does not: there the negation decides and the host is processed.
+#[tokio::test]
+async fn peer_list_skips_the_same_clients_as_opendkim() {
+    let dir = tempfile::tempdir().unwrap();
+    for (list, skipped) in [
+        (
+            "!.parent.example\nchild.parent.example\n",
+            [(false, false), (true, true), (false, false)],
+        ),
+        (
+            "!.parent.example\n.child.parent.example\n",
+            [(true, true), (true, false), (false, false)],
+        ),
+    ] {
+        let db = dir.path().join("peers");
+        std::fs::write(&db, list).unwrap();
+        let s = setup_with(&format!("PeerList file:{}\n", db.display()));
+        let (signed, _) = run(&s.ours.spec(), "127.0.0.1", PLAIN).await;
+        let hosts = [
+            "host.child.parent.example",
+            "child.parent.example",
+            "other.parent.example",
+        ];
+        for (host, (ours_skip, odk_skip)) in hosts.into_iter().zip(skipped) {
+            let conn = client(host, "192.0.2.1", &[]);
+            let mut outs = Vec::new();
+            for (spec, skip) in [(s.ours.spec(), ours_skip), (s.odk_spec.clone(), odk_skip)] {
+                let out = exchange(&spec, &conn, &[b"<bob@example.org>"], &signed).await;
+                let at_connect = out.replies.first() == Some(&(b'C', Reply::Accept));
+                assert_eq!(at_connect, skip, "{list:?} {host} {spec}: {out:?}");
+                let ar: Vec<String> = inserted(&out.modifications, "Authentication-Results")
+                    .iter()
+                    .map(|a| a.trim_end_matches(";\n\tdkim-atps=neutral").to_owned())
+                    .collect();
+                assert_eq!(ar.is_empty(), skip, "{list:?} {host} {spec}: {ar:?}");
+                outs.push((out.decision.clone(), ar));
+            }
+            if ours_skip == odk_skip {
+                assert_eq!(outs[0], outs[1], "{list:?} {host}: ours, then OpenDKIM's");
+            }
+        }
+    }
+}
+
+/// MacroList `daemon_name=MTA-out`: a client outside InternalHosts whose connection carries
+/// `{daemon_name}=MTA-out` is signed by both; with another value both verify and do not sign.
+#[tokio::test]
+async fn macro_list_marks_local_senders_like_opendkim() {
+    let s = setup_with("MacroList daemon_name=MTA-out\n");
+    for (value, signs) in [("MTA-out", true), ("MTA-in", false)] {
+        let conn = client("client.example", "192.0.2.1", &[("{daemon_name}", value)]);
+        let mut outs = Vec::new();
+        for spec in [s.ours.spec(), s.odk_spec.clone()] {
+            let out = exchange(&spec, &conn, &[b"<bob@example.org>"], PLAIN).await;
+            let sig = rsa_signature(&out.modifications);
+            assert_eq!(sig.is_some(), signs, "{spec} {value}: {out:?}");
+            outs.push((
+                sig.map(|s| stable_tags(&s)),
+                inserted(&out.modifications, "Authentication-Results"),
+            ));
+        }
+        assert_eq!(outs[0], outs[1], "{value}: ours, then OpenDKIM's");
+    }
+}
+
+/// Two From fields under StrictHeaders: both accept without signing or verifying and
+/// write `dkim=permerror (bad message/signature format)`. Under RequiredHeaders both
+/// refuse at end of headers with the same text (ours said `550 5.7.0 RFC5322 header
+/// requirement error` for every problem before); so for no Date and for two Subject
+/// fields. Differences on purpose: ours also refuses mail without a From and repeated
+/// Sender fields (RFC 5322 §3.6 counts), which OpenDKIM 2.11's RequiredHeaders lets through.
+#[tokio::test]
+async fn two_from_fields_under_strict_and_required_headers_like_opendkim() {
+    let date = "Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n";
+    let two_from = format!(
+        "From: Alice <alice@example.com>\r\nFrom: Eve <eve@example.com>\r\n\
+         To: bob@example.org\r\nSubject: hi\r\n{date}\r\nHello.\r\n"
+    );
+    let hosts = [("localhost", "127.0.0.1"), ("client.example", "192.0.2.1")];
+    let s = setup_with("StrictHeaders yes\n");
+    for (host, ip) in hosts {
+        for spec in [s.ours.spec(), s.odk_spec.clone()] {
+            let out = exchange(
+                &spec,
+                &client(host, ip, &[]),
+                &[b"<bob@example.org>"],
+                two_from.as_bytes(),
+            )
+            .await;
+            assert_eq!(out.decision, Reply::Accept, "{spec} {ip}: {out:?}");
+            assert!(
+                inserted(&out.modifications, "DKIM-Signature").is_empty(),
+                "{spec} {ip}"
+            );
+            assert_eq!(
+                inserted(&out.modifications, "Authentication-Results"),
+                ["test.example; dkim=permerror (bad message/signature format)"],
+                "{spec} {ip}"
+            );
+        }
+    }
+    let s = setup_with("RequiredHeaders yes\n");
+    let no_from = format!("To: bob@example.org\r\n{date}\r\nHello.\r\n");
+    let two_senders = format!(
+        "From: a@example.com\r\nSender: a@example.com\r\nSender: b@example.com\r\n{date}\r\nx\r\n"
+    );
+    let refused = |text: &'static str| Some(Reply::ReplyCode(Bytes::from_static(text.as_bytes())));
+    // (message, ours's reply at end of headers, OpenDKIM's; None: accepted at end of message)
+    let cases = [
+        (
+            two_from.clone(),
+            refused("550 5.0.0 message does not have exactly one From field"),
+            refused("550 5.0.0 message does not have exactly one From field"),
+        ),
+        (
+            "From: a@example.com\r\nTo: b@example.org\r\n\r\nx\r\n".to_owned(),
+            refused("550 5.0.0 message does not have exactly one Date field"),
+            refused("550 5.0.0 message does not have exactly one Date field"),
+        ),
+        (
+            format!("From: a@example.com\r\n{date}Subject: 1\r\nSubject: 2\r\n\r\nx\r\n"),
+            refused("550 5.0.0 message has multiple Subject fields"),
+            refused("550 5.0.0 message has multiple Subject fields"),
+        ),
+        (
+            no_from,
+            refused("550 5.0.0 message does not have exactly one From field"),
+            None,
+        ),
+        (
+            two_senders,
+            refused("550 5.0.0 message has multiple Sender fields"),
+            None,
+        ),
+    ];
+    for (raw, ours, odk) in &cases {
+        for (host, ip) in hosts {
+            for (spec, want) in [(s.ours.spec(), ours), (s.odk_spec.clone(), odk)] {
+                let out = exchange(
+                    &spec,
+                    &client(host, ip, &[]),
+                    &[b"<bob@example.org>"],
+                    raw.as_bytes(),
+                )
+                .await;
+                match want {
+                    Some(reply) => {
+                        assert_eq!(&out.decision, reply, "{spec} {ip}: {raw}");
+                        assert_eq!(
+                            out.replies.last().map(|r| r.0),
+                            Some(b'N'),
+                            "{spec}: {out:?}"
+                        );
+                    }
+                    None => {
+                        assert_eq!(out.decision, Reply::Accept, "{spec} {ip}: {raw}");
+                        assert_eq!(
+                            out.replies.last().map(|r| r.0),
+                            Some(b'E'),
+                            "{spec}: {out:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

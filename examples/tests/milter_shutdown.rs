@@ -1,20 +1,24 @@
 //! Our example milters stop gracefully on SIGTERM: a message in flight is finished (its
-//! end-of-message reply and modifications arrive), then the daemon exits with status 0.
+//! end-of-message reply and modifications arrive), then the daemon exits with status 0; a
+//! message left open by an MTA that has gone quiet holds `dkim-milter` no longer than the
+//! shutdown grace period.
 //!
 //! Run: `cargo test -p mailstack-examples --test milter_shutdown`.
 
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use milter_proto::client::{Client, ClientConfig, Connection};
 use milter_proto::command::Command;
+use milter_proto::flags::Protocol;
 use milter_proto::reply::Reply;
 use support::milters::Daemon;
 
 const STAMP: &str = env!("CARGO_BIN_EXE_stamp-milter");
+const DKIM: &str = env!("CARGO_BIN_EXE_dkim-milter");
 
 #[test]
 fn sigterm_finishes_the_message_in_flight_then_exits() {
@@ -71,4 +75,67 @@ fn sigterm_finishes_the_message_in_flight_then_exits() {
         .wait_exit(Duration::from_secs(10))
         .expect("stamp-milter exits once the message is done");
     assert!(status.success(), "{status}");
+}
+
+/// `dkim-milter` (verifying only) with a message open (connection, MAIL, one header) from an
+/// MTA that then says nothing more: after SIGTERM it waits for the message no longer than
+/// its shutdown grace period (`DEFAULT_SHUTDOWN_GRACE`, 10 s), then exits with status 0 and
+/// the MTA's connection is closed.
+#[test]
+fn sigterm_with_a_quiet_mta_exits_within_the_grace_period() {
+    assert_eq!(
+        milter_proto::server::DEFAULT_SHUTDOWN_GRACE,
+        Duration::from_secs(10)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("opendkim.conf");
+    std::fs::write(&conf, "Mode v\n").unwrap();
+    let mut milter = Daemon::start(
+        Path::new(DKIM),
+        tmp.path(),
+        "dkim",
+        &["--config", conf.to_str().unwrap()],
+    );
+    let spec = milter.spec().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = rt.block_on(async {
+        // Without NR_HDR offered the header is answered, so it has surely been sent.
+        let mut config = ClientConfig::default();
+        config.protocol.remove(Protocol::NR_HDR);
+        let mut c = Client::connect(&spec, config).await.unwrap();
+        c.connection(&Connection::default()).await.unwrap();
+        let b = Bytes::from_static;
+        let open = [
+            Command::Mail {
+                sender: b(b"<a@src.example>"),
+                args: vec![],
+            },
+            Command::Header {
+                name: b(b"From"),
+                value: b(b" a@src.example"),
+            },
+        ];
+        for cmd in &open {
+            assert_eq!(c.command(cmd).await.unwrap(), [Reply::Continue], "{cmd:?}");
+        }
+        c
+    });
+    let sent = Instant::now();
+    milter.terminate();
+    let status = milter
+        .wait_exit(Duration::from_secs(15))
+        .expect("dkim-milter exits within its grace period with the message still open");
+    let took = sent.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    eprintln!("dkim-milter exited {took:?} after SIGTERM");
+    // The MTA's connection was closed, not left hanging.
+    let eom = rt.block_on(async {
+        let eom = Command::BodyEob(Bytes::new());
+        tokio::time::timeout(Duration::from_secs(2), c.command(&eom)).await
+    });
+    assert!(matches!(eom, Ok(Err(_))), "{eom:?}");
 }

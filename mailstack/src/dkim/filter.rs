@@ -31,7 +31,9 @@ use milter_proto::flags::Actions;
 use super::canon::{BodyHasher, Header};
 use super::config::{Action as OnAction, DkimConfig};
 use super::sig::Algorithm;
-use super::sign::{BodyHash, KeyChoice, KeySet, SignOptions, sign_one, strict_headers_problem};
+use super::sign::{
+    BodyHash, HeaderCountProblem, KeyChoice, KeySet, SignOptions, sign_one, strict_headers_problem,
+};
 use super::verify::{
     DkimResult, FailureClass, MessageVerifier, SignatureResult, VerifyOptions,
     authentication_results, b_prefix,
@@ -156,6 +158,29 @@ fn syntax_error(value: &[u8]) -> bool {
     ["v", "a", "b", "d", "h", "s"]
         .iter()
         .any(|t| !tags.iter().any(|have| have == t))
+}
+
+/// OpenDKIM 2.11's `RequiredHeaders` rejection text for `problem` (seen with the
+/// differential test in `examples/tests/dkim_milter_vs_opendkim.rs`): From and Date must
+/// appear exactly once, the other once-only fields at most once.
+fn required_headers_reply(problem: HeaderCountProblem) -> String {
+    let (HeaderCountProblem::Missing(name) | HeaderCountProblem::Repeated(name)) = problem;
+    // `reply-to` → `Reply-To`, as OpenDKIM names the field.
+    let title: Vec<String> = name
+        .split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let title = title.join("-");
+    if matches!(name, "from" | "date") {
+        format!("550 5.0.0 message does not have exactly one {title} field")
+    } else {
+        format!("550 5.0.0 message has multiple {title} fields")
+    }
 }
 
 fn unix_now() -> u64 {
@@ -547,9 +572,7 @@ impl Filter for DkimFilter {
             tracing::info!("RFC 5322 header field counts: {problem}");
             if self.cfg.required_headers {
                 msg.mode = Mode::Nothing;
-                return Flow::Stop(Action::Reject(Some(
-                    "550 5.7.0 RFC5322 header requirement error".into(),
-                )));
+                return Flow::Stop(Action::Reject(Some(required_headers_reply(problem))));
             }
             // StrictHeaders: the library refuses to process the message.
             msg.mode = if self.cfg.verify {
