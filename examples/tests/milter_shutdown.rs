@@ -94,7 +94,7 @@ fn sigterm_with_a_quiet_mta_exits_within_the_grace_period() {
         Path::new(DKIM),
         tmp.path(),
         "dkim",
-        &["--config", conf.to_str().unwrap()],
+        &["--config", conf.to_str().unwrap(), "--allow-root"],
     );
     let spec = milter.spec().parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
