@@ -15,7 +15,6 @@ mod support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use milter_proto::client::Message;
@@ -83,32 +82,26 @@ fn check(conf: &Path, ns: SocketAddr, domain: &str) -> (i32, String, Vec<String>
     let eml = conf.with_file_name(format!("{domain}.eml"));
     std::fs::write(&eml, mail(domain)).unwrap();
     let t = Instant::now();
-    let out = Command::new(CLI)
-        .args(["check", "--json", "--config"])
-        .arg(conf)
-        .args(["--client-ip", "192.0.2.1", "--helo", "client.example"])
-        .args(["--from", &format!("a@{domain}"), "--rcpt", "b@dest.example"])
-        .args(["--nameserver", &ns.to_string()])
-        .arg(&eml)
-        .output()
-        .unwrap();
+    let from = format!("a@{domain}");
+    let ns = ns.to_string();
+    let args = [
+        "--client-ip",
+        "192.0.2.1",
+        "--helo",
+        "client.example",
+        "--from",
+        &from,
+    ];
+    let args = [
+        &args[..],
+        &["--rcpt", "b@dest.example", "--nameserver", &ns],
+    ]
+    .concat();
+    let (status, json) = support::milters::mailstack_check(Path::new(CLI), conf, &eml, &args);
     let took = t.elapsed();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{domain}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let got = json["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            format!(
-                "{}={}",
-                r["method"].as_str().unwrap(),
-                r["result"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let got = support::milters::check_clauses(&json);
     let decision = json["decision"].as_str().unwrap_or_default().to_owned();
-    (out.status.code().unwrap_or(-1), decision, got, took)
+    (status, decision, got, took)
 }
 
 /// The configuration; `enforce`: DMARC `RejectFailures` (a DMARC temperror then tempfails

@@ -22,7 +22,6 @@ mod spf_support;
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use spf_support::Zone;
@@ -119,42 +118,14 @@ fn check(s: &Setup, message: &str, ip: &str, helo: &str, from: &str) -> (i32, se
         .conf
         .with_file_name(format!("check-{}.eml", std::process::id()));
     std::fs::write(&path, message).unwrap();
-    let out = Command::new(CLI)
-        .args(["check", "--json", "--config"])
-        .arg(&s.conf)
-        .args(["--client-ip", ip, "--helo", helo, "--from", from])
-        .args([
-            "--rcpt",
-            "bob@dest.example",
-            "--nameserver",
-            &s.dns.to_string(),
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "mailstack check: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), json)
-}
-
-fn check_clauses(json: &serde_json::Value) -> Vec<String> {
-    json["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            format!(
-                "{}={}",
-                r["method"].as_str().unwrap(),
-                r["result"].as_str().unwrap()
-            )
-        })
-        .collect()
+    let ns = s.dns.to_string();
+    let args = ["--client-ip", ip, "--helo", helo, "--from", from];
+    let args = [
+        &args[..],
+        &["--rcpt", "bob@dest.example", "--nameserver", &ns],
+    ]
+    .concat();
+    support::milters::mailstack_check(Path::new(CLI), &s.conf, &path, &args)
 }
 
 #[test]
@@ -190,7 +161,11 @@ fn one_milter_verifies_signs_scans_and_enforces() {
         "alice@example.com",
     );
     assert_eq!(status, 0, "{json}");
-    assert_eq!(check_clauses(&json), clauses(&ar[0]), "{json}");
+    assert_eq!(
+        support::milters::check_clauses(&json),
+        clauses(&ar[0]),
+        "{json}"
+    );
 
     // 2. p=reject, nothing aligned: refused at the client.
     let spoof = "From: Alice <alice@example.com>\r\nSubject: spoof\r\n\r\nhi\r\n";
@@ -258,7 +233,11 @@ fn one_milter_verifies_signs_scans_and_enforces() {
         "mail.spammer.example",
         "mallory@none.example",
     );
-    assert_eq!(check_clauses(&json), clauses(&ar[0]), "{json}");
+    assert_eq!(
+        support::milters::check_clauses(&json),
+        clauses(&ar[0]),
+        "{json}"
+    );
 
     // 5. EICAR from an SPF-passing host: refused with the configured text.
     let virus = format!(
@@ -321,7 +300,11 @@ fn one_milter_verifies_signs_scans_and_enforces() {
         "mail.spammer.example",
         "mallory@spammer.example",
     );
-    assert_eq!(check_clauses(&json), clauses(&ar[0]), "{json}");
+    assert_eq!(
+        support::milters::check_clauses(&json),
+        clauses(&ar[0]),
+        "{json}"
+    );
 
     // 8. A tampered copy: dkim=fail, and with p=reject and nothing aligned, refused.
     let tampered = signed.replace("Hello Bob", "Hello Eve");
@@ -339,7 +322,7 @@ fn one_milter_verifies_signs_scans_and_enforces() {
     );
     assert_eq!(status, 3, "{json}");
     assert!(
-        check_clauses(&json).contains(&"dkim=fail".to_owned()),
+        support::milters::check_clauses(&json).contains(&"dkim=fail".to_owned()),
         "{json}"
     );
 

@@ -65,7 +65,6 @@ mod dkim_corpus;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bytes::Bytes;
 use milter_proto::client::{Connection, Message};
@@ -419,23 +418,30 @@ async fn compare(w: &World, what: &str, mail: &Mail) -> (Decision, Option<String
 fn check(w: &World, mail: &Mail) -> serde_json::Value {
     let path = w.dir.join("check.eml");
     std::fs::write(&path, &mail.raw).unwrap();
-    let out = Command::new(CLI)
-        .args(["check", "--json", "--config"])
-        .arg(&w.conf)
-        .args(["--client-ip", mail.ip, "--helo", mail.helo, "--from"])
-        .arg(&mail.sender)
-        .args(["--rcpt", "bob@dest.example", "--mta-name", "mx.example"])
-        .args(["--nameserver", &w.dns.to_string()])
-        .arg(&path)
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "mailstack check: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let ns = w.dns.to_string();
+    let args = [
+        "--client-ip",
+        mail.ip,
+        "--helo",
+        mail.helo,
+        "--from",
+        &mail.sender,
+    ];
+    let rest = [
+        "--rcpt",
+        "bob@dest.example",
+        "--mta-name",
+        "mx.example",
+        "--nameserver",
+        &ns,
+    ];
+    support::milters::mailstack_check(
+        Path::new(CLI),
+        &w.conf,
+        &path,
+        &[&args[..], &rest[..]].concat(),
+    )
+    .1
 }
 
 /// The decision `mailstack check` printed, as the milter reply mailstackd sends.

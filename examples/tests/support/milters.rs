@@ -238,3 +238,45 @@ pub fn opendkim_verify(dir: &Path, keys: &[(&str, &str)], message: &str) -> Stri
         .expect("run opendkim (Debian package opendkim)");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// Runs `mailstack check --json --config CONF ARGS... EML` (the `mailstack` binary at `cli`);
+/// returns the exit status and the JSON it printed (a test failure, with its output, when
+/// that is not JSON).
+pub fn mailstack_check(
+    cli: &Path,
+    conf: &Path,
+    eml: &Path,
+    args: &[&str],
+) -> (i32, serde_json::Value) {
+    let out = Command::new(cli)
+        .args(["check", "--json", "--config"])
+        .arg(conf)
+        .args(args)
+        .arg(eml)
+        .output()
+        .expect("run mailstack check");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "mailstack check: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// The `method=result` list of `mailstack check --json`'s results, in order.
+pub fn check_clauses(json: &serde_json::Value) -> Vec<String> {
+    json["results"]
+        .as_array()
+        .expect("results array")
+        .iter()
+        .map(|r| {
+            format!(
+                "{}={}",
+                r["method"].as_str().unwrap_or_default(),
+                r["result"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
