@@ -45,18 +45,68 @@ impl StackConfig {
             .clone()
             .map(|c| SpfFilter::new(Arc::new(SpfPolicy::new(c, resolver.clone()))));
         let dkim = match self.dkim.clone() {
-            Some(c) => Some(DkimFilter::new(c, resolver.clone())?),
+            Some(mut c) => {
+                // The pipeline removes every field claiming its authserv-id, for all filters:
+                // DKIM need not track them a second time under its own id.
+                c.keep_auth_results = true;
+                Some(DkimFilter::new(c, resolver.clone())?)
+            }
             None => None,
         };
-        let dmarc = self
-            .dmarc
-            .clone()
-            .map(|c| DmarcFilter::new(c, resolver.clone()));
+        let dkim_verifies = self.dkim.as_ref().is_some_and(|c| c.verify);
+        let dmarc = self.dmarc.clone().map(|mut c| {
+            // One authority per result: with the DKIM filter verifying, DMARC's own verifier
+            // (DKIMSelfValidate) would hash every body a second time; with the SPF filter on,
+            // SPFSelfValidate would re-check SPF, also for clients the SPF filter's skip lists
+            // exempt on purpose.
+            c.dkim_self_validate &= !dkim_verifies;
+            c.spf_self_validate &= self.spf.is_none();
+            DmarcFilter::new(c, resolver.clone())
+        });
         let av = self.av.clone().map(|c| AvFilter::new(c, notify));
         let chain = Chain::new(spf, Chain::new(dkim, Chain::new(dmarc, av)));
         Ok(
             Pipeline::new(chain, self.daemon.authserv_id.clone(), hostname)
                 .received_spf(self.daemon.received_spf),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::MemoryResolver;
+    use crate::filter::Filter;
+    use milter_proto::flags::Actions;
+    use std::path::Path;
+
+    #[test]
+    fn one_authority_per_result_and_header_actions_required() {
+        let text = "[dmarc]\noptions = { DKIMSelfValidate = true, SPFSelfValidate = true }\n";
+        let cfg = StackConfig::parse(Path::new("m.toml"), text).unwrap();
+        let stack = cfg
+            .build(Arc::new(MemoryResolver::new()), None, "mx")
+            .unwrap();
+        let dmarc = stack.inner().second.second.first.as_ref().unwrap();
+        assert!(!dmarc.config().dkim_self_validate && !dmarc.config().spf_self_validate);
+        assert!(
+            !dmarc.wants_message(),
+            "DMARC must not hash bodies DKIM hashes already"
+        );
+        let needs = stack.needs();
+        assert!(
+            needs
+                .required_actions
+                .contains(Actions::ADDHDRS | Actions::CHGHDRS)
+        );
+
+        // Without DKIM and SPF filters, DMARC keeps its own checks.
+        let text = format!("[dkim]\nenabled = false\n[spf]\nenabled = false\n{text}");
+        let cfg = StackConfig::parse(Path::new("m.toml"), &text).unwrap();
+        let stack = cfg
+            .build(Arc::new(MemoryResolver::new()), None, "mx")
+            .unwrap();
+        let dmarc = stack.inner().second.second.first.as_ref().unwrap();
+        assert!(dmarc.config().dkim_self_validate && dmarc.config().spf_self_validate);
     }
 }

@@ -106,7 +106,11 @@ impl<F: Filter> Filter for Pipeline<F> {
 
     fn needs(&self) -> Needs {
         let mut n = self.inner.needs();
+        // Without them forged results could not be removed nor ours written: an MTA that
+        // does not offer both is refused at negotiation (its milter_default_action applies)
+        // rather than served half.
         n.actions |= Actions::ADDHDRS | Actions::CHGHDRS;
+        n.required_actions |= Actions::ADDHDRS | Actions::CHGHDRS;
         n.headers = true;
         n
     }
