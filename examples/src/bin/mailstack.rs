@@ -75,9 +75,7 @@ struct Check {
 fn main() -> ExitCode {
     mailstack_examples::logging::stderr("warn");
     let Cmd::Check(c) = Args::parse().command;
-    let message = std::fs::read(&c.message).unwrap_or_else(|e| {
-        daemon::fail("mailstack check", format!("{}: {e}", c.message.display()))
-    });
+    let message = read_message(&c.message).unwrap_or_else(|e| daemon::fail("mailstack check", e));
     let cfg = match &c.config {
         Some(p) => StackConfig::read(p),
         None => StackConfig::embedded(),
@@ -111,6 +109,24 @@ fn main() -> ExitCode {
         print!("{}", report.text());
     }
     ExitCode::from(report.status)
+}
+
+/// Largest message `check` reads (into memory, as a whole): far beyond Postfix's
+/// `message_size_limit` (10 MB by default), so a real message always fits, while a wrong path
+/// (a disk image, a log) is refused instead of filling memory.
+const MAX_CHECK_MESSAGE: u64 = 1 << 30;
+
+fn read_message(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .len();
+    if len > MAX_CHECK_MESSAGE {
+        return Err(format!(
+            "{shown}: {len} bytes, larger than the {MAX_CHECK_MESSAGE} a message may have here"
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{shown}: {e}"))
 }
 
 /// What `check` prints.

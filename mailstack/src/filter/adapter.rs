@@ -29,8 +29,7 @@ const OWN_MACROS: [(u32, &str); 3] = [
 /// `milter_proto::server::serve`).
 pub struct Milter<F: Filter> {
     filter: Arc<F>,
-    /// The macro names the filter asked for up to MAIL (handed over in the envelope).
-    wanted: Vec<String>,
+    prepared: Arc<Prepared>,
     conn: Connection,
     env: Envelope,
     msg: Option<F::Message>,
@@ -46,28 +45,53 @@ impl<F: Filter> std::fmt::Debug for Milter<F> {
     }
 }
 
-impl<F: Filter> Milter<F> {
-    /// A handler for one connection over the shared `filter`.
-    pub fn new(filter: Arc<F>) -> Self {
-        let wanted = filter
-            .needs()
+/// What a filter's [`Needs`] come to, worked out once per filter rather than per connection.
+#[derive(Debug)]
+struct Prepared {
+    /// The milter negotiation.
+    needs: negotiate::Needs,
+    /// The macro names the filter asked for up to MAIL (handed over in the envelope).
+    wanted: Vec<String>,
+}
+
+impl Prepared {
+    fn of<F: Filter>(filter: &F) -> Arc<Self> {
+        let n = filter.needs();
+        let wanted = n
             .macros
             .iter()
             .filter(|(st, _)| *st <= stage::ENVFROM)
             .flat_map(|(_, names)| names.split_whitespace().map(str::to_owned))
             .collect();
+        Arc::new(Self {
+            needs: milter_needs(&n),
+            wanted,
+        })
+    }
+}
+
+impl<F: Filter> Milter<F> {
+    /// A handler for one connection over the shared `filter`.
+    pub fn new(filter: Arc<F>) -> Self {
+        let prepared = Prepared::of(filter.as_ref());
+        Self::with(filter, prepared)
+    }
+
+    fn with(filter: Arc<F>, prepared: Arc<Prepared>) -> Self {
         Self {
             filter,
-            wanted,
+            prepared,
             conn: Connection::default(),
             env: Envelope::default(),
             msg: None,
         }
     }
 
-    /// A handler factory for `milter_proto::server::serve`.
+    /// A handler factory for `milter_proto::server::serve` (the filter's needs are worked out
+    /// once, here).
     pub fn factory(filter: Arc<F>) -> impl Fn() -> Self + Send + Sync + 'static {
-        move || Self::new(filter.clone())
+        let prepared = Prepared::of(filter.as_ref());
+        move || Self::with(filter.clone(), prepared.clone())
     }
 }
 
@@ -235,7 +259,7 @@ pub fn apply(ctx: &mut Context, verdict: Verdict) -> Decision {
 #[async_trait::async_trait]
 impl<F: Filter> Handler for Milter<F> {
     fn needs(&self) -> negotiate::Needs {
-        milter_needs(&self.filter.needs())
+        self.prepared.needs.clone()
     }
 
     async fn connect(&mut self, ctx: &mut Context, hostname: &[u8], addr: &ConnAddr) -> Decision {
@@ -254,6 +278,7 @@ impl<F: Filter> Handler for Milter<F> {
         self.env.auth_login = macro_text(ctx, "{auth_authen}");
         self.env.queue_id = macro_text(ctx, "i");
         self.env.macros = self
+            .prepared
             .wanted
             .iter()
             .filter_map(|n| macro_text(ctx, n).map(|v| (n.clone(), v)))

@@ -74,8 +74,16 @@ pub async fn run<F: Filter>(
     Outcome::Verdict(filter.end_of_message(msg, &eom).await)
 }
 
-/// Bare LF line ends become CRLF (a `.eml` saved on Unix); CRLF stays.
-fn to_crlf(message: &[u8]) -> Vec<u8> {
+/// Bare LF line ends become CRLF (a `.eml` saved on Unix); a message already in CRLF is not
+/// copied.
+fn to_crlf(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare_lf = message
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || message.get(i - 1) != Some(&b'\r')));
+    if !bare_lf {
+        return std::borrow::Cow::Borrowed(message);
+    }
     let mut out = Vec::with_capacity(message.len() + message.len() / 32);
     let mut prev = 0u8;
     for &b in message {
@@ -85,7 +93,7 @@ fn to_crlf(message: &[u8]) -> Vec<u8> {
         out.push(b);
         prev = b;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -94,6 +102,11 @@ mod tests {
 
     #[test]
     fn lf_becomes_crlf_once() {
-        assert_eq!(to_crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(&*to_crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+        assert!(matches!(
+            to_crlf(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(&*to_crlf(b"\n"), b"\r\n");
     }
 }
