@@ -228,8 +228,17 @@ impl Filter for AvFilter {
     type Message = AvMessage;
 
     fn needs(&self) -> Needs {
+        // The verdict header is the scan's only trace in the message: an MTA that cannot take
+        // it (or, with Replace, cannot remove a sender's forged `X-Virus-Status: Clean`) is
+        // refused at negotiation, so its milter_default_action applies.
+        let required = match self.cfg.add_header {
+            AddHeader::No => Actions::empty(),
+            AddHeader::Replace => Actions::ADDHDRS | Actions::CHGHDRS,
+            _ => Actions::ADDHDRS,
+        };
         Needs {
             actions: Actions::ADDHDRS | Actions::CHGHDRS | Actions::QUARANTINE,
+            required_actions: required,
             headers: true,
             body: true,
             ..Needs::default()
@@ -486,6 +495,25 @@ mod tests {
             AvConfig::parse(Path::new("t.conf"), &text).unwrap(),
             None,
         ))
+    }
+
+    #[test]
+    fn the_verdict_header_is_required_of_the_mta_when_configured() {
+        let none = filter("unix:/x", "").needs().required_actions;
+        assert_eq!(none, Actions::empty());
+        let add = filter("unix:/x", "AddHeader Add\n")
+            .needs()
+            .required_actions;
+        assert_eq!(add, Actions::ADDHDRS);
+        let replace = filter("unix:/x", "AddHeader Replace\n")
+            .needs()
+            .required_actions;
+        assert_eq!(replace, Actions::ADDHDRS | Actions::CHGHDRS);
+        // clamav-milter's `Yes` is `Replace`.
+        let yes = filter("unix:/x", "AddHeader Yes\n")
+            .needs()
+            .required_actions;
+        assert_eq!(yes, replace);
     }
 
     fn message() -> Message {
