@@ -69,6 +69,33 @@ impl Drop for OpenDkim {
     }
 }
 
+/// Writes `ours` as dkim-milter's configuration and `theirs` (plus the socket and
+/// foreground lines) as OpenDKIM's, in `d`, and starts both: our daemon, OpenDKIM, and
+/// OpenDKIM's socket spec.
+fn start_pair(d: &Path, ours: &str, theirs: &str) -> (Daemon, OpenDkim, String) {
+    let ours_conf = d.join("ours.conf");
+    std::fs::write(&ours_conf, ours).unwrap();
+    let odk_conf = d.join("opendkim.conf");
+    let odk_sock = d.join("opendkim.sock");
+    std::fs::write(
+        &odk_conf,
+        format!(
+            "{theirs}Socket local:{}\nBackground no\nRequireSafeKeys no\n",
+            odk_sock.display()
+        ),
+    )
+    .unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
+    let daemon = Daemon::start(
+        &exe,
+        d,
+        "ours",
+        &["--config", ours_conf.to_str().unwrap(), "--allow-root"],
+    );
+    let odk = start_opendkim(&odk_conf, &odk_sock);
+    (daemon, odk, format!("unix:{}", odk_sock.display()))
+}
+
 fn start_opendkim(conf: &Path, socket: &Path) -> OpenDkim {
     assert!(
         Path::new(OPENDKIM).exists(),
@@ -238,38 +265,18 @@ fn setup_with(extra: &str) -> Setup {
          AuthservID test.example\nInternalHosts 127.0.0.1\n{extra}",
         d.display()
     );
-    let ours_conf = d.join("ours.conf");
-    std::fs::write(
-        &ours_conf,
-        format!(
-            "{common}KeyTable file:{0}/keytable\nSigningTable refile:{0}/signingtable\n\
-             MultipleSignatures yes\n",
-            d.display()
-        ),
-    )
-    .unwrap();
-    let odk_conf = d.join("opendkim.conf");
-    let odk_sock = d.join("opendkim.sock");
-    std::fs::write(
-        &odk_conf,
-        format!(
-            "{common}Domain example.com\nSelector rsa\nKeyFile {0}/rsa.private\n\
-             Socket local:{1}\nBackground no\nRequireSafeKeys no\n",
-            d.display(),
-            odk_sock.display()
-        ),
-    )
-    .unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
-    let ours = Daemon::start(
-        &exe,
-        d,
-        "ours",
-        &["--config", ours_conf.to_str().unwrap(), "--allow-root"],
+    let ours = format!(
+        "{common}KeyTable file:{0}/keytable\nSigningTable refile:{0}/signingtable\n\
+         MultipleSignatures yes\n",
+        d.display()
     );
-    let opendkim = start_opendkim(&odk_conf, &odk_sock);
+    let theirs = format!(
+        "{common}Domain example.com\nSelector rsa\nKeyFile {0}/rsa.private\n",
+        d.display()
+    );
+    let (ours, opendkim, odk_spec) = start_pair(d, &ours, &theirs);
     Setup {
-        odk_spec: format!("unix:{}", odk_sock.display()),
+        odk_spec,
         dir,
         ours,
         _opendkim: opendkim,
@@ -563,34 +570,11 @@ async fn small_keys_sign_and_revoked_keys_fail_like_opendkim() {
          AuthservID test.example\nInternalHosts 127.0.0.1\n",
         d.display()
     );
-    let ours_conf = d.join("ours.conf");
-    std::fs::write(
-        &ours_conf,
-        format!(
-            "{common}KeyTable file:{0}/keytable\nSigningTable refile:{0}/signingtable\n",
-            d.display()
-        ),
-    )
-    .unwrap();
-    let odk_conf = d.join("opendkim.conf");
-    let odk_sock = d.join("opendkim.sock");
-    std::fs::write(
-        &odk_conf,
-        format!(
-            "{common}Socket local:{0}\nBackground no\nRequireSafeKeys no\n",
-            odk_sock.display()
-        ),
-    )
-    .unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
-    let ours = Daemon::start(
-        &exe,
-        d,
-        "ours",
-        &["--config", ours_conf.to_str().unwrap(), "--allow-root"],
+    let ours = format!(
+        "{common}KeyTable file:{0}/keytable\nSigningTable refile:{0}/signingtable\n",
+        d.display()
     );
-    let _odk = start_opendkim(&odk_conf, &odk_sock);
-    let odk_spec = format!("unix:{}", odk_sock.display());
+    let (ours, _odk, odk_spec) = start_pair(d, &ours, &common);
     for (from, want) in [
         ("alice@example.com", "dkim=pass (1024-bit key)"),
         ("alice@example.org", "dkim=fail reason=\"key revoked\""),
@@ -626,34 +610,15 @@ async fn domain_star_signs_every_domain_like_opendkim() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     genkey(d, &["-s", "any"]);
-    let sock = d.join("opendkim.sock");
     let common = format!(
         "Mode s\nDomain *\nSelector any\nKeyFile {0}/any.private\nInternalHosts 127.0.0.1\n\
          AuthservID test.example\n",
         d.display()
     );
-    let ours_conf = d.join("ours.conf");
-    std::fs::write(&ours_conf, &common).unwrap();
-    let odk_conf = d.join("opendkim.conf");
-    std::fs::write(
-        &odk_conf,
-        format!(
-            "{common}Socket local:{}\nBackground no\nRequireSafeKeys no\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_dkim-milter"));
-    let ours = Daemon::start(
-        &exe,
-        d,
-        "ours",
-        &["--config", ours_conf.to_str().unwrap(), "--allow-root"],
-    );
-    let _odk = start_opendkim(&odk_conf, &sock);
+    let (ours, _odk, odk_spec) = start_pair(d, &common, &common);
     let raw = b"From: Alice <alice@Anything.Example>\r\nTo: bob@example.net\r\nSubject: hi\r\n\
 Date: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHello.\r\n";
-    for spec in [ours.spec(), format!("unix:{}", sock.display())] {
+    for spec in [ours.spec(), odk_spec] {
         let (_, mods) = run(&spec, "127.0.0.1", raw).await;
         let sigs = inserted(&mods, "DKIM-Signature");
         assert_eq!(sigs.len(), 1, "{spec}: {mods:?}");
