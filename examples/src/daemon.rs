@@ -108,7 +108,16 @@ impl DaemonArgs {
         };
         let group = match self.group.as_ref().or(file.socket_group.as_ref()) {
             Some(g) => Some(group_id(g).map_err(|e| DaemonError::Group(g.clone(), e))?),
-            None => mailstack::privs::lookup_group("postfix").ok().flatten(),
+            None => {
+                let postfix = mailstack::privs::lookup_group("postfix").ok().flatten();
+                if postfix.is_none() && matches!(socket, SocketSpec::Unix(_)) {
+                    tracing::warn!(
+                        "no group `postfix` here: the socket keeps the daemon's group, so \
+                         Postfix's smtpd (user postfix) cannot connect to it; give --group"
+                    );
+                }
+                postfix
+            }
         };
         let nameservers = if self.nameserver.is_empty() {
             file.nameservers.clone()
