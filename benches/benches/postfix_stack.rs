@@ -44,7 +44,9 @@
 //! Run: `cargo bench -p mailstack-benches --bench postfix_stack`. Env:
 //! `STACK_BENCH_MESSAGES` (per run, default 300), `STACK_BENCH_RUNS` (default 3),
 //! `STACK_BENCH_TIMEOUT` (seconds per run, default 60); `STACK_BENCH_TCP=1` adds a second
-//! pass with every milter on TCP 127.0.0.1 (the policy services stay on spawn(8)). The bench builds the daemons with
+//! pass with every milter on TCP 127.0.0.1 (the policy services stay on spawn(8));
+//! `STACK_BENCH_SOAK=SECONDS` runs the soak instead (see `soak`: RSS over an hour of mixed
+//! mail). The bench builds the daemons with
 //! `cargo build --profile bench -p mailstack-examples` first; `mailstackd` is skipped with a
 //! printed line when it does not build. rspamd's first start compiles its hyperscan
 //! databases (minutes); they are kept in `target/release/rspamd-hs-cache` for later runs.
@@ -178,6 +180,23 @@ fn main() {
     open(&clamd_dir);
     let msgs = Messages::write(&dir, &keys);
     let clamd_pid = clamd.pid();
+    if let Some(secs) = std::env::var("STACK_BENCH_SOAK")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let env = Env {
+            dir: dir.join("soak"),
+            bins: &bins,
+            key: &keys.path,
+            clamd: &clamd.socket,
+            av: true,
+            tcp: false,
+        };
+        soak(Duration::from_secs(secs), &env, &msgs, &settings, clamd_pid);
+        drop(clamd);
+        drop(ns);
+        return;
+    }
     println!(
         "Postfix + filters, smtp-source -s {SESSIONS}, {} messages per run, \
          median of {} alternating runs, time limit {} s per run",
@@ -299,6 +318,118 @@ fn main() {
     println!("machine: {} cores", num_cores());
     drop(clamd);
     drop(ns);
+}
+
+/// `STACK_BENCH_SOAK=SECONDS` (not a CI test): mixed mail (inbound and outbound, 5 KB and
+/// 100 KB, AV on) through `mailstackd` and through our four daemons, alternating run by run,
+/// `STACK_BENCH_MESSAGES` per run with `STACK_BENCH_SOAK_PAUSE_MS` (default 2000) between
+/// runs, for that long. After every run the setup's filters' current RSS (`VmRSS`, summed over
+/// its filter processes) is sampled. Prints a line every five minutes and, at the end, each
+/// setup's peak RSS over the first and the last ten minutes (a third of the soak each when it
+/// is shorter than half an hour), with every failed run.
+fn soak(length: Duration, env: &Env<'_>, msgs: &Messages, st: &Settings, clamd_pid: u32) {
+    std::fs::create_dir_all(&env.dir).expect("soak dir");
+    open(&env.dir);
+    let pause = Duration::from_millis(env_num("STACK_BENCH_SOAK_PAUSE_MS", 2000));
+    let mut setups = Vec::new();
+    for kind in [Kind::Stack, Kind::Ours] {
+        if missing(kind, env.bins).is_some() {
+            continue;
+        }
+        match Setup::start(kind, env) {
+            Ok(s) => setups.push(s),
+            Err(e) => println!("{}: did not start: {e}; skipped", kind.name()),
+        }
+    }
+    assert!(!setups.is_empty(), "soak: no setup started");
+    println!(
+        "soak: {} s of mixed mail (in/out, 5K/100K, AV on), {} messages per run, {} ms \
+         between runs, setups alternating",
+        length.as_secs(),
+        st.messages,
+        pause.as_millis()
+    );
+    let cases = [
+        (Dir::Inbound, 5),
+        (Dir::Outbound, 5),
+        (Dir::Inbound, 100),
+        (Dir::Outbound, 100),
+    ];
+    // (seconds since start, kB) per setup.
+    let mut samples: Vec<Vec<(f64, u64)>> = setups.iter().map(|_| Vec::new()).collect();
+    let mut delivered = vec![0usize; setups.len()];
+    let mut failures: Vec<Vec<String>> = setups.iter().map(|_| Vec::new()).collect();
+    let t0 = Instant::now();
+    let mut next_line = Duration::from_secs(300);
+    let mut round = 0usize;
+    while t0.elapsed() < length {
+        let (d, size) = cases[round % cases.len()];
+        round += 1;
+        for (k, s) in setups.iter().enumerate() {
+            let r = s.run(d, msgs.file(d, size), st.messages, st, clamd_pid);
+            match (&r.fig, &r.problem) {
+                (Some(_), None) => delivered[k] += st.messages,
+                (_, p) => failures[k].push(format!(
+                    "{:.0} s, {:?} {size}K: {}",
+                    t0.elapsed().as_secs_f64(),
+                    d,
+                    p.as_deref().unwrap_or("no figure")
+                )),
+            }
+            let procs = processes();
+            let (filters, _) = s.split(&procs);
+            samples[k].push((
+                t0.elapsed().as_secs_f64(),
+                filters.iter().map(|p| p.rss_kb).sum(),
+            ));
+            std::thread::sleep(pause);
+        }
+        if t0.elapsed() >= next_line {
+            next_line += Duration::from_secs(300);
+            for (k, s) in setups.iter().enumerate() {
+                println!(
+                    "  {:>4.0} min  {:<16} {:>8} delivered  {:>3} failed runs  RSS now {} KiB",
+                    t0.elapsed().as_secs_f64() / 60.0,
+                    s.kind.name(),
+                    delivered[k],
+                    failures[k].len(),
+                    samples[k].last().map_or(0, |x| x.1)
+                );
+            }
+        }
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let window = if total >= 1800.0 { 600.0 } else { total / 3.0 };
+    println!(
+        "soak done after {:.1} min; peak RSS of the filters over the first and the last \
+         {:.1} min:",
+        total / 60.0,
+        window / 60.0
+    );
+    for (k, s) in setups.iter().enumerate() {
+        let peak = |keep: &dyn Fn(f64) -> bool| {
+            samples[k]
+                .iter()
+                .filter(|(t, _)| keep(*t))
+                .map(|x| x.1)
+                .max()
+                .unwrap_or(0)
+        };
+        let first = peak(&|t| t <= window);
+        let last = peak(&|t| t >= total - window);
+        println!(
+            "  {:<16} {:>8} delivered, {} failed runs; first {first} KiB, last {last} KiB \
+             (last/first x{:.2}); {} samples",
+            s.kind.name(),
+            delivered[k],
+            failures[k].len(),
+            last as f64 / first.max(1) as f64,
+            samples[k].len()
+        );
+        for f in failures[k].iter().take(10) {
+            println!("    ! {f}");
+        }
+    }
 }
 
 fn num_cores() -> usize {

@@ -68,10 +68,19 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Peak resident set size (`VmHWM`) of `pid` in kB, 0 if unreadable.
 pub fn vm_hwm_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+/// Current RSS (`VmRSS` in `/proc/PID/status`) in kB; 0 when the process is gone.
+pub fn vm_rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+fn status_kb(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -170,6 +179,8 @@ pub struct Proc {
     pub cpu: f64,
     /// Peak RSS (`VmHWM`) in kB.
     pub hwm_kb: u64,
+    /// Current RSS (`VmRSS`) in kB.
+    pub rss_kb: u64,
 }
 
 /// Every process `/proc` lists now (those that vanish while it is read are left out).
@@ -211,6 +222,7 @@ pub fn processes() -> Vec<Proc> {
             cmdline,
             cpu: (num(11) + num(12)) / hz,
             hwm_kb: vm_hwm_kb(pid),
+            rss_kb: vm_rss_kb(pid),
         });
     }
     out
