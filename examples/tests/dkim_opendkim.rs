@@ -2,7 +2,7 @@
 //! `TestPublicKeys`: offline, no daemon, no DNS).
 //!
 //! - OpenDKIM verifies every signature we make, RSA and Ed25519 at once, in the four
-//!   canonicalization pairs, over the corpus in `tests/data/dkim/corpus.txt` (empty body,
+//!   canonicalization pairs, over the corpus in `mailstack/tests/data/dkim/corpus.txt` (empty body,
 //!   whitespace-only lines at the end, long folded headers, duplicated and oversigned headers,
 //!   8-bit bodies and headers, no final CRLF), and with `l=` plus text appended after signing.
 //! - We verify every signature OpenDKIM makes on the same corpus (RSA and Ed25519).
@@ -12,7 +12,7 @@
 //!
 //! Needs `/usr/sbin/opendkim` (Debian package `opendkim`); fails without it.
 
-#[path = "data/dkim/corpus.rs"]
+#[path = "../../mailstack/tests/data/dkim/corpus.rs"]
 mod dkim_corpus;
 
 use dkim_corpus::corpus;
