@@ -60,7 +60,7 @@
 //! OpenDKIM rejects).
 //!
 //! # Deliberate differences from OpenDKIM 2.11
-//! Each is shown by `mailstack/tests/dkim_opendkim.rs` or a unit test.
+//! Each is shown by `examples/tests/dkim_opendkim.rs` or a unit test.
 //! - A missing key record is `dkim=permerror` (RFC 6376 §6.1.2 PERMFAIL); OpenDKIM writes
 //!   `dkim=fail reason="key not found in DNS"`. The reason text is the same.
 //! - A body hash mismatch gives `reason="body hash did not verify"`; OpenDKIM says

@@ -9,6 +9,7 @@
 //! FROM identity, or HELO for the null sender (RFC 7489 §3.1.2).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use milter_proto::flags::Actions;
 
@@ -20,16 +21,34 @@ use crate::filter::{
     Verdict,
 };
 
+/// How long the whole decision at MAIL FROM may take by default (bypass lookups, HELO and
+/// MAIL FROM checks together): under Postfix's `milter_command_timeout` (30 s), so that a DNS
+/// outage gives `temperror` for SPF instead of the MTA timing the milter out and applying
+/// `milter_default_action` to the whole message.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(20);
+
 /// The SPF filter (shared by all connections).
 #[derive(Debug, Clone)]
 pub struct SpfFilter {
     policy: Arc<SpfPolicy>,
+    budget: Duration,
 }
 
 impl SpfFilter {
-    /// A filter deciding with `policy`.
+    /// A filter deciding with `policy`, within [`DEFAULT_BUDGET`] per message.
     pub fn new(policy: Arc<SpfPolicy>) -> Self {
-        Self { policy }
+        Self {
+            policy,
+            budget: DEFAULT_BUDGET,
+        }
+    }
+
+    /// Sets the time the whole decision at MAIL FROM may take (keep it under the MTA's
+    /// milter command timeout).
+    #[must_use]
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The policy it decides with.
@@ -84,7 +103,10 @@ impl Filter for SpfFilter {
             ("sender", env.sender.as_str()),
             ("queue_id", env.queue_id()),
         ]);
-        let (action, checks) = self.policy.decide_checked(&req).await;
+        let (action, checks) = self
+            .policy
+            .decide_checked_within(&req, Some(self.budget))
+            .await;
         let header = match action {
             SpfAction::Reject { code, text } => {
                 return Start::Stop(Action::Reject(Some(format!("{code} {text}"))));
@@ -135,5 +157,104 @@ impl Filter for SpfFilter {
             ..AuthFacts::default()
         };
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::dns::{DnsError, Mx, Resolver};
+    use crate::filter::ClientAddr;
+    use crate::spf::SpfResult;
+    use crate::spf::policyd::PolicydConfig;
+
+    /// A DNS that never answers (a firewalled resolver: every query waits for its timeout).
+    #[derive(Debug)]
+    struct Silent;
+
+    #[async_trait::async_trait]
+    impl Resolver for Silent {
+        async fn txt(&self, _: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+            std::future::pending().await
+        }
+        async fn a(&self, _: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
+            std::future::pending().await
+        }
+        async fn aaaa(&self, _: &str) -> Result<Vec<Ipv6Addr>, DnsError> {
+            std::future::pending().await
+        }
+        async fn mx(&self, _: &str) -> Result<Vec<Mx>, DnsError> {
+            std::future::pending().await
+        }
+        async fn ptr(&self, _: IpAddr) -> Result<Vec<String>, DnsError> {
+            std::future::pending().await
+        }
+    }
+
+    /// HELO and MAIL FROM checks at `Lookup_Time = 20` each would take 40 s against a dead
+    /// DNS, past Postfix's 30 s `milter_command_timeout`: the filter answers within its budget,
+    /// with `temperror` for SPF rather than the MTA timing the whole milter out.
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_dns_answers_within_the_budget_with_temperror() {
+        let policy = Arc::new(SpfPolicy::new(PolicydConfig::default(), Arc::new(Silent)));
+        let conn = Connection {
+            helo: "mail.example.com".into(),
+            ..Connection::new(
+                "mail.example.com",
+                ClientAddr::Ip("192.0.2.1".parse().unwrap()),
+            )
+        };
+        let env = Envelope::new("<a@example.com>");
+
+        // The policy on its own (spf-policyd's path: Postfix's policy timeout is 100 s).
+        let t0 = tokio::time::Instant::now();
+        let (_, checks) = policy
+            .decide_checked(&SpfRequest::from_attrs([
+                ("client_address", "192.0.2.1"),
+                ("helo_name", "mail.example.com"),
+                ("sender", "a@example.com"),
+            ]))
+            .await;
+        assert!(
+            t0.elapsed() >= Duration::from_secs(40),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            checks.mail_from.map(|o| o.result),
+            Some(SpfResult::TempError)
+        );
+
+        let filter = SpfFilter::new(policy.clone());
+        let t0 = tokio::time::Instant::now();
+        let Start::Message(msg) = filter.mail(&conn, &env).await else {
+            panic!("a temperror is not refused under the default TempError_Defer");
+        };
+        let took = t0.elapsed();
+        assert!(
+            took <= DEFAULT_BUDGET + Duration::from_millis(10),
+            "{took:?}"
+        );
+        assert!(took < Duration::from_secs(30), "{took:?}");
+        assert_eq!(
+            msg.checks.helo.as_ref().map(|o| o.result),
+            Some(SpfResult::TempError)
+        );
+        assert_eq!(
+            msg.checks.mail_from.as_ref().map(|o| o.result),
+            Some(SpfResult::TempError)
+        );
+        let (_, value) = msg.header.expect("Received-SPF for the temperror");
+        assert!(
+            value.starts_with("TempError") || value.to_ascii_lowercase().starts_with("temperror"),
+            "{value}"
+        );
+
+        let short = SpfFilter::new(policy).with_budget(Duration::from_secs(3));
+        let t0 = tokio::time::Instant::now();
+        let _ = short.mail(&conn, &env).await;
+        assert!(t0.elapsed() <= Duration::from_secs(3) + Duration::from_millis(10));
     }
 }

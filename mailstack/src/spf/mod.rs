@@ -269,20 +269,49 @@ impl SpfEvaluator {
         sender: &str,
         helo: &str,
     ) -> SpfOutput {
-        self.run(Identity::MailFrom, unmap(ip), domain, sender, helo)
-            .await
+        self.run(
+            Identity::MailFrom,
+            unmap(ip),
+            domain,
+            sender,
+            helo,
+            self.limits.time_budget,
+        )
+        .await
     }
 
     /// Checks the MAIL FROM identity; an empty `sender` is checked as `postmaster@helo` (§2.4).
     pub async fn check_mail_from(&self, ip: IpAddr, helo: &str, sender: &str) -> SpfOutput {
+        self.check_mail_from_within(ip, helo, sender, self.limits.time_budget)
+            .await
+    }
+
+    /// [`Self::check_mail_from`] within `budget` (or the configured time budget, if that is
+    /// shorter): a caller with a deadline of its own (a milter answering before the MTA's
+    /// command timeout) passes what is left of it; running out gives `temperror`, as the
+    /// configured budget does.
+    pub async fn check_mail_from_within(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        sender: &str,
+        budget: Duration,
+    ) -> SpfOutput {
         let (_, domain) = split_sender(sender, helo);
-        self.run(Identity::MailFrom, unmap(ip), &domain, sender, helo)
+        self.run(Identity::MailFrom, unmap(ip), &domain, sender, helo, budget)
             .await
     }
 
     /// Checks the HELO identity as `postmaster@helo` (§2.3).
     pub async fn check_helo(&self, ip: IpAddr, helo: &str) -> SpfOutput {
-        self.run(Identity::Helo, unmap(ip), helo, "", helo).await
+        self.check_helo_within(ip, helo, self.limits.time_budget)
+            .await
+    }
+
+    /// [`Self::check_helo`] within `budget` (as [`Self::check_mail_from_within`]).
+    pub async fn check_helo_within(&self, ip: IpAddr, helo: &str, budget: Duration) -> SpfOutput {
+        self.run(Identity::Helo, unmap(ip), helo, "", helo, budget)
+            .await
     }
 
     async fn run(
@@ -292,7 +321,9 @@ impl SpfEvaluator {
         domain: &str,
         sender: &str,
         helo: &str,
+        budget: Duration,
     ) -> SpfOutput {
+        let budget = budget.min(self.limits.time_budget);
         let (local, sender_domain) = split_sender(sender, helo);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -310,25 +341,21 @@ impl SpfEvaluator {
             top_record: None,
         };
         let started = tokio::time::Instant::now();
-        let outcome = match tokio::time::timeout(
-            self.limits.time_budget,
-            session.check_host(domain.to_owned()),
-        )
-        .await
-        {
-            Ok(o) => o,
-            Err(_) => eval::Outcome {
-                result: SpfResult::TempError,
-                explain: None,
-                mechanism: None,
-                problem: Some("DNS Error: exceeded max query lookup time".into()),
-            },
-        };
+        let outcome =
+            match tokio::time::timeout(budget, session.check_host(domain.to_owned())).await {
+                Ok(o) => o,
+                Err(_) => eval::Outcome {
+                    result: SpfResult::TempError,
+                    explain: None,
+                    mechanism: None,
+                    problem: Some("DNS Error: exceeded max query lookup time".into()),
+                },
+            };
         // §6.2: a failure to get the explanation (DNS error, no time left) leaves the result
         // `fail`, with no explanation; only what is left of the budget is spent on it.
         let explanation = match (&outcome.explain, outcome.result) {
             (Some((exp, exp_domain)), SpfResult::Fail) => {
-                let left = self.limits.time_budget.saturating_sub(started.elapsed());
+                let left = budget.saturating_sub(started.elapsed());
                 tokio::time::timeout(left, session.explain(exp, exp_domain))
                     .await
                     .ok()

@@ -44,7 +44,7 @@ mod serve;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use config::{
     DEFAULT_CONFIG_PATH, DEFAULT_INSTANCE_CACHE_SIZE, DEFAULT_REASON_MESSAGE,
@@ -234,7 +234,7 @@ impl std::fmt::Debug for SpfPolicy {
 
 /// How long an `instance` is remembered (a message's recipients arrive within seconds;
 /// Postfix's `smtpd_timeout` is 300 s per command).
-const INSTANCE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+const INSTANCE_TTL: Duration = Duration::from_secs(3600);
 
 impl SpfPolicy {
     /// A policy with `config`, resolving through `resolver`.
@@ -285,7 +285,7 @@ impl SpfPolicy {
             Some(SpfAction::Prepend(_)) => SpfAction::Dunno,
             Some(other) => other,
             None => {
-                let action = self.evaluate(req, &mut Checks::default()).await;
+                let action = self.evaluate(req, &mut Checks::default(), None).await;
                 if !req.instance.is_empty()
                     && let Ok(mut c) = self.instances.lock()
                 {
@@ -301,11 +301,26 @@ impl SpfPolicy {
     /// message) and returns the outputs of the checks that ran with the action, for
     /// `Authentication-Results` and DMARC.
     pub async fn decide_checked(&self, req: &SpfRequest) -> (SpfAction, Checks) {
+        self.decide_checked_within(req, None).await
+    }
+
+    /// [`Self::decide_checked`] with every DNS lookup of the decision (bypass lists, HELO and
+    /// MAIL FROM checks) done within `budget` in all: a check that runs out gives `temperror`
+    /// (judged as `Lookup_Time` running out is), a bypass lookup that runs out bypasses
+    /// nothing. A milter passes a budget under the MTA's command timeout (Postfix's
+    /// `milter_command_timeout` is 30 s; HELO and MAIL FROM at `Lookup_Time = 20` each would
+    /// otherwise take up to 40 s).
+    pub async fn decide_checked_within(
+        &self,
+        req: &SpfRequest,
+        budget: Option<Duration>,
+    ) -> (SpfAction, Checks) {
         if self.config.mock {
             return (self.decide(req).await, Checks::default());
         }
         let mut seen = Checks::default();
-        let action = self.evaluate(req, &mut seen).await;
+        let deadline = budget.map(|b| tokio::time::Instant::now() + b);
+        let action = self.evaluate(req, &mut seen, deadline).await;
         (self.finish(action), seen)
     }
 
@@ -338,7 +353,12 @@ impl SpfPolicy {
         }
     }
 
-    async fn evaluate(&self, req: &SpfRequest, seen: &mut Checks) -> SpfAction {
+    async fn evaluate(
+        &self,
+        req: &SpfRequest,
+        seen: &mut Checks,
+        deadline: Option<tokio::time::Instant>,
+    ) -> SpfAction {
         let ip_text = self
             .config
             .prospective
@@ -347,7 +367,14 @@ impl SpfPolicy {
             return SpfAction::Dunno;
         };
         let receiver = self.receiver(req);
-        if let Some(header) = self.bypass(req, ip, &receiver).await {
+        let bypassed = match deadline {
+            None => self.bypass(req, ip, &receiver).await,
+            Some(d) => tokio::time::timeout_at(d, self.bypass(req, ip, &receiver))
+                .await
+                .ok()
+                .flatten(),
+        };
+        if let Some(header) = bypassed {
             return SpfAction::Prepend(header);
         }
         if req.sender.is_empty() && req.helo_name.is_empty() {
@@ -367,7 +394,7 @@ impl SpfPolicy {
 
         let mut helo_checked = None;
         if self.config.helo_reject != RejectPolicy::NoCheck {
-            let out = self.check(false, ip, &helo, "").await;
+            let out = self.check(false, ip, &helo, "", deadline).await;
             seen.helo = Some(out.clone());
             let null_only = self.config.helo_reject == RejectPolicy::Null && !req.sender.is_empty();
             let c = self.judge(out, false, &helo, null_only, |out, reason| {
@@ -394,7 +421,7 @@ impl SpfPolicy {
                 _ => SpfAction::Dunno,
             };
         }
-        let out = self.check(true, ip, &helo, &req.sender).await;
+        let out = self.check(true, ip, &helo, &req.sender, deadline).await;
         seen.mail_from = Some(out.clone());
         let domain = sender_domain.unwrap_or_default();
         let c = self.judge(out, true, &domain, false, |out, _| {
@@ -511,7 +538,14 @@ impl SpfPolicy {
     }
 
     /// One identity's SPF output, through the (ip, name) cache.
-    async fn check(&self, mail_from: bool, ip: IpAddr, helo: &str, sender: &str) -> SpfOutput {
+    async fn check(
+        &self,
+        mail_from: bool,
+        ip: IpAddr,
+        helo: &str,
+        sender: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> SpfOutput {
         let name = if mail_from {
             sender.rsplit_once('@').map_or(sender, |(_, d)| d)
         } else {
@@ -527,10 +561,15 @@ impl SpfPolicy {
         {
             return hit;
         }
+        let budget = deadline.map_or(self.spf.limits().time_budget, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
         let out = if mail_from {
-            self.spf.check_mail_from(ip, helo, sender).await
+            self.spf
+                .check_mail_from_within(ip, helo, sender, budget)
+                .await
         } else {
-            self.spf.check_helo(ip, helo).await
+            self.spf.check_helo_within(ip, helo, budget).await
         };
         if !out.sender_dependent
             && out.result != SpfResult::TempError
