@@ -195,11 +195,14 @@ async fn stale_socket_is_replaced_live_one_and_plain_files_are_kept() {
     // A stale socket: bound, then the listener dropped without unlinking.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let opts = UnixOptions::new(Some(0o660), Some("0".into()));
+    // Our own group: a group a normal user may give its socket (root's 0 is not).
+    // SAFETY: getgid has no preconditions.
+    let gid = unsafe { libc::getgid() };
+    let opts = UnixOptions::new(Some(0o660), Some(gid.to_string()));
     let live = Listener::bind_with(&spec, &opts).await.unwrap();
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 0);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), gid);
     let err = Listener::bind(&spec).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     drop(live);
