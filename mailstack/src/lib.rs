@@ -14,6 +14,69 @@
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
+//!
+//! # Embedding the DKIM verifier and the DMARC evaluator
+//!
+//! Without an MTA: a message is signed, its key published in an in-memory zone (a real
+//! server passes a [`dns::HickoryResolver`]), verified, and the DKIM results judged by the
+//! sender domain's DMARC policy.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use mailstack::dkim::key::{self, GenKeyOptions, PrivateKey};
+//! use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
+//! use mailstack::dkim::verify::{DkimResult, VerifyOptions, verify_message};
+//! use mailstack::dkim::{Canon, DkimConfig};
+//! use mailstack::dmarc::{DkimInput, DmarcEvaluator, DmarcResult, Specification};
+//! use mailstack::dns::{MemoryRecord, MemoryResolver};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The sender's key, and what its DNS publishes.
+//! let generated = key::generate(&GenKeyOptions {
+//!     domain: "example.com".into(),
+//!     selector: "sel".into(),
+//!     ..GenKeyOptions::default()
+//! })?;
+//! let private = PrivateKey::parse(generated.private_pem.as_bytes())?;
+//! let mut zone = MemoryResolver::new();
+//! zone.add(
+//!     "sel._domainkey.example.com",
+//!     MemoryRecord::Txt(format!("v=DKIM1; k=rsa; p={}", private.public_record_value()).into_bytes()),
+//! )
+//! .add("_dmarc.example.com", MemoryRecord::Txt(b"v=DMARC1; p=reject".to_vec()));
+//! let dns = Arc::new(zone);
+//!
+//! // Sign.
+//! let msg = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nHello.\r\n";
+//! let signer = SigningKey {
+//!     domain: Some("example.com".into()),
+//!     selector: "sel".into(),
+//!     key: private,
+//! };
+//! let mut opts = SignOptions::from_config(&DkimConfig::default());
+//! opts.canon = (Canon::Relaxed, Canon::Relaxed);
+//! let now = 1_700_000_000;
+//! let values = sign_message(&[(&signer, "example.com")], &opts, msg, false, now)?;
+//! let signed = [b"DKIM-Signature:", values[0].as_bytes(), b"\r\n", msg].concat();
+//!
+//! // Verify, then judge with DMARC.
+//! let config = DkimConfig::default();
+//! let results = verify_message(&signed, dns.clone(), VerifyOptions::from_config(&config), now).await;
+//! assert_eq!(results[0].result, DkimResult::Pass);
+//! let dkim: Vec<DkimInput> = results.into_iter().map(DkimInput::from).collect();
+//! let dmarc = DmarcEvaluator::new(dns, Specification::Rfc7489, Duration::from_secs(5));
+//! let verdict = dmarc.evaluate("example.com", None, &dkim).await;
+//! assert_eq!(verdict.result, DmarcResult::Pass);
+//! assert!(verdict.dkim_aligned);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A milter of your own is a [`filter::Filter`] served by [`filter::Milter`]; see the
+//! [`filter`] module's example.
 
 pub mod auth_results;
 pub mod av;

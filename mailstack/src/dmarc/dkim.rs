@@ -68,6 +68,13 @@ pub(crate) fn input(r: SignatureResult) -> DkimInput {
     }
 }
 
+impl From<SignatureResult> for DkimInput {
+    /// A DKIM verifier's result as DMARC input (domain lower-cased, the result mapped).
+    fn from(r: SignatureResult) -> Self {
+        input(r)
+    }
+}
+
 impl InProcessDkim {
     /// A verifier fetching keys through `resolver`.
     pub fn new(resolver: Arc<dyn Resolver>) -> Self {
