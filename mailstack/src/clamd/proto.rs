@@ -269,9 +269,10 @@ impl ReplyBuffer {
     }
 }
 
-/// Fuzzing entry point: runs every reply parser over `data`. Must never panic.
-#[doc(hidden)]
-pub fn fuzz_reply(data: &[u8]) {
+/// Fuzzing entry point (`mailstack::fuzzing::clamd_reply` and the property tests): runs every
+/// reply parser over `data`. Must never panic.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_reply(data: &[u8]) {
     for style in [Style::Nul, Style::Newline] {
         let mut rb = ReplyBuffer::new(style, 128);
         let mut rest = data;

@@ -127,7 +127,7 @@ enum Mode {
 }
 
 /// Pulls `local@domain` out of a From value (the last `<...>`, else the whole value).
-pub fn from_address(value: &str) -> Option<String> {
+pub(crate) fn from_address(value: &str) -> Option<String> {
     let v = value.trim();
     let addr = match (v.rfind('<'), v.rfind('>')) {
         (Some(a), Some(b)) if a < b => v.get(a + 1..b).unwrap_or(""),

@@ -391,7 +391,7 @@ async fn verify_one(
 
 /// The shortest `b=` prefix of at least 8 characters (OpenDKIM's `MINSIGLEN`) that tells
 /// `b` apart from every other signature's.
-pub fn b_prefix<'a>(b: &'a str, all: &[&str]) -> &'a str {
+pub(crate) fn b_prefix<'a>(b: &'a str, all: &[&str]) -> &'a str {
     let mut n = 8.min(b.len());
     while n < b.len()
         && all
