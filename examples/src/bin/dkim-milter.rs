@@ -185,7 +185,8 @@ fn fail(e: impl std::fmt::Display) -> ! {
 /// /etc/resolv.conf, DNSTimeout per query.
 fn resolver(args: &Args, cfg: &DkimConfig) -> Result<Arc<dyn Resolver>, DaemonError> {
     if let Some(path) = &cfg.test_public_keys {
-        let keys = mailstack::dkim::test_public_keys(path).map_err(DaemonError::Resolver)?;
+        let keys = mailstack::dkim::test_public_keys(path)
+            .map_err(|e| DaemonError::Resolver(e.to_string()))?;
         return Ok(Arc::new(keys));
     }
     let servers: Vec<SocketAddr> = if args.daemon.nameserver.is_empty() {
@@ -214,7 +215,7 @@ fn genkey(g: &GenKey) -> Result<(), String> {
         testing: g.testing,
         note: g.note.clone(),
     };
-    let out = key::generate(&opts)?;
+    let out = key::generate(&opts).map_err(|e| e.to_string())?;
     let private = g.directory.join(format!("{}.private", g.selector));
     let txt = g.directory.join(format!("{}.txt", g.selector));
     for (path, data) in [(&private, &out.private_pem), (&txt, &out.txt)] {

@@ -7,7 +7,7 @@
 //! refused by name.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Largest data set file we read (4 MiB): key and signing tables of a large host are well
 /// below; anything bigger is likely the wrong file.
@@ -22,10 +22,44 @@ pub struct Dataset {
     pub wildcard: bool,
 }
 
+/// Why a data set (an OpenDKIM `dataset` option value) could not be used. The message is
+/// the one for the option's line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatasetError {
+    /// A data set type we do not read (databases, LDAP, Lua, ...).
+    #[error("data set type {0:?} is not supported (flat files, refile: and csl: are)")]
+    Unsupported(&'static str),
+    /// A Berkeley DB file.
+    #[error("Berkeley DB data sets (*.db) are not supported")]
+    BerkeleyDb,
+    /// The flat file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The flat file is over the size accepted.
+    #[error("{}: {size} bytes, larger than the {MAX_DATASET_FILE} accepted", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// A peer list entry `addr/bits` with a bad length.
+    #[error("bad network length in {0:?}")]
+    NetworkLength(String),
+    /// A peer list entry with `/bits` whose address does not parse.
+    #[error("bad network {0:?}")]
+    Network(String),
+}
+
 impl Dataset {
-    /// Parses a data set specification; flat files are read now. `Err` is the message for the
-    /// option's line.
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    /// Parses a data set specification; flat files are read now.
+    pub fn parse(spec: &str) -> Result<Self, DatasetError> {
         let spec = spec.trim();
         for refused in [
             "db:",
@@ -42,10 +76,7 @@ impl Dataset {
                 .get(..refused.len())
                 .is_some_and(|prefix| prefix.eq_ignore_ascii_case(refused))
             {
-                return Err(format!(
-                    "data set type {:?} is not supported (flat files, refile: and csl: are)",
-                    &refused[..refused.len() - 1]
-                ));
+                return Err(DatasetError::Unsupported(&refused[..refused.len() - 1]));
             }
         }
         if let Some(path) = spec.strip_prefix("file:") {
@@ -56,7 +87,7 @@ impl Dataset {
         }
         if spec.starts_with('/') {
             if spec.ends_with(".db") {
-                return Err("Berkeley DB data sets (*.db) are not supported".into());
+                return Err(DatasetError::BerkeleyDb);
             }
             return Self::read_file(spec, false);
         }
@@ -87,17 +118,20 @@ impl Dataset {
         }
     }
 
-    fn read_file(path: &str, wildcard: bool) -> Result<Self, String> {
+    fn read_file(path: &str, wildcard: bool) -> Result<Self, DatasetError> {
         let path = Path::new(path);
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let io = |source| DatasetError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
         if meta.len() > MAX_DATASET_FILE {
-            return Err(format!(
-                "{}: {} bytes, larger than the {MAX_DATASET_FILE} accepted",
-                path.display(),
-                meta.len()
-            ));
+            return Err(DatasetError::TooLarge {
+                path: path.to_owned(),
+                size: meta.len(),
+            });
         }
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read(path).map_err(io)?;
         let text = String::from_utf8_lossy(&text);
         Ok(Self::parse_lines(&text, wildcard))
     }
@@ -232,7 +266,7 @@ pub struct PeerList {
 
 impl PeerList {
     /// Builds the list from a data set's keys. `Err` names the bad entry.
-    pub fn from_dataset(ds: &Dataset) -> Result<Self, String> {
+    pub fn from_dataset(ds: &Dataset) -> Result<Self, DatasetError> {
         let mut entries = Vec::new();
         for item in ds.keys() {
             let (neg, item) = match item.strip_prefix('!') {
@@ -253,11 +287,11 @@ impl PeerList {
                             .parse::<u8>()
                             .ok()
                             .filter(|b| *b <= max)
-                            .ok_or_else(|| format!("bad network length in {item:?}"))?,
+                            .ok_or_else(|| DatasetError::NetworkLength(item.to_owned()))?,
                     };
                     Peer::Net(ip, bits)
                 }
-                Err(_) if bits.is_some() => return Err(format!("bad network {item:?}")),
+                Err(_) if bits.is_some() => return Err(DatasetError::Network(item.to_owned())),
                 Err(_) => Peer::Host(item.to_ascii_lowercase()),
             };
             entries.push((neg, peer));
@@ -370,11 +404,12 @@ mod tests {
                 ("b".to_owned(), "c".to_owned())
             ]
         );
+        let ldap = Dataset::parse("ldap://x").unwrap_err();
         assert!(
-            Dataset::parse("ldap://x")
-                .unwrap_err()
-                .contains("\"ldap\" is not supported")
+            matches!(ldap, DatasetError::Unsupported("ldap")),
+            "{ldap:?}"
         );
+        assert!(ldap.to_string().contains("\"ldap\" is not supported"));
         assert!(Dataset::parse("dsn:mysql://x").is_err());
         assert!(Dataset::parse("/etc/x.db").is_err());
     }

@@ -30,6 +30,7 @@ use milter_proto::flags::Actions;
 
 use super::canon::{BodyHasher, Header};
 use super::config::{Action as OnAction, DkimConfig};
+use super::key::KeyError;
 use super::sig::Algorithm;
 use super::sign::{
     BodyHash, HeaderCountProblem, KeyChoice, KeySet, SignOptions, sign_one, strict_headers_problem,
@@ -58,13 +59,13 @@ const SYNTAX_ERROR: &str = "DKIM signature syntax error";
 const BAD_FORMAT: &str = "bad message/signature format";
 
 /// Why a [`DkimFilter`] could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DkimError {
-    /// A signing key of the configuration could not be loaded: the text names the key (file
+    /// A signing key of the configuration could not be loaded: the error names the key (file
     /// or KeyTable entry) and what is wrong with it.
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// The DKIM filter: configuration, keys and DNS, shared by every connection.
@@ -842,8 +843,15 @@ Subject: test\r\n\r\nHello\r\n";
         )
         .unwrap();
         let err = DkimFilter::new(cfg, Arc::new(MemoryResolver::new())).unwrap_err();
-        let DkimError::Key(text) = &err;
-        assert!(text.contains("/nonexistent/sel.private"), "{err}");
+        let DkimError::Key(KeyError::Io { path, source }) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, std::path::Path::new("/nonexistent/sel.private"));
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            err.to_string().contains("/nonexistent/sel.private"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -82,6 +82,92 @@ impl Drop for LegacyRsaKey {
     }
 }
 
+/// Why a private key could not be read, parsed or generated. The messages are the ones
+/// `--check-config` and start-up print.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A PEM text without its END line or with an unterminated header.
+    #[error("{0}")]
+    Pem(&'static str),
+    /// Neither PEM nor base64.
+    #[error("not PEM or base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    /// A `BEGIN RSA PRIVATE KEY` text that is not a PKCS#1 RSA key.
+    #[error("bad PKCS#1 RSA key: {0}")]
+    Pkcs1(LegacyRsaError),
+    /// An RSA key under 1024 bits (RFC 8301).
+    #[error("{0}")]
+    Rsa(LegacyRsaError),
+    /// Not an RSA or Ed25519 private key.
+    #[error("not an RSA (1024 bits or more, RFC 8301) or Ed25519 private key (PKCS#1 or PKCS#8)")]
+    Unsupported,
+    /// The key file could not be opened or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The path is not a regular file (a directory, FIFO, device).
+    #[error("{}: not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Over [`MAX_KEY_FILE`] bytes.
+    #[error("{}: larger than {MAX_KEY_FILE} bytes", path.display())]
+    TooLarge {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// `RequireSafeKeys`: the file or a directory above it is open to others.
+    #[error("{}: {problem}; fix it, or set RequireSafeKeys no", path.display())]
+    Unsafe {
+        /// The offending file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key in a file did not parse.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: Box<Self>,
+    },
+    /// A KeyTable entry that is not `domain:selector:key`.
+    #[error(
+        "KeyTable entry {name:?}: expected domain:selector:key, found {value:?} (refused at \
+         startup; OpenDKIM would start and tempfail the mail this key should sign)"
+    )]
+    KeyTableSyntax {
+        /// The entry's name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A KeyTable entry whose inline key does not parse.
+    #[error(
+        "KeyTable entry {name:?}: {source} (refused at startup; OpenDKIM would start and \
+         tempfail the mail this key should sign)"
+    )]
+    KeyTableKey {
+        /// The entry's name.
+        name: String,
+        /// Why.
+        source: Box<Self>,
+    },
+    /// [`generate`] was asked for an RSA size opendkim-genkey does not offer.
+    #[error("RSA key size {0}: use 2048, 3072, 4096 or 8192")]
+    BadSize(usize),
+    /// The crypto library could not generate or encode a key.
+    #[error("key generation failed: {0}")]
+    Generate(String),
+}
+
 /// Why a small RSA key was not loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -265,36 +351,37 @@ impl PrivateKey {
     }
 
     /// Parses PEM (`BEGIN PRIVATE KEY`, `BEGIN RSA PRIVATE KEY`) or bare base64 DER.
-    pub fn parse(text: &[u8]) -> Result<Self, String> {
+    pub fn parse(text: &[u8]) -> Result<Self, KeyError> {
         let text = String::from_utf8_lossy(text);
         let (label, b64): (Option<&str>, String) = match text.find("-----BEGIN ") {
             Some(at) => {
                 let rest = &text[at + 11..];
-                let end = rest.find("-----").ok_or("unterminated PEM header")?;
+                let end = rest
+                    .find("-----")
+                    .ok_or(KeyError::Pem("unterminated PEM header"))?;
                 let label = &rest[..end];
                 let body = &rest[end + 5..];
-                let stop = body.find("-----END").ok_or("PEM without END line")?;
+                let stop = body
+                    .find("-----END")
+                    .ok_or(KeyError::Pem("PEM without END line"))?;
                 (Some(label), body[..stop].split_whitespace().collect())
             }
             None => (None, text.split_whitespace().collect()),
         };
-        let der = B64
-            .decode(b64.as_bytes())
-            .map_err(|e| format!("not PEM or base64: {e}"))?;
+        let der = B64.decode(b64.as_bytes())?;
         Self::from_der(label, &der)
     }
 
-    fn from_der(label: Option<&str>, der: &[u8]) -> Result<Self, String> {
+    fn from_der(label: Option<&str>, der: &[u8]) -> Result<Self, KeyError> {
         // aws-lc-rs first (2048 bits and up); a key it refuses may still be a 1024..2047-bit
         // RSA key, which RFC 8301 allows for signing and OpenDKIM signs with.
-        let small = |r: Result<LegacyRsaKey, LegacyRsaError>| -> Result<Self, String> {
-            r.map(Self::RsaLegacy).map_err(|e| e.to_string())
-        };
         if label == Some("RSA PRIVATE KEY") {
-            return RsaKeyPair::from_der(der)
-                .map(Self::Rsa)
-                .or_else(|_| small(LegacyRsaKey::from_pkcs1_der(der)))
-                .map_err(|e| format!("bad PKCS#1 RSA key: {e}"));
+            return match RsaKeyPair::from_der(der) {
+                Ok(k) => Ok(Self::Rsa(k)),
+                Err(_) => LegacyRsaKey::from_pkcs1_der(der)
+                    .map(Self::RsaLegacy)
+                    .map_err(KeyError::Pkcs1),
+            };
         }
         if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
             return Ok(Self::Rsa(k));
@@ -307,13 +394,9 @@ impl PrivateKey {
         }
         match LegacyRsaKey::from_pkcs8_der(der).or_else(|_| LegacyRsaKey::from_pkcs1_der(der)) {
             Ok(k) => Ok(Self::RsaLegacy(k)),
-            Err(e @ LegacyRsaError::TooSmall(_)) => Err(e.to_string()),
+            Err(e @ LegacyRsaError::TooSmall(_)) => Err(KeyError::Rsa(e)),
             // aws-lc itself refuses to parse some RSA keys under 1024 bits (and odd sizes).
-            Err(_) => Err(
-                "not an RSA (1024 bits or more, RFC 8301) or Ed25519 private key \
-                 (PKCS#1 or PKCS#8)"
-                    .into(),
-            ),
+            Err(_) => Err(KeyError::Unsupported),
         }
     }
 
@@ -322,26 +405,33 @@ impl PrivateKey {
     /// The file must be a regular file; [`key_file_problem`] (OpenDKIM's `RequireSafeKeys`
     /// rule) and [`check_safe_dirs`] refuse it with `require_safe`, and are logged as a
     /// warning without it (as OpenDKIM logs them).
-    pub fn read(path: &Path, require_safe: bool) -> Result<Self, String> {
+    pub fn read(path: &Path, require_safe: bool) -> Result<Self, KeyError> {
         use std::io::Read as _;
         use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
         let shown = path.display();
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
         // O_NONBLOCK: opening a FIFO planted at the path must not hang startup.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| format!("{shown}: {e}"))?;
-        let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
-            return Err(format!("{shown}: not a regular file"));
+            return Err(KeyError::NotAFile {
+                path: path.to_owned(),
+            });
         }
         let me = ProcessIds::current();
         if let Some(problem) = key_file_problem(meta.mode(), meta.uid(), meta.gid(), &me) {
             if require_safe {
-                return Err(format!(
-                    "{shown}: {problem}; fix it, or set RequireSafeKeys no"
-                ));
+                return Err(KeyError::Unsafe {
+                    path: path.to_owned(),
+                    problem,
+                });
             }
             tracing::warn!("{shown}: {problem} (RequireSafeKeys is off: using it anyway)");
         }
@@ -351,17 +441,23 @@ impl PrivateKey {
             }
             tracing::warn!("{e} (RequireSafeKeys is off: using it anyway)");
         }
+        let too_large = || KeyError::TooLarge {
+            path: path.to_owned(),
+        };
         if meta.len() > MAX_KEY_FILE {
-            return Err(format!("{shown}: larger than {MAX_KEY_FILE} bytes"));
+            return Err(too_large());
         }
         let mut text = Vec::new();
         file.take(MAX_KEY_FILE + 1)
             .read_to_end(&mut text)
-            .map_err(|e| format!("{shown}: {e}"))?;
+            .map_err(io)?;
         if text.len() as u64 > MAX_KEY_FILE {
-            return Err(format!("{shown}: larger than {MAX_KEY_FILE} bytes"));
+            return Err(too_large());
         }
-        Self::parse(&text).map_err(|e| format!("{shown}: {e}"))
+        Self::parse(&text).map_err(|e| KeyError::InFile {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
     }
 
     /// The `p=` value of the matching public key record.
@@ -444,7 +540,7 @@ pub fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Optio
 
 /// `RequireSafeKeys` for the directories above a key file: none may be writable by others
 /// unless it has the sticky bit (like `/tmp`). The error names the first offending path.
-pub fn check_safe_dirs(path: &Path) -> Result<(), String> {
+pub fn check_safe_dirs(path: &Path) -> Result<(), KeyError> {
     let abs: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut dir = abs.parent();
     while let Some(d) = dir {
@@ -452,13 +548,14 @@ pub fn check_safe_dirs(path: &Path) -> Result<(), String> {
             let mode = m.permissions().mode();
             let sticky = mode & 0o1000 != 0;
             if mode & 0o002 != 0 && !sticky {
-                return Err(format!(
-                    "{}: directory above key file {} is writable by others (mode {:04o}); \
-                     fix it, or set RequireSafeKeys no",
-                    d.display(),
-                    path.display(),
-                    mode & 0o7777
-                ));
+                return Err(KeyError::Unsafe {
+                    path: d.to_owned(),
+                    problem: format!(
+                        "directory above key file {} is writable by others (mode {:04o})",
+                        path.display(),
+                        mode & 0o7777
+                    ),
+                });
             }
         }
         dir = d.parent();
@@ -468,14 +565,19 @@ pub fn check_safe_dirs(path: &Path) -> Result<(), String> {
 
 /// Both `RequireSafeKeys` checks on a path (for tools such as `--check-config`);
 /// [`PrivateKey::read`] runs the same checks on the file it opened.
-pub fn check_safe(path: &Path) -> Result<(), String> {
+pub fn check_safe(path: &Path) -> Result<(), KeyError> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(p) = key_file_problem(meta.mode(), meta.uid(), meta.gid(), &ProcessIds::current()) {
-        return Err(format!(
-            "{}: {p}; fix it, or set RequireSafeKeys no",
-            path.display()
-        ));
+    let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(problem) =
+        key_file_problem(meta.mode(), meta.uid(), meta.gid(), &ProcessIds::current())
+    {
+        return Err(KeyError::Unsafe {
+            path: path.to_owned(),
+            problem,
+        });
     }
     check_safe_dirs(path)
 }
@@ -649,7 +751,7 @@ impl Default for GenKeyOptions {
 }
 
 /// Generates a key pair and renders both files.
-pub fn generate(opts: &GenKeyOptions) -> Result<GeneratedKey, String> {
+pub fn generate(opts: &GenKeyOptions) -> Result<GeneratedKey, KeyError> {
     let (der, p) = match opts.key_type {
         KeyType::Rsa => {
             let size = match opts.bits {
@@ -657,16 +759,18 @@ pub fn generate(opts: &GenKeyOptions) -> Result<GeneratedKey, String> {
                 3072 => KeySize::Rsa3072,
                 4096 => KeySize::Rsa4096,
                 8192 => KeySize::Rsa8192,
-                b => return Err(format!("RSA key size {b}: use 2048, 3072, 4096 or 8192")),
+                b => return Err(KeyError::BadSize(b)),
             };
-            let k = RsaKeyPair::generate(size).map_err(|e| e.to_string())?;
-            let der: Pkcs8V1Der<'_> = k.as_der().map_err(|e| e.to_string())?;
+            let k = RsaKeyPair::generate(size).map_err(|e| KeyError::Generate(e.to_string()))?;
+            let der: Pkcs8V1Der<'_> = k.as_der().map_err(|e| KeyError::Generate(e.to_string()))?;
             let p = PrivateKey::Rsa(k).public_record_value();
             (der.as_ref().to_vec(), p)
         }
         KeyType::Ed25519 => {
-            let k = Ed25519KeyPair::generate().map_err(|e| e.to_string())?;
-            let der = k.to_pkcs8v1().map_err(|e| e.to_string())?;
+            let k = Ed25519KeyPair::generate().map_err(|e| KeyError::Generate(e.to_string()))?;
+            let der = k
+                .to_pkcs8v1()
+                .map_err(|e| KeyError::Generate(e.to_string()))?;
             (der.as_ref().to_vec(), B64.encode(k.public_key().as_ref()))
         }
     };
@@ -814,7 +918,8 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = PrivateKey::read(&path, true).unwrap_err();
         assert!(
-            e.starts_with(&format!("{}: key file mode 0644", path.display())),
+            e.to_string()
+                .starts_with(&format!("{}: key file mode 0644", path.display())),
             "{e}"
         );
         assert!(PrivateKey::read(&path, false).is_ok());
@@ -823,7 +928,8 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = PrivateKey::read(&path, true).unwrap_err();
         assert!(
-            e.starts_with(&format!("{}: directory above", dir.path().display())),
+            e.to_string()
+                .starts_with(&format!("{}: directory above", dir.path().display())),
             "{e}"
         );
     }
@@ -840,12 +946,15 @@ mod tests {
         assert_eq!(key_file_problem(0o100640, 0, 120, &me), None);
         // Group-readable by a group we are not in: refused (accepted before).
         let e = key_file_problem(0o100640, 0, 0, &me).unwrap();
-        assert!(e.contains("lets group 0 read or write it"), "{e}");
+        assert!(
+            e.to_string().contains("lets group 0 read or write it"),
+            "{e}"
+        );
         assert!(key_file_problem(0o100604, 110, 120, &me).is_some());
         assert!(key_file_problem(0o100602, 110, 120, &me).is_some());
         // Owned by another user: refused (not checked before).
         let e = key_file_problem(0o100600, 999, 120, &me).unwrap();
-        assert!(e.contains("owned by uid 999"), "{e}");
+        assert!(e.to_string().contains("owned by uid 999"), "{e}");
     }
 
     #[test]
@@ -868,7 +977,7 @@ mod tests {
         if std::fs::metadata(&path).unwrap().uid() == 12345 {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             let e = PrivateKey::read(&path, true).unwrap_err();
-            assert!(e.contains("owned by uid 12345"), "{e}");
+            assert!(e.to_string().contains("owned by uid 12345"), "{e}");
             assert!(PrivateKey::read(&path, false).is_ok());
         }
         let fifo = dir.path().join("fifo");
@@ -879,6 +988,6 @@ mod tests {
                 .is_ok_and(|s| s.success())
         );
         let e = PrivateKey::read(&fifo, false).unwrap_err();
-        assert!(e.ends_with("not a regular file"), "{e}");
+        assert!(e.to_string().ends_with("not a regular file"), "{e}");
     }
 }

@@ -127,24 +127,32 @@ pub mod verify;
 use std::path::Path;
 
 pub use config::{Action, Actions, Canon, DkimConfig};
-pub use dataset::{Dataset, PeerList};
+pub use dataset::{Dataset, DatasetError, PeerList};
 pub use filter::{DkimError, DkimFilter, DkimMessage};
 
+use crate::config::ConfigError;
 use crate::dns::{MemoryRecord, MemoryResolver};
 
 /// Reads an OpenDKIM `TestPublicKeys` file (`<selector>._domainkey.<domain> <record>` per
-/// line) into an in-memory zone.
-pub fn test_public_keys(path: &Path) -> Result<MemoryResolver, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// line) into an in-memory zone. A line without a record is an error naming its number.
+pub fn test_public_keys(path: &Path) -> Result<MemoryResolver, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut zone = MemoryResolver::new();
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, record) = line
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| format!("{}: expected `name record`, found {line:?}", path.display()))?;
+        let (name, record) = line.split_once(char::is_whitespace).ok_or_else(|| {
+            ConfigError::at(
+                path,
+                n + 1,
+                format!("expected `name record`, found {line:?}"),
+            )
+        })?;
         zone.add(name, MemoryRecord::Txt(record.trim().as_bytes().to_vec()));
     }
     Ok(zone)

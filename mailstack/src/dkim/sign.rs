@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use super::canon::{BodyHasher, Header, hash_headers, hash_signature_field};
 use super::config::{Canon, DkimConfig};
 use super::dataset::Dataset;
-use super::key::{KeyType, PrivateKey};
+use super::key::{KeyError, KeyType, PrivateKey};
 use super::sig::{Algorithm, Unsigned, append_b};
 
 /// One key and where it signs.
@@ -268,7 +268,7 @@ pub struct KeySet {
 impl KeySet {
     /// Loads every key of `cfg` (checking `RequireSafeKeys`); an empty set if `cfg` does not
     /// sign. `Err` names the key file and what is wrong.
-    pub fn from_config(cfg: &DkimConfig) -> Result<Self, String> {
+    pub fn from_config(cfg: &DkimConfig) -> Result<Self, KeyError> {
         let mut set = Self {
             domains: cfg.domains.clone(),
             sub_domains: cfg.sub_domains,
@@ -296,20 +296,17 @@ impl KeySet {
             for (name, value) in &kt.entries {
                 let mut parts = value.splitn(3, ':');
                 let (Some(d), Some(s), Some(k)) = (parts.next(), parts.next(), parts.next()) else {
-                    return Err(format!(
-                        "KeyTable entry {name:?}: expected domain:selector:key, found {value:?} \
-                         (refused at startup; OpenDKIM would start and tempfail the mail \
-                         this key should sign)"
-                    ));
+                    return Err(KeyError::KeyTableSyntax {
+                        name: name.clone(),
+                        value: value.clone(),
+                    });
                 };
                 let key = if k.starts_with('/') || k.starts_with("./") || k.starts_with("../") {
                     PrivateKey::read(Path::new(k), cfg.require_safe_keys)?
                 } else {
-                    PrivateKey::parse(k.as_bytes()).map_err(|e| {
-                        format!(
-                            "KeyTable entry {name:?}: {e} (refused at startup; OpenDKIM \
-                                 would start and tempfail the mail this key should sign)"
-                        )
+                    PrivateKey::parse(k.as_bytes()).map_err(|e| KeyError::KeyTableKey {
+                        name: name.clone(),
+                        source: Box::new(e),
                     })?
                 };
                 set.keys.push((
