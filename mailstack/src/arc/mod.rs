@@ -141,5 +141,56 @@ impl ArcOutcome {
     }
 }
 
+/// Validates the chain of a complete CRLF message (for tests and tools).
+pub async fn verify_message(msg: &[u8], resolver: &dyn crate::dns::Resolver) -> ArcOutcome {
+    let (headers, at) = crate::dkim::canon::Header::split_message(msg);
+    let mut v = ArcVerifier::new(&headers);
+    v.body(msg.get(at..).unwrap_or_default());
+    v.finish(&headers, resolver).await
+}
+
+/// Validates a complete CRLF message, seals it with `sealer` (the AAR is `authserv_id;`
+/// then `results`, with `arc=<chain result>` added first) and returns the message with
+/// the new set on top (for tests and tools; `mailstackd` seals in its pipeline).
+pub async fn seal_message(
+    sealer: &ArcSealer,
+    msg: &[u8],
+    resolver: &dyn crate::dns::Resolver,
+    authserv_id: &str,
+    results: &[MethodResult],
+    now: u64,
+) -> Result<Vec<u8>, SealError> {
+    use crate::dkim::canon::{BodyHasher, Header};
+    let chain = verify_message(msg, resolver).await;
+    let (headers, at) = Header::split_message(msg);
+    let mut body = BodyHasher::new(
+        crate::dkim::config::Canon::Relaxed,
+        &aws_lc_rs::digest::SHA256,
+        None,
+    );
+    body.update(msg.get(at..).unwrap_or_default());
+    let mut ar = crate::auth_results::AuthResults::new(authserv_id);
+    ar.push(chain.clause(None));
+    for r in results {
+        ar.push(r.clone());
+    }
+    let set = sealer.seal(
+        &headers,
+        &body.finish().0,
+        &chain,
+        &ar.to_milter_value(),
+        now,
+    )?;
+    let mut out = Vec::with_capacity(msg.len() + 2048);
+    for (name, value) in set.fields().iter().rev() {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.replace('\n', "\r\n").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(msg);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests;

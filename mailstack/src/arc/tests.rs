@@ -296,3 +296,215 @@ fn malformed_fields_never_panic() {
         }
     }
 }
+
+mod in_the_filters {
+    //! ARC through the DMARC filter (validation, the trusted-forwarder override) and
+    //! through `mailstackd`'s pipeline (sealing).
+
+    use super::*;
+    use crate::dmarc::{DmarcConfig, DmarcFilter, MessageFacts, PolicyOverride};
+    use crate::filter::offline::{Outcome, apply_to_message, run};
+    use crate::filter::{Action, AuthFacts, ClientAddr, Connection, Envelope, Filter, Verdict};
+    use crate::stack::StackConfig;
+    use std::path::Path;
+
+    fn dmarc_zone() -> MemoryResolver {
+        let mut z = zone(&["fwd1.example", "fwd2.example", "fwd3.example"]);
+        z.add(
+            "_dmarc.origin.example",
+            MemoryRecord::Txt(b"v=DMARC1; p=reject".to_vec()),
+        );
+        z
+    }
+
+    fn conn() -> Connection {
+        let mut c = Connection::new("relay", ClientAddr::Ip("198.51.100.9".parse().unwrap()));
+        c.mta_name = Some("mx.dest.example".into());
+        c
+    }
+
+    async fn verdict<F: Filter>(f: &F, msg: &[u8]) -> Verdict {
+        let env = Envelope::new("<bounces@fwd1.example>");
+        match run(f, &conn(), &env, msg).await {
+            Outcome::Verdict(v) => v,
+            other => panic!("no verdict: {other:?}"),
+        }
+    }
+
+    fn dmarc(z: &MemoryResolver, trusted: &str) -> DmarcFilter {
+        let text = format!("RejectFailures yes\nDomainWhitelist {trusted}\n");
+        let cfg = DmarcConfig::parse(Path::new("opendmarc.conf"), &text).unwrap();
+        DmarcFilter::new(cfg, Arc::new(z.clone()))
+    }
+
+    async fn overrides(f: &DmarcFilter, msg: &[u8], z: &MemoryResolver) -> Vec<PolicyOverride> {
+        let mut facts = AuthFacts::default();
+        facts.arc = Some(verify_message(msg, z).await);
+        let (headers, _) = Header::split_message(msg);
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|h| {
+                let v = String::from_utf8_lossy(&h.value).replace("\r\n", "\n");
+                (h.name.clone(), v.trim_start().to_owned())
+            })
+            .collect();
+        let o = f
+            .check(&MessageFacts {
+                client_ip: conn().ip(),
+                envelope_from: "bounces@fwd1.example",
+                helo: "relay",
+                rcpts: &[],
+                headers: &headers,
+                dkim_results: None,
+                raw_message: None,
+                job_id: None,
+                mta_name: Some("mx.dest.example"),
+                prior: Some(&facts),
+            })
+            .await;
+        o.overrides
+    }
+
+    #[tokio::test]
+    async fn a_trusted_sealer_overrides_a_dmarc_failure_an_untrusted_one_does_not() {
+        let z = dmarc_zone();
+        let sealed = seal_as(MSG, "fwd1.example", &z).await;
+        let trusting = dmarc(&z, "fwd1.example");
+        let v = verdict(&trusting, &sealed).await;
+        assert_eq!(v.action, Action::Accept);
+        assert_eq!(
+            v.facts.arc.as_ref().map(|a| a.result),
+            Some(ArcResult::Pass)
+        );
+        let words: Vec<String> = v
+            .auth_results
+            .iter()
+            .map(|c| format!("{}={}", c.method, c.result))
+            .collect();
+        assert_eq!(words, ["dmarc=fail", "arc=pass"]);
+        assert_eq!(
+            v.auth_results[0].comment.as_deref(),
+            Some("p=reject dis=none")
+        );
+        assert_eq!(
+            overrides(&trusting, &sealed, &z).await,
+            [PolicyOverride::TrustedForwarder]
+        );
+        // Sealed by fwd1, trusted: fwd2 only.
+        let other = dmarc(&z, "fwd2.example");
+        assert!(matches!(
+            verdict(&other, &sealed).await.action,
+            Action::Reject(Some(_))
+        ));
+        assert!(overrides(&other, &sealed, &z).await.is_empty());
+        // A broken chain: no override either.
+        let broken = replace_once(&sealed, "Hello there.", "Hello therE.");
+        assert!(matches!(
+            verdict(&trusting, &broken).await.action,
+            Action::Reject(Some(_))
+        ));
+        assert!(overrides(&trusting, &broken, &z).await.is_empty());
+        // No ARC at all: plain DMARC, no arc= clause unless asked for.
+        let v = verdict(&trusting, MSG).await;
+        assert!(matches!(v.action, Action::Reject(Some(_))));
+        let plain = DmarcFilter::new(DmarcConfig::default(), Arc::new(z.clone()));
+        let v = verdict(&plain, &sealed).await;
+        assert!(v.auth_results.iter().all(|c| c.method != "arc"), "{v:?}");
+    }
+
+    fn key_file(dir: &Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("arc.pem");
+        static PEM: OnceLock<String> = OnceLock::new();
+        let _ = key();
+        let pem = PEM.get_or_init(|| {
+            // The same key as `key()`: its PEM again.
+            generate(&GenKeyOptions::default()).unwrap().private_pem
+        });
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// `mailstackd` (its pipeline, built from a `mailstackd.toml`) sealing as `domain`.
+    fn mailstackd(domain: &str, key: &Path, z: &MemoryResolver) -> crate::stack::Mailstack {
+        let text = format!(
+            "[mailstackd]\nauthserv_id = \"mx.{domain}\"\n[spf]\nenabled = false\n\
+             [dmarc]\noptions = {{ ARCSeal = true, ARCSealDomain = \"{domain}\", \
+             ARCSealSelector = \"arc\", ARCSealKeyFile = \"{}\" }}\n",
+            key.display()
+        );
+        let cfg = StackConfig::parse(Path::new("mailstackd.toml"), &text).unwrap();
+        cfg.build(Arc::new(z.clone()), None, "host").unwrap()
+    }
+
+    #[tokio::test]
+    async fn mailstackd_seals_one_two_three_on_the_chain_it_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path());
+        let pem = std::fs::read(&key).unwrap();
+        let public = PrivateKey::parse(&pem).unwrap().public_record_value();
+        let mut z = MemoryResolver::new();
+        for d in ["fwd1.example", "fwd2.example", "fwd3.example"] {
+            z.add(
+                &format!("arc._domainkey.{d}"),
+                MemoryRecord::Txt(format!("v=DKIM1; k=rsa; p={public}").into_bytes()),
+            );
+        }
+        let mut msg = MSG.to_vec();
+        for (n, d) in ["fwd1.example", "fwd2.example", "fwd3.example"]
+            .iter()
+            .enumerate()
+        {
+            let stack = mailstackd(d, &key, &z);
+            let v = verdict(&stack, &msg).await;
+            assert_eq!(v.action, Action::Accept);
+            msg = apply_to_message(&msg, &v.modifications);
+            let o = verify_message(&msg, &z).await;
+            assert_eq!(
+                (o.result, o.instances()),
+                (ArcResult::Pass, n as u32 + 1),
+                "{o:?}"
+            );
+            let text = String::from_utf8_lossy(&msg).into_owned();
+            let aar = format!("ARC-Authentication-Results: i={}; mx.{d};", n + 1);
+            assert!(text.contains(&aar), "{text}");
+            let want = if n == 0 { "arc=none" } else { "arc=pass" };
+            let aar_text = text
+                .split(&aar)
+                .nth(1)
+                .unwrap()
+                .split("\r\nARC-")
+                .next()
+                .unwrap();
+            assert!(
+                aar_text.contains(want) && aar_text.contains("dmarc="),
+                "{aar_text}"
+            );
+        }
+        // Off by default: the embedded configuration seals nothing, validates nothing.
+        let cfg = StackConfig::parse(Path::new("m.toml"), "").unwrap();
+        let stack = cfg.build(Arc::new(z.clone()), None, "host").unwrap();
+        let v = verdict(&stack, &msg).await;
+        let out = apply_to_message(&msg, &v.modifications);
+        assert_eq!(verify_message(&out, &z).await.instances(), 3);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(!text.contains(": i=4;"), "sealed without ARCSeal");
+        let ours = text
+            .split("\r\n")
+            .find(|l| l.starts_with("Authentication-Results:"));
+        let ours = text
+            .split(ours.unwrap())
+            .nth(1)
+            .unwrap()
+            .split("\r\nARC-")
+            .next()
+            .unwrap();
+        let words = ours.split([' ', '\t', ';', '\r', '\n']);
+        assert!(
+            !words.clone().any(|w| w.starts_with("arc=")),
+            "arc= without ARCVerify: {ours}"
+        );
+        assert!(words.clone().any(|w| w.starts_with("dmarc=")), "{ours}");
+    }
+}
