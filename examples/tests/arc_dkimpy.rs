@@ -5,8 +5,9 @@
 //! - Chains sealed by dkimpy for i = 1, 2, 3 validate as `pass` with our code; tampered
 //!   ones (body changed, a seal changed, a set missing, instances out of order) as `fail`,
 //!   and dkimpy agrees on each.
-//! - Our seals validate with dkimpy for i = 1, 2, 3, and mixed chains (ours on dkimpy's,
-//!   dkimpy's on ours) validate on both sides.
+//! - Our seals validate with dkimpy for i = 1, 2, 3, made by the library call and by
+//!   `mailstackd`'s pipeline (`ARCSeal` on, the message as Postfix would deliver it), and
+//!   mixed chains (ours on dkimpy's, dkimpy's on ours) validate on both sides.
 //! - A DMARC-failing message forwarded through a dkimpy sealer listed in `DomainWhitelist`
 //!   is accepted with `trusted_forwarder`; through an unlisted sealer it is rejected.
 //!
@@ -28,6 +29,7 @@ use mailstack::dns::{MemoryRecord, MemoryResolver};
 use mailstack::filter::{
     Action, AuthFacts, ClientAddr, Connection, Envelope, Modification, offline,
 };
+use mailstack::stack::StackConfig;
 
 const PYTHON: &str = "/opt/dkimpy/bin/python3";
 const NOW: u64 = 1_700_000_000;
@@ -242,6 +244,52 @@ async fn dkimpy_chains_validate_with_our_code_and_tampering_fails() {
         assert!(s.dkimpy_verify(msg).starts_with("fail"), "dkimpy on {what}");
         eprintln!("{what}: fail ({})", o.reason.unwrap_or_default());
     }
+}
+
+/// `mailstackd` (the pipeline its `mailstackd.toml` builds, `ARCSeal` on) sealing `msg` as
+/// `domain`: the message as Postfix would deliver it.
+async fn mailstackd_seal(s: &Setup, msg: &[u8], domain: &str) -> Vec<u8> {
+    let text = format!(
+        "[mailstackd]\nauthserv_id = \"mx.{domain}\"\n[spf]\nenabled = false\n\
+         [dmarc]\noptions = {{ ARCSeal = true, ARCSealDomain = \"{domain}\", \
+         ARCSealSelector = \"{SELECTOR}\", ARCSealKeyFile = \"{}\" }}\n",
+        s.key_file.display()
+    );
+    let cfg = StackConfig::parse(Path::new("mailstackd.toml"), &text).unwrap();
+    let stack = cfg
+        .build(Arc::new(s.resolver.clone()), None, "host")
+        .unwrap();
+    let conn = Connection::new("relay", ClientAddr::Ip("198.51.100.9".parse().unwrap()));
+    let env = Envelope::new("<bounces@list.example>");
+    let offline::Outcome::Verdict(v) = offline::run(&stack, &conn, &env, msg).await else {
+        panic!("mailstackd did not reach end of message");
+    };
+    assert_eq!(v.action, Action::Accept);
+    offline::apply_to_message(msg, &v.modifications)
+}
+
+#[tokio::test]
+async fn mailstackd_seals_validate_with_dkimpy_for_one_two_three() {
+    let s = setup();
+    let mut msg = MSG.as_bytes().to_vec();
+    for (n, d) in ["fwd1.example", "fwd2.example", "fwd3.example"]
+        .iter()
+        .enumerate()
+    {
+        msg = mailstackd_seal(&s, &msg, d).await;
+        let verdict = s.dkimpy_verify(&msg);
+        assert!(
+            verdict.starts_with("pass"),
+            "dkimpy on mailstackd's i={}: {verdict}\n{}",
+            n + 1,
+            String::from_utf8_lossy(&msg)
+        );
+    }
+    let text = String::from_utf8_lossy(&msg);
+    assert!(
+        text.contains("ARC-Seal: i=3; a=rsa-sha256; cv=pass; d=fwd3.example;"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -697,4 +697,69 @@ mod tests {
         let c = parse("AuthservID mx.example\n").unwrap();
         assert!(!c.is_trusted("mx.example/ABC123", "mx.example", Some("ABC123")));
     }
+
+    #[test]
+    fn arc_options() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("sealers");
+        std::fs::write(&list, "# forwarders\nLists.Example.\nfwd.example\n").unwrap();
+        let c = parse(&format!(
+            "DomainWhitelist a.example, B.example\nDomainWhitelistFile {}\n",
+            list.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.trusted_arc_sealers,
+            ["a.example", "b.example", "lists.example", "fwd.example"]
+        );
+        assert!(c.validates_arc() && c.arc_seal.is_none());
+        assert!(!parse("").unwrap().validates_arc(), "ARC is off by default");
+        assert!(parse("ARCVerify yes\n").unwrap().validates_arc());
+        assert!(parse("ARCSeal no\n").unwrap().arc_seal.is_none());
+        let e = parse("DomainWhitelistSize 1\nDomainWhitelist a.example b.example\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:2: DomainWhitelist: 2 domains, more than DomainWhitelistSize 1"
+        );
+        let e = parse("\nARCSeal yes\nARCSealDomain a.example\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:2: ARCSeal yes: expected ARCSealDomain, ARCSealSelector and \
+             ARCSealKeyFile"
+        );
+        let seal = |key: &Path| {
+            parse(&format!(
+                "ARCSeal yes\nARCSealDomain A.example\nARCSealSelector arc\nARCSealKeyFile {}\n",
+                key.display()
+            ))
+        };
+        let e = seal(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/opendmarc.conf:4: ARCSealKeyFile: "),
+            "{e}"
+        );
+        let write = |name: &str, kind| {
+            let g = crate::dkim::key::generate(&crate::dkim::key::GenKeyOptions {
+                key_type: kind,
+                ..Default::default()
+            })
+            .unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(&path, g.private_pem).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        let ed = write("ed.pem", crate::dkim::key::KeyType::Ed25519);
+        let e = seal(&ed).unwrap_err();
+        assert!(e.to_string().contains("needs an RSA key"), "{e}");
+        let rsa = write("rsa.pem", crate::dkim::key::KeyType::Rsa);
+        let c = seal(&rsa).unwrap();
+        assert_eq!(c.arc_seal.as_ref().unwrap().sealer.domain(), "a.example");
+        assert!(c.validates_arc(), "sealing validates the chain it seals on");
+        // A key file others may read is refused, as OpenDKIM's RequireSafeKeys does.
+        std::fs::set_permissions(&rsa, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(seal(&rsa).is_err());
+    }
 }
