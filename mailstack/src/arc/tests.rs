@@ -338,8 +338,10 @@ mod in_the_filters {
     }
 
     async fn overrides(f: &DmarcFilter, msg: &[u8], z: &MemoryResolver) -> Vec<PolicyOverride> {
-        let mut facts = AuthFacts::default();
-        facts.arc = Some(verify_message(msg, z).await);
+        let facts = AuthFacts {
+            arc: Some(verify_message(msg, z).await),
+            ..AuthFacts::default()
+        };
         let (headers, _) = Header::split_message(msg);
         let headers: Vec<(String, String)> = headers
             .iter()

@@ -87,6 +87,17 @@
 //! quarantine). Fields are inserted at the top ([`Outcome::headers`] lists them top first):
 //! `DMARC-Filter` (`SoftwareHeader`), the `dmarc=` field, then our own SPF field.
 //!
+//! # ARC (RFC 8617)
+//!
+//! With `ARCVerify`, a trusted-sealer list (`DomainWhitelist`, `DomainWhitelistFile`:
+//! OpenDMARC's option names) or `ARCSeal`, the filter validates the message's ARC chain as it
+//! streams by ([`crate::arc`], on the DKIM core) and writes `arc=<none|pass|fail>` (with
+//! `header.oldest-pass` and `smtp.remote-ip`) as its own `Authentication-Results` field and
+//! clause. A DMARC `fail` whose policy asks for quarantine or reject is accepted when the
+//! chain passes and its newest seal is by a listed sealer: disposition `none` (`dis=none`),
+//! and [`Outcome::overrides`] holds [`PolicyOverride::TrustedForwarder`] for the aggregate
+//! report. Off by default: ARC is experimental and on its way to historic status.
+//!
 //! Each evaluated message becomes a [`history::MessageRecord`] in the configured
 //! [`history::HistoryStore`] (default: `HistoryFile` in OpenDMARC's format), for messages from
 //! domains with a record (all messages with `RecordAllMessages`).
@@ -411,8 +422,10 @@ impl DmarcFilter {
         self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, dis);
         // Each modification goes to the top in turn: the last applied ends up first.
         fields.reverse();
-        let mut facts = AuthFacts::default();
-        facts.arc = arc.cloned();
+        let facts = AuthFacts {
+            arc: arc.cloned(),
+            ..AuthFacts::default()
+        };
         Outcome {
             verdict: Verdict {
                 action,
