@@ -459,6 +459,8 @@ mod in_the_filters {
             .enumerate()
         {
             let stack = mailstackd(d, &key, &z);
+            // The MTA must send the body: the seal's AMS hashes it.
+            assert!(stack.needs().body);
             let v = verdict(&stack, &msg).await;
             assert_eq!(v.action, Action::Accept);
             msg = apply_to_message(&msg, &v.modifications);
