@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`config`]: reading the configuration files of the tools we replace, with located errors.
+//! - [`arc`]: ARC (RFC 8617) chain validation and sealing over the DKIM core.
 //! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
 //! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed verdicts).
 //! - [`av`]: clamav-milter's configuration and decisions over [`clamd`].
@@ -78,6 +79,7 @@
 //! A milter of your own is a [`filter::Filter`] served by [`filter::Milter`]; see the
 //! [`filter`] module's example.
 
+pub mod arc;
 pub mod auth_results;
 pub mod av;
 pub mod clamd;

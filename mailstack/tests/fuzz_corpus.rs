@@ -1,5 +1,5 @@
 //! Replays the checked-in fuzz corpora of `fuzz/corpus/<target>` (SPF, configuration files,
-//! DKIM signatures, key records and verification, DMARC records, headers and
+//! DKIM signatures, key records and verification, ARC fields and chains, DMARC records, headers and
 //! configuration and the whole DMARC filter, DKIM data sets and peer lists) through the same entry points the cargo-fuzz targets call, on stable Rust,
 //! and checks that a few seeds keep their meaning (so a corpus that silently stopped
 //! exercising the parser shows up). The clamd corpus has its own replay test
@@ -340,4 +340,38 @@ async fn dmarc_filter_corpus_replays_and_keeps_meaning() {
         check("temperror_dns").await.verdict.action,
         Action::Tempfail(None)
     );
+}
+
+#[test]
+fn arc_headers_corpus_replays_and_keeps_meaning() {
+    use mailstack::arc::{ArcResult, verify_message};
+    replay("arc_headers", mailstack::fuzzing::arc_headers);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let zone = mailstack::fuzzing::fuzz_arc_zone();
+    let check = |name: &str| rt.block_on(verify_message(&seed("arc_headers", name), &zone));
+    for (name, sets) in [("dkimpy_i1", 1), ("dkimpy_i3", 3)] {
+        let o = check(name);
+        assert_eq!(
+            (o.result, o.instances()),
+            (ArcResult::Pass, sets),
+            "{name}: {o:?}"
+        );
+        assert_eq!(o.oldest_pass, Some(0));
+    }
+    assert_eq!(check("no_arc").result, ArcResult::None);
+    for (name, reason) in [
+        ("dkimpy_i3_body_changed", "body hash did not verify"),
+        ("dkimpy_i3_set_missing", "incomplete ARC set"),
+        ("malformed_sets", "instance tag invalid"),
+    ] {
+        let o = check(name);
+        assert_eq!(
+            (o.result, o.reason),
+            (ArcResult::Fail, Some(reason)),
+            "{name}"
+        );
+    }
 }

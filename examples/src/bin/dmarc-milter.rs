@@ -65,10 +65,16 @@ defaults):
   SoftwareHeader yes|no         add DMARC-Filter: (default no)
   DKIMSelfValidate yes|no       mailstack: verify DKIM here instead of reading upstream results
   DMARCSpecification rfc7489|dmarcbis   mailstack: which DMARC (default rfc7489, as OpenDMARC)
+  DomainWhitelist D1,D2         trusted ARC sealers: a DMARC failure whose ARC chain passes,
+                                sealed last by one of them, is accepted (trusted_forwarder)
+  DomainWhitelistFile FILE      the same, one domain per line; DomainWhitelistSize N (3000)
+  ARCVerify yes|no              mailstack: validate ARC chains, write arc= (default no)
 Accepted without effect (warned): AutoRestart AutoRestartCount AutoRestartRate Background
 BaseDirectory ChangeRootDirectory PidFile Syslog SyslogFacility SyslogSuccess MilterDebug LogWhy, FailureReports no, FailureReportsOnNone no.
 Refused: failure reports (FailureReports yes, FailureReportsBcc, FailureReportsSentBy,
-ReportCommand, CopyFailuresTo), ARC whitelists (DomainWhitelist*); anything else unknown.
+ReportCommand, CopyFailuresTo); anything else unknown. ARC: DomainWhitelist(File) lists
+the trusted ARC sealers (a passing chain sealed last by one of them overrides a DMARC
+failure), ARCVerify writes arc=; ARCSeal only seals in mailstackd (warned about here).
 Errors name the file and line.";
 
 fn main() -> ExitCode {
@@ -78,6 +84,13 @@ fn main() -> ExitCode {
     for (line, name) in &cfg.ignored {
         tracing::warn!(
             "{}:{line}: {name} has no effect in dmarc-milter",
+            args.config.display()
+        );
+    }
+    if cfg.arc_seal.is_some() {
+        tracing::warn!(
+            "{}: ARCSeal has no effect in dmarc-milter (mailstackd seals as the last hop); \
+             ARC chains are validated",
             args.config.display()
         );
     }

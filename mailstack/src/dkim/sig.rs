@@ -87,10 +87,30 @@ pub struct SigError(pub &'static str);
 impl Signature {
     /// Parses a field value.
     pub fn parse(value: &[u8]) -> Result<Self, SigError> {
-        let text = String::from_utf8_lossy(value);
-        let tags = tag_list(&text);
+        Self::parse_tags(&tag_list(&String::from_utf8_lossy(value)), false)
+    }
+
+    /// Parses an `ARC-Message-Signature` value (RFC 8617 §4.1.2): a DKIM signature without
+    /// `v=`, whose `i=` is the instance number (1 to 50) instead of an identity. Returns the
+    /// instance and the signature (identity `@d`).
+    pub fn parse_ams(value: &[u8]) -> Result<(u32, Self), SigError> {
+        let mut tags = tag_list(&String::from_utf8_lossy(value));
+        let at = tags
+            .iter()
+            .position(|(t, _)| t == "i")
+            .ok_or(SigError("instance tag missing"))?;
+        let (_, i) = tags.remove(at);
+        let instance = parse_instance(&i)?;
+        if tags.iter().any(|(t, _)| t == "v") {
+            return Err(SigError("v= tag not allowed in ARC-Message-Signature"));
+        }
+        tags.push(("v".into(), "1".into()));
+        Ok((instance, Self::parse_tags(&tags, true)?))
+    }
+
+    fn parse_tags(tags: &[(String, String)], arc: bool) -> Result<Self, SigError> {
         let mut seen = std::collections::HashSet::new();
-        for (t, _) in &tags {
+        for (t, _) in tags {
             if !seen.insert(t.as_str()) {
                 return Err(SigError("duplicate tag"));
             }
@@ -158,7 +178,7 @@ impl Signature {
         if !headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
             return Err(SigError("header list missing required entries"));
         }
-        let identity = match get("i") {
+        let identity = match get("i").filter(|_| !arc) {
             Some(i) => {
                 let dom = i.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
                 let dom = dom.to_ascii_lowercase();
@@ -205,6 +225,17 @@ impl Signature {
             timestamp,
             expiration,
         })
+    }
+}
+
+/// Most ARC sets a message may carry (RFC 8617 §4.2.1: instance values 1 to 50).
+pub const MAX_ARC_INSTANCE: u32 = 50;
+
+/// An ARC instance value `i=`: a decimal from 1 to [`MAX_ARC_INSTANCE`].
+pub fn parse_instance(v: &str) -> Result<u32, SigError> {
+    match v.trim().parse::<u32>() {
+        Ok(i) if (1..=MAX_ARC_INSTANCE).contains(&i) && v.trim().len() <= 2 => Ok(i),
+        _ => Err(SigError("instance tag invalid")),
     }
 }
 

@@ -200,11 +200,18 @@ pub fn sign_one(
     let mut ctx = Context::new(algorithm.digest());
     hash_headers(&mut ctx, opts.canon.0, headers, &h);
     hash_signature_field(&mut ctx, opts.canon.0, &field);
-    let digest = ctx.finish();
-    let sig = match &key.key {
+    let sig = sign_digest(&key.key, &ctx.finish())?;
+    append_b(&mut value, &sig);
+    Ok(value)
+}
+
+/// Signs a finished SHA-256 header hash with `key` (RSA PKCS#1 v1.5, or Ed25519 over the
+/// hash as RFC 8463 says): the `b=` bytes, for DKIM and ARC ([`crate::arc`]) alike.
+pub fn sign_digest(key: &PrivateKey, digest: &Digest) -> Result<Vec<u8>, SignError> {
+    Ok(match key {
         PrivateKey::Rsa(k) => {
             let mut out = vec![0u8; k.public_modulus_len()];
-            k.sign_digest(&RSA_PKCS1_SHA256, &digest, &mut out)
+            k.sign_digest(&RSA_PKCS1_SHA256, digest, &mut out)
                 .map_err(|e| SignError::Crypto(e.to_string()))?;
             out
         }
@@ -212,9 +219,7 @@ pub fn sign_one(
             .sign_sha256_digest(digest.as_ref())
             .map_err(|e| SignError::Crypto(e.to_string()))?,
         PrivateKey::Ed25519(k) => k.sign(digest.as_ref()).as_ref().to_vec(),
-    };
-    append_b(&mut value, &sig);
-    Ok(value)
+    })
 }
 
 /// Signs a complete CRLF message with `keys` (all with the same options); returns the field

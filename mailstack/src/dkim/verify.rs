@@ -245,19 +245,55 @@ fn failed(
 }
 
 /// The key lookup of one signature: the resolver and the `DNSTimeout` deadline.
-struct KeyLookup<'a> {
-    resolver: &'a dyn Resolver,
-    timeout: Option<Duration>,
+pub(crate) struct KeyLookup<'a> {
+    pub(crate) resolver: &'a dyn Resolver,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl KeyLookup<'_> {
-    async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+    pub(crate) async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
         match self.timeout {
             None => self.resolver.txt(name).await,
             Some(t) => tokio::time::timeout(t, self.resolver.txt(name))
                 .await
                 .unwrap_or(Err(DnsError::Timeout)),
         }
+    }
+}
+
+/// Why [`fetch_key`] found no usable key record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyProblem {
+    /// NXDOMAIN or no TXT record (RFC 6376 §6.1.2 PERMFAIL, OpenDKIM's On-KeyNotFound).
+    NotFound,
+    /// SERVFAIL, REFUSED, a timeout (ours or the resolver's), no usable answer: RFC 6376
+    /// §6.1.2 "TEMPFAIL (key unavailable)", OpenDKIM's On-DNSError (tempfail).
+    Dns,
+    /// An empty `p=`: the key was revoked (RFC 6376 §6.1.2 step 6), a `fail` in RFC 8601's
+    /// words, as OpenDKIM reports it.
+    Revoked(&'static str),
+    /// The record does not parse.
+    Bad(&'static str),
+}
+
+/// Fetches and parses the key record `<selector>._domainkey.<domain>` (the first TXT
+/// record answered), for DKIM and ARC ([`crate::arc`]) alike.
+pub(crate) async fn fetch_key(
+    lookup: &KeyLookup<'_>,
+    selector: &str,
+    domain: &str,
+) -> Result<PublicKeyRecord, KeyProblem> {
+    let name = format!("{selector}._domainkey.{domain}");
+    let txts = match lookup.txt(&name).await {
+        Ok(t) => t,
+        Err(e) if e.is_void() => return Err(KeyProblem::NotFound),
+        Err(_) => return Err(KeyProblem::Dns),
+    };
+    match txts.iter().map(|t| PublicKeyRecord::parse(t)).next() {
+        Some(Ok(r)) => Ok(r),
+        Some(Err(e)) if e == KeyRecordError::REVOKED => Err(KeyProblem::Revoked(e.0)),
+        Some(Err(e)) => Err(KeyProblem::Bad(e.0)),
+        None => Err(KeyProblem::NotFound),
     }
 }
 
@@ -270,7 +306,7 @@ async fn verify_one(
     opts: &VerifyOptions,
     now: u64,
 ) -> SignatureResult {
-    use DkimResult::{Fail, PermError, Policy, TempError};
+    use DkimResult::{Fail, PermError, TempError};
     use FailureClass::{BadSignature, DnsError as Dns, KeyNotFound};
     if let Some(x) = s.expiration
         && x.saturating_add(opts.clock_drift) < now
@@ -297,49 +333,19 @@ async fn verify_one(
             BadSignature,
         );
     }
-    let name = format!("{}._domainkey.{}", s.selector, s.domain);
-    let txts = match resolver.txt(&name).await {
-        Ok(t) => t,
-        Err(e) if e.is_void() => {
+    let rec = match fetch_key(resolver, &s.selector, &s.domain).await {
+        Ok(r) => r,
+        Err(KeyProblem::NotFound) => {
             return failed(Some(s), PermError, "key not found in DNS", KeyNotFound);
         }
-        // SERVFAIL, REFUSED, a timeout (ours or the resolver's), no usable answer: RFC 6376
-        // §6.1.2 "TEMPFAIL (key unavailable)", OpenDKIM's On-DNSError (tempfail).
-        Err(_) => {
+        Err(KeyProblem::Dns) => {
             return failed(Some(s), TempError, "key DNS query failed", Dns);
         }
-    };
-    let rec = match txts.iter().map(|t| PublicKeyRecord::parse(t)).next() {
-        Some(Ok(r)) => r,
-        // RFC 6376 §6.1.2 step 6: an empty p= means the key was revoked, and the signature
-        // FAILs (PERMFAIL there, but "fail" in RFC 8601's words, as OpenDKIM reports it).
-        Some(Err(e)) if e == KeyRecordError::REVOKED => {
-            return failed(Some(s), Fail, e.0, BadSignature);
-        }
-        Some(Err(e)) => return failed(Some(s), PermError, e.0, BadSignature),
-        None => return failed(Some(s), PermError, "key not found in DNS", KeyNotFound),
+        Err(KeyProblem::Revoked(why)) => return failed(Some(s), Fail, why, BadSignature),
+        Err(KeyProblem::Bad(why)) => return failed(Some(s), PermError, why, BadSignature),
     };
     let mut r = failed(Some(s), Fail, "", BadSignature);
     r.testing = rec.testing;
-    let want = match s.algorithm {
-        Algorithm::Ed25519Sha256 => KeyType::Ed25519,
-        _ => KeyType::Rsa,
-    };
-    if rec.key_type != want {
-        r.result = PermError;
-        r.reason = Some("key type mismatch");
-        return r;
-    }
-    let hash = if s.algorithm == Algorithm::RsaSha1 {
-        "sha1"
-    } else {
-        "sha256"
-    };
-    if !rec.hashes.is_empty() && !rec.hashes.iter().any(|h| h == hash) {
-        r.result = PermError;
-        r.reason = Some("key hash mismatch");
-        return r;
-    }
     if rec.strict_subdomains {
         let idom = s.identity.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         if !idom.eq_ignore_ascii_case(&s.domain) {
@@ -347,26 +353,16 @@ async fn verify_one(
             return r;
         }
     }
-    let bits = match want {
-        KeyType::Rsa => rsa_key_bits(&rec.key),
-        KeyType::Ed25519 => Some(256),
+    let key = match usable_key(&rec, s.algorithm, opts.min_key_bits) {
+        Ok(k) => k,
+        Err((result, reason, bits)) => {
+            r.result = result;
+            r.reason = Some(reason);
+            r.key_bits = bits;
+            return r;
+        }
     };
-    r.key_bits = bits;
-    let alg: &'static dyn VerificationAlgorithm = match s.algorithm {
-        Algorithm::RsaSha256 => &RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
-        Algorithm::RsaSha1 => &RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
-        Algorithm::Ed25519Sha256 => &ED25519,
-    };
-    if want == KeyType::Rsa && bits.is_some_and(|b| b < opts.min_key_bits.max(1024)) {
-        r.result = Policy;
-        r.reason = Some("key too small");
-        return r;
-    }
-    let Ok(key) = ParsedPublicKey::new(alg, &rec.key) else {
-        r.result = PermError;
-        r.reason = Some("key data decode failed");
-        return r;
-    };
+    r.key_bits = key.bits;
     if body.0.as_ref() != s.bh.as_slice() {
         r.reason = Some("body hash did not verify");
         return r;
@@ -374,12 +370,7 @@ async fn verify_one(
     let mut ctx = Context::new(s.algorithm.digest());
     hash_headers(&mut ctx, s.canon.0, headers, &s.headers);
     hash_signature_field(&mut ctx, s.canon.0, field);
-    let digest = ctx.finish();
-    let ok = match want {
-        KeyType::Rsa => key.verify_digest_sig(&digest, &s.b).is_ok(),
-        KeyType::Ed25519 => key.verify_sig(digest.as_ref(), &s.b).is_ok(),
-    };
-    if !ok {
+    if !key.verify(&ctx.finish(), &s.b) {
         r.reason = Some("signature verification failed");
         return r;
     }
@@ -387,6 +378,71 @@ async fn verify_one(
     r.reason = None;
     r.class = None;
     r
+}
+
+/// A public key checked against a signature's algorithm and the local key-size policy,
+/// ready to verify (shared by DKIM and ARC, [`crate::arc`]).
+pub(crate) struct UsableKey {
+    key: ParsedPublicKey,
+    key_type: KeyType,
+    /// The key size in bits (RSA: from the key; Ed25519: 256).
+    pub(crate) bits: Option<usize>,
+}
+
+impl UsableKey {
+    /// Whether `sig` is a valid signature of the header hash `digest`.
+    pub(crate) fn verify(&self, digest: &Digest, sig: &[u8]) -> bool {
+        match self.key_type {
+            KeyType::Rsa => self.key.verify_digest_sig(digest, sig).is_ok(),
+            KeyType::Ed25519 => self.key.verify_sig(digest.as_ref(), sig).is_ok(),
+        }
+    }
+}
+
+/// Checks `rec` for a signature made with `alg` (key type, `h=` hashes, `MinimumKeyBits`
+/// and aws-lc's 1024-bit floor) and parses the key. On refusal: the result, OpenDKIM's
+/// reason, and the key size when known.
+pub(crate) fn usable_key(
+    rec: &PublicKeyRecord,
+    alg: Algorithm,
+    min_key_bits: usize,
+) -> Result<UsableKey, (DkimResult, &'static str, Option<usize>)> {
+    use DkimResult::{PermError, Policy};
+    let want = match alg {
+        Algorithm::Ed25519Sha256 => KeyType::Ed25519,
+        _ => KeyType::Rsa,
+    };
+    if rec.key_type != want {
+        return Err((PermError, "key type mismatch", None));
+    }
+    let hash = if alg == Algorithm::RsaSha1 {
+        "sha1"
+    } else {
+        "sha256"
+    };
+    if !rec.hashes.is_empty() && !rec.hashes.iter().any(|h| h == hash) {
+        return Err((PermError, "key hash mismatch", None));
+    }
+    let bits = match want {
+        KeyType::Rsa => rsa_key_bits(&rec.key),
+        KeyType::Ed25519 => Some(256),
+    };
+    let verifier: &'static dyn VerificationAlgorithm = match alg {
+        Algorithm::RsaSha256 => &RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+        Algorithm::RsaSha1 => &RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        Algorithm::Ed25519Sha256 => &ED25519,
+    };
+    if want == KeyType::Rsa && bits.is_some_and(|b| b < min_key_bits.max(1024)) {
+        return Err((Policy, "key too small", bits));
+    }
+    let Ok(key) = ParsedPublicKey::new(verifier, &rec.key) else {
+        return Err((PermError, "key data decode failed", bits));
+    };
+    Ok(UsableKey {
+        key,
+        key_type: want,
+        bits,
+    })
 }
 
 /// The shortest `b=` prefix of at least 8 characters (OpenDKIM's `MINSIGLEN`) that tells

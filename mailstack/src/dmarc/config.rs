@@ -28,6 +28,12 @@
 //! | `SoftwareHeader` | no | add `DMARC-Filter: <product> <host> <jobid>` |
 //! | `DKIMSelfValidate` | no | **mailstack only**: verify DKIM signatures in this process ([`super::dkim`]) instead of reading upstream `dkim=` results |
 //! | `DMARCSpecification` | `rfc7489` | **mailstack only**: `rfc7489` (pct, public suffix list, as OpenDMARC) or `dmarcbis` (RFC 9989 DNS tree walk, `t=`, `np=`, no `pct`) |
+//! | `DomainWhitelist` | empty | OpenDMARC's name: comma or space list of ARC sealers (`ARC-Seal` `d=`) trusted to vouch for forwarded mail ([`crate::arc`]); a DMARC failure whose ARC chain passes with the newest seal by one of them is accepted (disposition none, override reason `trusted_forwarder`) |
+//! | `DomainWhitelistFile` | none | the same, one domain per line (`#` comments); added to `DomainWhitelist` |
+//! | `DomainWhitelistSize` | 3000 | most entries the two may hold together (more is a configuration error) |
+//! | `ARCVerify` | no | **mailstack only**: validate ARC chains and write `arc=` (on by itself with a `DomainWhitelist` or `ARCSeal`) |
+//! | `ARCSeal` | no | **mailstack only**: `mailstackd` adds an ARC set as the last hop of the ADMD (needs the three below); `dmarc-milter` refuses it |
+//! | `ARCSealDomain`, `ARCSealSelector`, `ARCSealKeyFile` | none | **mailstack only**: the seal's `d=`, `s=` and RSA key file (PEM; checked as OpenDKIM's `RequireSafeKeys` does) |
 //!
 //! Accepted without effect (listed in [`DmarcConfig::ignored`] so the daemon can warn): process
 //! and logging options (`AutoRestart`, `AutoRestartCount`, `AutoRestartRate`, `Background`,
@@ -37,8 +43,7 @@
 //!
 //! Refused by name with file and line: failure reports (`FailureReports yes`,
 //! `FailureReportsOnNone yes`, `FailureReportsBcc`, `FailureReportsSentBy`, `ReportCommand`,
-//! `CopyFailuresTo`) and the ARC whitelists (`DomainWhitelist`, `DomainWhitelistFile`,
-//! `DomainWhitelistSize`), which this filter does not implement; anything unknown.
+//! `CopyFailuresTo`), which this filter does not implement; anything unknown.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -177,8 +182,35 @@ pub struct DmarcConfig {
     pub dkim_self_validate: bool,
     /// `DMARCSpecification`.
     pub specification: Specification,
+    /// `DomainWhitelist` and `DomainWhitelistFile`: trusted ARC sealers (lower case).
+    pub trusted_arc_sealers: Vec<String>,
+    /// `DomainWhitelistSize`.
+    pub trusted_arc_sealers_max: usize,
+    /// `ARCVerify` (mailstack only).
+    pub arc_verify: bool,
+    /// `ARCSeal` with its domain, selector and key (mailstack only).
+    pub arc_seal: Option<ArcSealConfig>,
     /// Options accepted without effect: (line, name).
     pub ignored: Vec<(usize, String)>,
+}
+
+/// OpenDMARC's `DomainWhitelistSize` default.
+pub const DEFAULT_DOMAIN_WHITELIST_SIZE: usize = 3000;
+
+/// `ARCSeal yes` with `ARCSealDomain`, `ARCSealSelector` and `ARCSealKeyFile`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ArcSealConfig {
+    /// The sealer, ready to seal.
+    pub sealer: crate::arc::ArcSealer,
+}
+
+impl DmarcConfig {
+    /// Whether ARC chains are validated: `ARCVerify`, or what needs it (a trusted-sealer
+    /// list, sealing).
+    pub fn validates_arc(&self) -> bool {
+        self.arc_verify || !self.trusted_arc_sealers.is_empty() || self.arc_seal.is_some()
+    }
 }
 
 impl Default for DmarcConfig {
@@ -209,6 +241,10 @@ impl Default for DmarcConfig {
             software_header: false,
             dkim_self_validate: false,
             specification: Specification::Rfc7489,
+            trusted_arc_sealers: Vec::new(),
+            trusted_arc_sealers_max: DEFAULT_DOMAIN_WHITELIST_SIZE,
+            arc_verify: false,
+            arc_seal: None,
             ignored: Vec::new(),
         }
     }
@@ -239,9 +275,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ),
     ("ReportCommand", "failure reports are not implemented"),
     ("CopyFailuresTo", "copying failing mail is not implemented"),
-    ("DomainWhitelist", "ARC whitelists are not implemented"),
-    ("DomainWhitelistFile", "ARC whitelists are not implemented"),
-    ("DomainWhitelistSize", "ARC whitelists are not implemented"),
 ];
 
 /// This host's name (`/proc/sys/kernel/hostname`, else `/etc/hostname`, else `localhost`).
@@ -275,8 +308,26 @@ impl DmarcConfig {
 
     fn from_file(file: &ConfigFile) -> Result<Self, ConfigError> {
         let mut cfg = Self::default();
+        let mut seal = SealKeys::default();
         for e in &file.entries {
-            cfg.apply(file, e)?;
+            if !seal.apply(file, e)? {
+                cfg.apply(file, e)?;
+            }
+        }
+        cfg.arc_seal = seal.finish(file)?;
+        if cfg.trusted_arc_sealers.len() > cfg.trusted_arc_sealers_max {
+            let line = line_of(file, "DomainWhitelistSize")
+                .max(line_of(file, "DomainWhitelistFile"))
+                .max(line_of(file, "DomainWhitelist"));
+            return Err(ConfigError::at(
+                &file.path,
+                line,
+                format_args!(
+                    "DomainWhitelist: {} domains, more than DomainWhitelistSize {}",
+                    cfg.trusted_arc_sealers.len(),
+                    cfg.trusted_arc_sealers_max
+                ),
+            ));
         }
         if cfg.reject_string.matches("%s").count() != 1 || cfg.reject_string.contains('\n') {
             let line = line_of(file, "RejectString");
@@ -352,6 +403,23 @@ impl DmarcConfig {
                     }
                 }
             }
+            "DomainWhitelist" => self.trusted_arc_sealers.extend(
+                v.split([',', ' ', '\t'])
+                    .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                    .filter(|d| !d.is_empty()),
+            ),
+            "DomainWhitelistFile" => {
+                let path = Path::new(non_empty(f, e)?);
+                let list = ConfigFile::read(path, Syntax::Whitespace)
+                    .map_err(|err| f.error(e, format_args!("DomainWhitelistFile: {err}")))?;
+                self.trusted_arc_sealers.extend(
+                    list.entries
+                        .iter()
+                        .map(|d| d.key.trim_end_matches('.').to_ascii_lowercase()),
+                );
+            }
+            "DomainWhitelistSize" => self.trusted_arc_sealers_max = f.number::<usize>(e)?,
+            "ARCVerify" => self.arc_verify = f.bool(e)?,
             "FailureReports" | "FailureReportsOnNone" => {
                 if f.bool(e)? {
                     return Err(f.error(
@@ -409,6 +477,50 @@ impl DmarcConfig {
     /// Whether the client is in `IgnoreHosts`.
     pub fn ignores_host(&self, ip: Option<IpAddr>, host: &str) -> bool {
         self.ignore_hosts.iter().any(|p| p.matches(ip, host))
+    }
+}
+
+/// `ARCSeal` and its three settings, read in any order and checked together.
+#[derive(Default)]
+struct SealKeys {
+    on: Option<usize>,
+    domain: Option<String>,
+    selector: Option<String>,
+    key: Option<(usize, PathBuf)>,
+}
+
+impl SealKeys {
+    /// Takes the entry if it is one of ours.
+    fn apply(&mut self, f: &ConfigFile, e: &Entry) -> Result<bool, ConfigError> {
+        match e.key.as_str() {
+            "ARCSeal" => self.on = f.bool(e)?.then_some(e.line),
+            "ARCSealDomain" => self.domain = Some(non_empty(f, e)?.to_owned()),
+            "ARCSealSelector" => self.selector = Some(non_empty(f, e)?.to_owned()),
+            "ARCSealKeyFile" => self.key = Some((e.line, PathBuf::from(non_empty(f, e)?))),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn finish(self, f: &ConfigFile) -> Result<Option<ArcSealConfig>, ConfigError> {
+        let Some(line) = self.on else {
+            return Ok(None);
+        };
+        let (Some(domain), Some(selector), Some((key_line, path))) =
+            (self.domain, self.selector, self.key)
+        else {
+            return Err(ConfigError::at(
+                &f.path,
+                line,
+                "ARCSeal yes: expected ARCSealDomain, ARCSealSelector and ARCSealKeyFile",
+            ));
+        };
+        let at = |msg: String| ConfigError::at(&f.path, key_line, msg);
+        let key = crate::dkim::key::PrivateKey::read(&path, true)
+            .map_err(|err| at(format!("ARCSealKeyFile: {err}")))?;
+        let sealer = crate::arc::ArcSealer::new(&domain, &selector, std::sync::Arc::new(key))
+            .map_err(|err| at(format!("ARCSealKeyFile: {}: {err}", path.display())))?;
+        Ok(Some(ArcSealConfig { sealer }))
     }
 }
 
@@ -524,12 +636,6 @@ mod tests {
             "/etc/opendmarc.conf:2: FailureReports yes is not supported: failure reports are \
              not implemented"
         );
-        let e = parse("\nDomainWhitelist a.example\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "/etc/opendmarc.conf:2: DomainWhitelist is not supported: ARC whitelists are not \
-             implemented"
-        );
         let e = parse("UserID :opendmarc\n").unwrap_err();
         assert!(
             e.to_string()
@@ -590,5 +696,70 @@ mod tests {
         assert!(!c.is_trusted("mx.example/OTHER", "mx.example", Some("ABC123")));
         let c = parse("AuthservID mx.example\n").unwrap();
         assert!(!c.is_trusted("mx.example/ABC123", "mx.example", Some("ABC123")));
+    }
+
+    #[test]
+    fn arc_options() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("sealers");
+        std::fs::write(&list, "# forwarders\nLists.Example.\nfwd.example\n").unwrap();
+        let c = parse(&format!(
+            "DomainWhitelist a.example, B.example\nDomainWhitelistFile {}\n",
+            list.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.trusted_arc_sealers,
+            ["a.example", "b.example", "lists.example", "fwd.example"]
+        );
+        assert!(c.validates_arc() && c.arc_seal.is_none());
+        assert!(!parse("").unwrap().validates_arc(), "ARC is off by default");
+        assert!(parse("ARCVerify yes\n").unwrap().validates_arc());
+        assert!(parse("ARCSeal no\n").unwrap().arc_seal.is_none());
+        let e = parse("DomainWhitelistSize 1\nDomainWhitelist a.example b.example\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:2: DomainWhitelist: 2 domains, more than DomainWhitelistSize 1"
+        );
+        let e = parse("\nARCSeal yes\nARCSealDomain a.example\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/opendmarc.conf:2: ARCSeal yes: expected ARCSealDomain, ARCSealSelector and \
+             ARCSealKeyFile"
+        );
+        let seal = |key: &Path| {
+            parse(&format!(
+                "ARCSeal yes\nARCSealDomain A.example\nARCSealSelector arc\nARCSealKeyFile {}\n",
+                key.display()
+            ))
+        };
+        let e = seal(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/opendmarc.conf:4: ARCSealKeyFile: "),
+            "{e}"
+        );
+        let write = |name: &str, kind| {
+            let g = crate::dkim::key::generate(&crate::dkim::key::GenKeyOptions {
+                key_type: kind,
+                ..Default::default()
+            })
+            .unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(&path, g.private_pem).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        let ed = write("ed.pem", crate::dkim::key::KeyType::Ed25519);
+        let e = seal(&ed).unwrap_err();
+        assert!(e.to_string().contains("needs an RSA key"), "{e}");
+        let rsa = write("rsa.pem", crate::dkim::key::KeyType::Rsa);
+        let c = seal(&rsa).unwrap();
+        assert_eq!(c.arc_seal.as_ref().unwrap().sealer.domain(), "a.example");
+        assert!(c.validates_arc(), "sealing validates the chain it seals on");
+        // A key file others may read is refused, as OpenDKIM's RequireSafeKeys does.
+        std::fs::set_permissions(&rsa, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(seal(&rsa).is_err());
     }
 }

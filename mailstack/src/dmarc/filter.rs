@@ -11,6 +11,7 @@
 
 use super::dkim::DkimStream;
 use super::{DmarcFilter, MAX_HEADER_BYTES, MessageFacts, Outcome};
+use crate::arc::ArcVerifier;
 use crate::dkim::canon::Header;
 use crate::filter::{Connection, EndOfMessage, Envelope, Filter, Flow, Needs, Start, Verdict};
 use milter_proto::flags::Actions;
@@ -24,6 +25,10 @@ pub struct DmarcMessage {
     /// In-process DKIM: the header block (until end of headers), then the stream.
     dkim_headers: Option<Vec<Header>>,
     dkim: Option<DkimStream>,
+    /// ARC validation: the header block (kept to the end: the seals cover ARC fields, the
+    /// message signatures any field) and the validator once the headers are complete.
+    arc_headers: Option<Vec<Header>>,
+    arc: Option<ArcVerifier>,
 }
 
 /// A header value as OpenDMARC sees it: folds as bare `\n`, no leading white space.
@@ -51,7 +56,7 @@ impl Filter for DmarcFilter {
             actions: Actions::ADDHDRS | Actions::QUARANTINE,
             required_actions: Actions::ADDHDRS,
             headers: true,
-            body: self.wants_message(),
+            body: self.wants_message() || self.validates_arc(),
             ..Needs::default()
         }
     }
@@ -72,6 +77,7 @@ impl Filter for DmarcFilter {
         }
         Start::Message(DmarcMessage {
             dkim_headers: self.wants_message().then(Vec::new),
+            arc_headers: self.validates_arc().then(Vec::new),
             ..DmarcMessage::default()
         })
     }
@@ -79,11 +85,15 @@ impl Filter for DmarcFilter {
     async fn header(&self, m: &mut DmarcMessage, h: &Header) {
         m.header_bytes += h.name.len() + h.value.len();
         if m.header_bytes > MAX_HEADER_BYTES {
-            // An incomplete header block cannot be verified: no DKIM results then.
+            // An incomplete header block cannot be verified: no DKIM or ARC results then.
             m.dkim_headers = None;
+            m.arc_headers = None;
             return;
         }
         if let Some(hs) = &mut m.dkim_headers {
+            hs.push(h.clone());
+        }
+        if let Some(hs) = &mut m.arc_headers {
             hs.push(h.clone());
         }
         m.headers.push((h.name.clone(), plain_value(h)));
@@ -93,12 +103,18 @@ impl Filter for DmarcFilter {
         if let Some(headers) = m.dkim_headers.take() {
             m.dkim = self.start_dkim(headers);
         }
+        if let Some(headers) = &m.arc_headers {
+            m.arc = Some(self.start_arc(headers));
+        }
         Flow::Continue
     }
 
     async fn body(&self, m: &mut DmarcMessage, chunk: &[u8]) {
         if let Some(d) = m.dkim.as_mut() {
             d.body(chunk);
+        }
+        if let Some(a) = m.arc.as_mut() {
+            a.body(chunk);
         }
     }
 
@@ -108,6 +124,11 @@ impl Filter for DmarcFilter {
             Some(stream) if eom.facts.dkim.is_none() => Some(self.finish_dkim(stream).await),
             _ => None,
         };
+        // ARC: validated here unless a filter before us did.
+        let mut prior = eom.facts.clone();
+        if let (Some(v), Some(headers), None) = (m.arc.take(), &m.arc_headers, &prior.arc) {
+            prior.arc = Some(self.finish_arc(v, headers).await);
+        }
         let facts = MessageFacts {
             client_ip: eom.conn.ip(),
             envelope_from: &eom.env.sender,
@@ -118,7 +139,7 @@ impl Filter for DmarcFilter {
             raw_message: None,
             job_id: eom.env.queue_id.as_deref(),
             mta_name: eom.conn.mta_name.as_deref(),
-            prior: Some(eom.facts),
+            prior: Some(&prior),
         };
         let outcome = self.check(&facts).await;
         log_outcome(eom.env.queue_id(), &outcome);

@@ -87,6 +87,17 @@
 //! quarantine). Fields are inserted at the top ([`Outcome::headers`] lists them top first):
 //! `DMARC-Filter` (`SoftwareHeader`), the `dmarc=` field, then our own SPF field.
 //!
+//! # ARC (RFC 8617)
+//!
+//! With `ARCVerify`, a trusted-sealer list (`DomainWhitelist`, `DomainWhitelistFile`:
+//! OpenDMARC's option names) or `ARCSeal`, the filter validates the message's ARC chain as it
+//! streams by ([`crate::arc`], on the DKIM core) and writes `arc=<none|pass|fail>` (with
+//! `header.oldest-pass` and `smtp.remote-ip`) as its own `Authentication-Results` field and
+//! clause. A DMARC `fail` whose policy asks for quarantine or reject is accepted when the
+//! chain passes and its newest seal is by a listed sealer: disposition `none` (`dis=none`),
+//! and [`Outcome::overrides`] holds [`PolicyOverride::TrustedForwarder`] for the aggregate
+//! report. Off by default: ARC is experimental and on its way to historic status.
+//!
 //! Each evaluated message becomes a [`history::MessageRecord`] in the configured
 //! [`history::HistoryStore`] (default: `HistoryFile` in OpenDMARC's format), for messages from
 //! domains with a record (all messages with `RecordAllMessages`).
@@ -214,6 +225,28 @@ pub struct Outcome {
     pub evaluation: Option<Evaluation>,
     /// Why the message was not evaluated, when it was not.
     pub skipped: Option<String>,
+    /// Why the disposition differs from the policy (RFC 7489 appendix C
+    /// `PolicyOverrideType`), for aggregate reports.
+    pub overrides: Vec<PolicyOverride>,
+}
+
+/// Why a disposition differs from the domain's policy (RFC 7489 appendix C
+/// `PolicyOverrideType`, RFC 9990's `PolicyOverrideType`): the ones this filter decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyOverride {
+    /// A DMARC failure accepted because its ARC chain passes and its newest seal is by a
+    /// sealer in `DomainWhitelist` ([`crate::arc::ArcOutcome::trusted_pass`]).
+    TrustedForwarder,
+}
+
+impl PolicyOverride {
+    /// The report's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TrustedForwarder => "trusted_forwarder",
+        }
+    }
 }
 
 impl Outcome {
@@ -222,6 +255,7 @@ impl Outcome {
             verdict: Verdict::accept(),
             evaluation: None,
             skipped: Some(why.into()),
+            overrides: Vec::new(),
         }
     }
 
@@ -258,6 +292,17 @@ pub struct DmarcFilter {
     spf: SpfEvaluator,
     dkim: Option<dkim::InProcessDkim>,
     history: Option<Arc<dyn HistoryStore>>,
+    /// For ARC key lookups.
+    resolver: ArcKeys,
+}
+
+/// The resolver ARC keys are looked up with.
+struct ArcKeys(Arc<dyn Resolver>);
+
+impl std::fmt::Debug for ArcKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArcKeys")
+    }
 }
 
 impl DmarcFilter {
@@ -272,7 +317,7 @@ impl DmarcFilter {
         let spf = SpfEvaluator::new(resolver.clone(), Limits::default());
         let dkim = cfg
             .dkim_self_validate
-            .then(|| dkim::InProcessDkim::new(resolver));
+            .then(|| dkim::InProcessDkim::new(resolver.clone()));
         let history = cfg
             .history_file
             .as_ref()
@@ -283,6 +328,7 @@ impl DmarcFilter {
             spf,
             dkim,
             history,
+            resolver: ArcKeys(resolver),
         }
     }
 
@@ -343,8 +389,22 @@ impl DmarcFilter {
         let mut clauses = Vec::new();
         let (spf, dkim) = self.inputs(m, &ar_id, &mut fields, &mut clauses).await;
         let ev = self.evaluator.evaluate(&from, spf.as_ref(), &dkim).await;
-        let (action, dis) = self.enforce(&ev);
+        let arc = m.prior.and_then(|p| p.arc.as_ref());
+        let mut overrides = Vec::new();
+        let (action, dis) = if arc.is_some_and(|a| self.trusted_forwarder(&ev, a)) {
+            overrides.push(PolicyOverride::TrustedForwarder);
+            (Action::Accept, Policy::None)
+        } else {
+            self.enforce(&ev)
+        };
         if action.delivers() {
+            if let Some(a) = arc {
+                let clause = a.clause(m.client_ip);
+                let mut ar = AuthResults::new(ar_id.as_str());
+                ar.push(clause.clone());
+                fields.insert(0, Modification::AuthResults(ar.to_single_line()));
+                clauses.insert(0, clause);
+            }
             let clause = dmarc_clause(&ev, dis);
             let mut ar = AuthResults::new(ar_id.as_str());
             ar.push(clause.clone());
@@ -362,16 +422,49 @@ impl DmarcFilter {
         self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, dis);
         // Each modification goes to the top in turn: the last applied ends up first.
         fields.reverse();
+        let facts = AuthFacts {
+            arc: arc.cloned(),
+            ..AuthFacts::default()
+        };
         Outcome {
             verdict: Verdict {
                 action,
                 modifications: fields,
                 auth_results: clauses,
-                ..Verdict::default()
+                facts,
             },
             evaluation: Some(ev),
             skipped: None,
+            overrides,
         }
+    }
+
+    /// Whether a DMARC failure whose policy asks for more than `none` is accepted as
+    /// forwarded by a trusted ARC sealer: the chain passes and its newest seal is by a
+    /// `DomainWhitelist` domain (as rspamd and OpenDMARC's ARC override do).
+    fn trusted_forwarder(&self, ev: &Evaluation, arc: &crate::arc::ArcOutcome) -> bool {
+        ev.result == DmarcResult::Fail
+            && ev.requested_disposition() != Policy::None
+            && arc.trusted_pass(&self.cfg.trusted_arc_sealers)
+    }
+
+    /// Whether ARC chains are validated here ([`DmarcConfig::validates_arc`]).
+    pub fn validates_arc(&self) -> bool {
+        self.cfg.validates_arc()
+    }
+
+    /// Starts ARC chain validation of a message from its header block.
+    pub fn start_arc(&self, headers: &[crate::dkim::canon::Header]) -> crate::arc::ArcVerifier {
+        crate::arc::ArcVerifier::new(headers).with_key_timeout(self.cfg.dns_timeout)
+    }
+
+    /// Finishes what [`Self::start_arc`] started (its body fed).
+    pub async fn finish_arc(
+        &self,
+        v: crate::arc::ArcVerifier,
+        headers: &[crate::dkim::canon::Header],
+    ) -> crate::arc::ArcOutcome {
+        v.finish(headers, self.resolver.0.as_ref()).await
     }
 
     /// The author domain, or the verdict for a message that is not evaluated:

@@ -323,6 +323,9 @@ pub struct AuthFacts {
     /// One result per DKIM signature verified, in header order (`Some(vec![])`: verified,
     /// no signature).
     pub dkim: Option<Vec<DkimInput>>,
+    /// The ARC chain as validated (by the DMARC filter, [`crate::arc`]); `mailstackd`'s
+    /// pipeline seals on it.
+    pub arc: Option<crate::arc::ArcOutcome>,
 }
 
 impl AuthFacts {
@@ -336,6 +339,9 @@ impl AuthFacts {
         }
         if self.dkim.is_none() {
             self.dkim = other.dkim;
+        }
+        if self.arc.is_none() {
+            self.arc = other.arc;
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Driving a filter without an MTA: `mailstack check FILE.eml` and tests.
 
-use super::{Action, AuthFacts, Connection, EndOfMessage, Envelope, Filter, Flow, Start, Verdict};
+use super::{
+    Action, AuthFacts, Connection, EndOfMessage, Envelope, Filter, Flow, Modification, Start,
+    Verdict,
+};
 use crate::dkim::canon::Header;
 
 /// The body is fed in chunks of this size, as libmilter's `MILTER_CHUNK_SIZE` does.
@@ -94,6 +97,50 @@ fn to_crlf(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         prev = b;
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// The message as the MTA would deliver it after `modifications` (applied in order, as
+/// [`super::apply`] hands them to the MTA: `Insert` at its index, `AuthResults` at the top,
+/// `Append` at the end of the header block, `Delete` of the `index`-th field of that name).
+/// `message` has CRLF line ends; values' `\n` folds become CRLF.
+pub fn apply_to_message(message: &[u8], modifications: &[Modification]) -> Vec<u8> {
+    let (headers, body_at) = Header::split_message(message);
+    let mut fields: Vec<(String, Vec<u8>)> =
+        headers.into_iter().map(|h| (h.name, h.value)).collect();
+    let written = |v: &str| format!(" {v}").replace('\n', "\r\n").into_bytes();
+    for m in modifications {
+        match m {
+            Modification::Insert { index, name, value } => {
+                let at = (*index as usize).min(fields.len());
+                fields.insert(at, (name.clone(), written(value)));
+            }
+            Modification::AuthResults(value) => {
+                fields.insert(0, ("Authentication-Results".into(), written(value)));
+            }
+            Modification::Append { name, value } => fields.push((name.clone(), written(value))),
+            Modification::Delete { name, index } => {
+                let at = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (n, _))| n.trim().eq_ignore_ascii_case(name))
+                    .nth((*index as usize).saturating_sub(1))
+                    .map(|(i, _)| i);
+                if let Some(at) = at.filter(|_| *index > 0) {
+                    fields.remove(at);
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(message.len() + 4096);
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(message.get(body_at..).unwrap_or_default());
+    out
 }
 
 #[cfg(test)]

@@ -64,10 +64,18 @@ impl StackConfig {
             DmarcFilter::new(c, resolver.clone())
         });
         let av = self.av.clone().map(|c| AvFilter::new(c, notify));
+        // `ARCSeal` in the DMARC options: the DMARC filter validates the chain (it does
+        // whenever sealing is configured), the pipeline seals on it.
+        let sealer = self
+            .dmarc
+            .as_ref()
+            .and_then(|c| c.arc_seal.as_ref())
+            .map(|s| s.sealer.clone());
         let chain = Chain::new(spf, Chain::new(dkim, Chain::new(dmarc, av)));
         Ok(
             Pipeline::new(chain, self.daemon.authserv_id.clone(), hostname)
-                .received_spf(self.daemon.received_spf),
+                .received_spf(self.daemon.received_spf)
+                .arc_sealer(sealer),
         )
     }
 }

@@ -2,8 +2,10 @@
 
 use milter_proto::flags::Actions;
 
+use crate::arc::ArcSealer;
 use crate::auth_results::{AuthResults, claims_authserv_id};
-use crate::dkim::canon::Header;
+use crate::dkim::canon::{BodyHasher, Header};
+use crate::dkim::config::Canon;
 use crate::filter::{
     Connection, EndOfMessage, Envelope, Filter, Flow, Modification, Needs, Start, Verdict,
 };
@@ -17,13 +19,17 @@ use crate::filter::{
 ///   the filters' [`crate::filter::AuthFacts`], never from headers);
 /// - the filters' own `Authentication-Results` fields are replaced by one field holding every
 ///   filter's clauses (RFC 8601), inserted at the top;
-/// - `Received-SPF` is kept only when asked for ([`Pipeline::received_spf`]).
+/// - `Received-SPF` is kept only when asked for ([`Pipeline::received_spf`]);
+/// - with an ARC sealer ([`Pipeline::arc_sealer`]), a delivered message gets a new ARC set
+///   on top of the chain the DMARC filter validated ([`crate::filter::AuthFacts::arc`]),
+///   its `ARC-Authentication-Results` being the one field written here.
 #[derive(Debug, Clone)]
 pub struct Pipeline<F> {
     inner: F,
     authserv_id: Option<String>,
     hostname: String,
     received_spf: bool,
+    sealer: Option<ArcSealer>,
 }
 
 /// Per-message state of a [`Pipeline`].
@@ -33,6 +39,16 @@ pub struct PipelineMessage<M> {
     id: String,
     seen: u32,
     forged: Vec<u32>,
+    seal: Option<SealInput>,
+}
+
+/// What sealing needs of a message: its header block as received and its relaxed body
+/// hash (the seal's `ARC-Message-Signature` is always `relaxed/relaxed`).
+#[derive(Debug)]
+struct SealInput {
+    headers: Vec<Header>,
+    bytes: usize,
+    body: Option<BodyHasher>,
 }
 
 impl<F> Pipeline<F> {
@@ -43,7 +59,16 @@ impl<F> Pipeline<F> {
             authserv_id,
             hostname: hostname.into(),
             received_spf: false,
+            sealer: None,
         }
+    }
+
+    /// Seal delivered messages with `sealer` (RFC 8617 §5.1, as the last hop of the ADMD).
+    /// Sealing needs the chain validated by a DMARC filter inside (`ARCSeal` turns that on):
+    /// without it, nothing is sealed.
+    pub fn arc_sealer(mut self, sealer: Option<ArcSealer>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     /// Keep the SPF filter's `Received-SPF` field (default: only `Authentication-Results`).
@@ -98,6 +123,44 @@ impl<F> Pipeline<F> {
         v.modifications = mods;
         v
     }
+
+    /// Adds our ARC set to a delivered verdict (see [`Pipeline::arc_sealer`]).
+    fn seal(&self, mut v: Verdict, id: &str, input: Option<SealInput>) -> Verdict {
+        let (Some(sealer), Some(input)) = (&self.sealer, input) else {
+            return v;
+        };
+        let (Some(chain), Some(body), true) = (&v.facts.arc, input.body, v.action.delivers())
+        else {
+            tracing::debug!("ARC: not sealed (no validated chain, or not delivered)");
+            return v;
+        };
+        let mut ar = AuthResults::new(id);
+        for clause in &v.auth_results {
+            ar.push(clause.clone());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match sealer.seal(
+            &input.headers,
+            &body.finish().0,
+            chain,
+            &ar.to_milter_value(),
+            now,
+        ) {
+            Ok(set) => {
+                for (name, value) in set.fields() {
+                    v.modifications.push(Modification::Insert {
+                        index: 0,
+                        name: name.to_owned(),
+                        value: value.to_owned(),
+                    });
+                }
+            }
+            Err(e) => tracing::info!("ARC: not sealed: {e}"),
+        }
+        v
+    }
 }
 
 #[async_trait::async_trait]
@@ -112,6 +175,7 @@ impl<F: Filter> Filter for Pipeline<F> {
         n.actions |= Actions::ADDHDRS | Actions::CHGHDRS;
         n.required_actions |= Actions::ADDHDRS | Actions::CHGHDRS;
         n.headers = true;
+        n.body |= self.sealer.is_some();
         n
     }
 
@@ -130,6 +194,11 @@ impl<F: Filter> Filter for Pipeline<F> {
                 id: self.authserv_id(conn),
                 seen: 0,
                 forged: Vec::new(),
+                seal: self.sealer.as_ref().map(|_| SealInput {
+                    headers: Vec::new(),
+                    bytes: 0,
+                    body: None,
+                }),
             }),
             Start::Skip => Start::Skip,
             Start::Stop(a) => Start::Stop(a),
@@ -151,6 +220,18 @@ impl<F: Filter> Filter for Pipeline<F> {
                 msg.forged.push(msg.seen);
             }
         }
+        if let Some(s) = &mut msg.seal {
+            s.bytes += header.name.len() + header.value.len();
+            s.headers.push(header.clone());
+        }
+        if msg
+            .seal
+            .as_ref()
+            .is_some_and(|s| s.bytes > crate::dmarc::MAX_HEADER_BYTES)
+        {
+            // The DMARC filter stops keeping headers at the same bound: no chain, no seal.
+            msg.seal = None;
+        }
         self.inner.header(&mut msg.inner, header).await;
     }
 
@@ -160,16 +241,27 @@ impl<F: Filter> Filter for Pipeline<F> {
         conn: &Connection,
         env: &Envelope,
     ) -> Flow {
+        if let Some(s) = &mut msg.seal {
+            s.body = Some(BodyHasher::new(
+                Canon::Relaxed,
+                &aws_lc_rs::digest::SHA256,
+                None,
+            ));
+        }
         self.inner.end_of_headers(&mut msg.inner, conn, env).await
     }
 
     async fn body(&self, msg: &mut Self::Message, chunk: &[u8]) {
+        if let Some(b) = msg.seal.as_mut().and_then(|s| s.body.as_mut()) {
+            b.update(chunk);
+        }
         self.inner.body(&mut msg.inner, chunk).await;
     }
 
     async fn end_of_message(&self, msg: Self::Message, eom: &EndOfMessage<'_>) -> Verdict {
         let v = self.inner.end_of_message(msg.inner, eom).await;
-        self.finish(v, &msg.id, &msg.forged)
+        let v = self.finish(v, &msg.id, &msg.forged);
+        self.seal(v, &msg.id, msg.seal)
     }
 }
 
