@@ -14,6 +14,7 @@
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
+//! - [`store`]: shared state (DMARC records, counters, leases) on local disk or in Redis.
 
 pub mod auth_results;
 pub mod av;
@@ -31,3 +32,4 @@ pub mod notify;
 pub mod privs;
 pub mod spf;
 pub mod stack;
+pub mod store;
