@@ -118,11 +118,11 @@ fn signal(pid: u32, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill");
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// One runtime for the whole test binary: a Redis connection lives on the runtime that
+/// opened it.
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
 }
 
 fn rec(id: &str, t: u64) -> Record {
@@ -234,7 +234,7 @@ impl Mailstackd {
         .unwrap();
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .arg("--socket")
             .arg(format!("unix:{}", socket.display()))
             .arg("--config")
@@ -251,6 +251,8 @@ impl Mailstackd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "mailstackd did not listen:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
@@ -297,8 +299,10 @@ fn dns() -> std::net::SocketAddr {
     spf_support::start_dns_local(zone).unwrap()
 }
 
-fn postfix(milter: &Mailstackd) -> Postfix {
+/// A Postfix named `name` (DMARC's reporter is the MTA's name) with `milter`.
+fn postfix(milter: &Mailstackd, name: &str) -> Postfix {
     Postfix::builder()
+        .main("myhostname", name)
         .main("smtpd_milters", milter.spec())
         .main("milter_default_action", "tempfail")
         .start()
@@ -335,7 +339,12 @@ fn jobs(store: &RedisStore) -> Vec<String> {
         let mut out = Vec::new();
         let mut scan = Scan::all().limit(500);
         loop {
-            let page = store.scan("dmarc", &scan).await.unwrap();
+            // The first call after a Redis restart fails on the old connection; the store
+            // reconnects on the next.
+            let page = match store.scan("dmarc", &scan).await {
+                Ok(p) => p,
+                Err(_) => store.scan("dmarc", &scan).await.unwrap(),
+            };
             let Some(last) = page.last() else { break };
             scan = scan.after(last);
             for r in &page {
@@ -374,7 +383,7 @@ fn two_mailstackd_through_postfix_sum_in_one_redis() {
     let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url());
     let m1 = Mailstackd::start(dir.path(), "mx1", dns, &store);
     let m2 = Mailstackd::start(dir.path(), "mx2", dns, &store);
-    let (pf1, pf2) = (postfix(&m1), postfix(&m2));
+    let (pf1, pf2) = (postfix(&m1, "mx1.example"), postfix(&m2, "mx2.example"));
     let mut queued = BTreeSet::new();
     for i in 0..7 {
         queued.insert(send(&pf1, i));
@@ -428,7 +437,7 @@ fn redis_stopped_under_load_loses_no_mail() {
         redis.url()
     );
     let m = Mailstackd::start(dir.path(), "mx", dns, &store);
-    let pf = postfix(&m);
+    let pf = postfix(&m, "mx.example");
     let s = Arc::new(RedisStore::open(&redis.url()).unwrap());
     let mut before = Vec::new();
     for i in 0..5 {
@@ -447,6 +456,13 @@ fn redis_stopped_under_load_loses_no_mail() {
         during.push(send(&pf, i));
     }
     redis.restart();
+    // The writer retries with backoff: once what it held is in Redis, it writes again.
+    let back = wait_for_jobs(&s, 6, Duration::from_secs(30));
+    assert!(
+        back.len() > 5,
+        "held records not written after Redis returned\n{}",
+        m.log()
+    );
     let mut after = Vec::new();
     for i in 25..30 {
         after.push(send(&pf, i));

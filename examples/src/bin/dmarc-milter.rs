@@ -111,7 +111,9 @@ fn main() -> ExitCode {
         let tee_cfg = cfg.clone();
         let mut filter = DmarcFilter::new(cfg, resolver);
         if let Some(store) = store {
-            let writer = store.spawn_writer()?;
+            let writer = store
+                .spawn_writer()
+                .map_err(mailstack::stack::BuildError::from)?;
             writer.log_stats_every(STORE_STATS_EVERY);
             tracing::info!("DMARC records also go to the store: {store}");
             filter = filter.with_history(Arc::new(HistoryTee::for_config(&tee_cfg, writer)));
