@@ -27,6 +27,7 @@ use spf_support::Zone;
 use support::postfix::Postfix;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailstackd");
+const DMARC_BIN: &str = env!("CARGO_BIN_EXE_dmarc-milter");
 
 /// A private redis-server on `DIR/redis.sock`, persisting to an append-only file in `DIR`
 /// (fsync always) so a stop and start keep what was written. Stopped on drop.
@@ -82,7 +83,7 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+            if Self::pong(&self.socket()) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -91,6 +92,18 @@ impl Redis {
             "redis-server did not listen within 10 s:\n{}",
             std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
         );
+    }
+
+    /// Whether the server answers PING with PONG (not LOADING while it reads its file).
+    fn pong(socket: &Path) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::os::unix::net::UnixStream::connect(socket) else {
+            return false;
+        };
+        let mut buf = [0u8; 64];
+        c.write_all(b"PING\r\n").is_ok()
+            && c.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
     /// SIGTERM (Redis finishes its append-only file) and wait.
@@ -222,8 +235,6 @@ struct Mailstackd {
 
 impl Mailstackd {
     fn start(dir: &Path, name: &str, dns: std::net::SocketAddr, store: &str) -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let conf = dir.join(format!("{name}.toml"));
         std::fs::write(
             &conf,
@@ -232,14 +243,22 @@ impl Mailstackd {
             ),
         )
         .unwrap();
+        Self::spawn(BIN, dir, name, &conf, &[])
+    }
+
+    /// `exe --socket unix:DIR/NAME.sock --config conf args...`, waiting for the socket.
+    fn spawn(exe: &str, dir: &Path, name: &str, conf: &Path, args: &[&str]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(exe)
             .arg("--socket")
             .arg(format!("unix:{}", socket.display()))
             .arg("--config")
-            .arg(&conf)
+            .arg(conf)
             .args(["--group", "postfix", "--allow-root"])
+            .args(args)
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -518,4 +537,60 @@ fn redis_stopped_under_load_loses_no_mail() {
     assert_eq!(dropped as usize, 20 - kept_during, "{line}");
     assert!(failures > 0, "{line}");
     println!("outage: {line}");
+}
+
+#[test]
+fn dmarc_milter_mailstack_store_gets_what_the_history_file_gets() {
+    support::postfix::require_postfix();
+    let dir = tempfile::Builder::new()
+        .prefix("store-dmarc")
+        .tempdir()
+        .unwrap();
+    let redis = Redis::start(dir.path());
+    let dns = dns();
+    let history = dir.path().join("history");
+    let conf = dir.path().join("opendmarc.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "AuthservID mx.example\nSPFSelfValidate yes\nHistoryFile {}\nMailstackStore {}\n",
+            history.display(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let ns = dns.to_string();
+    let m = Mailstackd::spawn(
+        DMARC_BIN,
+        dir.path(),
+        "dmarc",
+        &conf,
+        &["--nameserver", &ns],
+    );
+    let pf = postfix(&m, "mx.example");
+    let queued: BTreeSet<String> = (0..3).map(|i| send(&pf, i)).collect();
+    pf.wait_for_messages(3, Duration::from_secs(30));
+    let s = RedisStore::open(&redis.url()).unwrap();
+    let got = wait_for_jobs(&s, 3, Duration::from_secs(20));
+    assert_eq!(
+        got.iter().cloned().collect::<BTreeSet<_>>(),
+        queued,
+        "{}",
+        m.log()
+    );
+    assert_eq!(got.len(), 3);
+    // The same blocks, in the same order, as the unchanged HistoryFile.
+    let all = rt().block_on(s.scan("dmarc", &Scan::all())).unwrap();
+    let mut from_store: Vec<String> = all
+        .iter()
+        .map(|r| String::from_utf8(r.data.clone()).unwrap())
+        .collect();
+    let file = std::fs::read_to_string(&history).unwrap();
+    let mut from_file: Vec<String> = file
+        .split_inclusive("action 2\n")
+        .map(str::to_owned)
+        .collect();
+    from_store.sort();
+    from_file.sort();
+    assert_eq!(from_store, from_file);
 }

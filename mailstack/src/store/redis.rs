@@ -38,7 +38,17 @@ pub struct RedisStore {
 }
 
 fn err(e: redis::RedisError) -> StoreError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    // A server still loading its data after a restart is down for our purpose: retry later.
+    let busy = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+    );
+    if busy
+        || e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+    {
         StoreError::Unavailable(Box::new(e))
     } else {
         StoreError::Backend(Box::new(e))
