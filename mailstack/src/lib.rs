@@ -15,6 +15,7 @@
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
+//! - [`store`]: shared state (DMARC records, counters, leases) on local disk or in Redis.
 //!
 //! # Embedding the DKIM verifier and the DMARC evaluator
 //!
@@ -96,3 +97,4 @@ pub mod notify;
 pub mod privs;
 pub mod spf;
 pub mod stack;
+pub mod store;

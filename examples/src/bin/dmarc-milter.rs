@@ -16,6 +16,7 @@ use clap::Parser;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, Specification};
 use mailstack::filter::Milter;
 use mailstack::stack::DaemonSettings;
+use mailstack::store::HistoryTee;
 use mailstack_examples::daemon::{self, DaemonArgs};
 use milter_proto::server::ServerConfig;
 
@@ -69,6 +70,10 @@ defaults):
                                 sealed last by one of them, is accepted (trusted_forwarder)
   DomainWhitelistFile FILE      the same, one domain per line; DomainWhitelistSize N (3000)
   ARCVerify yes|no              mailstack: validate ARC chains, write arc= (default no)
+  MailstackStore URL|PATH       mailstack: also store each record (besides HistoryFile) in Redis
+                                (redis://HOST:PORT/DB, redis+unix:///PATH: shared by several
+                                nodes) or an embedded database (absolute PATH); buffered, a
+                                store that is down never holds up mail
 Accepted without effect (warned): AutoRestart AutoRestartCount AutoRestartRate Background
 BaseDirectory ChangeRootDirectory PidFile Syslog SyslogFacility SyslogSuccess MilterDebug LogWhy, FailureReports no, FailureReportsOnNone no.
 Refused: failure reports (FailureReports yes, FailureReportsBcc, FailureReportsSentBy,
@@ -76,6 +81,9 @@ ReportCommand, CopyFailuresTo); anything else unknown. ARC: DomainWhitelist(File
 the trusted ARC sealers (a passing chain sealed last by one of them overrides a DMARC
 failure), ARCVerify writes arc=; ARCSeal only seals in mailstackd (warned about here).
 Errors name the file and line.";
+
+/// How often the store writer's counters are logged (when they changed).
+const STORE_STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn main() -> ExitCode {
     mailstack_examples::logging::stderr("info");
@@ -112,7 +120,18 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
     let result = rt.block_on(async move {
         let resolver = daemon::resolver(&opts.nameservers, cfg.dns_timeout)?;
-        let filter = Arc::new(DmarcFilter::new(cfg, resolver));
+        let store = cfg.store.clone();
+        let tee_cfg = cfg.clone();
+        let mut filter = DmarcFilter::new(cfg, resolver);
+        if let Some(store) = store {
+            let writer = store
+                .spawn_writer()
+                .map_err(mailstack::stack::BuildError::from)?;
+            writer.log_stats_every(STORE_STATS_EVERY);
+            tracing::info!("DMARC records also go to the store: {store}");
+            filter = filter.with_history(Arc::new(HistoryTee::for_config(&tee_cfg, writer)));
+        }
+        let filter = Arc::new(filter);
         daemon::serve_milter(&opts, ServerConfig::default(), Milter::factory(filter)).await
     });
     match result {

@@ -51,6 +51,12 @@ mailstackd.toml (TOML; every section optional):
   av-milter and spf-policyd --help). Errors name the file and the line.
 Signals: SIGTERM/SIGINT stop accepting, finish messages in flight, exit.";
 
+/// How often the store writer's counters are logged (when they changed).
+const STORE_STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long buffered store records may take to be written at shutdown.
+const STORE_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> ExitCode {
     mailstack_examples::logging::stderr("info");
     let args = Args::parse();
@@ -87,9 +93,23 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| daemon::fail("mailstackd", e));
     let result = rt.block_on(async move {
         let resolver = daemon::resolver(&opts.nameservers, cfg.daemon.dns_timeout)?;
-        let stack = cfg.build(resolver, None, &daemon::hostname())?;
+        let (stack, store) = cfg.build_with_store(resolver, None, &daemon::hostname())?;
+        if let Some(w) = &store {
+            w.log_stats_every(STORE_STATS_EVERY);
+        }
         let stack = Arc::new(stack);
-        daemon::serve_milter(&opts, ServerConfig::default(), Milter::factory(stack)).await
+        let served =
+            daemon::serve_milter(&opts, ServerConfig::default(), Milter::factory(stack)).await;
+        if let Some(w) = &store {
+            // What is still buffered gets a moment to reach the store, then the totals.
+            w.flush(STORE_FLUSH_AT_EXIT).await;
+            let st = w.stats();
+            tracing::info!(
+                "store at exit: {} submitted, {} stored ({} already there), {} dropped, {} pending, {} failed attempts",
+                st.submitted, st.stored, st.duplicates, st.dropped, st.pending, st.failures
+            );
+        }
+        served
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

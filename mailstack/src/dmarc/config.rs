@@ -27,6 +27,7 @@
 //! | `DNSTimeout` | 5 | seconds per DNS query |
 //! | `SoftwareHeader` | no | add `DMARC-Filter: <product> <host> <jobid>` |
 //! | `DKIMSelfValidate` | no | **mailstack only**: verify DKIM signatures in this process ([`super::dkim`]) instead of reading upstream `dkim=` results |
+//! | `MailstackStore` | none | **mailstack only**: also store each record in [`crate::store`]: a Redis URL (`redis://HOST:PORT/DB`, `redis+unix:///PATH`) shared by several nodes, or the absolute path of an embedded database; written through a bounded buffer, never holding up mail |
 //! | `DMARCSpecification` | `rfc7489` | **mailstack only**: `rfc7489` (pct, public suffix list, as OpenDMARC) or `dmarcbis` (RFC 9989 DNS tree walk, `t=`, `np=`, no `pct`) |
 //! | `DomainWhitelist` | empty | OpenDMARC's name: comma or space list of ARC sealers (`ARC-Seal` `d=`) trusted to vouch for forwarded mail ([`crate::arc`]); a DMARC failure whose ARC chain passes with the newest seal by one of them is accepted (disposition none, override reason `trusted_forwarder`) |
 //! | `DomainWhitelistFile` | none | the same, one domain per line (`#` comments); added to `DomainWhitelist` |
@@ -190,6 +191,8 @@ pub struct DmarcConfig {
     pub arc_verify: bool,
     /// `ARCSeal` with its domain, selector and key (mailstack only).
     pub arc_seal: Option<ArcSealConfig>,
+    /// `MailstackStore` (mailstack only).
+    pub store: Option<crate::store::StoreConfig>,
     /// Options accepted without effect: (line, name).
     pub ignored: Vec<(usize, String)>,
 }
@@ -245,6 +248,7 @@ impl Default for DmarcConfig {
             trusted_arc_sealers_max: DEFAULT_DOMAIN_WHITELIST_SIZE,
             arc_verify: false,
             arc_seal: None,
+            store: None,
             ignored: Vec::new(),
         }
     }
@@ -359,6 +363,11 @@ impl DmarcConfig {
             "RequiredHeaders" => self.required_headers = f.bool(e)?,
             "RejectMultiValueFrom" => self.reject_multi_value_from = f.bool(e)?,
             "HistoryFile" => self.history_file = Some(PathBuf::from(non_empty(f, e)?)),
+            "MailstackStore" => {
+                let spec = crate::store::StoreConfig::from_spec(non_empty(f, e)?)
+                    .map_err(|err| f.error(e, format_args!("MailstackStore: {err}")))?;
+                self.store = Some(spec);
+            }
             "RecordAllMessages" => self.record_all_messages = f.bool(e)?,
             "PublicSuffixList" => {
                 let path = Path::new(non_empty(f, e)?);
@@ -570,6 +579,30 @@ mod tests {
 
     fn parse(text: &str) -> Result<DmarcConfig, ConfigError> {
         DmarcConfig::parse(Path::new("/etc/opendmarc.conf"), text)
+    }
+
+    #[test]
+    fn mailstack_store_takes_a_url_or_a_path() {
+        assert!(parse("").unwrap().store.is_none());
+        let c = parse("MailstackStore redis+unix:///run/redis/redis.sock\n").unwrap();
+        assert_eq!(
+            c.store.unwrap().kind,
+            crate::store::StoreKind::Redis {
+                url: "redis+unix:///run/redis/redis.sock".into()
+            }
+        );
+        let c = parse("MailstackStore /var/lib/mailstack/store.redb\n").unwrap();
+        assert!(matches!(
+            c.store.unwrap().kind,
+            crate::store::StoreKind::Embedded { .. }
+        ));
+        let e = parse("Socket inet:1@localhost\nMailstackStore store.redb\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("opendmarc.conf") && e.contains(":2") && e.contains("MailstackStore"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::filter::Chain;
 use crate::notify::Notifier;
 use crate::spf::filter::SpfFilter;
 use crate::spf::policyd::SpfPolicy;
+use crate::store::{BufferedWriter, HistoryTee, StoreError};
 
 /// SPF → DKIM → DMARC → AV, each switched off when `None`.
 pub type Filters = Chain<
@@ -28,6 +29,9 @@ pub enum BuildError {
     /// The DKIM keys did not load.
     #[error("dkim: {0}")]
     Dkim(#[from] DkimError),
+    /// The configured store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl StackConfig {
@@ -40,6 +44,19 @@ impl StackConfig {
         notify: Option<(Notifier, String)>,
         hostname: &str,
     ) -> Result<Mailstack, BuildError> {
+        self.build_with_store(resolver, notify, hostname)
+            .map(|(stack, _)| stack)
+    }
+
+    /// [`Self::build`], also returning the [`BufferedWriter`] DMARC records go through when a
+    /// store is configured (`[store]`, else DMARC's `MailstackStore`), for its counters. With a
+    /// store the writer's task is started: call it inside a tokio runtime.
+    pub fn build_with_store(
+        &self,
+        resolver: Arc<dyn Resolver>,
+        notify: Option<(Notifier, String)>,
+        hostname: &str,
+    ) -> Result<(Mailstack, Option<BufferedWriter>), BuildError> {
         let spf = self
             .spf
             .clone()
@@ -63,6 +80,18 @@ impl StackConfig {
             c.spf_self_validate &= self.spf.is_none();
             DmarcFilter::new(c, resolver.clone())
         });
+        let store = self
+            .store
+            .as_ref()
+            .or_else(|| self.dmarc.as_ref().and_then(|d| d.store.as_ref()));
+        let (dmarc, writer) = match (dmarc, store) {
+            (Some(f), Some(store)) => {
+                let writer = store.spawn_writer()?;
+                let tee = HistoryTee::for_config(f.config(), writer.clone());
+                (Some(f.with_history(Arc::new(tee))), Some(writer))
+            }
+            (dmarc, _) => (dmarc, None),
+        };
         let av = self.av.clone().map(|c| AvFilter::new(c, notify));
         // `ARCSeal` in the DMARC options: the DMARC filter validates the chain (it does
         // whenever sealing is configured), the pipeline seals on it.
@@ -72,11 +101,12 @@ impl StackConfig {
             .and_then(|c| c.arc_seal.as_ref())
             .map(|s| s.sealer.clone());
         let chain = Chain::new(spf, Chain::new(dkim, Chain::new(dmarc, av)));
-        Ok(
+        Ok((
             Pipeline::new(chain, self.daemon.authserv_id.clone(), hostname)
                 .received_spf(self.daemon.received_spf)
                 .arc_sealer(sealer),
-        )
+            writer,
+        ))
     }
 }
 

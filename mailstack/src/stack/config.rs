@@ -24,6 +24,15 @@
 //! [av]
 //! enabled = true
 //! options = { ClamdSocket = "unix:/run/clamav/clamd.ctl", OnInfected = "Reject" }
+//!
+//! [store]                           # where DMARC records go (besides any HistoryFile)
+//! kind = "embedded"                 # on local disk (crate::store::EmbeddedStore)
+//! path = "/var/lib/mailstack/store.redb"
+//! # kind = "redis"                  # shared by several nodes (crate::store::RedisStore)
+//! # url = "redis://127.0.0.1:6379/0"   # or redis+unix:///run/redis/redis.sock
+//! retention_days = 31               # records older than this are removed
+//! max_records = 2000000             # per stream, the oldest go first
+//! buffer = 10000                    # records held while the store is down, then dropped
 //! ```
 //!
 //! A section that is absent takes the embedded default: SPF, DKIM (verify) and DMARC on, never
@@ -42,6 +51,7 @@ use crate::config::ConfigError;
 use crate::dkim::DkimConfig;
 use crate::dmarc::DmarcConfig;
 use crate::spf::policyd::PolicydConfig;
+use crate::store::{StoreConfig, StoreKind};
 
 /// The embedded SPF default: check HELO and MAIL FROM, never reject or defer (results go to
 /// `Authentication-Results` and to DMARC).
@@ -63,6 +73,18 @@ struct FileForm {
     dkim: Option<SectionForm>,
     dmarc: Option<SectionForm>,
     av: Option<SectionForm>,
+    store: Option<Spanned<StoreForm>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreForm {
+    kind: String,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    retention_days: Option<u64>,
+    max_records: Option<u64>,
+    buffer: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +173,9 @@ pub struct StackConfig {
     pub dmarc: Option<DmarcConfig>,
     /// AV (`clamav-milter.conf`).
     pub av: Option<AvConfig>,
+    /// `[store]`: where DMARC records go (`None`: only the `HistoryFile`, if any; DMARC's own
+    /// `MailstackStore` applies then).
+    pub store: Option<StoreConfig>,
     /// Where each came from, in the order spf, dkim, dmarc, av.
     pub sources: [(&'static str, Source); 4],
     /// Warnings while reading (options accepted without effect).
@@ -287,6 +312,68 @@ impl Reader<'_> {
     }
 }
 
+/// `[store]` to a [`StoreConfig`]; a relative `path` is taken from the file's directory.
+fn store_config(rd: &Reader<'_>, form: Spanned<StoreForm>) -> Result<StoreConfig, ConfigError> {
+    let at = form.span().start;
+    let f = form.into_inner();
+    let kind = match (f.kind.as_str(), f.path, f.url) {
+        ("embedded", Some(p), None) => StoreKind::Embedded {
+            path: if p.is_relative() {
+                rd.base_dir().join(p)
+            } else {
+                p
+            },
+        },
+        ("redis", None, Some(url)) => {
+            if !["redis://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return Err(rd.err(
+                    at,
+                    format!("[store] url: expected redis://HOST[:PORT][/DB] or redis+unix:///PATH, found {url:?}"),
+                ));
+            }
+            StoreKind::Redis { url }
+        }
+        ("embedded", _, _) => {
+            return Err(rd.err(
+                at,
+                "[store] kind = \"embedded\" needs `path` (and no `url`)",
+            ));
+        }
+        ("redis", _, _) => {
+            return Err(rd.err(at, "[store] kind = \"redis\" needs `url` (and no `path`)"));
+        }
+        (k, _, _) => {
+            return Err(rd.err(
+                at,
+                format!("[store] kind: expected \"embedded\" or \"redis\", found {k:?}"),
+            ));
+        }
+    };
+    let mut cfg = StoreConfig::new(kind);
+    if let Some(d) = f.retention_days {
+        if d == 0 || d > 3660 {
+            return Err(rd.err(at, "[store] retention_days: expected 1..=3660"));
+        }
+        cfg.retention = Duration::from_secs(d * 24 * 3600);
+    }
+    if let Some(m) = f.max_records {
+        if m == 0 {
+            return Err(rd.err(at, "[store] max_records: expected at least 1"));
+        }
+        cfg.max_records = m;
+    }
+    if let Some(b) = f.buffer {
+        if !(1..=10_000_000).contains(&b) {
+            return Err(rd.err(at, "[store] buffer: expected 1..=10000000 records"));
+        }
+        cfg.writer.capacity = b;
+    }
+    Ok(cfg)
+}
+
 /// Parses `r` with the tool's parser; an inline option's error is moved to its TOML line.
 fn parse_with<T>(
     r: &Resolved,
@@ -327,6 +414,7 @@ impl StackConfig {
         let shown = path.unwrap_or(Path::new("<embedded default>"));
         let rd = Reader { path: shown, text };
         let daemon = daemon_settings(&rd, form.mailstackd)?;
+        let store = form.store.map(|f| store_config(&rd, f)).transpose()?;
         let mut warnings = Vec::new();
         let spf = match rd.section("spf", form.spf, Some(DEFAULT_SPF), Style::Spf)? {
             Some(r) => {
@@ -362,6 +450,7 @@ impl StackConfig {
             dkim: dkim.map(|x| x.0),
             dmarc: dmarc.map(|x| x.0),
             av: av.map(|x| x.0),
+            store,
             sources,
             warnings,
         })
@@ -408,6 +497,14 @@ impl StackConfig {
         );
         for (name, src) in &self.sources {
             out.push_str(&format!("{name}: {src}\n"));
+        }
+        let store = self
+            .store
+            .as_ref()
+            .or_else(|| self.dmarc.as_ref().and_then(|d| d.store.as_ref()));
+        match store {
+            Some(s) => out.push_str(&format!("store: {s}\n")),
+            None => out.push_str("store: none (DMARC HistoryFile only, if set)\n"),
         }
         if let Some(s) = &self.spf {
             out.push_str(&format!(
@@ -481,6 +578,72 @@ fn daemon_settings(rd: &Reader<'_>, f: DaemonForm) -> Result<DaemonSettings, Con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_section_selects_the_store_and_errors_name_the_line() {
+        let p = Path::new("/etc/mailstack/mailstackd.toml");
+        let c = StackConfig::parse(
+            p,
+            "[store]\nkind = \"embedded\"\npath = \"store.redb\"\nretention_days = 7\nbuffer = 50\n",
+        )
+        .unwrap();
+        let s = c.store.as_ref().unwrap();
+        assert_eq!(
+            s.kind,
+            StoreKind::Embedded {
+                path: "/etc/mailstack/store.redb".into()
+            }
+        );
+        assert_eq!(s.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(s.writer.capacity, 50);
+        assert!(
+            c.describe()
+                .contains("store: embedded /etc/mailstack/store.redb")
+        );
+        let c = StackConfig::parse(
+            p,
+            "[store]\nkind = \"redis\"\nurl = \"redis://10.0.0.1:6379/2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.unwrap().kind,
+            StoreKind::Redis {
+                url: "redis://10.0.0.1:6379/2".into()
+            }
+        );
+        for (text, want) in [
+            (
+                "\n[store]\nkind = \"redis\"\npath = \"/x\"\n",
+                "needs `url`",
+            ),
+            (
+                "\n[store]\nkind = \"sql\"\npath = \"/x\"\n",
+                "expected \"embedded\" or \"redis\"",
+            ),
+            (
+                "\n[store]\nkind = \"redis\"\nurl = \"http://x\"\n",
+                "expected redis://",
+            ),
+        ] {
+            let e = StackConfig::parse(p, text).unwrap_err().to_string();
+            assert!(
+                e.contains("mailstackd.toml") && e.contains(":2") && e.contains(want),
+                "{e}"
+            );
+        }
+        // Without [store], DMARC's MailstackStore applies.
+        let c = StackConfig::parse(
+            p,
+            "[dmarc]\noptions = { MailstackStore = \"redis://127.0.0.1/0\" }\n",
+        )
+        .unwrap();
+        assert!(c.store.is_none());
+        assert!(
+            c.describe().contains("store: redis redis://127.0.0.1/0"),
+            "{}",
+            c.describe()
+        );
+    }
 
     #[test]
     fn embedded_default_verifies_and_never_rejects() {
