@@ -556,11 +556,33 @@ impl DmarcFilter {
             dkim_aligned: ev.dkim_aligned,
             spf_aligned: ev.spf_aligned,
             disposition: dis,
+            spf_domain: spf.map(|s| s.domain.clone()).unwrap_or_default(),
+            spf_scope: spf.map(|s| s.identity),
+            overrides: override_reasons(ev, dis),
+            is_report: history::is_report(m.headers),
         };
         if let Err(e) = store.record(&rec) {
             tracing::warn!("DMARC history store: {e}");
         }
     }
+}
+
+/// Why the disposition applied differs from the one requested (RFC 7489 appendix C): a
+/// failure outside `pct` is `sampled_out` (§6.6.4); any other failure whose requested
+/// disposition was not applied (`RejectFailures false`, quarantine not held) is
+/// `local_policy`.
+fn override_reasons(ev: &Evaluation, dis: Policy) -> Vec<history::OverrideReason> {
+    let mut out = Vec::new();
+    if ev.result != DmarcResult::Fail {
+        return out;
+    }
+    if !ev.sampled {
+        out.push(history::OverrideReason::SampledOut);
+    }
+    if dis != ev.requested_disposition() {
+        out.push(history::OverrideReason::LocalPolicy);
+    }
+    out
 }
 
 /// The first RFC 5322 §3.6 count violated, if any.
