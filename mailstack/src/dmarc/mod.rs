@@ -116,6 +116,7 @@
 //! - [`headers`]: From, upstream `Authentication-Results` and `Received-SPF`.
 //! - [`dkim`]: in-process DKIM verification.
 //! - [`history`]: aggregate-report records and their store.
+//! - [`report`]: aggregate reports built from the records.
 //! - `filter`: the [`crate::filter::Filter`] implementation ([`DmarcMessage`] is its
 //!   per-message state).
 
@@ -127,6 +128,7 @@ pub mod headers;
 pub mod history;
 pub mod psl;
 pub mod record;
+pub mod report;
 
 use std::net::IpAddr;
 use std::sync::Arc;
