@@ -117,12 +117,14 @@
 //! - [`dkim`]: in-process DKIM verification.
 //! - [`history`]: aggregate-report records and their store.
 //! - [`report`]: aggregate reports built from the records.
+//! - [`failure`]: failure reports (RFC 6591 AFRF), off unless a sink is given.
 //! - `filter`: the [`crate::filter::Filter`] implementation ([`DmarcMessage`] is its
 //!   per-message state).
 
 pub mod config;
 pub mod dkim;
 pub mod eval;
+pub mod failure;
 mod filter;
 pub mod headers;
 pub mod history;
@@ -260,6 +262,7 @@ pub struct DmarcFilter {
     spf: SpfEvaluator,
     dkim: Option<dkim::InProcessDkim>,
     history: Option<Arc<dyn HistoryStore>>,
+    failure: Option<Arc<dyn failure::FailureSink>>,
 }
 
 impl DmarcFilter {
@@ -285,7 +288,15 @@ impl DmarcFilter {
             spf,
             dkim,
             history,
+            failure: None,
         }
+    }
+
+    /// Offers each DMARC failure of a domain publishing `ruf=` to `sink` (failure reports,
+    /// RFC 7489 §7.3; off unless called: RFC 9991 §7 advises against them for privacy).
+    pub fn with_failure_reports(mut self, sink: Arc<dyn failure::FailureSink>) -> Self {
+        self.failure = Some(sink);
+        self
     }
 
     /// Uses `store` for aggregate-report records instead of the configured `HistoryFile`.
@@ -522,9 +533,14 @@ impl DmarcFilter {
         dkim: &[DkimInput],
         dis: Policy,
     ) {
-        let Some(store) = &self.history else {
+        let failure_sink = self
+            .failure
+            .as_ref()
+            .filter(|_| ev.result == DmarcResult::Fail)
+            .filter(|_| ev.record.as_ref().is_some_and(|r| !r.ruf.is_empty()));
+        if self.history.is_none() && failure_sink.is_none() {
             return;
-        };
+        }
         if ev.record.is_none() && !self.cfg.record_all_messages {
             return;
         }
@@ -563,7 +579,14 @@ impl DmarcFilter {
             overrides: override_reasons(ev, dis),
             is_report: history::is_report(m.headers),
         };
-        if let Err(e) = store.record(&rec) {
+        if let Some(sink) = failure_sink
+            && !rec.is_report
+        {
+            sink.offer(&rec, m.headers);
+        }
+        if let Some(store) = &self.history
+            && let Err(e) = store.record(&rec)
+        {
             tracing::warn!("DMARC history store: {e}");
         }
     }
