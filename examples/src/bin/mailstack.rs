@@ -199,9 +199,9 @@ fn dmarc_report(c: DmarcReport) -> ExitCode {
             let mut cfg =
                 mailstack::notify::MsmtpConfig::read(p).unwrap_or_else(|e| daemon::fail(NAME, e));
             cfg.from = c.email.clone();
-            Output::Smtp(
+            Output::Smtp(Box::new(
                 mailstack::notify::Notifier::new(&cfg).unwrap_or_else(|e| daemon::fail(NAME, e)),
-            )
+            ))
         }
         (None, None) => daemon::fail(NAME, "--smtp FILE or --dry-run DIR is required"),
     };

@@ -1,4 +1,5 @@
-//! Per-message records for DMARC aggregate reports (RFC 7489 §7.2), and the default store.
+//! Per-message records for DMARC aggregate reports (RFC 7489 §7.2, RFC 9990), the default
+//! store, and the reader of history files.
 //!
 //! A [`MessageRecord`] holds what an aggregate report row needs: source address, header
 //! From, envelope From, the policy domain and its published policy, every DKIM result, the SPF
@@ -19,20 +20,20 @@
 //! from sender.example
 //! mfrom sender.example
 //! dkim sender.example mail 0
-//! spf 0
+//! spf 0 domain=sender.example scope=mfrom
 //! pdomain sender.example
-//! policy 15
+//! policy 15 result=pass in_force=114
 //! rua mailto:dmarc@sender.example
 //! pct 100
 //! adkim 114
 //! aspf 114
-//! p 114
+//! p 114 np=0 t=n
 //! sp 0
 //! align_dkim 4
 //! align_spf 5
 //! arc 7
 //! arc_policy 2 json:[]
-//! action 2
+//! action 2 reason=sampled_out
 //! ```
 //!
 //! Numbers are OpenDMARC's, as `opendmarc-reports` decodes them and as OpenDMARC 1.4.2
@@ -42,6 +43,15 @@
 //! pass, `16` reject, `17` quarantine, `18` none); `align_*` `4` pass, `5` fail; `p`, `sp`,
 //! `adkim`, `aspf` the ASCII code of `n`/`q`/`r`/`s` (`0` for an absent `sp`); `action` `0`
 //! reject, `2` none, `4` quarantine; `arc 7` / `arc_policy 2 json:[]` (no ARC evaluation).
+//!
+//! What aggregate reports need beyond OpenDMARC's lines rides as `name=value` tokens after a
+//! line's value, where `opendmarc-import` (`split / /, $_, 3`, then only `dkim` and
+//! `arc_policy` read the rest) never looks: `spf ... domain= scope=mfrom|helo`, `policy ...
+//! result=<dmarc result> in_force=<code>`, `p ... np=<code> t=y|n`, `action ...
+//! reason=<override>,...` and `report=y` (the mail was itself a report). Every token is
+//! optional: [`MessageRecord::from_history_block`] and [`HistoryReader`] read OpenDMARC's
+//! own files too (the import of a seed's `HistoryFile`), deriving what a token would say
+//! from OpenDMARC's codes.
 //!
 //! The file is bounded: when a record would grow it past [`HistoryFile::max_bytes`]
 //! (default [`DEFAULT_HISTORY_MAX_BYTES`]), it is renamed to `<path>.1` (replacing an older
@@ -584,13 +594,11 @@ impl Partial {
                     );
                 }
             }
-            "rua" => {
-                if value != "-" {
-                    if self.rua.len() >= MAX_BLOCK_RUA {
-                        return Err(HistoryErrorKind::TooMany(key));
-                    }
-                    self.rua.push(value.to_owned());
+            "rua" if value != "-" => {
+                if self.rua.len() >= MAX_BLOCK_RUA {
+                    return Err(HistoryErrorKind::TooMany(key));
                 }
+                self.rua.push(value.to_owned());
             }
             "pct" => {
                 let pct: u8 = code(value)?;

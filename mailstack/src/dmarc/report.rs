@@ -14,7 +14,7 @@
 //! - Records of mail that was itself a report ([`MessageRecord::is_report`]) are skipped: no
 //!   reports about reports (RFC 7489 §7.2).
 //! - What is sent where (the `!size` limit, `_report._dmarc` verification, suppressed
-//!   destinations) is decided by [`Plan`]; the mail itself by [`report_message`].
+//!   destinations) is decided by [`decide`]; the mail itself by [`report_message`]; [`run`] does it all.
 //!
 //! Everything is bounded: rows per report ([`MAX_ROWS`]), reports per run ([`MAX_REPORTS`]);
 //! what goes past a bound is counted in [`AggregateStats`] and logged, never held.
@@ -965,7 +965,7 @@ pub enum Output {
     /// verification, `!size`), so the directory shows what would be sent.
     DryRun(PathBuf),
     /// Submit by SMTP.
-    Smtp(crate::notify::Notifier),
+    Smtp(Box<crate::notify::Notifier>),
 }
 
 /// The DKIM key that signs report mail: the reporting domain's.
