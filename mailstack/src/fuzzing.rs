@@ -111,6 +111,19 @@ pub fn dkim_key_record(data: &[u8]) {
     );
 }
 
+/// A DMARC history file (ours or OpenDMARC's `HistoryFile`): reading never panics, and every
+/// record read, written back as a block, reads back to a record that writes the same block.
+pub fn dmarc_history(data: &[u8]) {
+    use crate::dmarc::history::{HistoryReader, MessageRecord};
+
+    for rec in HistoryReader::new(data).flatten() {
+        let block = rec.to_history_block();
+        let again = MessageRecord::from_history_block(&block)
+            .unwrap_or_else(|e| panic!("{e} in our own block:\n{block}"));
+        assert_eq!(again.to_history_block(), block);
+    }
+}
+
 /// A `_dmarc` TXT record (RFC 7489 §6.3, RFC 9989). A parsed record written back with
 /// every tag explicit parses to the same record, and `pct=` stays within 0–100.
 pub fn dmarc_record(data: &[u8]) {

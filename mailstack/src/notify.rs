@@ -188,6 +188,26 @@ pub enum NotifyError {
     },
 }
 
+/// Why [`Notifier::send_raw`] did not deliver a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendRawError {
+    /// The recipient address is unusable.
+    #[error("recipient: {0}")]
+    Address(String),
+    /// The server refused the message permanently (5xx): retrying will not help.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Every attempt failed with a transient error.
+    #[error("not sent after {attempts} attempts: {last}")]
+    Failed {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+}
+
 /// Sends notification mail in the background.
 #[derive(Clone)]
 pub struct Notifier {
@@ -289,6 +309,37 @@ impl Notifier {
                 last,
             })
         }))
+    }
+}
+
+impl Notifier {
+    /// Submits a complete message (header and body as they are, for instance already
+    /// DKIM-signed) to `to`, from the configured `from`, and waits for the outcome: the
+    /// configured attempts for transient errors, none more after a permanent refusal.
+    pub async fn send_raw(&self, to: &str, message: &[u8]) -> Result<(), SendRawError> {
+        let to: lettre::Address = to
+            .parse()
+            .map_err(|e: lettre::address::AddressError| SendRawError::Address(e.to_string()))?;
+        let envelope = lettre::address::Envelope::new(Some(self.from.email.clone()), vec![to])
+            .map_err(|e| SendRawError::Address(e.to_string()))?;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            match self.transport.send_raw(&envelope, message).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_permanent() => return Err(SendRawError::Refused(e.to_string())),
+                Err(e) => {
+                    last = e.to_string();
+                    tracing::warn!(attempt, error = %e, "message not sent");
+                }
+            }
+            if attempt < self.attempts {
+                tokio::time::sleep(self.backoff).await;
+            }
+        }
+        Err(SendRawError::Failed {
+            attempts: self.attempts,
+            last,
+        })
     }
 }
 

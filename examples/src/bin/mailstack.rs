@@ -5,6 +5,10 @@
 //! prints each filter's result, the header changes it would make and the final decision;
 //! `--json` for scripts. The exit status says the decision (see `--help`), as `rspamc` and
 //! `opendkim-testmsg` users expect.
+//!
+//! `mailstack dmarc-report --history FILE... --org-name NAME --email ADDR (--smtp FILE |
+//! --dry-run DIR)` sends the DMARC aggregate reports of the last complete window (or
+//! `--begin`/`--end`), see `mailstack::dmarc::report` and `--help`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -29,6 +33,239 @@ enum Cmd {
     /// Run the mailstackd pipeline on one message, offline.
     #[command(after_help = CHECK_HELP)]
     Check(Check),
+    /// Send DMARC aggregate reports (RFC 7489 §7.2, RFC 9990) from recorded evaluations.
+    #[command(name = "dmarc-report", after_help = REPORT_HELP)]
+    DmarcReport(DmarcReport),
+}
+
+const REPORT_HELP: &str = "\
+Reads the records (our history files or OpenDMARC's HistoryFile), counts them per policy
+domain, rua and UTC-aligned window, and sends one gzipped report per destination: a rua
+outside the policy domain's organization only when <domain>._report._dmarc.<rua-domain>
+publishes v=DMARC1, nothing over a rua's !size, nothing to a destination that refused
+within --suppress-days (kept in --state). Records of mail that was itself a report are
+skipped. Exit status: 0 every report sent or deliberately held, 1 some sending failed,
+2 usage, configuration or input error.";
+
+#[derive(Debug, clap::Args)]
+struct DmarcReport {
+    /// History files to read (repeat or list several).
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    history: Vec<PathBuf>,
+    /// Start of the range: Unix seconds or YYYY-MM-DD (UTC). Default: the start of the last
+    /// complete window.
+    #[arg(long, value_name = "TIME")]
+    begin: Option<String>,
+    /// End of the range (exclusive), as --begin. Default: the end of the last complete window.
+    #[arg(long, value_name = "TIME")]
+    end: Option<String>,
+    /// Window length in seconds (reports cover one window each).
+    #[arg(long, value_name = "SECS", default_value_t = mailstack::dmarc::report::DEFAULT_WINDOW)]
+    window: u64,
+    /// rfc7489 (appendix C XML) or dmarcbis (RFC 9990). Default: dmarcbis when the
+    /// configuration's DMARCSpecification is dmarcbis, else rfc7489.
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
+    /// mailstackd.toml, for the DMARC specification and public suffix list.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// opendmarc.conf (DMARCSpecification, PublicSuffixList), instead of --config.
+    #[arg(long, value_name = "FILE")]
+    dmarc_config: Option<PathBuf>,
+    /// report_metadata org_name.
+    #[arg(long, value_name = "NAME")]
+    org_name: String,
+    /// report_metadata email, and the report mail's From.
+    #[arg(long, value_name = "ADDR")]
+    email: String,
+    /// The reporting domain (file name, subject, DKIM d=). Default: --email's domain.
+    #[arg(long, value_name = "DOMAIN")]
+    receiver: Option<String>,
+    /// report_metadata extra_contact_info.
+    #[arg(long, value_name = "TEXT")]
+    extra_contact_info: Option<String>,
+    /// msmtp-style SMTP submission settings (host, port, tls, tls_starttls, auth, user,
+    /// password, tls_trust_file; from is replaced by --email).
+    #[arg(long, value_name = "FILE", required_unless_present = "dry_run")]
+    smtp: Option<PathBuf>,
+    /// Write the .xml.gz and .eml files to DIR instead of sending.
+    #[arg(long, value_name = "DIR")]
+    dry_run: Option<PathBuf>,
+    /// The reporting domain's DKIM private key (PEM); report mail is signed with it.
+    #[arg(long, value_name = "FILE", requires = "dkim_selector")]
+    dkim_key: Option<PathBuf>,
+    /// The key's selector.
+    #[arg(long, value_name = "NAME")]
+    dkim_selector: Option<String>,
+    /// The signing domain (default: the reporting domain).
+    #[arg(long, value_name = "DOMAIN")]
+    dkim_domain: Option<String>,
+    /// State file of destinations that refused reports.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Days a refusing destination is left alone.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    suppress_days: u64,
+    /// Spread the sending over this many seconds instead of sending all at once.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    spread: u64,
+    /// DNS server to ask (IP:PORT) instead of /etc/resolv.conf.
+    #[arg(long, value_name = "IP:PORT")]
+    nameserver: Vec<SocketAddr>,
+}
+
+/// Unix seconds or YYYY-MM-DD (UTC midnight).
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse() {
+        return Ok(n);
+    }
+    let bad = || format!("{s}: expected Unix seconds or YYYY-MM-DD");
+    let mut it = s
+        .splitn(3, '-')
+        .map(|p| p.parse::<i64>().map_err(|_| bad()));
+    let (y, m, d) = (
+        it.next().ok_or_else(bad)??,
+        it.next().ok_or_else(bad)??,
+        it.next().ok_or_else(bad)??,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400).map_err(|_| bad())
+}
+
+fn dmarc_report(c: DmarcReport) -> ExitCode {
+    use mailstack::dmarc::report::{self, Format, Output, ReportMeta, ReportSigner, RunOptions};
+    use mailstack::dmarc::{DmarcConfig, Specification};
+    const NAME: &str = "mailstack dmarc-report";
+    let dmarc_cfg: Option<DmarcConfig> = match (&c.dmarc_config, &c.config) {
+        (Some(p), _) => Some(DmarcConfig::read(p).unwrap_or_else(|e| daemon::fail(NAME, e))),
+        (None, Some(p)) => {
+            StackConfig::read(p)
+                .unwrap_or_else(|e| daemon::fail(NAME, e))
+                .dmarc
+        }
+        (None, None) => None,
+    };
+    let format = match c.format.as_deref() {
+        Some("rfc7489") => Format::Rfc7489,
+        Some("dmarcbis" | "rfc9990") => Format::DmarcBis,
+        Some(f) => daemon::fail(NAME, format!("--format {f}: expected rfc7489 or dmarcbis")),
+        None => match dmarc_cfg.as_ref().map(|d| d.specification) {
+            Some(Specification::DmarcBis) => Format::DmarcBis,
+            _ => Format::Rfc7489,
+        },
+    };
+    let receiver = c.receiver.clone().unwrap_or_else(|| {
+        c.email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_else(|| daemon::fail(NAME, format!("--email {}: no domain", c.email)))
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let window = c.window.max(1);
+    let last_end = now - now % window;
+    let time = |s: &Option<String>, default: u64| {
+        s.as_deref()
+            .map_or(Ok(default), parse_time)
+            .unwrap_or_else(|e| daemon::fail(NAME, e))
+    };
+    let (begin, end) = (
+        time(&c.begin, last_end.saturating_sub(window)),
+        time(&c.end, last_end),
+    );
+    let signer = c.dkim_key.as_ref().map(|k| ReportSigner {
+        key: mailstack::dkim::sign::SigningKey {
+            domain: None,
+            selector: c.dkim_selector.clone().unwrap_or_default(),
+            key: mailstack::dkim::key::PrivateKey::read(k, false)
+                .unwrap_or_else(|e| daemon::fail(NAME, format!("{}: {e}", k.display()))),
+        },
+        domain: c.dkim_domain.clone().unwrap_or_else(|| receiver.clone()),
+    });
+    let output = match (&c.dry_run, &c.smtp) {
+        (Some(d), _) => Output::DryRun(d.clone()),
+        (None, Some(p)) => {
+            let mut cfg =
+                mailstack::notify::MsmtpConfig::read(p).unwrap_or_else(|e| daemon::fail(NAME, e));
+            cfg.from = c.email.clone();
+            Output::Smtp(Box::new(
+                mailstack::notify::Notifier::new(&cfg).unwrap_or_else(|e| daemon::fail(NAME, e)),
+            ))
+        }
+        (None, None) => daemon::fail(NAME, "--smtp FILE or --dry-run DIR is required"),
+    };
+    let opts = RunOptions {
+        begin,
+        end,
+        window,
+        format,
+        meta: ReportMeta {
+            org_name: c.org_name.clone(),
+            email: c.email.clone(),
+            extra_contact_info: c.extra_contact_info.clone(),
+            receiver,
+        },
+        spread: std::time::Duration::from_secs(c.spread),
+        state: c.state.clone(),
+        suppress_secs: c.suppress_days.saturating_mul(86_400),
+        now,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| daemon::fail(NAME, e));
+    let summary = rt.block_on(async {
+        let resolver = daemon::resolver(&c.nameserver, std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| daemon::fail(NAME, e));
+        let psl = dmarc_cfg
+            .as_ref()
+            .and_then(|d| d.public_suffix_list.as_ref());
+        let source = report::HistoryFiles::new(c.history.clone());
+        report::run(
+            &source,
+            resolver.as_ref(),
+            psl,
+            signer.as_ref(),
+            &output,
+            &opts,
+        )
+        .await
+    });
+    let summary = summary.unwrap_or_else(|e| daemon::fail(NAME, e));
+    for name in &summary.sent {
+        println!("sent {name}");
+    }
+    for (name, why) in &summary.held {
+        println!("held {name}: {why:?}");
+    }
+    for (name, why) in &summary.failed {
+        println!("failed {name}: {why}");
+    }
+    let a = &summary.aggregate;
+    println!(
+        "records {} (malformed {}), counted {}, reports skipped {}, without rua {}, without source address {}, bad rua {}, dropped {}",
+        summary.source.records,
+        summary.source.malformed,
+        a.counted,
+        a.reports_skipped,
+        a.no_rua,
+        a.no_source_ip,
+        a.bad_rua,
+        a.dropped
+    );
+    if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 const CHECK_HELP: &str = "\
@@ -74,7 +311,10 @@ struct Check {
 
 fn main() -> ExitCode {
     mailstack_examples::logging::stderr("warn");
-    let Cmd::Check(c) = Args::parse().command;
+    let c = match Args::parse().command {
+        Cmd::Check(c) => c,
+        Cmd::DmarcReport(r) => return dmarc_report(r),
+    };
     let message = read_message(&c.message).unwrap_or_else(|e| daemon::fail("mailstack check", e));
     let cfg = match &c.config {
         Some(p) => StackConfig::read(p),

@@ -127,17 +127,21 @@
 //! - [`headers`]: From, upstream `Authentication-Results` and `Received-SPF`.
 //! - [`dkim`]: in-process DKIM verification.
 //! - [`history`]: aggregate-report records and their store.
+//! - [`report`]: aggregate reports built from the records.
+//! - [`failure`]: failure reports (RFC 6591 AFRF), off unless a sink is given.
 //! - `filter`: the [`crate::filter::Filter`] implementation ([`DmarcMessage`] is its
 //!   per-message state).
 
 pub mod config;
 pub mod dkim;
 pub mod eval;
+pub mod failure;
 mod filter;
 pub mod headers;
 pub mod history;
 pub mod psl;
 pub mod record;
+pub mod report;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -292,6 +296,7 @@ pub struct DmarcFilter {
     spf: SpfEvaluator,
     dkim: Option<dkim::InProcessDkim>,
     history: Option<Arc<dyn HistoryStore>>,
+    failure: Option<Arc<dyn failure::FailureSink>>,
     /// For ARC key lookups.
     resolver: ArcKeys,
 }
@@ -328,8 +333,16 @@ impl DmarcFilter {
             spf,
             dkim,
             history,
+            failure: None,
             resolver: ArcKeys(resolver),
         }
+    }
+
+    /// Offers each DMARC failure of a domain publishing `ruf=` to `sink` (failure reports,
+    /// RFC 7489 §7.3; off unless called: RFC 9991 §7 advises against them for privacy).
+    pub fn with_failure_reports(mut self, sink: Arc<dyn failure::FailureSink>) -> Self {
+        self.failure = Some(sink);
+        self
     }
 
     /// Uses `store` for aggregate-report records instead of the configured `HistoryFile`.
@@ -613,9 +626,14 @@ impl DmarcFilter {
         dkim: &[DkimInput],
         dis: Policy,
     ) {
-        let Some(store) = &self.history else {
+        let failure_sink = self
+            .failure
+            .as_ref()
+            .filter(|_| ev.result == DmarcResult::Fail)
+            .filter(|_| ev.record.as_ref().is_some_and(|r| !r.ruf.is_empty()));
+        if self.history.is_none() && failure_sink.is_none() {
             return;
-        };
+        }
         if ev.record.is_none() && !self.cfg.record_all_messages {
             return;
         }
@@ -649,11 +667,40 @@ impl DmarcFilter {
             dkim_aligned: ev.dkim_aligned,
             spf_aligned: ev.spf_aligned,
             disposition: dis,
+            spf_domain: spf.map(|s| s.domain.clone()).unwrap_or_default(),
+            spf_scope: spf.map(|s| s.identity),
+            overrides: override_reasons(ev, dis),
+            is_report: history::is_report(m.headers),
         };
-        if let Err(e) = store.record(&rec) {
+        if let Some(sink) = failure_sink
+            && !rec.is_report
+        {
+            sink.offer(&rec, m.headers);
+        }
+        if let Some(store) = &self.history
+            && let Err(e) = store.record(&rec)
+        {
             tracing::warn!("DMARC history store: {e}");
         }
     }
+}
+
+/// Why the disposition applied differs from the one requested (RFC 7489 appendix C): a
+/// failure outside `pct` is `sampled_out` (§6.6.4); any other failure whose requested
+/// disposition was not applied (`RejectFailures false`, quarantine not held) is
+/// `local_policy`.
+fn override_reasons(ev: &Evaluation, dis: Policy) -> Vec<history::OverrideReason> {
+    let mut out = Vec::new();
+    if ev.result != DmarcResult::Fail {
+        return out;
+    }
+    if !ev.sampled {
+        out.push(history::OverrideReason::SampledOut);
+    }
+    if dis != ev.requested_disposition() {
+        out.push(history::OverrideReason::LocalPolicy);
+    }
+    out
 }
 
 /// The first RFC 5322 §3.6 count violated, if any.

@@ -519,6 +519,10 @@ mod tests {
             dkim_aligned: false,
             spf_aligned: false,
             disposition: Policy::None,
+            spf_domain: String::new(),
+            spf_scope: None,
+            overrides: Vec::new(),
+            is_report: false,
         };
         tee.record(&rec).unwrap();
         tee.record(&rec).unwrap();
