@@ -14,6 +14,7 @@
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
+//! - [`init`]: mailstack-init, PID 1 of the mail container (services, users, run dirs, health).
 
 pub mod auth_results;
 pub mod av;
@@ -23,6 +24,7 @@ pub mod dkim;
 pub mod dmarc;
 pub mod dns;
 pub mod filter;
+pub mod init;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
