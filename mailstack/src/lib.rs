@@ -24,10 +24,10 @@ pub mod dkim;
 pub mod dmarc;
 pub mod dns;
 pub mod filter;
-pub mod init;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod init;
 mod ipnet;
 pub mod notify;
 pub mod privs;

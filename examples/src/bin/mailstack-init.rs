@@ -84,7 +84,13 @@ fn main() -> ExitCode {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            println!("{} ({:?}): {} {}", s.name, s.role, s.program.display(), argv.join(" "));
+            println!(
+                "{} ({:?}): {} {}",
+                s.name,
+                s.role,
+                s.program.display(),
+                argv.join(" ")
+            );
         }
         println!("OK");
         return ExitCode::SUCCESS;

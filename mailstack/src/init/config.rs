@@ -283,12 +283,9 @@ impl InitConfig {
             None => SocketAddr::from(([127, 0, 0, 1], 25)),
             Some(s) => {
                 let start = s.span().start;
-                s.get_ref().parse().map_err(|_| {
-                    at(
-                        start,
-                        format!("smtp: {:?} is not IP:PORT", s.get_ref()),
-                    )
-                })?
+                s.get_ref()
+                    .parse()
+                    .map_err(|_| at(start, format!("smtp: {:?} is not IP:PORT", s.get_ref())))?
             }
         };
         let mut sockets = BTreeMap::new();
@@ -317,9 +314,7 @@ impl InitConfig {
             bin_dir: f.bin_dir.unwrap_or_else(|| PathBuf::from("/usr/local/bin")),
             grace: Duration::from_secs(f.grace_seconds.unwrap_or(30)),
             ready_timeout: Duration::from_secs(f.ready_timeout_seconds.unwrap_or(30)),
-            clamd_ready_timeout: Duration::from_secs(
-                f.clamd_ready_timeout_seconds.unwrap_or(300),
-            ),
+            clamd_ready_timeout: Duration::from_secs(f.clamd_ready_timeout_seconds.unwrap_or(300)),
             restart_backoff: Duration::from_millis(f.restart_backoff_ms.unwrap_or(1000).max(10)),
             programs: f.programs,
             args: f.args,
@@ -534,10 +529,14 @@ impl InitConfig {
             name: "postfix".into(),
             role: Role::Mta,
             program: postfix.clone(),
-            args: vec!["-c".into(), pf_dir.clone().into_os_string(), "start-fg".into()]
-                .into_iter()
-                .chain(self.extra("postfix"))
-                .collect(),
+            args: vec![
+                "-c".into(),
+                pf_dir.clone().into_os_string(),
+                "start-fg".into(),
+            ]
+            .into_iter()
+            .chain(self.extra("postfix"))
+            .collect(),
             probe: Probe::SmtpBanner(self.smtp),
             ready_timeout: self.ready_timeout,
             stop: Stop::Command(vec![
@@ -638,7 +637,7 @@ pub fn main_cf_param(text: &str, name: &str) -> Option<String> {
             current = Some(v.trim().to_owned());
         }
     }
-    current.or(value)
+    current.or(value).map(|v| v.trim().to_owned())
 }
 
 /// clamd's socket from `clamd.conf`: `LocalSocket PATH` or `TCPSocket PORT` (+`TCPAddr`).
@@ -667,7 +666,10 @@ pub fn clamd_socket(conf: &Path) -> Result<ClamdAddr, ConfigError> {
     };
     if let Some((line, p)) = local {
         if !p.starts_with('/') {
-            return Err(bad(line, format!("LocalSocket {p:?}: expected an absolute path")));
+            return Err(bad(
+                line,
+                format!("LocalSocket {p:?}: expected an absolute path"),
+            ));
         }
         return Ok(ClamdAddr::Unix(p.into()));
     }
@@ -803,7 +805,7 @@ mod tests {
     fn cfg(t: &Path, extra: &str) -> Result<InitConfig, ConfigError> {
         let bin = t.join("bin");
         let text = format!(
-            "root = {:?}\nbin_dir = {:?}\n[programs]\npostfix = {:?}\nsaslauthd = {:?}\n{extra}",
+            "root = {:?}\nbin_dir = {:?}\n{extra}[programs]\npostfix = {:?}\nsaslauthd = {:?}\n",
             t,
             bin,
             bin.join("postfix"),
@@ -842,17 +844,28 @@ mod tests {
     fn unknown_filter_names_the_line() {
         let t = tree();
         let e = cfg(t.path(), "").and_then(|_| {
-            InitConfig::parse(Path::new("/x/i.toml"), "\n\nfilters = [\"opendkim\"]\n", &|_| None)
+            InitConfig::parse(
+                Path::new("/x/i.toml"),
+                "\n\nfilters = [\"opendkim\"]\n",
+                &|_| None,
+            )
         });
         let msg = e.unwrap_err().to_string();
-        assert!(msg.starts_with("/x/i.toml:3: filters: unknown \"opendkim\""), "{msg}");
+        assert!(
+            msg.starts_with("/x/i.toml:3: filters: unknown \"opendkim\""),
+            "{msg}"
+        );
     }
 
     #[test]
     fn toml_syntax_error_names_the_line() {
-        let e = InitConfig::parse(Path::new("/x/i.toml"), "grace_seconds = 1\nbogus = 2\n", &|_| None)
-            .unwrap_err()
-            .to_string();
+        let e = InitConfig::parse(
+            Path::new("/x/i.toml"),
+            "grace_seconds = 1\nbogus = 2\n",
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("/x/i.toml:2:"), "{e}");
     }
 
@@ -903,6 +916,9 @@ mod tests {
         );
         std::fs::write(&p, "TCPSocket nope\n").unwrap();
         let e = clamd_socket(&p).unwrap_err().to_string();
-        assert!(e.ends_with("clamd.conf:1: TCPSocket \"nope\": expected a port"), "{e}");
+        assert!(
+            e.ends_with("clamd.conf:1: TCPSocket \"nope\": expected a port"),
+            "{e}"
+        );
     }
 }

@@ -96,7 +96,11 @@ mod tests {
         std::fs::create_dir_all(t.path().join("etc")).unwrap();
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        std::fs::write(t.path().join("etc/passwd"), format!("me:x:{uid}:{gid}::/:/bin/sh\n")).unwrap();
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            format!("me:x:{uid}:{gid}::/:/bin/sh\n"),
+        )
+        .unwrap();
         std::fs::write(t.path().join("etc/group"), format!("mine:x:{gid}:\n")).unwrap();
         let d = RunDir {
             path: t.path().join("var/run/opendkim"),
@@ -107,7 +111,12 @@ mod tests {
         ensure(&d, t.path()).unwrap();
         let m = std::fs::metadata(&d.path).unwrap();
         assert_eq!(m.permissions().mode() & 0o7777, 0o3770);
-        let bad = RunDir { user: "nobody-here".into(), ..d };
-        assert!(matches!(ensure(&bad, t.path()), Err(DirError::NoOwner(_, n)) if n == "nobody-here"));
+        let bad = RunDir {
+            user: "nobody-here".into(),
+            ..d
+        };
+        assert!(
+            matches!(ensure(&bad, t.path()), Err(DirError::NoOwner(_, n)) if n == "nobody-here")
+        );
     }
 }

@@ -98,7 +98,9 @@ mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            s.write_all(b"220-mx hello\r\n220 mx ESMTP\r\n").await.unwrap();
+            s.write_all(b"220-mx hello\r\n220 mx ESMTP\r\n")
+                .await
+                .unwrap();
             let mut b = [0u8; 16];
             let _ = s.read(&mut b).await;
             let (mut s, _) = l.accept().await.unwrap();
@@ -106,7 +108,10 @@ mod tests {
         });
         probe(&Probe::SmtpBanner(addr)).await.unwrap();
         let e = probe(&Probe::SmtpBanner(addr)).await.unwrap_err();
-        assert!(matches!(e, ProbeError::Banner(ref b) if b == "554 go away"), "{e}");
+        assert!(
+            matches!(e, ProbeError::Banner(ref b) if b == "554 go away"),
+            "{e}"
+        );
         let e = probe(&Probe::Accepts(PathBuf::from("/nonexistent/x.sock"))).await;
         assert!(matches!(e, Err(ProbeError::Io(_))));
     }

@@ -128,7 +128,10 @@ pub struct Supervisor {
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("services", &self.slots.iter().map(|s| &s.spec.name).collect::<Vec<_>>())
+            .field(
+                "services",
+                &self.slots.iter().map(|s| &s.spec.name).collect::<Vec<_>>(),
+            )
             .field("orphans_reaped", &self.orphans_reaped)
             .finish()
     }
@@ -229,7 +232,11 @@ impl Supervisor {
         if let Some(path) = socket_file(&slot.spec.probe) {
             match dirs::remove_stale(path) {
                 Ok(Stale::Removed) => {
-                    tracing::info!("{}: removed stale socket {}", slot.spec.name, path.display());
+                    tracing::info!(
+                        "{}: removed stale socket {}",
+                        slot.spec.name,
+                        path.display()
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => return Err(e.into()),
@@ -262,7 +269,11 @@ impl Supervisor {
     }
 
     /// Starts slot `i` and waits until it is ready. `Ok(false)`: a stop signal came first.
-    async fn start_and_wait(&mut self, i: usize, sig: &mut Signals) -> Result<bool, SuperviseError> {
+    async fn start_and_wait(
+        &mut self,
+        i: usize,
+        sig: &mut Signals,
+    ) -> Result<bool, SuperviseError> {
         self.spawn(i)?;
         let deadline = Instant::now() + self.slots[i].spec.ready_timeout;
         loop {
@@ -525,7 +536,10 @@ impl Supervisor {
             Stop::Command(argv) => match spawn_helper(argv) {
                 Ok(h) => self.helpers.push(h),
                 Err(e) => {
-                    tracing::warn!("{}: stop command failed ({e}): SIGTERM", self.slots[i].spec.name);
+                    tracing::warn!(
+                        "{}: stop command failed ({e}): SIGTERM",
+                        self.slots[i].spec.name
+                    );
                     send(pid, libc::SIGTERM);
                 }
             },

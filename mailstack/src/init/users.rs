@@ -298,11 +298,20 @@ impl Users {
         if !out.status.success() {
             return Err(tool_err(
                 "useradd",
-                format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             ));
         }
-        let mut child = Command::new(&self.chpasswd)
-            .args(self.root_args())
+        let mut chpasswd = Command::new(&self.chpasswd);
+        chpasswd.args(self.root_args());
+        if self.root != Path::new("/") {
+            // No PAM inside another root: chpasswd hashes itself (Debian 12's default method).
+            chpasswd.args(["--crypt-method", "YESCRYPT"]);
+        }
+        let mut child = chpasswd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -320,7 +329,11 @@ impl Users {
         if !out.status.success() {
             return Err(tool_err(
                 "chpasswd",
-                format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             ));
         }
         Ok(Outcome::Created(u.name.clone()))
@@ -345,14 +358,22 @@ mod tests {
         let text = "# users\n\nalice:pa:ss:1001\nbad line\nbob:x:notanumber\n  \ncarol:pw:1003\nRoot:pw:5\n";
         let (good, bad) = parse(Path::new("/u/users.txt"), text);
         assert_eq!(
-            good.iter().map(|u| (u.line, u.name.as_str(), u.password.as_str(), u.uid)).collect::<Vec<_>>(),
+            good.iter()
+                .map(|u| (u.line, u.name.as_str(), u.password.as_str(), u.uid))
+                .collect::<Vec<_>>(),
             [(3, "alice", "pa:ss", 1001), (7, "carol", "pw", 1003)]
         );
         let msgs: Vec<String> = bad.iter().map(ToString::to_string).collect();
         assert_eq!(msgs.len(), 3, "{msgs:?}");
         assert!(msgs[0].starts_with("/u/users.txt:4: no ':'"), "{msgs:?}");
-        assert!(msgs[1].starts_with("/u/users.txt:5: two fields"), "{msgs:?}");
-        assert!(msgs[2].starts_with("/u/users.txt:8: user name \"Root\""), "{msgs:?}");
+        assert!(
+            msgs[1].starts_with("/u/users.txt:5: uid \"notanumber\" is not a number"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[2].starts_with("/u/users.txt:8: user name \"Root\""),
+            "{msgs:?}"
+        );
     }
 
     #[test]
@@ -365,7 +386,11 @@ mod tests {
     fn lookups_read_passwd_format() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("passwd");
-        std::fs::write(&p, "root:x:0:0::/root:/bin/sh\nmail:x:8:8::/var/mail:/usr/sbin/nologin\n").unwrap();
+        std::fs::write(
+            &p,
+            "root:x:0:0::/root:/bin/sh\nmail:x:8:8::/var/mail:/usr/sbin/nologin\n",
+        )
+        .unwrap();
         assert_eq!(lookup_id(&p, "mail"), Some(8));
         assert_eq!(lookup_id(&p, "nobody"), None);
         assert_eq!(lookup_uid(&p, 8).as_deref(), Some("mail"));
