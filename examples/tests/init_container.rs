@@ -606,18 +606,58 @@ fn mailstack_init_as_pid1_in_namespaces() {
         .collect();
     assert!(zombies.is_empty(), "zombies under PID 1: {zombies:?}");
 
-    // SIGTERM with mail in flight: nothing accepted is lost.
-    for i in 0..10 {
-        let r = Smtp::try_send(
-            25,
-            None,
-            "a@src.example",
-            &["b@dest.example"],
-            &format!("Subject: t{i}\r\n\r\nx\r\n"),
+    // SIGHUP: the filter is restarted (re-reads its configuration), nothing else.
+    let before = c.child_named("mailstackd").unwrap();
+    let pf_before = c.child_named("postfix");
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(c.init_pid as i32, libc::SIGHUP) };
+    assert!(c.wait_log("SIGHUP: restarting the filters", Duration::from_secs(10)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.child_named("mailstackd").is_none_or(|p| p == before)
+        || c.log().matches("mailstackd: ready after").count() < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no restart on SIGHUP:\n{}",
+            c.log()
         );
-        assert_eq!(r.code, 250, "{r:?}");
-        accepted += 1;
+        std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        c.child_named("postfix"),
+        pf_before,
+        "SIGHUP touched Postfix"
+    );
+    let r = Smtp::try_send(
+        25,
+        None,
+        "a@src.example",
+        &["b@dest.example"],
+        "Subject: hup\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    accepted += 1;
+
+    // SIGTERM with mail in flight: a sender keeps sending; nothing accepted is lost.
+    let sender = std::thread::spawn(|| {
+        let mut ok = 0;
+        for i in 0..200 {
+            let r = Smtp::try_send(
+                25,
+                None,
+                "a@src.example",
+                &["b@dest.example"],
+                &format!("Subject: t{i}\r\n\r\nx\r\n"),
+            );
+            if r.code != 250 {
+                return (ok, i);
+            }
+            ok += 1;
+        }
+        (ok, 200)
+    });
+    // The sender runs in this thread's network namespace: new threads inherit it.
+    std::thread::sleep(Duration::from_millis(700));
     let t0 = Instant::now();
     // SAFETY: kill has no memory preconditions.
     unsafe { libc::kill(c.init_pid as i32, libc::SIGTERM) };
@@ -635,6 +675,12 @@ fn mailstack_init_as_pid1_in_namespaces() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let took = t0.elapsed();
+    let (sent_ok, tried) = sender.join().unwrap();
+    assert!(
+        sent_ok > 0 && tried < 200,
+        "sender: {sent_ok} accepted of {tried} tried"
+    );
+    accepted += sent_ok;
     let log = c.log();
     assert!(status.success(), "init exit {status:?}; log:\n{log}");
     assert!(took < Duration::from_secs(3 * 15), "stop took {took:?}");
