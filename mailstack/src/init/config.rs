@@ -27,6 +27,8 @@
 //! [programs]                  # override a program's path (postfix, clamd, saslauthd, ...)
 //! [args]                      # extra arguments per service, e.g. mailstackd = ["--nameserver", "..."]
 //! [sockets]                   # override a filter's socket, e.g. dkim-milter = "unix:/p"
+//!                             #   (as given, not under root; its directory is made as the
+//!                             #   default one would be)
 //! ```
 //!
 //! [`InitConfig::plan`] validates everything (directories, files, programs, owners) before
@@ -464,7 +466,18 @@ impl InitConfig {
                 }
                 need_file(c, name)?;
             }
-            let run = self.run_path(dir_path);
+            let default_run = self.run_path(dir_path);
+            let spec = self
+                .sockets
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| SocketSpec::Unix(default_run.join(sock)));
+            // A unix socket elsewhere (inside Postfix's chroot, say) gets its directory made
+            // the same way.
+            let run = match &spec {
+                SocketSpec::Unix(p) => p.parent().map_or(default_run.clone(), Path::to_owned),
+                _ => default_run,
+            };
             let owner = match name.as_str() {
                 "mailstackd" | "dkim-milter" => "opendkim",
                 "dmarc-milter" => "opendmarc",
@@ -474,11 +487,6 @@ impl InitConfig {
             if !dirs.iter().any(|d: &RunDir| d.path == run) {
                 dirs.push(RunDir::new(&run, 0o3770, owner, "postfix"));
             }
-            let spec = self
-                .sockets
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| SocketSpec::Unix(run.join(sock)));
             let mut args: Vec<OsString> = Vec::new();
             if let Some(c) = &conf {
                 args.push("--config".into());
@@ -826,6 +834,32 @@ mod tests {
         assert_eq!(names, ["mailstackd", "postfix"]);
         assert_eq!(p.dirs[0].path, t.path().join("var/run/mailstack"));
         assert_eq!(p.dirs[0].mode, 0o3770);
+    }
+
+    #[test]
+    fn socket_override_moves_the_run_directory() {
+        let t = tree();
+        let text = format!(
+            "root = {:?}\nbin_dir = {:?}\n[programs]\npostfix = {:?}\n[sockets]\nmailstackd = \"unix:/var/spool/postfix/mailstack/m.sock\"\n",
+            t.path(),
+            t.path().join("bin"),
+            t.path().join("bin/postfix")
+        );
+        let p = InitConfig::parse(Path::new("i.toml"), &text, &|_| None)
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!(p.dirs[0].path, Path::new("/var/spool/postfix/mailstack"));
+        let args: Vec<_> = p.services[0]
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--socket" && w[1] == "unix:/var/spool/postfix/mailstack/m.sock"),
+            "{args:?}"
+        );
     }
 
     #[test]
