@@ -356,12 +356,11 @@ fn start(tmp: &Path) -> Container {
         0,
         "setns"
     );
-    let c = Container {
+    Container {
         child,
         init_pid,
         log,
-    };
-    c
+    }
 }
 
 fn init_toml(tmp: &Path) -> String {

@@ -390,18 +390,19 @@ impl Supervisor {
                     slot.restart_at = Some(now + slot.backoff);
                     slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
                 }
-            } else if slot.pid.is_some() && !slot.ready {
-                if super::ready::probe(&slot.spec.probe).await.is_ok() {
-                    let slot = &mut self.slots[i];
-                    slot.ready = true;
-                    tracing::info!(
-                        "{}: ready again after {:?}",
-                        slot.spec.name,
-                        slot.started.elapsed()
-                    );
-                    if slot.failing && slot.deaths.len() < GIVE_UP_DEATHS {
-                        slot.failing = false;
-                    }
+            } else if slot.pid.is_some()
+                && !slot.ready
+                && super::ready::probe(&slot.spec.probe).await.is_ok()
+            {
+                let slot = &mut self.slots[i];
+                slot.ready = true;
+                tracing::info!(
+                    "{}: ready again after {:?}",
+                    slot.spec.name,
+                    slot.started.elapsed()
+                );
+                if slot.failing && slot.deaths.len() < GIVE_UP_DEATHS {
+                    slot.failing = false;
                 }
             }
         }
