@@ -102,7 +102,7 @@ pub enum Outcome {
     Exists(String),
 }
 
-/// The report of one [`Users::apply`].
+/// The report of one [`Users::apply_file`].
 #[derive(Debug, Default)]
 pub struct Report {
     /// Users created or found.
