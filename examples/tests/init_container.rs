@@ -544,6 +544,23 @@ fn mailstack_init_as_pid1_in_namespaces() {
             .all(|m| !m.header("Authentication-Results").is_empty())
     );
 
+    // health: every service probed for real (this thread is in the container's network).
+    let health = || {
+        let out = Command::new(INIT)
+            .arg("--config")
+            .arg(tmp.path().join("mailstack-init.toml"))
+            .arg("health")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = health();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, "saslauthd: up\nmailstackd: up\npostfix: up\n");
+
     // A killed filter: Postfix tempfails meanwhile, init restarts it.
     let old = c
         .child_named("mailstackd")
@@ -561,6 +578,10 @@ fn mailstack_init_as_pid1_in_namespaces() {
         (400..500).contains(&r.code),
         "filter down: expected milter_default_action tempfail, got {r:?}"
     );
+    let (code, out) = health();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("DOWN mailstackd: milter OPTNEG"), "{out}");
+    assert!(out.contains("postfix: up"), "{out}");
     assert!(
         c.wait_log("mailstackd: ready again", Duration::from_secs(30)),
         "{}",
