@@ -15,6 +15,7 @@
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
+//! - [`init`]: mailstack-init, PID 1 of the mail container (services, users, run dirs, health).
 //! - [`store`]: shared state (DMARC records, counters, leases) on local disk or in Redis.
 //!
 //! # Embedding the DKIM verifier and the DMARC evaluator
@@ -92,6 +93,7 @@ pub mod filter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod init;
 mod ipnet;
 pub mod notify;
 pub mod privs;

@@ -609,11 +609,11 @@ impl Sink {
         Self { port, state, stop }
     }
 
-    fn messages(&self) -> Vec<Delivered> {
+    pub fn messages(&self) -> Vec<Delivered> {
         self.state.0.lock().expect("sink lock").clone()
     }
 
-    fn wait(&self, n: usize, timeout: Duration) -> Result<Vec<Delivered>, usize> {
+    pub fn wait(&self, n: usize, timeout: Duration) -> Result<Vec<Delivered>, usize> {
         let (lock, cv) = &*self.state;
         let deadline = Instant::now() + timeout;
         let mut msgs = lock.lock().expect("sink lock");

@@ -1,0 +1,837 @@
+//! mailstack-init as PID 1 of a container made here: fresh PID, mount, UTS, IPC and network
+//! namespaces (`unshare`), only Docker's default capabilities (`capsh --drop` of every
+//! other one, CAP_SYS_ADMIN included), the seed-shaped config tree under a temporary root, a
+//! private Postfix, saslauthd and mailstackd.
+//!
+//! Shown: users from users.txt exist with the right uid, group and shell (in a copy of /etc
+//! bind-mounted over /etc in the mount namespace, so the host's /etc is never touched), a bad
+//! line and a uid clash are reported by number while the others go in; SMTP AUTH on 587
+//! through saslauthd (swaks); mail through mailstackd to a sink; a SIGKILLed mailstackd is
+//! restarted while Postfix applies `milter_default_action = tempfail`; orphans are reaped;
+//! SIGTERM stops Postfix, then mailstackd, then saslauthd within the grace period and no
+//! accepted message is lost (sink + queue = accepted). Plus the bad-input errors of
+//! `--check-config`.
+//!
+//! Run: `cargo test -p mailstack-examples --features interop --test init_container` as root
+//! with postfix, sasl2-bin, swaks, util-linux (unshare, nsenter) and libcap2-bin (capsh).
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::postfix::{Sink, Smtp};
+
+const INIT: &str = env!("CARGO_BIN_EXE_mailstack-init");
+
+/// Docker's default capability set; every other one is dropped.
+const DOCKER_CAPS: [&str; 14] = [
+    "cap_chown",
+    "cap_dac_override",
+    "cap_fsetid",
+    "cap_fowner",
+    "cap_mknod",
+    "cap_net_raw",
+    "cap_setgid",
+    "cap_setuid",
+    "cap_setfcap",
+    "cap_setpcap",
+    "cap_net_bind_service",
+    "cap_sys_chroot",
+    "cap_kill",
+    "cap_audit_write",
+];
+
+fn require(tools: &[&str]) {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    for t in tools {
+        assert!(
+            Path::new(t).exists(),
+            "{t} is missing (.ci/packages: postfix, sasl2-bin, swaks, util-linux, libcap2-bin)"
+        );
+    }
+}
+
+/// Every capability the kernel knows except Docker's defaults, for `capsh --drop`.
+fn caps_to_drop() -> String {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = Command::new("capsh")
+        .arg(format!("--decode={:x}", (1u64 << (last + 1)) - 1))
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&out.stdout);
+    let list = all.trim().split_once('=').unwrap().1.to_owned();
+    list.split(',')
+        .filter(|c| !DOCKER_CAPS.contains(c))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn docker_mask() -> u64 {
+    let bits = [0, 1, 4, 3, 27, 13, 6, 7, 31, 8, 10, 18, 5, 29];
+    bits.iter().fold(0, |m, b| m | (1u64 << b))
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn write(p: &Path, text: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn queue_files(queue: &Path) -> usize {
+    fn walk(p: &Path) -> usize {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        rd.flatten()
+            .map(|e| {
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    walk(&e.path())
+                } else {
+                    usize::from(t.is_file())
+                }
+            })
+            .sum()
+    }
+    ["incoming", "active", "deferred", "hold", "maildrop"]
+        .iter()
+        .map(|d| walk(&queue.join(d)))
+        .sum()
+}
+
+struct Container {
+    child: Child,
+    init_pid: u32,
+    log: PathBuf,
+}
+
+impl Container {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn child_named(&self, name: &str) -> Option<u32> {
+        children(self.init_pid)
+            .into_iter()
+            .find(|&p| comm(p) == name)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe {
+            libc::kill(self.init_pid as i32, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The seed-shaped tree under `root` and a Postfix whose queue is under `pf`.
+fn seed_tree(root: &Path, pf: &Path, sink_port: u16) {
+    let etc = root.join("usr/local/etc");
+    let mux = root.join("var/run/saslauthd/mux");
+    let milter = root.join("var/run/mailstack/mailstackd.sock");
+    for sub in ["queue", "data"] {
+        std::fs::create_dir_all(pf.join(sub)).unwrap();
+    }
+    assert!(
+        Command::new("chown")
+            .arg("postfix")
+            .arg(pf.join("data"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let d = pf.display();
+    write(
+        &etc.join("postfix/main.cf"),
+        &format!(
+            "compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.dest.example
+mydomain = dest.example
+mydestination =
+mynetworks = 127.0.0.0/8
+relay_domains = dest.example
+relay_transport = smtp:[127.0.0.1]:{sink_port}
+default_transport = smtp:[127.0.0.1]:{sink_port}
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+alias_maps =
+alias_database =
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+smtpd_recipient_restrictions = reject_unauth_destination
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+biff = no
+in_flow_delay = 0
+smtpd_milters = unix:{}
+milter_default_action = tempfail
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+smtpd_sasl_security_options = noanonymous
+",
+            milter.display()
+        ),
+    );
+    let mut master = String::from(
+        "127.0.0.1:25 inet n - n - - smtpd -o smtpd_sasl_auth_enable=no\n\
+         127.0.0.1:587 inet n - n - - smtpd -o smtpd_client_restrictions=permit_sasl_authenticated,reject -o mynetworks=192.0.2.1/32\n",
+    );
+    for line in [
+        "pickup unix n - n 60 1 pickup",
+        "cleanup unix n - n - 0 cleanup",
+        "qmgr unix n - n 300 1 qmgr",
+        "rewrite unix - - n - - trivial-rewrite",
+        "bounce unix - - n - 0 bounce",
+        "defer unix - - n - 0 bounce",
+        "trace unix - - n - 0 bounce",
+        "verify unix - - n - 1 verify",
+        "flush unix n - n 1000? 0 flush",
+        "proxymap unix - - n - - proxymap",
+        "smtp unix - - n - - smtp",
+        "relay unix - - n - - smtp",
+        "error unix - - n - - error",
+        "retry unix - - n - - error",
+        "discard unix - - n - - discard",
+        "anvil unix - - n - 1 anvil",
+        "scache unix - - n - 1 scache",
+        "showq unix n - n - - showq",
+        "postlog unix-dgram n - n - 1 postlogd",
+    ] {
+        master.push_str(line);
+        master.push('\n');
+    }
+    write(&etc.join("postfix/master.cf"), &master);
+    write(
+        &etc.join("postfix/sasl/smtpd.conf"),
+        &format!(
+            "pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {}\n",
+            mux.display()
+        ),
+    );
+    write(
+        &etc.join("mailstack/mailstackd.toml"),
+        "[mailstackd]\nauthserv_id = \"mx.dest.example\"\nnameservers = [\"127.0.0.1:53\"]\n\
+         [spf]\nenabled = false\n[dmarc]\nenabled = false\n",
+    );
+    write(
+        &etc.join("users.txt"),
+        "# the seed's mail users\nalice:Secr3t:pass:2001\n\nbob:bobs-password:2002\nthis line is broken\ncarol:x:2001\n",
+    );
+}
+
+fn start(tmp: &Path) -> Container {
+    let etc_copy = tmp.join("etc");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg("/etc")
+            .arg(&etc_copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Debian's README.Debian for saslauthd: smtpd (user postfix) reaches the mux through
+    // group sasl. Done in the copy only.
+    let group = std::fs::read_to_string(etc_copy.join("group")).unwrap();
+    let group: String = group
+        .lines()
+        .map(|l| {
+            if let Some(rest) = l.strip_prefix("sasl:x:45:") {
+                if rest.is_empty() {
+                    "sasl:x:45:postfix".to_owned()
+                } else {
+                    format!("sasl:x:45:{rest},postfix")
+                }
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(etc_copy.join("group"), group).unwrap();
+    let go = tmp.join("go");
+    let toml = tmp.join("mailstack-init.toml");
+    let log = tmp.join("init.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let script = format!(
+        "mount --bind {etc} /etc && ip link set lo up && \
+         while [ ! -e {go} ]; do sleep 0.05; done && \
+         exec capsh --drop={caps} --shell={init} -- --config {toml}",
+        etc = etc_copy.display(),
+        go = go.display(),
+        caps = caps_to_drop(),
+        init = INIT,
+        toml = toml.display(),
+    );
+    let child = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--mount-proc",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let unshare_pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let init_pid = loop {
+        if let Some(&p) = children(unshare_pid).first() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "unshare started no child");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Enter the container's network namespace with this thread: the sink, swaks and our SMTP
+    // client then run on its loopback.
+    let ns = std::fs::File::open(format!("/proc/{init_pid}/ns/net")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a valid namespace fd; only this thread moves.
+    assert_eq!(
+        unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
+    Container {
+        child,
+        init_pid,
+        log,
+    }
+}
+
+fn init_toml(tmp: &Path) -> String {
+    format!(
+        "root = {:?}\nbin_dir = {:?}\nsmtp = \"127.0.0.1:25\"\ngrace_seconds = 15\nrestart_backoff_ms = 1500\n",
+        tmp.join("root"),
+        Path::new(INIT).parent().unwrap()
+    )
+}
+
+#[test]
+fn mailstack_init_as_pid1_in_namespaces() {
+    require(&[
+        "/usr/bin/unshare",
+        "/usr/bin/nsenter",
+        "/usr/sbin/capsh",
+        "/usr/sbin/saslauthd",
+        "/usr/bin/swaks",
+        "/usr/sbin/postfix",
+        "/usr/sbin/useradd",
+    ]);
+    assert!(
+        !Path::new("/home/mail_users/alice").exists(),
+        "/home/mail_users/alice exists before the test"
+    );
+    let tmp = tempfile::Builder::new()
+        .prefix("mailstack-init-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = start(tmp.path());
+    // In the container's network namespace from here on.
+    let sink = Sink::start();
+    seed_tree(&tmp.path().join("root"), &tmp.path().join("pf"), sink.port);
+    std::fs::write(
+        tmp.path().join("mailstack-init.toml"),
+        init_toml(tmp.path()),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("go"), "").unwrap();
+    assert!(
+        c.wait_log("all services ready", Duration::from_secs(90)),
+        "not ready; log:\n{}\npostfix:\n{}",
+        c.log(),
+        std::fs::read_to_string(tmp.path().join("pf/maillog")).unwrap_or_default()
+    );
+
+    // PID 1 of its namespace, with Docker's capabilities and no more.
+    let nspid = status_field(c.init_pid, "NSpid:");
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "NSpid {nspid}");
+    assert_eq!(comm(c.init_pid), "mailstack-init");
+    let eff = u64::from_str_radix(&status_field(c.init_pid, "CapEff:"), 16).unwrap();
+    assert_eq!(eff, docker_mask(), "CapEff {eff:x}");
+    assert_eq!(eff & (1 << 21), 0, "CAP_SYS_ADMIN kept");
+
+    // Order: saslauthd, then mailstackd, then postfix (each only after the previous was ready).
+    let log = c.log();
+    let pos = |s: &str| {
+        log.find(s)
+            .unwrap_or_else(|| panic!("{s:?} not in log:\n{log}"))
+    };
+    assert!(
+        pos("saslauthd: ready") < pos("mailstackd: started"),
+        "{log}"
+    );
+    assert!(pos("mailstackd: ready") < pos("postfix: started"), "{log}");
+
+    // Users.
+    let passwd = std::fs::read_to_string(tmp.path().join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("alice:x:2001:8::/home/mail_users/alice:/bin/sh\n"),
+        "{passwd}"
+    );
+    assert!(
+        passwd.contains("bob:x:2002:8::/home/mail_users/bob:/bin/sh\n"),
+        "{passwd}"
+    );
+    assert!(!passwd.contains("carol:"), "{passwd}");
+    assert!(
+        !Path::new("/home/mail_users/alice").exists(),
+        "home was created"
+    );
+    assert!(
+        !std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains("alice:x:2001"),
+        "host /etc touched"
+    );
+    assert!(log.contains("users.txt:5: no ':'"), "{log}");
+    assert!(
+        log.contains("users.txt:6: uid 2001 of carol is already alice's"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Secr3t") && !log.contains("bobs-password"),
+        "a password reached the log"
+    );
+
+    // Run directory of the tmpfiles rule.
+    let m = std::fs::metadata(tmp.path().join("root/var/run/mailstack")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o3770);
+    let id = |file: &str, name: &str| {
+        mailstack::init::users::lookup_id(&tmp.path().join("etc").join(file), name).unwrap()
+    };
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (id("passwd", "opendkim"), id("group", "postfix"))
+    );
+
+    // SMTP AUTH on 587 through saslauthd.
+    let swaks = |user: &str, pass: &str| {
+        Command::new("swaks")
+            .args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                "587",
+                "--from",
+                "alice@dest.example",
+            ])
+            .args([
+                "--to",
+                "someone@dest.example",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                user,
+            ])
+            .args([
+                "--auth-password",
+                pass,
+                "--timeout",
+                "30",
+                "--h-Subject",
+                "auth",
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = swaks("alice", "Secr3t:pass");
+    assert!(
+        ok.status.success(),
+        "AUTH as alice failed:\n{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let bad = swaks("alice", "wrong");
+    assert!(!bad.status.success(), "a wrong password was accepted");
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("535"),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+    let got = sink
+        .wait(1, Duration::from_secs(30))
+        .expect("the AUTH message reached the sink");
+    assert!(
+        got[0]
+            .header("Authentication-Results")
+            .iter()
+            .any(|h| h.contains("mx.dest.example"))
+    );
+
+    // Mail on 25 through mailstackd.
+    let mut accepted = 1;
+    for i in 0..3 {
+        let mut s = Smtp::connect(25);
+        s.expect("EHLO client.example", "250");
+        let r = s.send(
+            "a@src.example",
+            &["b@dest.example"],
+            &format!("Subject: m{i}\r\n\r\nbody\r\n"),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+        accepted += 1;
+    }
+    let got = sink
+        .wait(accepted, Duration::from_secs(30))
+        .expect("messages through mailstackd");
+    assert!(
+        got.iter()
+            .all(|m| !m.header("Authentication-Results").is_empty())
+    );
+
+    // health: every service probed for real (this thread is in the container's network).
+    let health = || {
+        let out = Command::new(INIT)
+            .arg("--config")
+            .arg(tmp.path().join("mailstack-init.toml"))
+            .arg("health")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = health();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, "saslauthd: up\nmailstackd: up\npostfix: up\n");
+
+    // A killed filter: Postfix tempfails meanwhile, init restarts it.
+    let old = c
+        .child_named("mailstackd")
+        .expect("mailstackd is a child of init");
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let r = Smtp::try_send(
+        25,
+        None,
+        "a@src.example",
+        &["b@dest.example"],
+        "Subject: down\r\n\r\nx\r\n",
+    );
+    assert!(
+        (400..500).contains(&r.code),
+        "filter down: expected milter_default_action tempfail, got {r:?}"
+    );
+    let (code, out) = health();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("DOWN mailstackd: milter OPTNEG"), "{out}");
+    assert!(out.contains("postfix: up"), "{out}");
+    assert!(
+        c.wait_log("mailstackd: ready again", Duration::from_secs(30)),
+        "{}",
+        c.log()
+    );
+    let new = c.child_named("mailstackd").expect("mailstackd restarted");
+    assert_ne!(old, new);
+    assert!(
+        c.log().contains("died: killed by signal 9; restarting in"),
+        "{}",
+        c.log()
+    );
+    let r = Smtp::try_send(
+        25,
+        None,
+        "a@src.example",
+        &["b@dest.example"],
+        "Subject: up\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    accepted += 1;
+
+    // Orphans: a process in the container forks children and exits; PID 1 reaps them.
+    let st = Command::new("nsenter")
+        .args([
+            "-t",
+            &c.init_pid.to_string(),
+            "--pid",
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("for i in 1 2 3 4 5; do sleep 0.3 & done; exit 0")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let zombies: Vec<u32> = children(c.init_pid)
+        .into_iter()
+        .filter(|&p| status_field(p, "State:").starts_with('Z'))
+        .collect();
+    assert!(zombies.is_empty(), "zombies under PID 1: {zombies:?}");
+
+    // SIGHUP: the filter is restarted (re-reads its configuration), nothing else.
+    let before = c.child_named("mailstackd").unwrap();
+    let pf_before = c.child_named("postfix");
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(c.init_pid as i32, libc::SIGHUP) };
+    assert!(c.wait_log("SIGHUP: restarting the filters", Duration::from_secs(10)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.child_named("mailstackd").is_none_or(|p| p == before)
+        || c.log().matches("mailstackd: ready after").count() < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no restart on SIGHUP:\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        c.child_named("postfix"),
+        pf_before,
+        "SIGHUP touched Postfix"
+    );
+    let r = Smtp::try_send(
+        25,
+        None,
+        "a@src.example",
+        &["b@dest.example"],
+        "Subject: hup\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    accepted += 1;
+
+    // SIGTERM with mail in flight: a sender keeps sending; nothing accepted is lost.
+    let sender = std::thread::spawn(|| {
+        let mut ok = 0;
+        for i in 0..200 {
+            let r = Smtp::try_send(
+                25,
+                None,
+                "a@src.example",
+                &["b@dest.example"],
+                &format!("Subject: t{i}\r\n\r\nx\r\n"),
+            );
+            if r.code != 250 {
+                return (ok, i);
+            }
+            ok += 1;
+        }
+        (ok, 200)
+    });
+    // The sender runs in this thread's network namespace: new threads inherit it.
+    std::thread::sleep(Duration::from_millis(700));
+    let t0 = Instant::now();
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(c.init_pid as i32, libc::SIGTERM) };
+    let mut c = c;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = c.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "init did not stop; log:\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = t0.elapsed();
+    let (sent_ok, tried) = sender.join().unwrap();
+    assert!(
+        sent_ok > 0 && tried < 200,
+        "sender: {sent_ok} accepted of {tried} tried"
+    );
+    accepted += sent_ok;
+    let log = c.log();
+    assert!(status.success(), "init exit {status:?}; log:\n{log}");
+    assert!(took < Duration::from_secs(3 * 15), "stop took {took:?}");
+    let pos = |s: &str| {
+        log.rfind(s)
+            .unwrap_or_else(|| panic!("{s:?} not in log:\n{log}"))
+    };
+    assert!(pos("postfix stopped") < pos("stopping mailstackd"), "{log}");
+    assert!(
+        pos("mailstackd stopped") < pos("stopping saslauthd"),
+        "{log}"
+    );
+    assert!(log.contains("all services stopped"), "{log}");
+    let delivered = sink.messages().len();
+    let queued = queue_files(&tmp.path().join("pf/queue"));
+    assert_eq!(
+        delivered + queued,
+        accepted,
+        "sink {delivered} + queue {queued} != accepted {accepted}"
+    );
+    eprintln!("stop took {took:?}; sink {delivered}, queue {queued}, accepted {accepted}");
+}
+
+fn check_config(tmp: &Path, extra: &str) -> (i32, String) {
+    let toml = tmp.join("i.toml");
+    std::fs::write(&toml, format!("{}{extra}", init_toml(tmp))).unwrap();
+    let out = Command::new(INIT)
+        .arg("--config")
+        .arg(&toml)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn bad_input_names_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    seed_tree(&tmp.path().join("root"), &tmp.path().join("pf"), 9);
+    let (code, out) = check_config(tmp.path(), "");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("saslauthd (Support)") && out.contains("postfix (Mta)"),
+        "{out}"
+    );
+
+    let (code, out) = check_config(tmp.path(), "filters = [\"dkim-milter\"]\n");
+    assert_eq!(code, 2);
+    let dir = tmp.path().join("root/usr/local/etc/opendkim");
+    assert!(
+        out.contains(&format!(
+            "{}: missing configuration directory (dkim-milter)",
+            dir.display()
+        )),
+        "{out}"
+    );
+
+    let (code, out) = check_config(
+        tmp.path(),
+        "[programs]\nsaslauthd = \"/nonexistent/saslauthd\"\n",
+    );
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("/nonexistent/saslauthd: service binary of saslauthd is missing"),
+        "{out}"
+    );
+
+    let (code, out) = check_config(tmp.path(), "ready_timeout_seconds = \"soon\"\n");
+    assert_eq!(code, 2);
+    assert!(out.contains("i.toml:6: invalid type"), "{out}");
+
+    // add-user against a private system root: the password comes on stdin, a uid clash is
+    // named.
+    let sys = tmp.path().join("sys");
+    std::fs::create_dir_all(sys.join("etc")).unwrap();
+    for f in ["passwd", "group", "shadow", "gshadow"] {
+        std::fs::copy(Path::new("/etc").join(f), sys.join("etc").join(f)).unwrap();
+    }
+    let toml = tmp.path().join("u.toml");
+    std::fs::write(
+        &toml,
+        format!("{}passwd_root = {:?}\n", init_toml(tmp.path()), sys),
+    )
+    .unwrap();
+    let add = |name: &str, uid: &str| {
+        let mut child = Command::new(INIT)
+            .arg("--config")
+            .arg(&toml)
+            .args(["add-user", name, uid])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"pw-on-stdin\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = add("dave", "3001");
+    assert_eq!(code, 0, "{out}");
+    let passwd = std::fs::read_to_string(sys.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("dave:x:3001:8::/home/mail_users/dave:/bin/sh\n"),
+        "{passwd}"
+    );
+    let shadow = std::fs::read_to_string(sys.join("etc/shadow")).unwrap();
+    assert!(
+        shadow.lines().any(|l| l.starts_with("dave:$")),
+        "no password hash for dave"
+    );
+    let (code, out) = add("dave", "3001");
+    assert_eq!((code, out.trim()), (0, "user dave: exists, left alone"));
+    let (code, out) = add("erin", "3001");
+    assert_eq!(code, 2);
+    assert!(out.contains("uid 3001 of erin is already dave's"), "{out}");
+    assert!(
+        !std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains("dave:")
+    );
+}
