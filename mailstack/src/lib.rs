@@ -13,6 +13,7 @@
 //! - [`filter`]: the one shape every filter has, the milter adapter over it, the verdict table.
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
+//! - [`init`]: the container init's log path and scheduled jobs (syslog, mail.log, backups).
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
 
 pub mod auth_results;
@@ -26,6 +27,7 @@ pub mod filter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod init;
 mod ipnet;
 pub mod notify;
 pub mod privs;
