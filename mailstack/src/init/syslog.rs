@@ -436,7 +436,8 @@ fn skip_3164_timestamp(data: &[u8]) -> Option<&[u8]> {
 
 /// `TAG[PID]:` at the start of `data`: the app, the pid and the text after `: `.
 fn parse_tag(data: &[u8]) -> Option<(String, Option<String>, &[u8])> {
-    let text = std::str::from_utf8(&data[..data.len().min(3 * MAX_TAG + 8)])
+    // Room for APP and PID of MAX_TAG characters of up to 4 bytes each, brackets and colon.
+    let text = std::str::from_utf8(&data[..data.len().min(8 * MAX_TAG + 3)])
         .or_else(|e| std::str::from_utf8(&data[..e.valid_up_to()]))
         .ok()?;
     let app_end = text.find(|c: char| !tag_char(c))?;
@@ -488,6 +489,40 @@ fn parse_3164(data: &[u8], msg: &mut Message) {
             msg.text = escape_text(body);
         }
         None => msg.text = escape_text(content),
+    }
+}
+
+/// The fuzz target `syslog_line` (`mailstack::fuzzing::syslog_line`): any datagram parses,
+/// both renderings are one line without control characters, and the forward rendering
+/// parses back to the same priority, tag and text (when it has a tag, a host name made of
+/// host-name characters, and fits in one datagram).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_line(data: &[u8]) {
+    let now = OffsetDateTime::UNIX_EPOCH;
+    let msg = parse(data, now);
+    assert!(msg.app.chars().count() <= MAX_TAG);
+    assert!(
+        msg.pid
+            .as_ref()
+            .is_none_or(|p| p.chars().count() <= MAX_TAG)
+    );
+    for line in [msg.file_line("fuzzhost"), msg.forward_line("fuzzhost")] {
+        // A failed check is the finding this function exists for.
+        let body = line.strip_suffix('\n').expect("rendered lines end in LF");
+        assert!(!body.chars().any(|c| c.is_ascii_control()), "{line:?}");
+    }
+    let forward = msg.forward_line("fuzzhost");
+    let host_ok = msg.hostname.as_ref().is_none_or(|h| {
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    });
+    if !msg.app.is_empty() && host_ok && forward.len() <= MAX_DATAGRAM {
+        let again = parse(forward.as_bytes(), now);
+        assert_eq!(
+            (again.priority, &again.app, &again.pid, &again.text),
+            (msg.priority, &msg.app, &msg.pid, &msg.text),
+            "{forward:?}"
+        );
     }
 }
 
@@ -974,6 +1009,37 @@ mod tests {
                 (m.priority, &m.app, &m.pid)
             );
             assert_eq!(again.text, m.text);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_and_render_back(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            fuzz_line(&data);
+        }
+
+        #[test]
+        fn shaped_lines_round_trip(
+            pri in 0u8..=191,
+            host in proptest::option::of("[a-z0-9.-]{1,20}"),
+            app in "[^ :\\[\\]\\p{C}\\s]{1,40}",
+            pid in proptest::option::of("[0-9]{1,8}"),
+            text in "\\PC{0,200}",
+            rfc5424 in proptest::bool::ANY,
+        ) {
+            let pid_part = pid.as_ref().map(|p| format!("[{p}]")).unwrap_or_default();
+            let line = if rfc5424 {
+                format!("<{pri}>1 2026-12-03T07:04:05Z {} {app} {} - - {text}",
+                    host.as_deref().unwrap_or("-"), pid.as_deref().unwrap_or("-"))
+            } else {
+                let host = host.as_ref().map(|h| format!("{h} ")).unwrap_or_default();
+                format!("<{pri}>Dec  3 07:04:05 {host}{app}{pid_part}: {text}")
+            };
+            let m = parse(line.as_bytes(), at());
+            proptest::prop_assert_eq!(m.priority.code(), pri);
+            proptest::prop_assert_eq!(&m.app, &app.chars().take(MAX_TAG).collect::<String>());
+            proptest::prop_assert_eq!(&m.pid, &pid);
+            fuzz_line(line.as_bytes());
         }
     }
 
