@@ -89,6 +89,17 @@ pub struct BackupConfig {
     pub tar: PathBuf,
 }
 
+impl BackupConfig {
+    /// Archives `homes/*/Maildir` into `dest`, the default prefix and `tar`.
+    pub fn new(homes: impl Into<PathBuf>, dest: impl Into<PathBuf>) -> Self {
+        Self {
+            homes: homes.into(),
+            dest: dest.into(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for BackupConfig {
     fn default() -> Self {
         Self {
