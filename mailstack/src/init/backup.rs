@@ -53,8 +53,9 @@ pub const DEFAULT_DEST: &str = "/dest";
 /// The start of an archive's name.
 pub const DEFAULT_PREFIX: &str = "maildir-backup";
 
-/// A bound on one backup run (for the job's [`JobSpec::timeout`]
-/// (super::schedule::JobSpec::timeout)): six hours, time for xz over tens of GiB.
+/// A bound on one backup run (for the job's
+/// [`JobSpec::timeout`](super::schedule::JobSpec::timeout)): six hours, time for xz over
+/// tens of GiB.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// The most user directories archived in one run.

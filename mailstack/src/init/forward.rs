@@ -198,6 +198,13 @@ async fn run(config: ForwardConfig, mut queue: Queue) {
         let mut stream = match connect(&config).await {
             Ok(s) => s,
             Err(e) => {
+                if queue.stopping() {
+                    eprintln!(
+                        "mailstack-init: log host {}:{}: {e}; stopping with lines unsent",
+                        config.host, config.port
+                    );
+                    return;
+                }
                 failures += 1;
                 if failures == 1 {
                     eprintln!(
@@ -379,6 +386,24 @@ mod tests {
         reader.read_line(&mut line).await.unwrap();
         assert!(line.ends_with(" t: last\n"), "{line}");
         assert_eq!(task.dropped(), dropped);
+        assert!(task.finish(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn finish_returns_while_the_log_host_is_down() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut config = ForwardConfig::new("127.0.0.1", port);
+        config.backoff_initial = Duration::from_millis(20);
+        config.backoff_max = Duration::from_millis(50);
+        let (sink, queue) = Sink::channel(2);
+        let task = Forwarder::spawn(config, queue);
+        for _ in 0..5 {
+            sink.log(Facility::Mail, Severity::Informational, "t", "x");
+        }
+        assert_eq!(sink.dropped(), 3);
         assert!(task.finish(Duration::from_secs(5)).await);
     }
 }

@@ -290,15 +290,15 @@ impl Scheduler {
         self.jobs.iter().map(|(s, _)| s.name())
     }
 
-    /// Runs the jobs until `shutdown` completes; a run in progress then gets `grace` to
+    /// Runs the jobs until `shutdown` completes (whatever its output); a run in progress then gets `grace` to
     /// end before it is cancelled.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: Duration) {
+    pub async fn run(self, shutdown: impl Future, grace: Duration) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut set = JoinSet::new();
         for (spec, job) in self.jobs {
             set.spawn(job_loop(spec, job, self.sink.clone(), stop_rx.clone()));
         }
-        shutdown.await;
+        let _ = shutdown.await;
         let _ = stop_tx.send(true);
         let drained =
             tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;

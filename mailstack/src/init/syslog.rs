@@ -558,6 +558,8 @@ pub(crate) enum Item {
 pub(crate) struct Counters {
     dropped: AtomicU64,
     unreported: AtomicU64,
+    /// Set by [`LogTask::finish`]: a backend that cannot deliver (log host down) gives up.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The sending side of the log path: clone it for every producer. Submitting never waits.
@@ -627,6 +629,11 @@ impl Queue {
         self.counters.unreported.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether [`LogTask::finish`] was called.
+    pub(crate) fn stopping(&self) -> bool {
+        self.counters.stopping.load(Ordering::Relaxed)
+    }
+
     /// Total dropped lines, as [`Sink::dropped`].
     pub fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
@@ -673,8 +680,15 @@ impl LogTask {
 
     /// Queues a stop behind every line already submitted and waits (at most `grace`) for
     /// the backend to write them and stop. Returns whether it stopped within `grace`.
+    /// A forwarder whose log host is unreachable stops at its next attempt, leaving the
+    /// queued lines unsent.
     pub async fn finish(self, grace: Duration) -> bool {
-        let Self { stop, done, .. } = self;
+        let Self {
+            stop,
+            done,
+            counters,
+        } = self;
+        counters.stopping.store(true, Ordering::Relaxed);
         tokio::time::timeout(grace, async move {
             if stop.send(Item::Stop).await.is_ok() {
                 let _ = done.await;
@@ -742,14 +756,14 @@ impl Receiver {
         &self.path
     }
 
-    /// Receives until `shutdown` completes, then removes the socket file. Each datagram
+    /// Receives until `shutdown` completes (whatever its output), then removes the socket file. Each datagram
     /// becomes one [`Message`] ([`parse`]); a full queue drops it (counted by the sink).
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    pub async fn run(self, shutdown: impl Future) -> io::Result<()> {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
-                () = &mut shutdown => break Ok(()),
+                _ = &mut shutdown => break Ok(()),
                 r = self.socket.recv(&mut buf) => match r {
                     Ok(n) => {
                         let data = buf.get(..n).unwrap_or(&buf);
