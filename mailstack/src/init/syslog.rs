@@ -739,7 +739,15 @@ impl Receiver {
             path: path.clone(),
             source,
         };
-        if std::fs::symlink_metadata(&path).is_ok() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt as _;
+            // Only a socket is ours to replace; anything else there is a configuration error.
+            if !meta.file_type().is_socket() {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                )));
+            }
             let probe = std::os::unix::net::UnixDatagram::unbound().map_err(io_err)?;
             if probe.connect(&path).is_ok() {
                 return Err(BindError::InUse { path });
@@ -1106,7 +1114,15 @@ mod tests {
         // A stale socket file (nobody receiving) is replaced.
         let stale = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         drop(stale);
-        Receiver::bind(&path, sink).unwrap();
+        Receiver::bind(&path, sink.clone()).unwrap();
+        // A file that is not a socket is left alone.
+        let file = dir.path().join("notasocket");
+        std::fs::write(&file, "keep").unwrap();
+        assert!(matches!(
+            Receiver::bind(&file, sink),
+            Err(BindError::Io { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
     }
 
     #[tokio::test]
