@@ -30,6 +30,12 @@ pub fn config_file(data: &[u8]) {
     }
 }
 
+/// A datagram from `/dev/log` through the syslog parser and both renderings, which
+/// parse back to the same message.
+pub fn syslog_line(data: &[u8]) {
+    crate::init::syslog::fuzz_line(data);
+}
+
 /// A clamd reply, through every reply parser.
 pub fn clamd_reply(data: &[u8]) {
     crate::clamd::proto::fuzz_reply(data);

@@ -14,6 +14,7 @@
 //! - [`filter`]: the one shape every filter has, the milter adapter over it, the verdict table.
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
+//! - [`init`]: the container init's log path and scheduled jobs (syslog, mail.log, backups).
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
 //! - [`init`]: mailstack-init, PID 1 of the mail container (services, users, run dirs, health).
 //! - [`store`]: shared state (DMARC records, counters, leases) on local disk or in Redis.

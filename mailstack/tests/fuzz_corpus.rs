@@ -18,6 +18,7 @@ use mailstack::dmarc::headers::{FromError, UpstreamContext, author_domain, read_
 use mailstack::dmarc::record::{DmarcRecord, Policy, RecordError};
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Specification};
 use mailstack::filter::Action;
+use mailstack::init::syslog::{Facility, Severity};
 use mailstack::spf::SpfResult;
 
 fn seed(target: &str, name: &str) -> Vec<u8> {
@@ -374,4 +375,23 @@ fn arc_headers_corpus_replays_and_keeps_meaning() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn syslog_line_corpus_replays_and_keeps_meaning() {
+    replay("syslog_line", mailstack::fuzzing::syslog_line);
+    let now = time::OffsetDateTime::UNIX_EPOCH;
+    let parse = |name| mailstack::init::syslog::parse(&seed("syslog_line", name), now);
+    let m = parse("glibc_postfix");
+    assert_eq!(
+        (m.app.as_str(), m.pid.as_deref()),
+        ("postfix/smtpd", Some("4242"))
+    );
+    assert_eq!(m.priority.facility, Facility::Mail);
+    assert_eq!(m.priority.severity, Severity::Informational);
+    let m = parse("rfc5424_sd_bom");
+    assert_eq!(m.text, "An application event");
+    assert_eq!(m.hostname.as_deref(), Some("mymachine"));
+    assert_eq!(parse("no_pri").text, "no pri at all");
+    assert_eq!(parse("control_chars").text, "a#011b#033c\u{fffd}d#177");
 }

@@ -10,8 +10,9 @@
 //! - [`supervise`]: starting services in order, restarting with backoff, reaping orphans,
 //!   stopping in order on SIGTERM, forwarding SIGHUP.
 //! - [`health`]: the probes behind `mailstack-init health`.
-//!
-//! Log and job pieces (syslog receiver, scheduler, Maildir backup) live in their own submodules.
+//! - [`syslog`], [`logfile`], [`forward`]: the log path: a `/dev/log` receiver, `mail.log`
+//!   with size rotation, forwarding to `MAIL_LOG_HOST` as rsyslog's `@@` does.
+//! - [`schedule`], [`backup`]: scheduled jobs without cron, the Maildir backup.
 
 pub mod config;
 pub mod dirs;
@@ -19,3 +20,8 @@ pub mod health;
 pub mod ready;
 pub mod supervise;
 pub mod users;
+pub mod backup;
+pub mod forward;
+pub mod logfile;
+pub mod schedule;
+pub mod syslog;
