@@ -26,7 +26,9 @@ pub mod filter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 mod ipnet;
+pub mod metrics;
 pub mod notify;
 pub mod privs;
 pub mod spf;
