@@ -356,8 +356,14 @@ impl Metrics {
         self.av_actions.get_or_create(&[("action", action)]).inc();
     }
 
-    /// One policy delegation answer (the action word, bounded).
+    /// One policy delegation answer (the action word, bounded; a bare SMTP code is a
+    /// `reject` when 5xx and a `defer` when 4xx, as Postfix treats it).
     pub fn policy_action(&self, action: &str) {
+        let action = match action.as_bytes() {
+            [b'5', b'0'..=b'9', b'0'..=b'9'] => "reject",
+            [b'4', b'0'..=b'9', b'0'..=b'9'] => "defer",
+            _ => action,
+        };
         const ACTIONS: [&str; 8] = [
             "dunno",
             "prepend",
@@ -451,6 +457,9 @@ mod tests {
         m.dns_query("txt", "ok", Duration::from_millis(3));
         m.observe("clamd", Duration::from_millis(20));
         m.dmarc_record_buffered();
+        m.policy_action("550");
+        m.policy_action("PREPEND");
+        m.policy_action("x-unknown");
         let text = m.encode_prometheus();
         assert!(text.contains("mailstack_connections_total 1\n"), "{text}");
         assert!(text.contains("mailstack_messages_total 1\n"), "{text}");
@@ -484,6 +493,10 @@ mod tests {
             text.contains("mailstack_process_start_time_seconds "),
             "{text}"
         );
+        for a in ["reject", "prepend", "other"] {
+            let want = format!("mailstack_policy_actions_total{{action=\"{a}\"}} 1\n");
+            assert!(text.contains(&want), "{want}: {text}");
+        }
         let om = m.encode_openmetrics();
         assert!(om.ends_with("# EOF\n"), "{om}");
     }
