@@ -165,9 +165,8 @@ fn resolver(args: &Args) -> Result<Arc<dyn Resolver>, String> {
     // Every --nameserver, else /etc/resolv.conf's servers; 5 s per query either way.
     HickoryResolver::from_config(&args.nameserver, mailstack::dns::DEFAULT_QUERY_TIMEOUT)
         .map(|r| Arc::new(r) as Arc<dyn Resolver>)
-        .map(|r| {
+        .inspect(|r| {
             mailstack::health::register(Arc::new(mailstack::health::DnsCheck::new(r.clone())));
-            r
         })
         .map_err(|e| format!("DNS resolver: {e}"))
 }
