@@ -39,6 +39,10 @@ pub struct DaemonArgs {
     /// Check the configuration, print what is in force, exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz/live, /healthz/ready) over
+    /// HTTP on HOST:PORT or inet:HOST:PORT (off by default).
+    #[arg(long, value_name = "SPEC")]
+    pub metrics: Option<mailstack::health::HttpSpec>,
 }
 
 /// What [`DaemonArgs`] and the file's settings resolve to.
@@ -59,6 +63,8 @@ pub struct DaemonOpts {
     /// Where the configuration names the user, for the refusal message (e.g. `UserID in
     /// opendkim.conf`).
     pub user_option: &'static str,
+    /// `--metrics`: where to serve metrics and health.
+    pub metrics: Option<mailstack::health::HttpSpec>,
 }
 
 /// A daemon's start-up error.
@@ -135,6 +141,7 @@ impl DaemonArgs {
             run_group: None,
             allow_root: self.allow_root,
             user_option: "user in [mailstackd]",
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -180,7 +187,9 @@ pub fn resolver(
 ) -> Result<Arc<dyn Resolver>, DaemonError> {
     let r = HickoryResolver::from_config(nameservers, timeout)
         .map_err(|e| DaemonError::Resolver(e.to_string()))?;
-    Ok(Arc::new(r))
+    let r: Arc<dyn Resolver> = Arc::new(r);
+    mailstack::health::register(Arc::new(mailstack::health::DnsCheck::new(r.clone())));
+    Ok(r)
 }
 
 impl DaemonOpts {
@@ -232,6 +241,9 @@ where
 {
     opts.check_root()?;
     let listener = Listener::bind(&opts.socket, &opts.unix).await?;
+    if let Some(spec) = &opts.metrics {
+        mailstack::health::start(spec).await?;
+    }
     opts.drop_privileges()?;
     tracing::info!(socket = %opts.socket, "listening");
     serve(listener, make, config, crate::shutdown_signal()).await?;

@@ -359,6 +359,19 @@ impl HickoryResolver {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let name = hickory_resolver::proto::rr::Name::from_ascii(&fqdn)
             .map_err(|_| DnsError::InvalidName)?;
+        let started = crate::metrics::get().map(|m| (m, std::time::Instant::now()));
+        let r = self.lookup(name, ty).await;
+        if let Some((m, t)) = started {
+            count_query(m, ty, &r, t.elapsed());
+        }
+        r
+    }
+
+    async fn lookup(
+        &self,
+        name: hickory_resolver::proto::rr::Name,
+        ty: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<Vec<hickory_resolver::proto::rr::RData>, DnsError> {
         match self.inner.lookup(name, ty).await {
             Ok(lookup) => {
                 let out: Vec<_> = lookup
@@ -376,6 +389,37 @@ impl HickoryResolver {
             Err(e) => Err(map_error(&e)),
         }
     }
+}
+
+/// One query in the metrics: by type and outcome, its latency, and an error of kind `dns`
+/// when the server did not answer (NXDOMAIN and no data are answers).
+fn count_query(
+    m: &crate::metrics::Metrics,
+    ty: hickory_resolver::proto::rr::RecordType,
+    r: &Result<Vec<hickory_resolver::proto::rr::RData>, DnsError>,
+    took: Duration,
+) {
+    use hickory_resolver::proto::rr::RecordType as T;
+    let rtype = match ty {
+        T::TXT => "txt",
+        T::A => "a",
+        T::AAAA => "aaaa",
+        T::MX => "mx",
+        T::PTR => "ptr",
+        _ => "other",
+    };
+    let outcome = match r {
+        Ok(_) => "ok",
+        Err(DnsError::NxDomain) => "nxdomain",
+        Err(DnsError::NoData) => "nodata",
+        Err(DnsError::Timeout) => "timeout",
+        Err(DnsError::ServFail) => "servfail",
+        Err(_) => "error",
+    };
+    if matches!(outcome, "timeout" | "servfail" | "error") {
+        m.error(crate::metrics::ErrorKind::Dns);
+    }
+    m.dns_query(rtype, outcome, took);
 }
 
 fn other(e: impl std::fmt::Display) -> DnsError {

@@ -14,9 +14,10 @@
 //! - [`filter`]: the one shape every filter has, the milter adapter over it, the verdict table.
 //! - [`stack`]: mailstackd: every filter in one milter, its TOML configuration.
 //! - [`notify`]: infected-mail notifications over SMTP from an msmtp-style file.
-//! - [`init`]: the container init's log path and scheduled jobs (syslog, mail.log, backups).
 //! - [`privs`]: dropping root after binding sockets, refusing root without a user.
-//! - [`init`]: mailstack-init, PID 1 of the mail container (services, users, run dirs, health).
+//! - [`init`]: mailstack-init, PID 1 of the mail container (services, users, run dirs, logs,
+//!   scheduled jobs, health).
+//! - [`metrics`], [`health`]: Prometheus metrics and the `/healthz` endpoints every daemon serves.
 //! - [`store`]: shared state (DMARC records, counters, leases) on local disk or in Redis.
 //!
 //! # Embedding the DKIM verifier and the DMARC evaluator
@@ -95,7 +96,9 @@ pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod init;
+pub mod health;
 mod ipnet;
+pub mod metrics;
 pub mod notify;
 pub mod privs;
 pub mod spf;

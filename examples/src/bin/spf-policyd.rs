@@ -77,6 +77,10 @@ struct Args {
     /// Permission bits of a unix socket, octal.
     #[arg(long, value_parser = octal, default_value = "660")]
     socket_mode: u32,
+    /// With --socket: serve Prometheus metrics (/metrics) and health (/healthz/live,
+    /// /healthz/ready) over HTTP on HOST:PORT or inet:HOST:PORT (off by default).
+    #[arg(long, value_name = "SPEC", requires = "socket")]
+    metrics: Option<mailstack::health::HttpSpec>,
 }
 
 fn octal(s: &str) -> Result<u32, String> {
@@ -161,6 +165,9 @@ fn resolver(args: &Args) -> Result<Arc<dyn Resolver>, String> {
     // Every --nameserver, else /etc/resolv.conf's servers; 5 s per query either way.
     HickoryResolver::from_config(&args.nameserver, mailstack::dns::DEFAULT_QUERY_TIMEOUT)
         .map(|r| Arc::new(r) as Arc<dyn Resolver>)
+        .inspect(|r| {
+            mailstack::health::register(Arc::new(mailstack::health::DnsCheck::new(r.clone())));
+        })
         .map_err(|e| format!("DNS resolver: {e}"))
 }
 
@@ -182,6 +189,11 @@ async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str, args: &Args) -> Result
     let listener = Listener::bind_with(&parsed, &opts)
         .await
         .map_err(|e| format!("{spec}: {e}"))?;
+    if let Some(m) = &args.metrics {
+        mailstack::health::start(m)
+            .await
+            .map_err(|e| format!("--metrics {m}: {e}"))?;
+    }
     drop_privileges(args)?;
     let shown = listener
         .local_spec()

@@ -133,6 +133,23 @@ pub struct AvFilter {
     notifications: Background,
 }
 
+/// Readiness (see [`crate::health`]): clamd answers `PING` on one of `cfg`'s sockets, each
+/// step within a fraction of [`crate::health::CHECK_TIMEOUT`].
+fn register_clamd_check(cfg: &AvConfig) {
+    let step = crate::health::CHECK_TIMEOUT / 2;
+    let t = crate::clamd::Timeouts {
+        connect: step,
+        write: step,
+        read: step,
+    };
+    let clients = cfg
+        .clamd_sockets
+        .iter()
+        .map(|a| crate::clamd::Client::new(a.clone()).timeouts(t))
+        .collect();
+    crate::health::register(Arc::new(crate::health::ClamdCheck::new(clients)));
+}
+
 impl AvFilter {
     /// A filter for `cfg`. `ReportHostname` names the host in `X-Virus-Scanned`; without it,
     /// the kernel's host name. `notify` is the notifier and the address infected-mail
@@ -144,6 +161,7 @@ impl AvFilter {
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty())
         });
+        register_clamd_check(&cfg);
         Self {
             cfg,
             hostname,
@@ -314,6 +332,20 @@ impl AvFilter {
         let cfg = &self.cfg;
         let qid = env.queue_id();
         let d = super::decide(cfg, outcome, PRODUCT, self.hostname.as_deref());
+        crate::metrics::with(|mx| {
+            mx.av_result(match outcome {
+                Outcome::Clean => "clean",
+                Outcome::Infected(_) => "infected",
+                Outcome::Failed(_) => "error",
+            });
+            mx.av_action(match d.action {
+                Action::Accept => "accept",
+                Action::Reject => "reject",
+                Action::Defer => "defer",
+                Action::Blackhole => "blackhole",
+                Action::Quarantine => "quarantine",
+            });
+        });
         log_scan(cfg, qid, m, env, outcome, d.action);
         if let Outcome::Infected(virus) = outcome {
             let virus = sanitize_virus_name(virus);

@@ -287,6 +287,13 @@ impl Client {
     /// file of its own before scanning. clamav-milter scans this way on a unix socket. Only
     /// for clamd on a unix socket ([`ClamdError::NotUnix`] otherwise).
     pub async fn scan_file(&self, file: &std::fs::File) -> Result<Verdict, ClamdError> {
+        let started = std::time::Instant::now();
+        let r = self.fildes(file).await;
+        count_scan(&r, started);
+        r
+    }
+
+    async fn fildes(&self, file: &std::fs::File) -> Result<Verdict, ClamdError> {
         use std::os::fd::AsRawFd;
 
         use sendfd::SendWithFd;
@@ -324,6 +331,21 @@ impl Client {
     pub async fn session(&self) -> Result<Session<Socket>, ClamdError> {
         Session::start(self.connect().await?, self.max_stream).await
     }
+}
+
+/// One scan in the metrics: its latency, and an error of kind `clamd` (talking failed) or
+/// `limit` (clamd's stream size limit).
+fn count_scan(r: &Result<Verdict, ClamdError>, started: std::time::Instant) {
+    use crate::metrics::ErrorKind;
+    crate::metrics::with(|m| {
+        m.observe("clamd", started.elapsed());
+        match r {
+            Err(_) => m.error(ErrorKind::Clamd),
+            Ok(Verdict::Error(ScanError::SizeLimitExceeded)) => m.error(ErrorKind::Limit),
+            Ok(Verdict::Error(_)) => m.error(ErrorKind::Clamd),
+            Ok(_) => {}
+        }
+    });
 }
 
 /// One connection to clamd over any stream, with its limits.
@@ -402,6 +424,8 @@ pub struct Instream<S> {
     /// Set once clamd refused more data (size limit) or the client limit was hit.
     early: Option<Verdict>,
     framed: Vec<u8>,
+    /// When the stream started (for the scan latency metric).
+    started: std::time::Instant,
 }
 
 impl<S: ClamdStream> Instream<S> {
@@ -419,6 +443,7 @@ impl<S: ClamdStream> Instream<S> {
             max,
             early: None,
             framed: Vec::new(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -491,7 +516,9 @@ impl<S: ClamdStream> Instream<S> {
 
     /// Ends the stream and reads clamd's verdict.
     pub async fn finish(mut self) -> Result<Verdict, ClamdError> {
-        self.end().await
+        let r = self.end().await;
+        count_scan(&r, self.started);
+        r
     }
 }
 

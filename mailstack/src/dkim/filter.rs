@@ -204,6 +204,18 @@ impl DkimFilter {
     /// Loads the keys of `cfg`; key lookups go through `resolver`.
     pub fn new(cfg: DkimConfig, resolver: Arc<dyn Resolver>) -> Result<Self, DkimError> {
         let keys = KeySet::from_config(&cfg).map_err(DkimError::Key)?;
+        if cfg.sign {
+            // Readiness: signing needs its keys (a failed load already refused to start).
+            let state = if keys.is_empty() {
+                Err(crate::health::CheckError("no signing key loaded".into()))
+            } else {
+                Ok(())
+            };
+            crate::health::register(Arc::new(crate::health::StaticCheck::new(
+                "dkim-keys",
+                state,
+            )));
+        }
         Ok(Self {
             sign_opts: SignOptions::from_config(&cfg),
             verify_opts: VerifyOptions::from_config(&cfg),

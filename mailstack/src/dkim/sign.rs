@@ -168,6 +168,23 @@ pub fn sign_one(
     body: &BodyHash<'_>,
     now: u64,
 ) -> Result<String, SignError> {
+    let started = crate::metrics::get().map(|m| (m, std::time::Instant::now()));
+    let r = sign_inner(key, domain, identity, opts, headers, body, now);
+    if let Some((m, t)) = started {
+        m.observe("dkim_sign", t.elapsed());
+    }
+    r
+}
+
+fn sign_inner(
+    key: &SigningKey,
+    domain: &str,
+    identity: Option<&str>,
+    opts: &SignOptions,
+    headers: &[Header],
+    body: &BodyHash<'_>,
+    now: u64,
+) -> Result<String, SignError> {
     let h = opts.header_list(headers);
     let algorithm = match key.key.key_type() {
         KeyType::Rsa => Algorithm::RsaSha256,

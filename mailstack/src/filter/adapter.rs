@@ -15,6 +15,7 @@ use super::{
     Needs, Start, Verdict,
 };
 use crate::dkim::canon::Header;
+use crate::metrics::{self, Stage};
 
 /// Macros the adapter itself reads: `j` (the MTA's name) at CONNECT, `i` (queue id) and
 /// `{auth_authen}` (SMTP AUTH login) at MAIL, `i` again at end of message (Postfix assigns
@@ -33,6 +34,8 @@ pub struct Milter<F: Filter> {
     conn: Connection,
     env: Envelope,
     msg: Option<F::Message>,
+    /// When MAIL FROM arrived (only with metrics on), for the message duration.
+    started: Option<std::time::Instant>,
 }
 
 impl<F: Filter> std::fmt::Debug for Milter<F> {
@@ -84,6 +87,7 @@ impl<F: Filter> Milter<F> {
             conn: Connection::default(),
             env: Envelope::default(),
             msg: None,
+            started: None,
         }
     }
 
@@ -147,6 +151,51 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
     }
 }
 
+/// Counts `stage` and the reply `d` (metrics on only), and hands `d` back.
+fn counted(stage: Stage, d: Decision) -> Decision {
+    metrics::with(|m| {
+        m.stage(stage);
+        m.reply(reply_name(&d));
+    });
+    d
+}
+
+/// [`counted`] for a stage whose reply the MTA may have switched off (`no_reply`
+/// negotiated): then only the stage is counted.
+fn counted_if(ctx: &Context, no_reply: Protocol, stage: Stage, d: Decision) -> Decision {
+    if ctx.negotiated().protocol.contains(no_reply) {
+        metrics::with(|m| m.stage(stage));
+        d
+    } else {
+        counted(stage, d)
+    }
+}
+
+/// The `reply` label of a decision.
+fn reply_name(d: &Decision) -> &'static str {
+    match d {
+        Decision::Continue => "continue",
+        Decision::Accept => "accept",
+        Decision::Reject => "reject",
+        Decision::Tempfail => "tempfail",
+        Decision::Discard => "discard",
+        Decision::ReplyCode(r) if r.first() == Some(&b'4') => "replycode_4xx",
+        Decision::ReplyCode(_) => "replycode_5xx",
+        _ => "other",
+    }
+}
+
+/// The `action` label of an action.
+fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::Accept => "accept",
+        Action::Reject(_) => "reject",
+        Action::Tempfail(_) => "tempfail",
+        Action::Discard => "discard",
+        Action::Quarantine { .. } => "quarantine",
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -169,6 +218,25 @@ pub(crate) fn client_addr(addr: &ConnAddr) -> ClientAddr {
             }
         }
         _ => ClientAddr::Local,
+    }
+}
+
+/// Counts a message's action, its `Authentication-Results` clauses and, when it is
+/// delivered, the header modifications it asks for.
+fn count_verdict(m: &metrics::Metrics, v: &Verdict) {
+    m.action(action_name(&v.action));
+    for c in &v.auth_results {
+        m.auth_result(&c.method, &c.result);
+    }
+    if v.action.delivers() {
+        for md in &v.modifications {
+            m.modification(match md {
+                Modification::Insert { .. } => "insert",
+                Modification::Append { .. } => "append",
+                Modification::Delete { .. } => "delete",
+                Modification::AuthResults(_) => "auth_results",
+            });
+        }
     }
 }
 
@@ -265,12 +333,18 @@ impl<F: Filter> Handler for Milter<F> {
     async fn connect(&mut self, ctx: &mut Context, hostname: &[u8], addr: &ConnAddr) -> Decision {
         self.conn = Connection::new(lossy(hostname), client_addr(addr));
         self.conn.mta_name = macro_text(ctx, "j");
-        flow_decision(self.filter.connect(&self.conn))
+        counted(
+            Stage::Connect,
+            flow_decision(self.filter.connect(&self.conn)),
+        )
     }
 
     async fn helo(&mut self, _ctx: &mut Context, helo: &[u8]) -> Decision {
         self.conn.helo = lossy(helo);
-        flow_decision(self.filter.helo(&self.conn).await)
+        counted(
+            Stage::Helo,
+            flow_decision(self.filter.helo(&self.conn).await),
+        )
     }
 
     async fn mail(&mut self, ctx: &mut Context, sender: &[u8], _args: &[Bytes]) -> Decision {
@@ -286,7 +360,8 @@ impl<F: Filter> Handler for Milter<F> {
         if self.conn.mta_name.is_none() {
             self.conn.mta_name = macro_text(ctx, "j");
         }
-        match self.filter.mail(&self.conn, &self.env).await {
+        self.started = metrics::get().map(|_| std::time::Instant::now());
+        let d = match self.filter.mail(&self.conn, &self.env).await {
             Start::Message(m) => {
                 self.msg = Some(m);
                 Decision::Continue
@@ -297,18 +372,21 @@ impl<F: Filter> Handler for Milter<F> {
             }
             Start::Stop(a) => {
                 self.msg = None;
+                metrics::with(|m| m.action(action_name(&a)));
                 early_decision(a)
             }
-        }
+        };
+        counted(Stage::Mail, d)
     }
 
-    async fn rcpt(&mut self, _ctx: &mut Context, rcpt: &[u8], _args: &[Bytes]) -> Decision {
+    async fn rcpt(&mut self, ctx: &mut Context, rcpt: &[u8], _args: &[Bytes]) -> Decision {
         let rcpt = lossy(rcpt);
         self.env.add_rcpt(&rcpt);
-        match &mut self.msg {
+        let d = match &mut self.msg {
             Some(m) => flow_decision(self.filter.rcpt(m, super::unbracket(&rcpt))),
             None => Decision::Continue,
-        }
+        };
+        counted_if(ctx, Protocol::NR_RCPT, Stage::Rcpt, d)
     }
 
     async fn header(&mut self, ctx: &mut Context, name: &[u8], value: &[u8]) -> Decision {
@@ -317,33 +395,37 @@ impl<F: Filter> Handler for Milter<F> {
             let h = Header::from_milter(name, value, leadspc);
             self.filter.header(m, &h).await;
         }
+        metrics::with(|m| m.stage(Stage::Header));
         Decision::Continue
     }
 
-    async fn eoh(&mut self, _ctx: &mut Context) -> Decision {
-        match &mut self.msg {
+    async fn eoh(&mut self, ctx: &mut Context) -> Decision {
+        let d = match &mut self.msg {
             Some(m) => match self.filter.end_of_headers(m, &self.conn, &self.env).await {
                 Flow::Skip => Decision::Continue,
                 Flow::Stop(a) => {
                     self.msg = None;
+                    metrics::with(|m| m.action(action_name(&a)));
                     early_decision(a)
                 }
                 Flow::Continue => Decision::Continue,
             },
             None => Decision::Continue,
-        }
+        };
+        counted_if(ctx, Protocol::NR_EOH, Stage::Eoh, d)
     }
 
     async fn body(&mut self, _ctx: &mut Context, chunk: &Bytes) -> Decision {
         if let Some(m) = &mut self.msg {
             self.filter.body(m, chunk).await;
         }
+        metrics::with(|m| m.stage(Stage::Body));
         Decision::Continue
     }
 
     async fn eom(&mut self, ctx: &mut Context) -> Decision {
         let Some(m) = self.msg.take() else {
-            return Decision::Accept;
+            return counted(Stage::Eom, Decision::Accept);
         };
         if let Some(q) = macro_text(ctx, "i") {
             self.env.queue_id = Some(q);
@@ -356,15 +438,26 @@ impl<F: Filter> Handler for Milter<F> {
             leadspc: ctx.negotiated().protocol.contains(Protocol::HDR_LEADSPC),
         };
         let verdict = self.filter.end_of_message(m, &eom).await;
-        apply(ctx, verdict)
+        if let Some(mx) = metrics::get() {
+            count_verdict(mx, &verdict);
+        }
+        let d = counted(Stage::Eom, apply(ctx, verdict));
+        if let (Some(mx), Some(t)) = (metrics::get(), self.started.take()) {
+            mx.message_duration(t.elapsed());
+        }
+        d
     }
 
     async fn abort(&mut self, _ctx: &mut Context) {
+        metrics::with(|m| m.stage(Stage::Abort));
+        self.started = None;
         self.msg = None;
         self.env = Envelope::default();
     }
 
     async fn close(&mut self, _ctx: &mut Context) {
+        metrics::with(|m| m.stage(Stage::Close));
+        self.started = None;
         self.msg = None;
         self.env = Envelope::default();
         self.conn = Connection::default();

@@ -96,6 +96,11 @@ impl Handler for SpfService {
         );
         let action = self.policy.decide(&req).await;
         log_decision(&req, &action);
+        crate::metrics::with(|m| {
+            m.stage(crate::metrics::Stage::Policy);
+            let value = action.to_action_value();
+            m.policy_action(value.split_whitespace().next().unwrap_or(""));
+        });
         let reply = reply(&action);
         if reply.is_none() {
             tracing::error!(
