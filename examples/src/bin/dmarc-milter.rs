@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, Specification};
-use mailstack::filter::Milter;
+use mailstack::filter::LiveFilter;
 use mailstack::stack::DaemonSettings;
-use mailstack_examples::daemon::{self, DaemonArgs};
+use mailstack_examples::daemon::{self, ControlArgs, DaemonArgs};
 use milter_proto::server::ServerConfig;
 
 /// DMARC milter: evaluates the From domain against SPF and DKIM results, writes OpenDMARC's
@@ -34,6 +34,8 @@ struct Args {
     config: PathBuf,
     #[command(flatten)]
     daemon: DaemonArgs,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 const CONFIG_HELP: &str = "\
@@ -69,11 +71,17 @@ Accepted without effect (warned): AutoRestart AutoRestartCount AutoRestartRate B
 BaseDirectory ChangeRootDirectory PidFile Syslog SyslogFacility SyslogSuccess MilterDebug LogWhy, FailureReports no, FailureReportsOnNone no.
 Refused: failure reports (FailureReports yes, FailureReportsBcc, FailureReportsSentBy,
 ReportCommand, CopyFailuresTo), ARC whitelists (DomainWhitelist*); anything else unknown.
-Errors name the file and line.";
+Errors name the file and line.
+Signals: SIGTERM/SIGINT stop accepting, finish messages in flight, exit. SIGHUP re-reads the
+file (new connections get it; open ones finish on the old; a file that does not load is
+refused, logged with file and line, and the old one stays in force; the socket, the user and
+the resolver take effect at a restart). SIGUSR1 reopens --log-file.";
 
 fn main() -> ExitCode {
-    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
+    args.control
+        .init_logging("info")
+        .unwrap_or_else(|e| fail(e));
     let cfg = DmarcConfig::read(&args.config).unwrap_or_else(|e| fail(e));
     for (line, name) in &cfg.ignored {
         tracing::warn!(
@@ -99,8 +107,13 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
     let result = rt.block_on(async move {
         let resolver = daemon::resolver(&opts.nameservers, cfg.dns_timeout)?;
-        let filter = Arc::new(DmarcFilter::new(cfg, resolver));
-        daemon::serve_milter(&opts, ServerConfig::default(), Milter::factory(filter)).await
+        let filter = Arc::new(DmarcFilter::new(cfg, resolver.clone()));
+        let live = Arc::new(LiveFilter::new(filter));
+        let path = args.config.clone();
+        let rebuild =
+            move || DmarcConfig::read(&path).map(|c| DmarcFilter::new(c, resolver.clone()));
+        daemon::serve_milter_live(&opts, ServerConfig::default(), live, rebuild, &args.control)
+            .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
