@@ -9,7 +9,9 @@
 //! - a broken configuration on SIGHUP is refused, the log names the file and the line, and the
 //!   next messages are still signed with the key in force (`b`); `mailstackd reload --config`
 //!   refuses to signal for it (exit 2, file and line);
-//! - SIGUSR1 reopens `--log-file` after it was moved.
+//! - SIGUSR1 reopens `--log-file` after it was moved;
+//! - dkim-milter (the single-purpose daemons share the path) refuses a broken opendkim.conf
+//!   on SIGHUP with file and line, keeps serving, and takes the fixed file.
 //!
 //! Needs root, Postfix and opendkim (`.ci/run` has them). Run:
 //! `cargo test -p mailstack-examples --features interop --test mailstackd_reload -- --nocapture`.
@@ -306,4 +308,52 @@ fn sighup_switches_keys_under_load_and_refuses_a_broken_config() {
         );
     }
     drop(milter);
+}
+
+/// The single-purpose daemons share the reload path: dkim-milter refuses a broken
+/// opendkim.conf on SIGHUP (file and line logged, still serving) and takes a good one.
+#[test]
+fn dkim_milter_reloads_and_refuses_a_broken_file() {
+    let dir = tempfile::Builder::new()
+        .prefix("dkim-milter-reload")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    support::milters::dkim_genkey(Path::new(DKIM_BIN), d, "a");
+    let conf = d.join("opendkim.conf");
+    let good = format!(
+        "Mode sv\nDomain example.com\nSelector a\nKeyFile {}/a.private\n",
+        d.display()
+    );
+    std::fs::write(&conf, &good).unwrap();
+    let log = d.join("dkim-milter.log");
+    let args = [
+        "--config",
+        conf.to_str().unwrap(),
+        "--allow-root",
+        "--log-file",
+        log.to_str().unwrap(),
+    ];
+    let milter = Daemon::start(Path::new(DKIM_BIN), d, "dkim-milter", &args);
+    std::fs::write(&conf, format!("{good}Canonicalization bogus/simple\n")).unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default().len();
+    hup(milter.pid(), libc::SIGHUP);
+    let text = wait_for(&log, "reload refused", logged, Duration::from_secs(20));
+    assert!(
+        text[logged..].contains(&format!("{}:5:", conf.display())),
+        "names file and line: {text}"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&milter.socket).is_ok(),
+        "still serving"
+    );
+    std::fs::write(&conf, &good).unwrap();
+    let logged = text.len();
+    hup(milter.pid(), libc::SIGHUP);
+    wait_for(
+        &log,
+        "configuration reloaded",
+        logged,
+        Duration::from_secs(20),
+    );
 }
