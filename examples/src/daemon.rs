@@ -5,10 +5,12 @@
 
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mailstack::dns::{HickoryResolver, Resolver};
+use mailstack::filter::{Filter, LiveFilter, Milter};
 use mailstack::stack::DaemonSettings;
 use milter_proto::server::{Handler, ServerConfig, serve};
 use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions, group_id};
@@ -248,4 +250,171 @@ where
     tracing::info!(socket = %opts.socket, "listening");
     serve(listener, make, config, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The flags for running a daemon under a supervisor or an init script: a pid file (for
+/// `reload`) and a log file (reopened on SIGUSR1, after logrotate moved it).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ControlArgs {
+    /// Write the daemon's process id to FILE once the socket is bound (`reload --pid-file
+    /// FILE` signals it; the file is removed at exit when the daemon may still remove it).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Append the log to FILE instead of stderr; SIGUSR1 reopens it (after logrotate moved
+    /// it; the daemon's user must be able to create FILE then).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    /// Installs the log: to `--log-file` (reopenable), else stderr, at `level` unless
+    /// `RUST_LOG` says otherwise.
+    pub fn init_logging(&self, level: &str) -> std::io::Result<()> {
+        match &self.log_file {
+            Some(path) => crate::logging::reopenable_file(path, level),
+            None => {
+                crate::logging::stderr(level);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why `reload` could not signal the daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// The pid file could not be read.
+    #[error("{0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The pid file holds no process id.
+    #[error("{0}: not a process id: {1:?}")]
+    NotAPid(PathBuf, String),
+    /// kill(2) failed (no such process, not ours).
+    #[error("process {0} (from {1}): {2}")]
+    Kill(i32, PathBuf, std::io::Error),
+}
+
+/// Sends `signal` (SIGHUP: reload; SIGUSR1: reopen the log) to the process whose id is in
+/// `pid_file`.
+pub fn signal_pid_file(pid_file: &Path, signal: i32) -> Result<i32, SignalError> {
+    let text =
+        std::fs::read_to_string(pid_file).map_err(|e| SignalError::Read(pid_file.to_owned(), e))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| SignalError::NotAPid(pid_file.to_owned(), text.trim().to_owned()))?;
+    // SAFETY: kill(2) has no memory preconditions; `pid` is positive, so this signals one
+    // process, never a process group.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(SignalError::Kill(
+            pid,
+            pid_file.to_owned(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(pid)
+}
+
+/// The pid file while the daemon runs; removed on drop (best effort: after the switch to an
+/// unprivileged user the directory may no longer let us).
+#[derive(Debug)]
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> std::io::Result<Self> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(Self(path.to_owned()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// [`serve_milter`] over a [`LiveFilter`] that `reload` rebuilds on SIGHUP: a new filter is put
+/// in force for the connections that start after it loaded (connections and messages in
+/// flight finish on the one they started with); one that does not load is refused, its error
+/// logged (file and line), and the old one stays in force. SIGUSR1 reopens the log file. The
+/// pid file, if any, is written once the socket is bound.
+pub async fn serve_milter_live<F, B, E>(
+    opts: &DaemonOpts,
+    config: ServerConfig,
+    live: Arc<LiveFilter<F>>,
+    reload: B,
+    control: &ControlArgs,
+) -> Result<(), DaemonError>
+where
+    F: Filter,
+    B: Fn() -> Result<F, E> + Send + Sync + 'static,
+    E: Display + Send + 'static,
+{
+    opts.check_root()?;
+    let listener = Listener::bind(&opts.socket, &opts.unix).await?;
+    let _pid = control
+        .pid_file
+        .as_deref()
+        .map(PidFile::write)
+        .transpose()?;
+    opts.drop_privileges()?;
+    tracing::info!(socket = %opts.socket, "listening");
+    let signals = tokio::spawn(reload_on_signals(live.clone(), Arc::new(reload)));
+    let served = serve(
+        listener,
+        Milter::live_factory(live),
+        config,
+        crate::shutdown_signal(),
+    )
+    .await;
+    signals.abort();
+    served?;
+    Ok(())
+}
+
+/// SIGHUP: rebuild and replace the filter (one reload at a time, off the async workers since
+/// key loading reads files); SIGUSR1: reopen the log file.
+async fn reload_on_signals<F, B, E>(live: Arc<LiveFilter<F>>, reload: Arc<B>)
+where
+    F: Filter,
+    B: Fn() -> Result<F, E> + Send + Sync + 'static,
+    E: Display + Send + 'static,
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut usr1)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        tracing::error!("cannot install the SIGHUP/SIGUSR1 handlers: no live reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hup.recv() => {
+                let reload = reload.clone();
+                match tokio::task::spawn_blocking(move || reload()).await {
+                    Ok(Ok(filter)) => {
+                        live.replace(Arc::new(filter));
+                        tracing::info!("configuration reloaded: new connections use it");
+                    }
+                    Ok(Err(e)) => tracing::error!(
+                        "reload refused, the previous configuration stays in force: {e}"
+                    ),
+                    Err(e) => tracing::error!(
+                        "reload failed ({e}), the previous configuration stays in force"
+                    ),
+                }
+            }
+            Some(()) = usr1.recv() => match crate::logging::reopen() {
+                Ok(true) => tracing::info!("log file reopened"),
+                Ok(false) => tracing::info!("SIGUSR1: not logging to a file, nothing to reopen"),
+                Err(e) => tracing::error!("log file not reopened: {e}"),
+            },
+            else => return,
+        }
+    }
 }

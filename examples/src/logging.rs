@@ -176,10 +176,109 @@ pub fn init(target: &LogTarget, default_level: &str, ident: &'static str) -> std
     Ok(())
 }
 
+/// A log file that SIGUSR1 reopens at the same path (after logrotate moved the old one).
+#[derive(Debug)]
+struct ReopenableFile {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl ReopenableFile {
+    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    fn new(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: Mutex::new(Self::open(path)?),
+        })
+    }
+
+    /// Opens the path anew and writes there from now on; on error the old file stays.
+    fn reopen(&self) -> std::io::Result<()> {
+        let fresh = Self::open(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// One log event's writes into the [`ReopenableFile`] (each `write` under its lock; the
+/// formatter writes a whole line at once, and O_APPEND keeps lines whole).
+struct ReopenableWriter(Arc<ReopenableFile>);
+
+impl std::io::Write for ReopenableWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut f = self.0.file.lock().unwrap_or_else(|e| e.into_inner());
+        std::io::Write::write(&mut *f, data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log file [`reopen`] reopens, once [`reopenable_file`] installed it.
+static LOG_FILE: std::sync::OnceLock<Arc<ReopenableFile>> = std::sync::OnceLock::new();
+
+/// Logs to `path` (appended, created if missing) at `default_level` unless `RUST_LOG` says
+/// otherwise; [`reopen`] (the daemons call it on SIGUSR1) reopens it. Panic messages go to
+/// the log too.
+pub fn reopenable_file(path: &std::path::Path, default_level: &str) -> std::io::Result<()> {
+    let file = Arc::new(ReopenableFile::new(path)?);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let writer = file.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(move || ReopenableWriter(writer.clone()))
+        .init();
+    let _ = LOG_FILE.set(file);
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    Ok(())
+}
+
+/// Reopens the log file of [`reopenable_file`]; `Ok(false)` when the log is not a file.
+pub fn reopen() -> std::io::Result<bool> {
+    match LOG_FILE.get() {
+        Some(f) => f.reopen().map(|()| true),
+        None => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// logrotate's move-then-signal: lines before the reopen stay in the moved file, lines
+    /// after it go to a new file at the path.
+    #[test]
+    fn reopen_after_a_move_writes_to_a_new_file_at_the_path() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        let f = Arc::new(ReopenableFile::new(&path).unwrap());
+        ReopenableWriter(f.clone()).write_all(b"before\n").unwrap();
+        std::fs::rename(&path, dir.path().join("d.log.1")).unwrap();
+        ReopenableWriter(f.clone())
+            .write_all(b"still old\n")
+            .unwrap();
+        f.reopen().unwrap();
+        ReopenableWriter(f.clone()).write_all(b"after\n").unwrap();
+        let old = std::fs::read_to_string(dir.path().join("d.log.1")).unwrap();
+        assert_eq!(old, "before\nstill old\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+        // A path that cannot be opened keeps the old file.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        assert!(f.reopen().is_err());
+        ReopenableWriter(f).write_all(b"kept\n").unwrap();
+    }
 
     /// A syslog socket nobody reads (syslogd stuck): logging never blocks, lines beyond the
     /// queue are counted, and once syslogd reads again the count is reported.

@@ -351,6 +351,21 @@ impl HickoryResolver {
         self.inner.options().timeout
     }
 
+    /// The NS records of `name` (host names, without the trailing dot): the authoritative
+    /// servers `mailstack dkim rotate --check` asks (not part of [`Resolver`]: no filter
+    /// needs it).
+    pub async fn ns(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        use hickory_resolver::proto::rr::{RData, RecordType as T};
+        let data = self.query(name, T::NS).await?;
+        Ok(data
+            .into_iter()
+            .filter_map(|d| match d {
+                RData::NS(ns) => Some(strip_dot(&ns.0)),
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn query(
         &self,
         name: &str,

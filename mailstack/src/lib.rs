@@ -95,8 +95,8 @@ pub mod filter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod init;
 pub mod health;
+pub mod init;
 mod ipnet;
 pub mod metrics;
 pub mod notify;

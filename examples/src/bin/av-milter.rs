@@ -19,11 +19,11 @@ use std::sync::Arc;
 use clap::Parser;
 use mailstack::av::AvConfig;
 use mailstack::av::AvFilter;
-use mailstack::filter::Milter;
+use mailstack::filter::LiveFilter;
 use mailstack::notify::{MsmtpConfig, Notifier};
 use mailstack::privs::RunAs;
 use mailstack::stack::DaemonSettings;
-use mailstack_examples::daemon::{self, DaemonArgs};
+use mailstack_examples::daemon::{self, ControlArgs, DaemonArgs};
 use milter_proto::server::ServerConfig;
 use milter_proto::socket::SocketSpec;
 
@@ -51,6 +51,8 @@ struct Args {
     notify_to: Option<String>,
     #[command(flatten)]
     daemon: DaemonArgs,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 const CONFIG_HELP: &str = "\
@@ -86,11 +88,17 @@ Configuration file options (clamav-milter.conf syntax, `Option value`, `#` comme
   TemporaryDirectory DIR       where Fildes spools (default /tmp)
 Accepted without effect (warned): Foreground Chroot PidFile LogFile
 LogFileUnlock LogFileMaxSize LogTime LogSyslog LogFacility LogVerbose MaxScanSize MaxFiles
-MaxRecursion StreamMaxLength TCPSocket. Anything else is an error with file and line.";
+MaxRecursion StreamMaxLength TCPSocket. Anything else is an error with file and line.
+Signals: SIGTERM/SIGINT stop accepting, finish messages in flight, exit. SIGHUP re-reads the
+file (new connections get it; open ones finish on the old; a file that does not load is
+refused, logged with file and line, and the old one stays in force; the socket, the user and
+the resolver take effect at a restart). SIGUSR1 reopens --log-file.";
 
 fn main() {
-    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
+    args.control
+        .init_logging("info")
+        .unwrap_or_else(|e| fail(e));
     let cfg = AvConfig::read(&args.config).unwrap_or_else(|e| fail(e));
     for (line, name) in &cfg.ignored {
         tracing::warn!(
@@ -133,12 +141,17 @@ fn main() {
             path.display()
         ));
     }
-    let filter = Arc::new(AvFilter::new(cfg, notify));
+    let filter = Arc::new(AvFilter::new(cfg, notify.clone()));
+    let live = Arc::new(LiveFilter::new(filter));
+    let path = args.config.clone();
+    let rebuild = move || AvConfig::read(&path).map(|c| AvFilter::new(c, notify.clone()));
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
-    if let Err(e) = rt.block_on(daemon::serve_milter(
+    if let Err(e) = rt.block_on(daemon::serve_milter_live(
         &opts,
         ServerConfig::default(),
-        Milter::factory(filter),
+        live,
+        rebuild,
+        &args.control,
     )) {
         fail(e);
     }

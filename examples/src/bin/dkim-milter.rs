@@ -20,9 +20,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mailstack::dkim::key::{self, GenKeyOptions, KeyType};
 use mailstack::dkim::{DkimConfig, DkimFilter};
 use mailstack::dns::Resolver;
-use mailstack::filter::Milter;
+use mailstack::filter::LiveFilter;
 use mailstack::stack::DaemonSettings;
-use mailstack_examples::daemon::{self, DaemonArgs, DaemonError};
+use mailstack_examples::daemon::{self, ControlArgs, DaemonArgs, DaemonError};
 use milter_proto::server::ServerConfig;
 
 /// DKIM milter: signs mail from internal hosts for your domains and verifies the rest, with
@@ -40,6 +40,8 @@ struct Args {
     config: PathBuf,
     #[command(flatten)]
     daemon: DaemonArgs,
+    #[command(flatten)]
+    control: ControlArgs,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -119,11 +121,21 @@ Configuration file (opendkim.conf syntax, `Option value`, `#` comments; names ca
 Accepted without effect (warned): Syslog* LogWhy LogResults Background AutoRestart* PidFile
 TrustAnchorFile ResolverConfiguration MilterDebug Quarantine ChangeRootDirectory
 FixCRLF. LDAP, SQL/DB data sets, Lua, VBR, ATPS, reputation, statistics and other features
-not implemented are refused with file and line.";
+not implemented are refused with file and line.
+Signals: SIGTERM/SIGINT stop accepting, finish messages in flight, exit. SIGHUP re-reads the
+file, its tables and the keys (new connections get them; open ones finish on the old; a file
+that does not load is refused, logged with file and line, and the old one stays in force;
+Socket, UserID, UMask and the resolver take effect at a restart). SIGUSR1 reopens --log-file.";
 
 fn main() {
-    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
+    if args.command.is_some() {
+        mailstack_examples::logging::stderr("info");
+    } else {
+        args.control
+            .init_logging("info")
+            .unwrap_or_else(|e| fail(e));
+    }
     if let Some(Cmd::Genkey(g)) = &args.command {
         if let Err(e) = genkey(g) {
             eprintln!("dkim-milter genkey: {e}");
@@ -152,7 +164,7 @@ fn main() {
         Err(DaemonError::NoSocket) => None,
         Err(e) => fail(format!("{}: {e}", args.config.display())),
     };
-    let filter = DkimFilter::new(cfg, resolver).unwrap_or_else(|e| fail(e));
+    let filter = DkimFilter::new(cfg, resolver.clone()).unwrap_or_else(|e| fail(e));
     if args.daemon.check_config {
         println!("{}: OK", args.config.display());
         return;
@@ -168,13 +180,33 @@ fn main() {
     let mut config = ServerConfig::default();
     // Key lookups can take DNSTimeout each; keep Postfix's content timeout at bay.
     config.progress_interval = Some(Duration::from_secs(10));
-    if let Err(e) = rt.block_on(daemon::serve_milter(
+    let live = Arc::new(LiveFilter::new(Arc::new(filter)));
+    let path = args.config.clone();
+    let rebuild = move || reload(&path, &resolver);
+    if let Err(e) = rt.block_on(daemon::serve_milter_live(
         &opts,
         config,
-        Milter::factory(Arc::new(filter)),
+        live,
+        rebuild,
+        &args.control,
     )) {
         fail(e);
     }
+}
+
+/// What SIGHUP does: the file, its tables and keys read again, over the resolver of the start.
+fn reload(path: &std::path::Path, resolver: &Arc<dyn Resolver>) -> Result<DkimFilter, ReloadError> {
+    let cfg = DkimConfig::read(path)?;
+    Ok(DkimFilter::new(cfg, resolver.clone())?)
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] mailstack::config::ConfigError),
+    #[error(transparent)]
+    Keys(#[from] mailstack::dkim::DkimError),
 }
 
 fn fail(e: impl std::fmt::Display) -> ! {

@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, Specification};
-use mailstack::filter::Milter;
+use mailstack::dns::Resolver;
+use mailstack::filter::LiveFilter;
 use mailstack::stack::DaemonSettings;
 use mailstack::store::HistoryTee;
-use mailstack_examples::daemon::{self, DaemonArgs};
+use mailstack_examples::daemon::{self, ControlArgs, DaemonArgs};
 use milter_proto::server::ServerConfig;
 
 /// DMARC milter: evaluates the From domain against SPF and DKIM results, writes OpenDMARC's
@@ -35,6 +36,8 @@ struct Args {
     config: PathBuf,
     #[command(flatten)]
     daemon: DaemonArgs,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 const CONFIG_HELP: &str = "\
@@ -80,14 +83,20 @@ Refused: failure reports (FailureReports yes, FailureReportsBcc, FailureReportsS
 ReportCommand, CopyFailuresTo); anything else unknown. ARC: DomainWhitelist(File) lists
 the trusted ARC sealers (a passing chain sealed last by one of them overrides a DMARC
 failure), ARCVerify writes arc=; ARCSeal only seals in mailstackd (warned about here).
-Errors name the file and line.";
+Errors name the file and line.
+Signals: SIGTERM/SIGINT stop accepting, finish messages in flight, exit. SIGHUP re-reads the
+file (new connections get it; open ones finish on the old; a file that does not load is
+refused, logged with file and line, and the old one stays in force; the socket, the user and
+the resolver take effect at a restart). SIGUSR1 reopens --log-file.";
 
 /// How often the store writer's counters are logged (when they changed).
 const STORE_STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    mailstack_examples::logging::stderr("info");
     let args = Args::parse();
+    args.control
+        .init_logging("info")
+        .unwrap_or_else(|e| fail(e));
     let cfg = DmarcConfig::read(&args.config).unwrap_or_else(|e| fail(e));
     for (line, name) in &cfg.ignored {
         tracing::warn!(
@@ -120,19 +129,35 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
     let result = rt.block_on(async move {
         let resolver = daemon::resolver(&opts.nameservers, cfg.dns_timeout)?;
-        let store = cfg.store.clone();
-        let tee_cfg = cfg.clone();
-        let mut filter = DmarcFilter::new(cfg, resolver);
-        if let Some(store) = store {
-            let writer = store
-                .spawn_writer()
-                .map_err(mailstack::stack::BuildError::from)?;
-            writer.log_stats_every(STORE_STATS_EVERY);
-            tracing::info!("DMARC records also go to the store: {store}");
-            filter = filter.with_history(Arc::new(HistoryTee::for_config(&tee_cfg, writer)));
-        }
-        let filter = Arc::new(filter);
-        daemon::serve_milter(&opts, ServerConfig::default(), Milter::factory(filter)).await
+        // The store is opened once; a reload keeps writing through the same writer (a changed
+        // MailstackStore takes effect at a restart).
+        let writer = match cfg.store.clone() {
+            Some(store) => {
+                let writer = store
+                    .spawn_writer()
+                    .map_err(mailstack::stack::BuildError::from)?;
+                writer.log_stats_every(STORE_STATS_EVERY);
+                tracing::info!("DMARC records also go to the store: {store}");
+                Some(writer)
+            }
+            None => None,
+        };
+        let make = move |cfg: DmarcConfig, resolver: Arc<dyn Resolver>| {
+            let tee_cfg = cfg.clone();
+            let filter = DmarcFilter::new(cfg, resolver);
+            match &writer {
+                Some(w) => {
+                    filter.with_history(Arc::new(HistoryTee::for_config(&tee_cfg, w.clone())))
+                }
+                None => filter,
+            }
+        };
+        let filter = Arc::new(make(cfg, resolver.clone()));
+        let live = Arc::new(LiveFilter::new(filter));
+        let path = args.config.clone();
+        let rebuild = move || DmarcConfig::read(&path).map(|c| make(c, resolver.clone()));
+        daemon::serve_milter_live(&opts, ServerConfig::default(), live, rebuild, &args.control)
+            .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

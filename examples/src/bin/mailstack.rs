@@ -9,12 +9,22 @@
 //! `mailstack dmarc-report --history FILE... --org-name NAME --email ADDR (--smtp FILE |
 //! --dry-run DIR)` sends the DMARC aggregate reports of the last complete window (or
 //! `--begin`/`--end`), see `mailstack::dmarc::report` and `--help`.
+//!
+//! `mailstack dkim rotate --domain D --key-table FILE` stages the next DKIM key (record files
+//! beside the current key); `mailstack dkim rotate --check ...` switches the KeyTable to it
+//! once the domain's authoritative servers serve its record; `mailstack dkim status` tells
+//! where a domain stands (see `mailstack::dkim::rotate`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use mailstack::dkim::key::KeyType;
+use mailstack::dkim::rotate as dkim_rotate;
+use mailstack::dns::{HickoryResolver, Resolver};
 use mailstack::filter::offline::{Outcome, run};
 use mailstack::filter::{Action, ClientAddr, Connection, Envelope, Modification, Verdict};
 use mailstack::stack::StackConfig;
@@ -36,6 +46,9 @@ enum Cmd {
     /// Send DMARC aggregate reports (RFC 7489 §7.2, RFC 9990) from recorded evaluations.
     #[command(name = "dmarc-report", after_help = REPORT_HELP)]
     DmarcReport(DmarcReport),
+    /// DKIM key management.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
 }
 
 const REPORT_HELP: &str = "\
@@ -268,6 +281,77 @@ fn dmarc_report(c: DmarcReport) -> ExitCode {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum DkimCmd {
+    /// Rotate a domain's signing key in stages: without --check, generate the next key and
+    /// selector and write its DNS record (SELECTOR.txt, SELECTOR.zone) beside the current
+    /// key; with --check, switch the KeyTable to it once every authoritative server serves
+    /// the record with that key (exit 0), else change nothing (exit 1).
+    #[command(after_help = ROTATE_HELP)]
+    Rotate(Rotate),
+    /// Print a domain's rotation state: the selector signing, the one staged, the retired
+    /// ones and when their records may be removed.
+    Status(Domain),
+}
+
+const ROTATE_HELP: &str = "\
+Steps: 1. mailstack dkim rotate --domain D --key-table FILE   (stage; prints the record)
+       2. publish SELECTOR._domainkey.D (SELECTOR.zone holds it as one zone-file line)
+       3. mailstack dkim rotate --check --domain D --key-table FILE [--wait SECS]
+          [--pid-file mailstackd.pid]   (switch and reload the daemon)
+       4. after the retirement period (dkim status says when), remove the old record.
+Exit status: 0 done (staged, or switched), 1 --check found the record missing or
+different (nothing switched), 2 usage, file or state error.";
+
+#[derive(Debug, clap::Args)]
+struct Domain {
+    /// The signing domain (d=).
+    #[arg(long, value_name = "DOMAIN")]
+    domain: String,
+    /// The KeyTable (`file:` prefix allowed) whose entries for the domain are rotated.
+    #[arg(long, value_name = "FILE")]
+    key_table: PathBuf,
+    /// Where the keys and the state file are (default: the current key's directory).
+    #[arg(long, value_name = "DIR")]
+    key_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeyKind {
+    Rsa,
+    Ed25519,
+}
+
+#[derive(Debug, clap::Args)]
+struct Rotate {
+    #[command(flatten)]
+    domain: Domain,
+    /// Selector of the new key: %Y %m %d %H %M %S (UTC), %s (Unix seconds), %%.
+    #[arg(long, value_name = "FMT", default_value = mailstack::dkim::rotate::DEFAULT_SELECTOR_FORMAT)]
+    selector_format: String,
+    /// Key type of the new key.
+    #[arg(long = "type", value_enum, default_value = "rsa")]
+    kind: KeyKind,
+    /// RSA key size in bits.
+    #[arg(long, default_value_t = 2048)]
+    bits: usize,
+    /// Switch to the staged key if its record is served (see above).
+    #[arg(long)]
+    check: bool,
+    /// Ask this server (IP:PORT, repeat for several) instead of the domain's NS.
+    #[arg(long, value_name = "IP:PORT")]
+    nameserver: Vec<SocketAddr>,
+    /// Keep asking up to SECS seconds (every 5 s) until every server serves the record.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait: u64,
+    /// How long the old selector's record stays published after the switch, in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    retire_days: u64,
+    /// After switching, send SIGHUP to the daemon in this pid file (mailstackd --pid-file).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+}
+
 const CHECK_HELP: &str = "\
 Exit status: 0 delivered (accept), 1 quarantined, 3 rejected, 4 tempfailed, 5 discarded,
 2 usage or configuration error.";
@@ -311,10 +395,156 @@ struct Check {
 
 fn main() -> ExitCode {
     mailstack_examples::logging::stderr("warn");
-    let c = match Args::parse().command {
-        Cmd::Check(c) => c,
-        Cmd::DmarcReport(r) => return dmarc_report(r),
+    match Args::parse().command {
+        Cmd::Check(c) => check(&c),
+        Cmd::DmarcReport(r) => dmarc_report(r),
+        Cmd::Dkim(DkimCmd::Rotate(r)) => rotate(&r),
+        Cmd::Dkim(DkimCmd::Status(d)) => match dkim_rotate::status(&d.rotation()) {
+            Ok(s) => {
+                print!("{}", s.describe(SystemTime::now()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => daemon::fail("mailstack dkim status", e),
+        },
+    }
+}
+
+impl Domain {
+    fn rotation(&self) -> dkim_rotate::Rotation {
+        dkim_rotate::Rotation {
+            domain: self.domain.clone(),
+            key_table: self.key_table.clone(),
+            key_dir: self.key_dir.clone(),
+        }
+    }
+}
+
+fn rotate(r: &Rotate) -> ExitCode {
+    let rot = r.domain.rotation();
+    if !r.check {
+        let opts = dkim_rotate::StageOptions {
+            key_type: match r.kind {
+                KeyKind::Rsa => KeyType::Rsa,
+                KeyKind::Ed25519 => KeyType::Ed25519,
+            },
+            bits: r.bits,
+            selector_format: r.selector_format.clone(),
+        };
+        let s = dkim_rotate::stage(&rot, &opts, SystemTime::now())
+            .unwrap_or_else(|e| daemon::fail("mailstack dkim rotate", e));
+        println!(
+            "staged selector {} ({}); publish this record, then run rotate --check:",
+            s.selector,
+            s.private.display()
+        );
+        print!("{}", std::fs::read_to_string(&s.zone).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let rt =
+        tokio::runtime::Runtime::new().unwrap_or_else(|e| daemon::fail("mailstack dkim rotate", e));
+    let report = rt.block_on(async {
+        let servers = authoritative(&r.domain.domain, &r.nameserver).await?;
+        let opts = dkim_rotate::CheckOptions {
+            wait: Duration::from_secs(r.wait),
+            retirement: Duration::from_secs(r.retire_days.saturating_mul(86_400)),
+            ..dkim_rotate::CheckOptions::default()
+        };
+        dkim_rotate::check(&rot, &servers, opts, SystemTime::now())
+            .await
+            .map_err(RotateCliError::from)
+    });
+    let report = report.unwrap_or_else(|e| daemon::fail("mailstack dkim rotate --check", e));
+    for (server, a) in &report.answers {
+        let what = match a {
+            dkim_rotate::Answer::Matches => "serves the new key".to_owned(),
+            dkim_rotate::Answer::Missing(e) => format!("no record ({e})"),
+            dkim_rotate::Answer::Mismatch(why) => format!("serves {why}"),
+            _ => "unknown answer".to_owned(),
+        };
+        println!(
+            "{server}: {}._domainkey.{} {what}",
+            report.selector, r.domain.domain
+        );
+    }
+    if !report.switched {
+        println!("not switched: signing continues with the current key");
+        return ExitCode::from(1);
+    }
+    println!(
+        "switched: {} now signs with selector {}",
+        r.domain.domain, report.selector
+    );
+    if let Some(old) = &report.retired {
+        println!(
+            "retired selector {}: keep its record published for {} days; `mailstack dkim \
+             status` tells when it may be removed",
+            old.selector, r.retire_days
+        );
+    }
+    if let Some(pid) = &r.pid_file {
+        match daemon::signal_pid_file(pid, libc::SIGHUP) {
+            Ok(p) => println!("asked the daemon (pid {p}) to reload"),
+            Err(e) => daemon::fail("mailstack dkim rotate: switched, but", e),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Why `rotate --check` could not ask or switch.
+#[derive(Debug, thiserror::Error)]
+enum RotateCliError {
+    #[error(transparent)]
+    Rotate(#[from] dkim_rotate::RotateError),
+    #[error("{0}: {1}")]
+    Dns(String, mailstack::dns::DnsError),
+}
+
+/// One resolver per server to ask: `given`, else each address of each NS of `domain`
+/// (port 53).
+async fn authoritative(
+    domain: &str,
+    given: &[SocketAddr],
+) -> Result<Vec<(String, Arc<dyn Resolver>)>, RotateCliError> {
+    let one = |a: SocketAddr| -> Result<(String, Arc<dyn Resolver>), RotateCliError> {
+        let r = HickoryResolver::with_nameserver(a, ROTATE_DNS_TIMEOUT)
+            .map_err(|e| RotateCliError::Dns(a.to_string(), e))?;
+        Ok((a.to_string(), Arc::new(r)))
     };
+    if !given.is_empty() {
+        return given.iter().map(|a| one(*a)).collect();
+    }
+    let system =
+        HickoryResolver::system().map_err(|e| RotateCliError::Dns("resolver".into(), e))?;
+    let names = system
+        .ns(domain)
+        .await
+        .map_err(|e| RotateCliError::Dns(format!("NS {domain}"), e))?;
+    let mut out = Vec::new();
+    for ns in names {
+        let v4 = system.a(&ns).await.unwrap_or_default();
+        let v6 = system.aaaa(&ns).await.unwrap_or_default();
+        let ips = v4
+            .into_iter()
+            .map(IpAddr::V4)
+            .chain(v6.into_iter().map(IpAddr::V6));
+        for ip in ips {
+            let (label, r) = one(SocketAddr::new(ip, 53))?;
+            out.push((format!("{ns} ({label})"), r));
+        }
+    }
+    if out.is_empty() {
+        return Err(RotateCliError::Dns(
+            format!("NS {domain}"),
+            mailstack::dns::DnsError::NoData,
+        ));
+    }
+    Ok(out)
+}
+
+/// Per-query timeout of `rotate --check`.
+const ROTATE_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn check(c: &Check) -> ExitCode {
     let message = read_message(&c.message).unwrap_or_else(|e| daemon::fail("mailstack check", e));
     let cfg = match &c.config {
         Some(p) => StackConfig::read(p),

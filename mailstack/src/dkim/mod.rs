@@ -120,6 +120,7 @@ pub mod config;
 pub mod dataset;
 pub mod filter;
 pub mod key;
+pub mod rotate;
 pub mod sig;
 pub mod sign;
 pub mod verify;

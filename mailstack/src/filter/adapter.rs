@@ -99,6 +99,66 @@ impl<F: Filter> Milter<F> {
     }
 }
 
+/// The filter a daemon serves, replaceable while it runs (a configuration reload): each MTA
+/// connection takes the filter in force when it starts ([`Milter::live_factory`]) and keeps it
+/// to its end, so connections and messages in flight finish on the old configuration while new
+/// connections get the new one. The old filter is dropped when its last connection ends.
+pub struct LiveFilter<F: Filter> {
+    current: std::sync::RwLock<(Arc<F>, Arc<Prepared>)>,
+}
+
+impl<F: Filter> std::fmt::Debug for LiveFilter<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveFilter").finish_non_exhaustive()
+    }
+}
+
+impl<F: Filter> LiveFilter<F> {
+    /// Serves `filter` until [`replace`](Self::replace).
+    pub fn new(filter: Arc<F>) -> Self {
+        let prepared = Prepared::of(filter.as_ref());
+        Self {
+            current: std::sync::RwLock::new((filter, prepared)),
+        }
+    }
+
+    /// Puts `filter` in force for the connections that start from now on.
+    pub fn replace(&self, filter: Arc<F>) {
+        let prepared = Prepared::of(filter.as_ref());
+        // A poisoned lock only means a panic elsewhere while holding it; the pair is
+        // replaced whole, so it is never half-written.
+        let mut slot = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = (filter, prepared);
+    }
+
+    /// The filter in force.
+    pub fn current(&self) -> Arc<F> {
+        self.pair().0
+    }
+
+    fn pair(&self) -> (Arc<F>, Arc<Prepared>) {
+        let slot = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (slot.0.clone(), slot.1.clone())
+    }
+}
+
+impl<F: Filter> Milter<F> {
+    /// A handler factory for `milter_proto::server::serve` over a [`LiveFilter`]: each new
+    /// connection gets the filter in force at that moment.
+    pub fn live_factory(live: Arc<LiveFilter<F>>) -> impl Fn() -> Self + Send + Sync + 'static {
+        move || {
+            let (filter, prepared) = live.pair();
+            Self::with(filter, prepared)
+        }
+    }
+}
+
 /// The milter negotiation for a filter's [`Needs`]: exact header bytes (`HDR_LEADSPC`), no
 /// UNKNOWN or DATA events, header, end-of-header and body events without a reply, and the
 /// stages the filter does not read switched off.
@@ -484,6 +544,34 @@ mod tests {
             ClientAddr::Ip("192.0.2.1".parse().unwrap())
         );
         assert_eq!(client_addr(&ConnAddr::Unknown), ClientAddr::Local);
+    }
+
+    /// A connection keeps the filter it started with; the next one gets the replacement,
+    /// and the old filter is freed once its last connection ends.
+    #[test]
+    fn live_filter_connections_keep_theirs_new_ones_get_the_replacement() {
+        let build = || {
+            let cfg = crate::stack::StackConfig::embedded().unwrap();
+            Arc::new(
+                cfg.build(Arc::new(crate::dns::MemoryResolver::new()), None, "mx")
+                    .unwrap(),
+            )
+        };
+        let (old, new) = (build(), build());
+        let live = Arc::new(LiveFilter::new(old.clone()));
+        let make = Milter::live_factory(live.clone());
+        let first = make();
+        live.replace(new.clone());
+        let second = make();
+        assert!(Arc::ptr_eq(&first.filter, &old));
+        assert!(Arc::ptr_eq(&second.filter, &new));
+        assert!(Arc::ptr_eq(&live.current(), &new));
+        let weak = Arc::downgrade(&old);
+        drop((old, first));
+        assert!(
+            weak.upgrade().is_none(),
+            "the old filter outlived its connections"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::auth_results::MethodResult;
 use crate::dkim::canon::Header;
 use crate::dmarc::{DkimInput, SpfInput};
 
-pub use adapter::{Milter, apply};
+pub use adapter::{LiveFilter, Milter, apply};
 pub use chain::Chain;
 
 /// Recipients kept per message: Postfix's `smtpd_recipient_limit` default. Further

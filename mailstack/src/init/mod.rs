@@ -14,14 +14,14 @@
 //!   with size rotation, forwarding to `MAIL_LOG_HOST` as rsyslog's `@@` does.
 //! - [`schedule`], [`backup`]: scheduled jobs without cron, the Maildir backup.
 
+pub mod backup;
 pub mod config;
 pub mod dirs;
-pub mod health;
-pub mod ready;
-pub mod supervise;
-pub mod users;
-pub mod backup;
 pub mod forward;
+pub mod health;
 pub mod logfile;
+pub mod ready;
 pub mod schedule;
+pub mod supervise;
 pub mod syslog;
+pub mod users;

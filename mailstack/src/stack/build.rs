@@ -57,6 +57,20 @@ impl StackConfig {
         notify: Option<(Notifier, String)>,
         hostname: &str,
     ) -> Result<(Mailstack, Option<BufferedWriter>), BuildError> {
+        self.build_sharing(resolver, notify, hostname, None)
+    }
+
+    /// [`Self::build_with_store`] with the writer of a previous build, when there is one: what
+    /// a reload does, so that the store stays open once (an embedded database admits one
+    /// opener) and its counters carry on. A store configuration changed since takes effect at
+    /// a restart.
+    pub fn build_sharing(
+        &self,
+        resolver: Arc<dyn Resolver>,
+        notify: Option<(Notifier, String)>,
+        hostname: &str,
+        writer: Option<&BufferedWriter>,
+    ) -> Result<(Mailstack, Option<BufferedWriter>), BuildError> {
         let spf = self
             .spf
             .clone()
@@ -86,7 +100,10 @@ impl StackConfig {
             .or_else(|| self.dmarc.as_ref().and_then(|d| d.store.as_ref()));
         let (dmarc, writer) = match (dmarc, store) {
             (Some(f), Some(store)) => {
-                let writer = store.spawn_writer()?;
+                let writer = match writer {
+                    Some(w) => w.clone(),
+                    None => store.spawn_writer()?,
+                };
                 let tee = HistoryTee::for_config(f.config(), writer.clone());
                 (Some(f.with_history(Arc::new(tee))), Some(writer))
             }
