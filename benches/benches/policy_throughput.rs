@@ -36,7 +36,10 @@ fn serve(spec: &str) {
             .await
             .expect("bind");
         let server = Server::new(handler_fn(|_req| async { Some(Action::Dunno) }));
-        server.serve(listener, std::future::pending()).await;
+        server
+            .serve(listener, std::future::pending())
+            .await
+            .expect("policy server accept loop");
     });
 }
 

@@ -36,6 +36,7 @@ use crate::flags::{Actions, Protocol};
 use crate::frame::MAX_FRAME_LEN_1M;
 use crate::negotiate::{Negotiated, VERSION};
 use crate::reply::{MAX_REPLBODY_CHUNK, Reply};
+use crate::session::{Expect, MtaError, MtaSession, Received};
 use crate::socket::{MilterStream, SocketSpec, connect};
 
 /// Protocol options Postfix 3.x offers (every bit up to `HDR_LEADSPC`, no `MDS_*`).
@@ -138,6 +139,28 @@ pub enum ClientError {
         /// The reply byte.
         reply: char,
     },
+    /// Any other breach of the MTA side's rules ([`MtaSession`]), e.g. a command sent while a
+    /// reply is owed.
+    #[error(transparent)]
+    Session(MtaError),
+}
+
+impl From<MtaError> for ClientError {
+    fn from(e: MtaError) -> Self {
+        match e {
+            MtaError::Negotiation {
+                what,
+                offered,
+                asked,
+            } => Self::Negotiation {
+                what,
+                offered,
+                asked,
+            },
+            MtaError::UnexpectedReply { cmd, reply } => Self::UnexpectedReply { cmd, reply },
+            e => Self::Session(e),
+        }
+    }
 }
 
 /// Macros for stages, each `(stage command byte, pairs)`, sent before that stage's event.
@@ -302,12 +325,13 @@ impl Outcome {
     }
 }
 
-/// The MTA side of one milter connection.
+/// The MTA side of one milter connection: a tokio driver of [`MtaSession`], which owns the
+/// rules (the offer, the check of the answer, which reply may follow which command).
 #[derive(Debug)]
 pub struct Client<S> {
     stream: S,
     config: ClientConfig,
-    negotiated: Negotiated,
+    session: MtaSession,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// A non-CONTINUE reply to CONNECT/HELO: the milter is done with this connection.
@@ -333,81 +357,37 @@ impl Client<MilterStream> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// Send OPTNEG on a connected `stream` and check the answer against the offer.
     pub async fn negotiate(stream: S, config: ClientConfig) -> Result<Self, ClientError> {
-        let offer = Command::OptNeg {
-            version: config.version,
-            actions: config.actions,
-            protocol: config.protocol,
-        };
+        let mut session = MtaSession::new(config.version, config.actions, config.protocol);
+        let mut wbuf = BytesMut::new();
+        session.offer().encode(&mut wbuf);
         let mut client = Self {
             stream,
-            negotiated: Negotiated::new(
-                config.version,
-                Actions::empty(),
-                Protocol::empty(),
-                &Default::default(),
-            ),
             config,
+            session,
             rbuf: BytesMut::with_capacity(4096),
-            wbuf: BytesMut::new(),
+            wbuf,
             connection_decision: None,
         };
-        offer.encode(&mut client.wbuf);
         client.flush().await?;
         let timeout = client.config.command_timeout;
-        let Reply::OptNeg {
-            version,
-            actions,
-            protocol,
-            macros,
-        } = client.read_reply('O', timeout).await?
-        else {
-            return Err(ClientError::UnexpectedReply {
+        let answer = client.read_reply('O', timeout).await?;
+        match client.session.receive(&answer)? {
+            Received::Negotiated => Ok(client),
+            _ => Err(ClientError::UnexpectedReply {
                 cmd: 'O',
-                reply: 'O',
-            });
-        };
-        let c = &client.config;
-        let check = |what, offered: u32, asked: u32, ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ClientError::Negotiation {
-                    what,
-                    offered,
-                    asked,
-                })
-            }
-        };
-        check(
-            "version",
-            c.version,
-            version,
-            (2..=c.version).contains(&version),
-        )?;
-        check(
-            "actions",
-            c.actions.bits(),
-            actions.bits(),
-            c.actions.contains(actions),
-        )?;
-        check(
-            "protocol",
-            c.protocol.bits(),
-            protocol.bits(),
-            c.protocol.contains(protocol),
-        )?;
-        client.negotiated = Negotiated {
-            version,
-            actions,
-            protocol,
-            macros,
-        };
-        Ok(client)
+                reply: char::from(answer.code()),
+            }),
+        }
     }
 
     /// What the milter asked for (version, actions, protocol options, macro lists).
     pub fn negotiated(&self) -> &Negotiated {
-        &self.negotiated
+        self.session.negotiated()
+    }
+
+    /// The MTA-side protocol state this client drives.
+    pub fn session(&self) -> &MtaSession {
+        &self.session
     }
 
     async fn flush(&mut self) -> Result<(), ClientError> {
@@ -436,67 +416,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// ABORT, QUIT, QUIT_NC and `NR_*` stages; for BODYEOB every modification and PROGRESS up
     /// to the final reply; otherwise one reply (after any PROGRESS). Returned in order.
     pub async fn command(&mut self, cmd: &Command) -> Result<Vec<Reply>, ClientError> {
+        let expect = self.session.send(cmd)?;
         cmd.encode(&mut self.wbuf);
-        if !self.negotiated.expects_reply(cmd) {
-            if self.wbuf.len() >= WRITE_BATCH {
-                self.flush().await?;
+        let wait = match expect {
+            Expect::Nothing => {
+                if self.wbuf.len() >= WRITE_BATCH {
+                    self.flush().await?;
+                }
+                return Ok(Vec::new());
             }
-            return Ok(Vec::new());
-        }
+            Expect::EndOfMessage => self.config.eom_timeout,
+            _ => self.config.command_timeout,
+        };
         self.flush().await?;
         let code = char::from(cmd.code());
-        let eom = matches!(cmd, Command::BodyEob(_));
-        let wait = if eom {
-            self.config.eom_timeout
-        } else {
-            self.config.command_timeout
-        };
         let mut got = Vec::new();
         loop {
             let r = self.read_reply(code, wait).await?;
-            let done = self.check_reply(cmd, &r)?;
+            let done = self.session.receive(&r)? == Received::Final;
             got.push(r);
             if done {
                 return Ok(got);
             }
-        }
-    }
-
-    /// Whether `r` is allowed as an answer to `cmd`; `Ok(true)` if it is the final answer.
-    fn check_reply(&self, cmd: &Command, r: &Reply) -> Result<bool, ClientError> {
-        let bad = || ClientError::UnexpectedReply {
-            cmd: char::from(cmd.code()),
-            reply: char::from(r.code()),
-        };
-        let action = match r {
-            Reply::Progress => return Ok(false),
-            Reply::Continue
-            | Reply::Accept
-            | Reply::Reject
-            | Reply::Tempfail
-            | Reply::Discard
-            | Reply::ReplyCode(_)
-            | Reply::Shutdown
-            | Reply::ConnFail => return Ok(true),
-            Reply::Skip => {
-                let ok = matches!(cmd, Command::Body(_))
-                    && self.negotiated.protocol.contains(Protocol::SKIP);
-                return if ok { Ok(true) } else { Err(bad()) };
-            }
-            Reply::OptNeg { .. } | Reply::SetSymList { .. } => return Err(bad()),
-            Reply::AddHeader { .. } | Reply::InsHeader { .. } => Actions::ADDHDRS,
-            Reply::ChgHeader { .. } => Actions::CHGHDRS,
-            Reply::AddRcpt(_) => Actions::ADDRCPT,
-            Reply::AddRcptPar { .. } => Actions::ADDRCPT_PAR,
-            Reply::DelRcpt(_) => Actions::DELRCPT,
-            Reply::ChgFrom { .. } => Actions::CHGFROM,
-            Reply::ReplBody(_) => Actions::CHGBODY,
-            Reply::Quarantine(_) => Actions::QUARANTINE,
-        };
-        if matches!(cmd, Command::BodyEob(_)) && self.negotiated.actions.contains(action) {
-            Ok(false)
-        } else {
-            Err(bad())
         }
     }
 
@@ -510,20 +451,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     ) -> Result<Option<Reply>, ClientError> {
         let stage = cmd.code();
         for (_, pairs) in macros.iter().filter(|(s, _)| *s == stage) {
-            Command::Macro {
+            let m = Command::Macro {
                 stage,
                 pairs: pairs.clone(),
-            }
-            .encode(&mut self.wbuf);
+            };
+            self.queue_unanswered(&m)?;
         }
-        if !self.negotiated.sends(&cmd) {
+        if !self.session.sends(&cmd) {
             return Ok(None);
         }
         let mut last = None;
         for r in self.command(&cmd).await? {
             match r {
                 Reply::Progress => out.progress += 1,
-                r if is_modification(&r) => out.modifications.push(r),
+                r if r.is_modification() => out.modifications.push(r),
                 r => {
                     out.replies.push((stage, r.clone()));
                     last = Some(r);
@@ -571,8 +512,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         // ABORT is queued, not written: it leaves with the next command (MAIL, QUIT, QUIT_NC),
         // saving a write per message, and a milter that closes after answering the end of
         // message (a graceful shutdown) does not turn a complete outcome into an error.
-        Command::Abort.encode(&mut self.wbuf);
+        self.queue_unanswered(&Command::Abort)?;
         Ok(out)
+    }
+
+    /// Queue a command that has no answer (MACRO, ABORT) for the next write.
+    fn queue_unanswered(&mut self, cmd: &Command) -> Result<(), ClientError> {
+        match self.session.send(cmd)? {
+            Expect::Nothing => {
+                cmd.encode(&mut self.wbuf);
+                Ok(())
+            }
+            _ => Err(MtaError::OutOfTurn {
+                cmd: char::from(cmd.code()),
+            }
+            .into()),
+        }
     }
 
     /// MAIL, RCPTs, DATA; `Some(reply)` if the message ends there.
@@ -617,7 +572,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         out: &mut Outcome,
     ) -> Result<Option<Reply>, ClientError> {
         let m = &msg.macros;
-        let leadspc = self.negotiated.protocol.contains(Protocol::HDR_LEADSPC);
+        let leadspc = self.negotiated().protocol.contains(Protocol::HDR_LEADSPC);
         for (name, value) in &msg.headers {
             let value = match value.strip_prefix(b" ") {
                 Some(v) if !leadspc => value.slice_ref(v),
@@ -675,21 +630,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
 /// The reply if it ends the message (anything but CONTINUE or no reply).
 fn stops(r: Option<Reply>) -> Option<Reply> {
     r.filter(|r| *r != Reply::Continue)
-}
-
-fn is_modification(r: &Reply) -> bool {
-    matches!(
-        r,
-        Reply::AddHeader { .. }
-            | Reply::InsHeader { .. }
-            | Reply::ChgHeader { .. }
-            | Reply::AddRcpt(_)
-            | Reply::AddRcptPar { .. }
-            | Reply::DelRcpt(_)
-            | Reply::ChgFrom { .. }
-            | Reply::ReplBody(_)
-            | Reply::Quarantine(_)
-    )
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub fn milter_reply(data: &[u8]) {
 /// Drive a [`crate::session::Session`] with decoded commands until an error or the end.
 pub fn milter_session(data: &[u8]) {
     let mut buf = BytesMut::from(data);
-    let mut session = crate::session::Session::new();
+    let mut session = crate::session::Session::default();
     while let Ok(Some(cmd)) = Command::decode(&mut buf, DEFAULT_MAX_FRAME_LEN) {
         if session.handle(&cmd).is_err() {
             break;

@@ -38,10 +38,14 @@
 //! - [`flags`]: [`flags::Actions`] (`SMFIF_*`), [`flags::Protocol`] (`SMFIP_*`).
 //! - [`negotiate`]: [`negotiate::Needs`] (what a filter asks), [`negotiate::Negotiated`]
 //!   (`new`, `reply`, `sends`, `expects_reply`, `max_frame_len`), [`negotiate::VERSION`].
-//! - [`session`]: [`session::Session`] (`new`, `with_header_limits`, `set_negotiated`,
-//!   `handle(&Command) -> Result<Step, ProtocolError>`, `in_message`), [`session::Step`],
-//!   [`session::ProtocolError`], [`session::HeaderLimits`]; flow diagram and the out-of-order
-//!   rule in its doc.
+//! - [`session`]: the sans-IO core of both sides. [`session::Session`] (filter side:
+//!   `new(needs, limits)`, `handle(&Command) -> Result<Step, ProtocolError>` which also
+//!   negotiates OPTNEG, `negotiated`, `max_frame_len`, `check_modification`, `in_message`),
+//!   [`session::Step`], [`session::ProtocolError`], [`session::SessionLimits`],
+//!   [`session::HeaderLimits`]; [`session::MtaSession`] (MTA side: `offer`, `receive` checks
+//!   the OPTNEG answer and every reply, `send` says what is owed), [`session::Expect`],
+//!   [`session::Received`], [`session::MtaError`]; flow diagram and the out-of-order rule in
+//!   its doc. The tokio `server` and `client` are drivers of these.
 //! - [`socket`]: [`socket::SocketSpec`] (Postfix `unix:`/`inet:host:port` and libmilter
 //!   `local:`/`inet:port@host`/`inet6:` forms, `inet:port` for every address; the grammar
 //!   `policy-proto` reads too); with `tokio`, `Listener` (unix socket mode 0660 and group,

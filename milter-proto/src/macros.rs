@@ -33,7 +33,7 @@ pub mod stage {
 pub const STAGES: &[u8] = b"CHMRTLNBEU";
 
 /// Default for the bytes of macro names and values one connection keeps at once
-/// ([`crate::session::Session::with_limits`]): 256 KiB. Postfix sends a few hundred bytes per
+/// ([`crate::session::SessionLimits::max_macro_bytes`]): 256 KiB. Postfix sends a few hundred bytes per
 /// stage; sendmail's `Milter.macros.*` lists are of the same order.
 pub const DEFAULT_MAX_MACRO_BYTES: usize = 256 * 1024;
 

@@ -101,6 +101,40 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The action (`SMFIF_*`) negotiation must have agreed before this modification may be
+    /// sent; `None` for a reply that is not a modification. The one table of it: the filter
+    /// side refuses to queue ([`crate::session::Session::check_modification`]) and the MTA
+    /// side refuses to accept ([`crate::session::MtaSession::receive`]) by it.
+    pub fn required_action(&self) -> Option<Actions> {
+        Some(match self {
+            Self::AddHeader { .. } | Self::InsHeader { .. } => Actions::ADDHDRS,
+            Self::ChgHeader { .. } => Actions::CHGHDRS,
+            Self::AddRcpt(_) => Actions::ADDRCPT,
+            Self::AddRcptPar { .. } => Actions::ADDRCPT_PAR,
+            Self::DelRcpt(_) => Actions::DELRCPT,
+            Self::ChgFrom { .. } => Actions::CHGFROM,
+            Self::ReplBody(_) => Actions::CHGBODY,
+            Self::Quarantine(_) => Actions::QUARANTINE,
+            Self::OptNeg { .. }
+            | Self::Continue
+            | Self::Accept
+            | Self::Reject
+            | Self::Tempfail
+            | Self::Discard
+            | Self::ReplyCode(_)
+            | Self::Skip
+            | Self::Progress
+            | Self::ConnFail
+            | Self::Shutdown
+            | Self::SetSymList { .. } => return None,
+        })
+    }
+
+    /// Whether this is an end-of-message modification (it has a [`Reply::required_action`]).
+    pub fn is_modification(&self) -> bool {
+        self.required_action().is_some()
+    }
+
     /// Decode one reply from the front of `buf` (see the crate's decoder contract).
     pub fn decode(buf: &mut BytesMut, max_len: u32) -> Result<Option<Self>, DecodeError> {
         match decode_frame(buf, max_len)? {

@@ -60,12 +60,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::command::{Command, ConnAddr};
-use crate::flags::{Actions, Protocol};
-use crate::frame::DEFAULT_MAX_FRAME_LEN;
+use crate::flags::Protocol;
 use crate::macros::Macros;
 use crate::negotiate::{Needs, NegotiateError, Negotiated};
 use crate::reply::{MAX_REPLBODY_CHUNK, Reply};
-use crate::session::{HeaderLimits, ProtocolError, Session};
+use crate::session::{HeaderLimits, ProtocolError, Session, SessionLimits, Step};
 use crate::socket::Listener;
 use crate::{ApiMisuse, DecodeError};
 
@@ -262,17 +261,19 @@ impl ProgressHandle {
 #[derive(Debug)]
 pub struct Context {
     session: Session,
-    negotiated: Negotiated,
     mods: Vec<Reply>,
     in_eom: bool,
     progress: ProgressHandle,
 }
 
 impl Context {
-    fn new(limits: HeaderLimits) -> Self {
+    fn new(needs: Needs, limits: HeaderLimits) -> Self {
+        let limits = SessionLimits {
+            headers: limits,
+            ..SessionLimits::default()
+        };
         Self {
-            session: Session::with_header_limits(limits),
-            negotiated: Negotiated::new(2, Actions::empty(), Protocol::empty(), &Needs::default()),
+            session: Session::new(needs, limits),
             mods: Vec::new(),
             in_eom: false,
             progress: ProgressHandle(Arc::new(Notify::new())),
@@ -281,7 +282,12 @@ impl Context {
 
     /// What was agreed in OPTNEG (every handler method runs after it).
     pub fn negotiated(&self) -> &Negotiated {
-        &self.negotiated
+        self.session.negotiated()
+    }
+
+    /// The connection's protocol state (negotiation, macros, limits).
+    pub fn session(&self) -> &Session {
+        &self.session
     }
 
     /// The value of macro `name` (`i` or `{i}`), latest stage first.
@@ -304,13 +310,12 @@ impl Context {
         self.progress.clone()
     }
 
-    fn queue(&mut self, needs: Actions, reply: Reply) -> Result<(), ApiMisuse> {
+    /// Queue a modification if the action it needs ([`Reply::required_action`]) was agreed.
+    fn queue(&mut self, reply: Reply) -> Result<(), ApiMisuse> {
         if !self.in_eom {
             return Err(ApiMisuse::NotAtEndOfMessage);
         }
-        if !self.negotiated.actions.contains(needs) {
-            return Err(ApiMisuse::NotNegotiated(needs));
-        }
+        self.session.check_modification(&reply)?;
         self.mods.push(reply);
         Ok(())
     }
@@ -319,21 +324,21 @@ impl Context {
     /// `\r\n`.
     pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), ApiMisuse> {
         let (name, value) = (text(name)?, text(value)?);
-        self.queue(Actions::ADDHDRS, Reply::AddHeader { name, value })
+        self.queue(Reply::AddHeader { name, value })
     }
 
     /// `SMFIR_INSHEADER` (needs `ADDHDRS`): insert at `index` (0 = top).
     pub fn insert_header(&mut self, index: u32, name: &str, value: &str) -> Result<(), ApiMisuse> {
         let (name, value) = (text(name)?, text(value)?);
         let r = Reply::InsHeader { index, name, value };
-        self.queue(Actions::ADDHDRS, r)
+        self.queue(r)
     }
 
     /// `SMFIR_CHGHEADER` (needs `CHGHDRS`): set the `index`-th (1-based) header `name`.
     pub fn change_header(&mut self, name: &str, index: u32, value: &str) -> Result<(), ApiMisuse> {
         let (name, value) = (text(name)?, text(value)?);
         let r = Reply::ChgHeader { index, name, value };
-        self.queue(Actions::CHGHDRS, r)
+        self.queue(r)
     }
 
     /// `SMFIR_CHGHEADER` with an empty value (needs `CHGHDRS`): delete the `index`-th
@@ -345,7 +350,7 @@ impl Context {
     /// `SMFIR_ADDRCPT` (needs `ADDRCPT`).
     pub fn add_rcpt(&mut self, rcpt: &str) -> Result<(), ApiMisuse> {
         let r = Reply::AddRcpt(text(rcpt)?);
-        self.queue(Actions::ADDRCPT, r)
+        self.queue(r)
     }
 
     /// `SMFIR_ADDRCPT_PAR` (needs `ADDRCPT_PAR`): add a recipient with ESMTP arguments.
@@ -354,13 +359,13 @@ impl Context {
             rcpt: text(rcpt)?,
             args: Some(text(args)?),
         };
-        self.queue(Actions::ADDRCPT_PAR, r)
+        self.queue(r)
     }
 
     /// `SMFIR_DELRCPT` (needs `DELRCPT`): the recipient as the MTA sent it.
     pub fn delete_rcpt(&mut self, rcpt: &str) -> Result<(), ApiMisuse> {
         let r = Reply::DelRcpt(text(rcpt)?);
-        self.queue(Actions::DELRCPT, r)
+        self.queue(r)
     }
 
     /// `SMFIR_CHGFROM` (needs `CHGFROM`): new envelope sender and optional ESMTP arguments.
@@ -369,7 +374,7 @@ impl Context {
             from: text(from)?,
             args: args.map(text).transpose()?,
         };
-        self.queue(Actions::CHGFROM, r)
+        self.queue(r)
     }
 
     /// `SMFIR_REPLBODY` (needs `CHGBODY`): append `body` to the replacement body; sent in
@@ -378,7 +383,7 @@ impl Context {
         let mut rest = body;
         while !rest.is_empty() {
             let chunk = rest.split_to(rest.len().min(MAX_REPLBODY_CHUNK));
-            self.queue(Actions::CHGBODY, Reply::ReplBody(chunk))?;
+            self.queue(Reply::ReplBody(chunk))?;
         }
         Ok(())
     }
@@ -386,7 +391,7 @@ impl Context {
     /// `SMFIR_QUARANTINE` (needs `QUARANTINE`): Postfix puts the message on hold.
     pub fn quarantine(&mut self, reason: &str) -> Result<(), ApiMisuse> {
         let r = Reply::Quarantine(text(reason)?);
-        self.queue(Actions::QUARANTINE, r)
+        self.queue(r)
     }
 }
 
@@ -424,6 +429,22 @@ pub enum ConnectionError {
     /// The peer closed in the middle of a packet.
     #[error("MTA closed the milter connection in the middle of a packet")]
     Truncated,
+    /// The MTA closed the connection while a handler was working on a command it awaited an
+    /// answer to; the handler's work was dropped.
+    #[error("MTA hung up while the milter was working on {cmd:?}")]
+    HungUp {
+        /// The command byte being worked on.
+        cmd: char,
+    },
+}
+
+impl ConnectionError {
+    fn from_protocol(e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::Negotiate(e) => Self::Negotiate(e),
+            e => Self::Protocol(e),
+        }
+    }
 }
 
 /// Serve `listener` until `shutdown` completes, with one handler from `make_handler` per MTA
@@ -458,8 +479,12 @@ where
         let handler = make_handler();
         let config = config.clone();
         async move {
-            if let Err(e) = run(stream, handler, &config, stop).await {
-                tracing::warn!(%peer, "milter connection ended: {e}");
+            match run(stream, handler, &config, stop).await {
+                Ok(()) => {}
+                Err(e @ ConnectionError::HungUp { .. }) => {
+                    tracing::debug!(%peer, "milter connection ended: {e}");
+                }
+                Err(e) => tracing::warn!(%peer, "milter connection ended: {e}"),
             }
         }
     })
@@ -487,7 +512,6 @@ struct Conn<'a, S, H> {
     ctx: Context,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    max_len: u32,
     stop: Stop,
 }
 
@@ -501,14 +525,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Handler,
 {
+    let ctx = Context::new(handler.needs(), config.header_limits);
     let mut conn = Conn {
         stream,
         handler,
         config,
-        ctx: Context::new(config.header_limits),
+        ctx,
         rbuf: BytesMut::with_capacity(8 * 1024),
         wbuf: BytesMut::new(),
-        max_len: DEFAULT_MAX_FRAME_LEN,
         stop,
     };
     let result = conn.run().await;
@@ -516,7 +540,10 @@ where
         // A negotiation refusal is answered by closing: the MTA awaits an OPTNEG, not a verdict.
         let reply_possible = !matches!(
             e,
-            ConnectionError::Io(_) | ConnectionError::Truncated | ConnectionError::Negotiate(_)
+            ConnectionError::Io(_)
+                | ConnectionError::Truncated
+                | ConnectionError::Negotiate(_)
+                | ConnectionError::HungUp { .. }
         );
         if reply_possible {
             conn.wbuf.clear();
@@ -539,17 +566,24 @@ where
             let Some(cmd) = self.read_command().await? else {
                 return Ok(());
             };
-            let step = self.ctx.session.handle(&cmd)?;
-            let decision = self.dispatch(cmd).await?;
-            if step.reply_due
-                && let Some(d) = decision
-            {
-                d.encode(&mut self.wbuf);
+            let step = (self.ctx.session.handle(&cmd)).map_err(ConnectionError::from_protocol)?;
+            match step {
+                Step::Negotiated { reply, .. } => reply.encode(&mut self.wbuf),
+                Step::Close => {
+                    self.flush().await?;
+                    return Ok(());
+                }
+                Step::Reply => {
+                    if let Some(d) = self.dispatch(cmd, true).await? {
+                        d.encode(&mut self.wbuf);
+                    }
+                }
+                // A future step kind is answered like one without a reply.
+                _ => {
+                    self.dispatch(cmd, false).await?;
+                }
             }
             self.flush().await?;
-            if step.close {
-                return Ok(());
-            }
         }
     }
 
@@ -559,7 +593,7 @@ where
     async fn read_command(&mut self) -> Result<Option<Command>, ConnectionError> {
         let mut deadline = None;
         loop {
-            if let Some(cmd) = Command::decode(&mut self.rbuf, self.max_len)? {
+            if let Some(cmd) = Command::decode(&mut self.rbuf, self.ctx.session.max_frame_len())? {
                 return Ok(Some(cmd));
             }
             let idle = self.rbuf.is_empty();
@@ -596,38 +630,38 @@ where
         flush_to(&mut self.stream, &mut self.wbuf, self.config.io_timeout).await
     }
 
-    /// Run the handler for `cmd`; returns the reply to send if one is due.
-    async fn dispatch(&mut self, cmd: Command) -> Result<Option<Reply>, ConnectionError> {
-        let (h, ctx) = (&mut self.handler, &mut self.ctx);
-        let decision = match cmd {
-            Command::OptNeg {
-                version,
-                actions,
-                protocol,
-            } => {
-                let n = Negotiated::negotiate(version, actions, protocol, &h.needs())?;
-                self.max_len = n.max_frame_len();
-                let reply = n.reply();
-                ctx.session.set_negotiated(n.clone());
-                ctx.negotiated = n;
-                return Ok(Some(reply));
+    /// Run the handler for `cmd`; returns the reply to send if one is due. With `watch` (the
+    /// MTA awaits the answer) the socket is watched meanwhile: if the MTA hangs up, the
+    /// handler's work is dropped and [`ConnectionError::HungUp`] returned.
+    async fn dispatch(
+        &mut self,
+        cmd: Command,
+        watch: bool,
+    ) -> Result<Option<Reply>, ConnectionError> {
+        let Self {
+            stream,
+            handler: h,
+            ctx,
+            rbuf,
+            ..
+        } = self;
+        let code = cmd.code();
+        let work: HandlerFuture<'_> = match &cmd {
+            Command::OptNeg { .. } | Command::Macro { .. } | Command::Quit => return Ok(None),
+            Command::BodyEob(_) => {
+                let Command::BodyEob(tail) = cmd else {
+                    return Ok(None);
+                };
+                return self.end_of_message(tail).await.map(Some);
             }
-            Command::Macro { .. } | Command::Quit => return Ok(None),
-            Command::Connect { hostname, addr } => h.connect(ctx, &hostname, &addr).await,
-            Command::Helo(helo) => h.helo(ctx, &helo).await,
-            Command::Mail { sender, args } => h.mail(ctx, &sender, &args).await,
-            Command::Rcpt { rcpt, args } => h.rcpt(ctx, &rcpt, &args).await,
-            Command::Data => h.data(ctx).await,
-            Command::Header { name, value } => h.header(ctx, &name, &value).await,
-            Command::Eoh => h.eoh(ctx).await,
-            Command::Body(chunk) => {
-                let d = h.body(ctx, &chunk).await;
-                if d == Decision::Skip && ctx.negotiated.protocol.contains(Protocol::SKIP) {
-                    return Ok(Some(Reply::Skip));
-                }
-                d
-            }
-            Command::BodyEob(tail) => return self.end_of_message(tail).await.map(Some),
+            Command::Connect { hostname, addr } => h.connect(ctx, hostname, addr),
+            Command::Helo(helo) => h.helo(ctx, helo),
+            Command::Mail { sender, args } => h.mail(ctx, sender, args),
+            Command::Rcpt { rcpt, args } => h.rcpt(ctx, rcpt, args),
+            Command::Data => h.data(ctx),
+            Command::Header { name, value } => h.header(ctx, name, value),
+            Command::Eoh => h.eoh(ctx),
+            Command::Body(chunk) => h.body(ctx, chunk),
             Command::Abort => {
                 h.abort(ctx).await;
                 return Ok(None);
@@ -636,44 +670,126 @@ where
                 h.close(ctx).await;
                 return Ok(None);
             }
-            Command::Unknown(c) => h.unknown(ctx, &c).await,
+            Command::Unknown(c) => h.unknown(ctx, c),
         };
-        Ok(Some(decision.into_reply()))
+        let d = if watch {
+            watch_peer(stream, rbuf, code, work).await?
+        } else {
+            work.await
+        };
+        if matches!(cmd, Command::Body(_))
+            && d == Decision::Skip
+            && self.ctx.negotiated().protocol.contains(Protocol::SKIP)
+        {
+            return Ok(Some(Reply::Skip));
+        }
+        Ok(Some(d.into_reply()))
     }
 
     /// BODYEOB: a last chunk (sendmail) goes to `body` first; then `eom` runs while PROGRESS
-    /// requests are served; the modifications go into the write buffer before the final reply.
+    /// requests are served and the socket is watched for the MTA hanging up; the
+    /// modifications go into the write buffer before the final reply.
     async fn end_of_message(&mut self, tail: Bytes) -> Result<Reply, ConnectionError> {
+        let Self {
+            stream,
+            handler,
+            ctx,
+            rbuf,
+            wbuf,
+            config,
+            ..
+        } = self;
         if !tail.is_empty() {
-            match self.handler.body(&mut self.ctx, &tail).await {
+            let work = handler.body(ctx, &tail);
+            match watch_peer(stream, rbuf, b'E', work).await? {
                 Decision::Continue | Decision::Skip => {}
                 other => return Ok(other.into_reply()),
             }
         }
-        self.ctx.in_eom = true;
-        self.ctx.mods.clear();
-        let notify = self.ctx.progress.0.clone();
-        let every = self.config.progress_interval;
+        ctx.in_eom = true;
+        ctx.mods.clear();
+        let notify = ctx.progress.0.clone();
+        let every = config.progress_interval;
         let decision = {
-            let mut eom = self.handler.eom(&mut self.ctx);
+            let mut eom = handler.eom(ctx);
             let mut tick =
                 every.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
+            let mut open = true;
             loop {
                 tokio::select! {
+                    biased;
                     d = &mut eom => break d,
+                    r = stream.read_buf(rbuf), if open => {
+                        open = still_open(r, rbuf, b'E')?;
+                        continue;
+                    }
                     () = notify.notified() => {}
                     _ = tick_or_never(&mut tick) => {}
                 }
-                Reply::Progress.encode(&mut self.wbuf);
-                flush_to(&mut self.stream, &mut self.wbuf, self.config.io_timeout).await?;
+                Reply::Progress.encode(wbuf);
+                flush_to(stream, wbuf, config.io_timeout).await?;
             }
         };
-        self.ctx.in_eom = false;
-        for m in self.ctx.mods.drain(..) {
-            m.encode(&mut self.wbuf);
+        ctx.in_eom = false;
+        for m in ctx.mods.drain(..) {
+            m.encode(wbuf);
         }
         Ok(decision.into_reply())
     }
+}
+
+/// What an `#[async_trait]` handler method returns.
+type HandlerFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Decision> + Send + 'a>>;
+
+/// Bytes read ahead while a handler works (the MTA normally sends nothing until answered);
+/// past this the socket is no longer watched, so a chatty peer cannot grow the buffer.
+const WATCH_READ_LIMIT: usize = 64 * 1024;
+
+/// Await `work` (a handler answering command `cmd`) while reading the socket: bytes that come
+/// meanwhile stay in `rbuf` for the next command; end of stream or a reset means the MTA hung
+/// up, and `work` is dropped.
+async fn watch_peer<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    cmd: u8,
+    work: HandlerFuture<'_>,
+) -> Result<Decision, ConnectionError> {
+    let mut work = work;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            d = &mut work => return Ok(d),
+            r = stream.read_buf(rbuf), if open => open = still_open(r, rbuf, cmd)?,
+        }
+    }
+}
+
+/// The outcome of one watching read: `Ok(true)` to keep watching, `Ok(false)` when the
+/// read-ahead limit is reached, an error when the MTA hung up.
+fn still_open(
+    r: std::io::Result<usize>,
+    rbuf: &BytesMut,
+    cmd: u8,
+) -> Result<bool, ConnectionError> {
+    match r {
+        Ok(0) => Err(ConnectionError::HungUp {
+            cmd: char::from(cmd),
+        }),
+        Ok(_) => Ok(rbuf.len() < WATCH_READ_LIMIT),
+        Err(e) if is_hangup(&e) => Err(ConnectionError::HungUp {
+            cmd: char::from(cmd),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_hangup(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
 }
 
 async fn flush_to<S: AsyncWrite + Unpin>(

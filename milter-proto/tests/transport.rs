@@ -183,42 +183,48 @@ async fn macros_for_every_stage_byte_are_capped() {
 #[tokio::test]
 async fn macros_of_stages_no_event_has_are_ignored() {
     use milter_proto::session::Session;
-    let mut s = Session::new();
-    s.handle(&optneg(6)).unwrap();
+    let mut s = Session::default();
+    let _ = s.handle(&optneg(6)).unwrap();
     let pairs = vec![(Bytes::from_static(b"i"), Bytes::from_static(b"Q1"))];
     for stage in [b'Z', b'O', 0, 255] {
-        s.handle(&Command::Macro {
-            stage,
+        let _ = s
+            .handle(&Command::Macro {
+                stage,
+                pairs: pairs.clone(),
+            })
+            .unwrap();
+        assert_eq!(s.macros().stage(stage), None);
+    }
+    let _ = s
+        .handle(&Command::Macro {
+            stage: b'C',
             pairs: pairs.clone(),
         })
         .unwrap();
-        assert_eq!(s.macros().stage(stage), None);
-    }
-    s.handle(&Command::Macro {
-        stage: b'C',
-        pairs: pairs.clone(),
-    })
-    .unwrap();
     assert_eq!(s.macros().get("i"), Some(&Bytes::from_static(b"Q1")));
 }
 
 #[tokio::test]
 async fn macro_byte_cap_is_configurable_and_typed() {
-    use milter_proto::session::{HeaderLimits, Session};
-    let mut s = Session::with_limits(HeaderLimits::default(), 100);
-    s.handle(&optneg(6)).unwrap();
+    use milter_proto::negotiate::Needs;
+    use milter_proto::session::{HeaderLimits, Session, SessionLimits};
+    let limits = SessionLimits::new(HeaderLimits::default(), 100);
+    let mut s = Session::new(Needs::default(), limits);
+    let _ = s.handle(&optneg(6)).unwrap();
     let pairs = |n| vec![(Bytes::from_static(b"j"), Bytes::from(vec![b'x'; n]))];
-    s.handle(&Command::Macro {
-        stage: b'C',
-        pairs: pairs(90),
-    })
-    .unwrap();
+    let _ = s
+        .handle(&Command::Macro {
+            stage: b'C',
+            pairs: pairs(90),
+        })
+        .unwrap();
     // Replacing a stage counts the new packet, not both.
-    s.handle(&Command::Macro {
-        stage: b'C',
-        pairs: pairs(95),
-    })
-    .unwrap();
+    let _ = s
+        .handle(&Command::Macro {
+            stage: b'C',
+            pairs: pairs(95),
+        })
+        .unwrap();
     let err = s.handle(&Command::Macro {
         stage: b'H',
         pairs: pairs(20),

@@ -17,9 +17,9 @@ use bytes::BytesMut;
 use milter_proto::DecodeError;
 use milter_proto::command::Command;
 use milter_proto::frame::DEFAULT_MAX_FRAME_LEN;
-use milter_proto::negotiate::Negotiated;
+use milter_proto::negotiate::{Needs, Negotiated};
 use milter_proto::reply::Reply;
-use milter_proto::session::Session;
+use milter_proto::session::{Session, SessionLimits};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -112,17 +112,21 @@ fn render_commands(bytes: &[u8], name: &str, negotiated: Option<Negotiated>) -> 
         }
         None => out.push_str("; session without negotiation (every event replied)\n"),
     }
-    let mut session = Session::new();
+    // The session asks for what the paired answer agreed (the MTA offered at least that).
+    let needs = negotiated.map_or_else(Needs::default, |n| Needs {
+        actions: n.actions,
+        protocol: n.protocol,
+        macros: n.macros,
+        ..Needs::default()
+    });
+    let mut session = Session::new(needs, SessionLimits::default());
     for (i, c) in items.iter().enumerate() {
         let due = match session.handle(c) {
-            Ok(step) if step.close => "close".to_owned(),
-            Ok(step) if step.reply_due => "reply".to_owned(),
+            Ok(step) if step.close() => "close".to_owned(),
+            Ok(step) if step.reply_due() => "reply".to_owned(),
             Ok(_) => "no reply".to_owned(),
             Err(e) => format!("refused: {e}"),
         };
-        if let (Command::OptNeg { .. }, Some(n)) = (c, &negotiated) {
-            session.set_negotiated(n.clone());
-        }
         let _ = writeln!(out, "{:>3} {} {c:?} => {due}", i + 1, char::from(c.code()));
     }
     out + &end + "\n"

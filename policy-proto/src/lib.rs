@@ -94,7 +94,7 @@
 //! let listener = Listener::bind_spec("unix:/var/spool/postfix/private/greylist", &opts).await?;
 //! Server::new(Greylist)
 //!     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
-//!     .await;
+//!     .await?;
 //! # Ok(())
 //! # }
 //! ```

@@ -296,13 +296,22 @@ impl<H: Handler> Server<H> {
     /// returns, after the same grace period, when accepting fails for a reason that is not
     /// about one connection (logged at `error` level). A handler that panics is logged at
     /// `error` level naming the peer, and its connection is closed without a reply.
-    pub async fn serve(&self, listener: Listener, shutdown: impl Future<Output = ()>) {
+    ///
+    /// # Errors
+    ///
+    /// The accept error that ended the loop, when accepting failed for a reason that is not
+    /// about one connection or a passing shortage of descriptors or memory (for example the
+    /// listening socket was shut down). Binding fails earlier, in [`Listener::bind_spec`].
+    pub async fn serve(
+        &self,
+        listener: Listener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let limits = ServeLimits {
             max_connections: self.limits.max_connections,
             shutdown_grace: self.limits.shutdown_grace,
         };
-        // The error is logged by the accept loop; this API has no caller to hand it to.
-        let _ = mailstack_transport::serve(listener.0, limits, shutdown, |stream, peer, stop| {
+        mailstack_transport::serve(listener.0, limits, shutdown, |stream, peer, stop| {
             let this = self.clone();
             let peer = match peer {
                 mailstack_transport::Peer::Tcp(a) => Peer::Tcp(a),
@@ -310,7 +319,7 @@ impl<H: Handler> Server<H> {
             };
             async move { this.run(stream, peer, stop).await }
         })
-        .await;
+        .await
     }
 
     /// Serves the one connection spawn(8) hands a child: stdin and stdout. Returns when

@@ -59,7 +59,8 @@ async fn start(
             .serve(listener, async {
                 let _ = rx.await;
             })
-            .await;
+            .await
+            .unwrap();
     });
     (local, tx, task)
 }
@@ -262,6 +263,7 @@ async fn shutdown_finishes_the_request_in_progress() {
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("serve returns after shutdown")
+        .unwrap()
         .unwrap();
     assert!(busy.request(&request("x@y")).await.is_err());
     assert!(idle.request(&request("x@y")).await.is_err());

@@ -37,7 +37,8 @@ async fn start(
             .serve(listener, async {
                 let _ = rx.await;
             })
-            .await;
+            .await
+            .unwrap();
     });
     (local, tx, task)
 }

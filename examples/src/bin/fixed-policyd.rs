@@ -203,7 +203,10 @@ fn main() -> ExitCode {
                     .local_spec()
                     .map_or(spec.to_string(), |s| s.to_string());
                 tracing::info!("listening on {shown}, answering {}", args.action);
-                server.serve(listener, shutdown_signal()).await;
+                if let Err(e) = server.serve(listener, shutdown_signal()).await {
+                    tracing::error!("accepting connections: {e}");
+                    return ExitCode::from(1);
+                }
                 ExitCode::SUCCESS
             }
             None if drop_privileges(args.user.as_deref())

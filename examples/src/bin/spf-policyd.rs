@@ -201,8 +201,8 @@ async fn serve_socket(policy: Arc<SpfPolicy>, spec: &str, args: &Args) -> Result
     tracing::info!("listening on {shown}");
     SpfService::server(policy)
         .serve(listener, shutdown_signal())
-        .await;
-    Ok(())
+        .await
+        .map_err(|e| format!("accepting connections: {e}"))
 }
 
 async fn serve_stdio(policy: Arc<SpfPolicy>) -> Result<(), String> {
