@@ -183,7 +183,7 @@ fn dmarc_report(c: DmarcReport) -> ExitCode {
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_else(|| daemon::fail(NAME, format!("--email {}: no domain", c.email)))
     });
-    let now = std::time::SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let window = c.window.max(1);
@@ -229,14 +229,14 @@ fn dmarc_report(c: DmarcReport) -> ExitCode {
             extra_contact_info: c.extra_contact_info.clone(),
             receiver,
         },
-        spread: std::time::Duration::from_secs(c.spread),
+        spread: Duration::from_secs(c.spread),
         state: c.state.clone(),
         suppress_secs: c.suppress_days.saturating_mul(86_400),
         now,
     };
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| daemon::fail(NAME, e));
     let summary = rt.block_on(async {
-        let resolver = daemon::resolver(&c.nameserver, std::time::Duration::from_secs(10))
+        let resolver = daemon::resolver(&c.nameserver, Duration::from_secs(10))
             .unwrap_or_else(|e| daemon::fail(NAME, e));
         let psl = dmarc_cfg
             .as_ref()
