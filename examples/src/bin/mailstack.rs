@@ -63,8 +63,12 @@ skipped. Exit status: 0 every report sent or deliberately held, 1 some sending f
 #[derive(Debug, clap::Args)]
 struct DmarcReport {
     /// History files to read (repeat or list several).
-    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present = "store")]
     history: Vec<PathBuf>,
+    /// Read the records from this store instead (what mailstackd's [store] or dmarc-milter's
+    /// MailstackStore names: redis://HOST:PORT/DB, redis+unix:///PATH, or an absolute path).
+    #[arg(long, value_name = "URL|PATH", conflicts_with = "history")]
+    store: Option<String>,
     /// Start of the range: Unix seconds or YYYY-MM-DD (UTC). Default: the start of the last
     /// complete window.
     #[arg(long, value_name = "TIME")]
@@ -241,9 +245,21 @@ fn dmarc_report(c: DmarcReport) -> ExitCode {
         let psl = dmarc_cfg
             .as_ref()
             .and_then(|d| d.public_suffix_list.as_ref());
-        let source = report::HistoryFiles::new(c.history.clone());
+        let source: Box<dyn report::RecordSource> = match &c.store {
+            Some(spec) => {
+                let store = mailstack::store::StoreConfig::from_spec(spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|cfg| cfg.open().map_err(|e| e.to_string()))
+                    .unwrap_or_else(|e| daemon::fail(NAME, format!("--store {spec}: {e}")));
+                let records = report::StoreRecords::load(store.as_ref(), begin, end)
+                    .await
+                    .unwrap_or_else(|e| daemon::fail(NAME, e));
+                Box::new(records)
+            }
+            None => Box::new(report::HistoryFiles::new(c.history.clone())),
+        };
         report::run(
-            &source,
+            source.as_ref(),
             resolver.as_ref(),
             psl,
             signer.as_ref(),

@@ -88,6 +88,13 @@ pub struct SourceStats {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
+    /// The store could not be read.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The range holds more records than one run reads ([`MAX_STORE_RECORDS`]): ask for a
+    /// shorter one.
+    #[error("the store holds more than {MAX_STORE_RECORDS} records in the range")]
+    TooMany,
     /// A history file could not be read.
     #[error("{path}: {source}")]
     Io {
@@ -96,6 +103,82 @@ pub enum SourceError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Most records [`StoreRecords::load`] reads for one run.
+pub const MAX_STORE_RECORDS: usize = 1_000_000;
+
+/// The DMARC records of a [`crate::store::Store`] (what mailstackd's `[store]` and
+/// dmarc-milter's `MailstackStore` write: several nodes into one Redis give one report with
+/// the sum), loaded for one range as a [`RecordSource`].
+#[derive(Debug, Clone, Default)]
+pub struct StoreRecords {
+    blocks: Vec<Vec<u8>>,
+}
+
+impl StoreRecords {
+    /// Reads every record of [`crate::store::DMARC_STREAM`] received in `[begin, end)` (Unix
+    /// seconds), page by page, at most [`MAX_STORE_RECORDS`].
+    pub async fn load(
+        store: &dyn crate::store::Store,
+        begin: u64,
+        end: u64,
+    ) -> Result<Self, SourceError> {
+        use crate::store::{DMARC_STREAM, Scan};
+        let mut scan = Scan::range(begin.saturating_mul(1000), end.saturating_mul(1000));
+        let mut blocks = Vec::new();
+        loop {
+            let page = store.scan(DMARC_STREAM, &scan).await?;
+            let full = page.len() >= scan.limit;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            blocks.extend(page.into_iter().map(|r| r.data));
+            if blocks.len() > MAX_STORE_RECORDS {
+                return Err(SourceError::TooMany);
+            }
+            if !full {
+                break;
+            }
+            scan = scan.after(&last);
+        }
+        Ok(Self { blocks })
+    }
+
+    /// How many records were loaded.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether none were.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+impl RecordSource for StoreRecords {
+    fn records(
+        &self,
+        begin: u64,
+        end: u64,
+        sink: &mut dyn FnMut(MessageRecord),
+    ) -> Result<SourceStats, SourceError> {
+        let mut stats = SourceStats::default();
+        for block in &self.blocks {
+            match MessageRecord::from_history_block(&String::from_utf8_lossy(block)) {
+                Ok(rec) if (begin..end).contains(&rec.received) => {
+                    stats.records += 1;
+                    sink(rec);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("store record skipped: {e}");
+                    stats.malformed += 1;
+                }
+            }
+        }
+        Ok(stats)
+    }
 }
 
 /// History files (ours or OpenDMARC's `HistoryFile`) as a [`RecordSource`].
@@ -1171,6 +1254,42 @@ mod tests {
             p.rua = vec![rua.to_owned()];
         }
         r
+    }
+
+    /// Records several nodes wrote into one store come back as one source: those in the
+    /// range, each once; a malformed one is counted, not fatal.
+    #[tokio::test]
+    async fn store_records_are_a_source() {
+        use crate::store::{DMARC_STREAM, EmbeddedLimits, EmbeddedStore, Record, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db"), EmbeddedLimits::default()).unwrap();
+        let day = 1_764_028_800;
+        let mut records: Vec<Record> = (0..3u64)
+            .map(|i| {
+                let r = rec("192.0.2.1", day + i * 3600, "mailto:d@sender.example");
+                Record::new(r.received * 1000, r.to_history_block())
+            })
+            .collect();
+        let late = rec("192.0.2.9", day + 86_400 + 5, "mailto:d@sender.example");
+        records.push(Record::new(late.received * 1000, late.to_history_block()));
+        records.push(Record::new((day + 60) * 1000, "job\n"));
+        assert_eq!(store.append(DMARC_STREAM, &records).await.unwrap(), 5);
+
+        let src = StoreRecords::load(&store, day, day + 86_400).await.unwrap();
+        assert_eq!(
+            src.len(),
+            4,
+            "the day's four records, the late one left out"
+        );
+        let mut got = Vec::new();
+        let stats = src
+            .records(day, day + 86_400, &mut |r| got.push(r))
+            .unwrap();
+        assert_eq!((stats.records, stats.malformed), (3, 1));
+        assert!(
+            got.iter()
+                .all(|r| r.source_ip == Some("192.0.2.1".parse().unwrap()))
+        );
     }
 
     fn meta() -> ReportMeta {
