@@ -229,6 +229,17 @@ impl DaemonOpts {
     }
 }
 
+/// What both serving paths do as root before dropping privileges: refuse root without a
+/// user, bind the milter socket, start the `--metrics` / `/healthz` listener.
+async fn bind(opts: &DaemonOpts) -> Result<Listener, DaemonError> {
+    opts.check_root()?;
+    let listener = Listener::bind(&opts.socket, &opts.unix).await?;
+    if let Some(spec) = &opts.metrics {
+        mailstack::health::start(spec).await?;
+    }
+    Ok(listener)
+}
+
 /// Refuses root without a user, binds `opts.socket`, drops privileges, then serves one
 /// handler from `make` per MTA connection with `config` until SIGTERM or SIGINT (messages in
 /// flight finish first). Load keys and configuration before calling it.
@@ -241,11 +252,7 @@ where
     H: Handler,
     F: Fn() -> H + Send + Sync + 'static,
 {
-    opts.check_root()?;
-    let listener = Listener::bind(&opts.socket, &opts.unix).await?;
-    if let Some(spec) = &opts.metrics {
-        mailstack::health::start(spec).await?;
-    }
+    let listener = bind(opts).await?;
     opts.drop_privileges()?;
     tracing::info!(socket = %opts.socket, "listening");
     serve(listener, make, config, crate::shutdown_signal()).await?;
@@ -354,8 +361,7 @@ where
     B: Fn() -> Result<F, E> + Send + Sync + 'static,
     E: Display + Send + 'static,
 {
-    opts.check_root()?;
-    let listener = Listener::bind(&opts.socket, &opts.unix).await?;
+    let listener = bind(opts).await?;
     let _pid = control
         .pid_file
         .as_deref()
