@@ -45,7 +45,7 @@ enum Cmd {
     Check(Check),
     /// Send DMARC aggregate reports (RFC 7489 §7.2, RFC 9990) from recorded evaluations.
     #[command(name = "dmarc-report", after_help = REPORT_HELP)]
-    DmarcReport(DmarcReport),
+    DmarcReport(Box<DmarcReport>),
     /// DKIM key management.
     #[command(subcommand)]
     Dkim(DkimCmd),
@@ -413,7 +413,7 @@ fn main() -> ExitCode {
     mailstack_examples::logging::stderr("warn");
     match Args::parse().command {
         Cmd::Check(c) => check(&c),
-        Cmd::DmarcReport(r) => dmarc_report(r),
+        Cmd::DmarcReport(r) => dmarc_report(*r),
         Cmd::Dkim(DkimCmd::Rotate(r)) => rotate(&r),
         Cmd::Dkim(DkimCmd::Status(d)) => match dkim_rotate::status(&d.rotation()) {
             Ok(s) => {
