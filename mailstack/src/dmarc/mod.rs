@@ -432,7 +432,7 @@ impl DmarcFilter {
             );
             fields.insert(0, top_field("DMARC-Filter", sw));
         }
-        self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, dis);
+        self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, dis, &overrides);
         // Each modification goes to the top in turn: the last applied ends up first.
         fields.reverse();
         let facts = AuthFacts {
@@ -625,6 +625,7 @@ impl DmarcFilter {
         spf: Option<&SpfInput>,
         dkim: &[DkimInput],
         dis: Policy,
+        applied: &[PolicyOverride],
     ) {
         let failure_sink = self
             .failure
@@ -669,7 +670,7 @@ impl DmarcFilter {
             disposition: dis,
             spf_domain: spf.map(|s| s.domain.clone()).unwrap_or_default(),
             spf_scope: spf.map(|s| s.identity),
-            overrides: override_reasons(ev, dis),
+            overrides: override_reasons(ev, dis, applied),
             is_report: history::is_report(m.headers),
         };
         if let Some(sink) = failure_sink
@@ -689,7 +690,11 @@ impl DmarcFilter {
 /// failure outside `pct` is `sampled_out` (§6.6.4); any other failure whose requested
 /// disposition was not applied (`RejectFailures false`, quarantine not held) is
 /// `local_policy`.
-fn override_reasons(ev: &Evaluation, dis: Policy) -> Vec<history::OverrideReason> {
+fn override_reasons(
+    ev: &Evaluation,
+    dis: Policy,
+    applied: &[PolicyOverride],
+) -> Vec<history::OverrideReason> {
     let mut out = Vec::new();
     if ev.result != DmarcResult::Fail {
         return out;
@@ -697,7 +702,12 @@ fn override_reasons(ev: &Evaluation, dis: Policy) -> Vec<history::OverrideReason
     if !ev.sampled {
         out.push(history::OverrideReason::SampledOut);
     }
-    if dis != ev.requested_disposition() {
+    let trusted = applied.contains(&PolicyOverride::TrustedForwarder);
+    if trusted {
+        out.push(history::OverrideReason::TrustedForwarder);
+    }
+    // A trusted forwarder explains the changed disposition by itself.
+    if dis != ev.requested_disposition() && !trusted {
         out.push(history::OverrideReason::LocalPolicy);
     }
     out
@@ -735,4 +745,39 @@ fn dmarc_clause(ev: &Evaluation, dis: Policy) -> MethodResult {
         )),
     };
     clause.property("header.from", ev.from_domain.clone())
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    fn failing(policy: Policy) -> Evaluation {
+        Evaluation {
+            result: DmarcResult::Fail,
+            from_domain: "sender.example".into(),
+            policy_domain: Some("sender.example".into()),
+            record: None,
+            policy,
+            sampled: true,
+            spf_aligned: false,
+            dkim_aligned: false,
+            problem: None,
+        }
+    }
+
+    /// The report says why a failing message was not rejected: a trusted ARC forwarder (and
+    /// then not also local_policy), or the admin's own policy.
+    #[test]
+    fn a_trusted_forwarder_is_the_recorded_override() {
+        let ev = failing(Policy::Reject);
+        assert_eq!(
+            override_reasons(&ev, Policy::None, &[PolicyOverride::TrustedForwarder]),
+            vec![history::OverrideReason::TrustedForwarder]
+        );
+        assert_eq!(
+            override_reasons(&ev, Policy::None, &[]),
+            vec![history::OverrideReason::LocalPolicy]
+        );
+        assert!(override_reasons(&ev, Policy::Reject, &[]).is_empty());
+    }
 }
