@@ -432,7 +432,7 @@ impl DmarcFilter {
             );
             fields.insert(0, top_field("DMARC-Filter", sw));
         }
-        self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, dis, &overrides);
+        self.record_history(m, &base_id, &ev, spf.as_ref(), &dkim, (dis, &overrides));
         // Each modification goes to the top in turn: the last applied ends up first.
         fields.reverse();
         let facts = AuthFacts {
@@ -624,8 +624,7 @@ impl DmarcFilter {
         ev: &Evaluation,
         spf: Option<&SpfInput>,
         dkim: &[DkimInput],
-        dis: Policy,
-        applied: &[PolicyOverride],
+        (dis, applied): (Policy, &[PolicyOverride]),
     ) {
         let failure_sink = self
             .failure
