@@ -395,3 +395,10 @@ fn syslog_line_corpus_replays_and_keeps_meaning() {
     assert_eq!(parse("no_pri").text, "no pri at all");
     assert_eq!(parse("control_chars").text, "a#011b#033c\u{fffd}d#177");
 }
+
+/// The HistoryFile reader's corpus, with the fuzzer's finds (a null sender's empty `mfrom`
+/// did not read back) kept as regression seeds.
+#[test]
+fn dmarc_history_corpus_replays() {
+    replay("dmarc_history", mailstack::fuzzing::dmarc_history);
+}
