@@ -530,8 +530,9 @@ impl Partial {
         };
         let value = match words.next() {
             Some(v) => v,
-            // The null sender (a bounce): `mfrom` with nothing after it, as we write it.
-            None if key == "mfrom" => "",
+            // The null sender (a bounce): `mfrom` with nothing after it, as we write it; and
+            // a reporter name we were given empty (or as only other whitespace).
+            None if key == "mfrom" || key == "reporter" => "",
             None => return Err(HistoryErrorKind::MissingValue(key)),
         };
         if SINGLE_KEYS.contains(&key) {
@@ -1018,6 +1019,7 @@ mod tests {
     fn a_null_sender_record_reads_back() {
         let mut rec = sample();
         rec.envelope_from = String::new();
+        rec.reporter = String::new();
         let block = rec.to_history_block();
         let again = MessageRecord::from_history_block(&block).unwrap();
         assert_eq!(again.envelope_from, "");
