@@ -172,13 +172,9 @@ pub fn fail(name: &str, e: impl Display) -> ! {
     std::process::exit(2);
 }
 
-/// The kernel's host name (the authserv-id of last resort).
+/// The host's name (the authserv-id of last resort): [`mailstack::config::hostname`].
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    mailstack::config::hostname()
 }
 
 /// DNS through every server of `nameservers` (empty: /etc/resolv.conf's), `timeout` per

@@ -184,6 +184,22 @@ impl ConfigFile {
     }
 }
 
+/// This host's name as the kernel has it (`/proc/sys/kernel/hostname`, else `/etc/hostname`),
+/// if either names one: what every daemon falls back to for its authserv-id, `Received-SPF`
+/// receiver, `X-Virus-Scanned` host and report names.
+pub fn known_hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+}
+
+/// [`known_hostname`], `localhost` when neither file names the host.
+pub fn hostname() -> String {
+    known_hostname().unwrap_or_else(|| "localhost".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,12 +155,10 @@ impl AvFilter {
     /// the kernel's host name. `notify` is the notifier and the address infected-mail
     /// notifications go to.
     pub fn new(cfg: AvConfig, notify: Option<(Notifier, String)>) -> Self {
-        let hostname = cfg.report_hostname.clone().or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-        });
+        let hostname = cfg
+            .report_hostname
+            .clone()
+            .or_else(crate::config::known_hostname);
         register_clamd_check(&cfg);
         Self {
             cfg,

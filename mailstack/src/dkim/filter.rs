@@ -191,9 +191,7 @@ fn unix_now() -> u64 {
 }
 
 fn local_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
+    crate::config::hostname()
 }
 
 fn is(h: &Header, name: &str) -> bool {

@@ -281,14 +281,9 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("CopyFailuresTo", "copying failing mail is not implemented"),
 ];
 
-/// This host's name (`/proc/sys/kernel/hostname`, else `/etc/hostname`, else `localhost`).
+/// This host's name ([`crate::config::hostname`]).
 pub fn local_hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .find(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    crate::config::hostname()
 }
 
 fn comma_list(value: &str) -> Vec<String> {

@@ -84,6 +84,21 @@ pub struct SourceStats {
     pub malformed: u64,
 }
 
+impl SourceStats {
+    /// Hands `rec` to `sink` when it was received in `range`, counting it.
+    fn offer(
+        &mut self,
+        rec: MessageRecord,
+        range: std::ops::Range<u64>,
+        sink: &mut dyn FnMut(MessageRecord),
+    ) {
+        if range.contains(&rec.received) {
+            self.records += 1;
+            sink(rec);
+        }
+    }
+}
+
 /// A record source failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -166,11 +181,7 @@ impl RecordSource for StoreRecords {
         let mut stats = SourceStats::default();
         for block in &self.blocks {
             match MessageRecord::from_history_block(&String::from_utf8_lossy(block)) {
-                Ok(rec) if (begin..end).contains(&rec.received) => {
-                    stats.records += 1;
-                    sink(rec);
-                }
-                Ok(_) => {}
+                Ok(rec) => stats.offer(rec, begin..end, sink),
                 Err(e) => {
                     tracing::warn!("store record skipped: {e}");
                     stats.malformed += 1;
@@ -211,11 +222,7 @@ impl RecordSource for HistoryFiles {
             })?;
             for r in HistoryReader::new(std::io::BufReader::new(f)) {
                 match r {
-                    Ok(rec) if (begin..end).contains(&rec.received) => {
-                        stats.records += 1;
-                        sink(rec);
-                    }
-                    Ok(_) => {}
+                    Ok(rec) => stats.offer(rec, begin..end, sink),
                     Err(HistoryError {
                         kind: super::history::HistoryErrorKind::Io(kind),
                         ..

@@ -359,13 +359,9 @@ impl PolicydConfig {
     }
 }
 
-/// This host's name (`gethostname(2)`), `localhost` if unavailable.
+/// This host's name ([`crate::config::hostname`]).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    crate::config::hostname()
 }
 
 #[cfg(test)]
