@@ -11,8 +11,7 @@
 mod spf_support;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -20,42 +19,9 @@ use std::time::{Duration, Instant};
 use milter_proto::client::Message;
 use milter_proto::socket::SocketSpec;
 use spf_support::Zone;
+use support::http::{get, sample, wait_http};
 use support::milters::Daemon;
 use support::postfix::free_port;
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
-}
-
-fn wait_http(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The value of the sample `series` (name and labels exactly as printed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[test]
 fn dkim_milter_counts_a_message() {
@@ -99,7 +65,7 @@ fn dkim_milter_counts_a_message() {
             .any(|h| h.contains("dkim=none")),
         "{out:?}"
     );
-    let (status, text) = get(http, "/metrics");
+    let (status, text) = get(http, "/metrics", "");
     assert_eq!(status, 200, "{text}");
     assert_eq!(
         sample(&text, "mailstack_connections_total"),
@@ -132,7 +98,7 @@ fn dkim_milter_counts_a_message() {
         Some(1.0),
         "{text}"
     );
-    let (status, body) = get(http, "/healthz/ready");
+    let (status, body) = get(http, "/healthz/ready", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("dns=up"), "{body}");
 }
@@ -200,7 +166,7 @@ fn spf_policyd_counts_requests_and_readiness_follows_dns() {
         format!("{fail:?}").to_ascii_lowercase().contains("reject"),
         "{fail:?}"
     );
-    let (status, text) = get(http, "/metrics");
+    let (status, text) = get(http, "/metrics", "");
     assert_eq!(status, 200, "{text}");
     assert_eq!(
         sample(&text, "mailstack_stage_events_total{stage=\"policy\"}"),
@@ -234,7 +200,7 @@ fn spf_policyd_counts_requests_and_readiness_follows_dns() {
         .is_some_and(|n| n >= 2.0),
         "{text}"
     );
-    let (status, body) = get(http, "/healthz/ready");
+    let (status, body) = get(http, "/healthz/ready", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("dns=up"), "{body}");
     drop(child);
@@ -244,9 +210,9 @@ fn spf_policyd_counts_requests_and_readiness_follows_dns() {
     let _child = start(&silent.local_addr().unwrap().to_string());
     wait_http(http);
     let t = Instant::now();
-    let (status, body) = get(http, "/healthz/ready");
+    let (status, body) = get(http, "/healthz/ready", "");
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not ready: dns down"), "{body}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
-    assert_eq!(get(http, "/healthz/live").0, 200);
+    assert_eq!(get(http, "/healthz/live", "").0, 200);
 }

@@ -7,6 +7,7 @@
 //!   results read back.
 //! - [`clamd`]: a private clamd with an EICAR signature we write, and scripted stand-ins
 //!   for its faults (hung, slow).
+//! - [`http`]: GET against our metrics and health listener.
 //! - [`procfs`]: peak RSS and ids of a child from `/proc/PID/status`.
 //!
 //! Each test binary includes this with `mod support;` and uses what it needs.
@@ -15,6 +16,7 @@
 
 pub mod chain;
 pub mod clamd;
+pub mod http;
 pub mod milters;
 pub mod postfix;
 pub mod procfs;
