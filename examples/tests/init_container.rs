@@ -231,27 +231,7 @@ smtpd_sasl_security_options = noanonymous
         "127.0.0.1:25 inet n - n - - smtpd -o smtpd_sasl_auth_enable=no\n\
          127.0.0.1:587 inet n - n - - smtpd -o smtpd_client_restrictions=permit_sasl_authenticated,reject -o mynetworks=192.0.2.1/32\n",
     );
-    for line in [
-        "pickup unix n - n 60 1 pickup",
-        "cleanup unix n - n - 0 cleanup",
-        "qmgr unix n - n 300 1 qmgr",
-        "rewrite unix - - n - - trivial-rewrite",
-        "bounce unix - - n - 0 bounce",
-        "defer unix - - n - 0 bounce",
-        "trace unix - - n - 0 bounce",
-        "verify unix - - n - 1 verify",
-        "flush unix n - n 1000? 0 flush",
-        "proxymap unix - - n - - proxymap",
-        "smtp unix - - n - - smtp",
-        "relay unix - - n - - smtp",
-        "error unix - - n - - error",
-        "retry unix - - n - - error",
-        "discard unix - - n - - discard",
-        "anvil unix - - n - 1 anvil",
-        "scache unix - - n - 1 scache",
-        "showq unix n - n - - showq",
-        "postlog unix-dgram n - n - 1 postlogd",
-    ] {
+    for line in support::postfix::MASTER_SERVICES {
         master.push_str(line);
         master.push('\n');
     }

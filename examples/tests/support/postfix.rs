@@ -198,29 +198,33 @@ fn main_cf(dir: &Path, sink_port: u16, extra: &[(String, String)]) -> String {
     params.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
 }
 
+/// The `master.cf` services a private Postfix needs besides its smtpd listeners (the
+/// Debian defaults, unchrooted).
+pub const MASTER_SERVICES: &[&str] = &[
+    "pickup unix n - n 60 1 pickup",
+    "cleanup unix n - n - 0 cleanup",
+    "qmgr unix n - n 300 1 qmgr",
+    "rewrite unix - - n - - trivial-rewrite",
+    "bounce unix - - n - 0 bounce",
+    "defer unix - - n - 0 bounce",
+    "trace unix - - n - 0 bounce",
+    "verify unix - - n - 1 verify",
+    "flush unix n - n 1000? 0 flush",
+    "proxymap unix - - n - - proxymap",
+    "smtp unix - - n - - smtp",
+    "relay unix - - n - - smtp",
+    "error unix - - n - - error",
+    "retry unix - - n - - error",
+    "discard unix - - n - - discard",
+    "anvil unix - - n - 1 anvil",
+    "scache unix - - n - 1 scache",
+    "showq unix n - n - - showq",
+    "postlog unix-dgram n - n - 1 postlogd",
+];
+
 fn master_cf(port: u16, extra: &[String]) -> String {
     let mut out = format!("127.0.0.1:{port} inet n - n - - smtpd\n");
-    for line in [
-        "pickup unix n - n 60 1 pickup",
-        "cleanup unix n - n - 0 cleanup",
-        "qmgr unix n - n 300 1 qmgr",
-        "rewrite unix - - n - - trivial-rewrite",
-        "bounce unix - - n - 0 bounce",
-        "defer unix - - n - 0 bounce",
-        "trace unix - - n - 0 bounce",
-        "verify unix - - n - 1 verify",
-        "flush unix n - n 1000? 0 flush",
-        "proxymap unix - - n - - proxymap",
-        "smtp unix - - n - - smtp",
-        "relay unix - - n - - smtp",
-        "error unix - - n - - error",
-        "retry unix - - n - - error",
-        "discard unix - - n - - discard",
-        "anvil unix - - n - 1 anvil",
-        "scache unix - - n - 1 scache",
-        "showq unix n - n - - showq",
-        "postlog unix-dgram n - n - 1 postlogd",
-    ] {
+    for line in MASTER_SERVICES {
         out.push_str(line);
         out.push('\n');
     }
