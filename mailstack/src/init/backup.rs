@@ -9,7 +9,7 @@
 //! - `xz2` links liblzma through `lzma-sys` (C, built or found with pkg-config), a second
 //!   compression library for one job, while `tar` and `xz-utils` are in every Debian image;
 //! - a child process keeps a long, CPU-heavy compression off the async workers and off our
-//!   memory, and it can be killed when the run times out (`kill_on_drop`).
+//!   memory, and it is killed when the run times out (see [`super::reaper`]).
 //!
 //! The archive is written under a hidden `.partial` name and renamed when `tar` succeeded,
 //! so `/dest` never shows a half-written backup; a failed run removes its partial file.
@@ -32,12 +32,11 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::Command;
 
 use super::schedule::{Job, JobError};
 
@@ -253,7 +252,8 @@ impl MaildirBackup {
             path: tar.clone(),
             source,
         };
-        let mut child = Command::new(tar)
+        let mut child = Command::new(tar);
+        child
             .arg("--create")
             .arg("--xz")
             .arg("--file")
@@ -264,10 +264,10 @@ impl MaildirBackup {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env("LC_ALL", "C")
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(io_err)?;
+            .env("LC_ALL", "C");
+        // Through the reaper: under mailstack-init, PID 1 collects every exit; a dropped
+        // (timed-out) run kills tar.
+        let mut child = super::reaper::spawn(&mut child).map_err(io_err)?;
         // The list on stdin (NUL-separated), so no name reaches a command line and any
         // number of users fits.
         let mut list = Vec::new();

@@ -29,6 +29,25 @@
 //! [sockets]                   # override a filter's socket, e.g. dkim-milter = "unix:/p"
 //!                             #   (as given, not under root; its directory is made as the
 //!                             #   default one would be)
+//!
+//! [log]                       # the syslog receiver and the mail log
+//! dev_log = "/dev/log"        # where Postfix and saslauthd log (as given; "" = none)
+//! file = "/var/log/mail.log"  # when MAIL_LOG_HOST is unset; rotated by size
+//! max_bytes = 10485760
+//! keep = 4
+//! queue = 10000               # lines waiting for the disk or the log host, then dropped
+//!
+//! [backup]                    # the Maildir backup, when MAILDIR_BACKUP=TRUE
+//! schedule = "daily 03:00"    # UTC; or "every 6h"
+//! homes = "/home/mail_users"
+//! dest = "/dest"
+//!
+//! [reports]                   # DMARC aggregate reports on a schedule (off unless given)
+//! schedule = "daily 00:30"
+//! command = "/usr/local/bin/mailstack"       # the default: BIN_DIR/mailstack
+//! args = ["dmarc-report", "--store", "/var/lib/mailstack/store.redb"]
+//! timeout_seconds = 3600
+//! jitter_seconds = 0
 //! ```
 //!
 //! [`InitConfig::plan`] validates everything (directories, files, programs, owners) before
@@ -43,6 +62,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::clamd::ClamdAddr;
+use crate::init::schedule::Schedule;
 use milter_proto::socket::SocketSpec;
 
 /// Where the seed's layout is looked for by default.
@@ -137,6 +157,83 @@ struct TomlFile {
     args: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     sockets: BTreeMap<String, toml::Spanned<String>>,
+    #[serde(default)]
+    log: LogToml,
+    #[serde(default)]
+    backup: BackupToml,
+    reports: Option<ReportsToml>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogToml {
+    dev_log: Option<PathBuf>,
+    file: Option<PathBuf>,
+    max_bytes: Option<u64>,
+    keep: Option<usize>,
+    queue: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BackupToml {
+    schedule: Option<toml::Spanned<String>>,
+    homes: Option<PathBuf>,
+    dest: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportsToml {
+    schedule: toml::Spanned<String>,
+    command: Option<PathBuf>,
+    #[serde(default)]
+    args: Vec<String>,
+    timeout_seconds: Option<u64>,
+    jitter_seconds: Option<u64>,
+}
+
+/// The container's log: the `/dev/log` receiver and where its lines go.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// The syslog socket Postfix and saslauthd write to (`[log] dev_log`, default
+    /// `/dev/log`, taken as given, not under `root`); `None` (`dev_log = ""`): no receiver.
+    pub dev_log: Option<PathBuf>,
+    /// The mail log when `MAIL_LOG_HOST` is unset (under `root`; default
+    /// `/var/log/mail.log`).
+    pub file: PathBuf,
+    /// Size at which the mail log is rotated.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+    /// Lines waiting for the disk or the log host before new ones are dropped (counted).
+    pub queue: usize,
+}
+
+/// The Maildir backup's schedule and places (it runs when `MAILDIR_BACKUP=TRUE`).
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// When (`[backup] schedule`, default `daily 03:00`, UTC).
+    pub schedule: Schedule,
+    /// The mail users' homes (under `root`; default `/home/mail_users`).
+    pub homes: PathBuf,
+    /// Where the archives go (under `root`; default `/dest`).
+    pub dest: PathBuf,
+}
+
+/// The scheduled DMARC aggregate report run (`[reports]`).
+#[derive(Debug, Clone)]
+pub struct ReportJob {
+    /// When (`daily HH:MM` UTC or `every N[smhd]`).
+    pub schedule: Schedule,
+    /// The program (default `BIN_DIR/mailstack`).
+    pub program: PathBuf,
+    /// Its arguments (default `dmarc-report`; the admin's `args` replace them).
+    pub args: Vec<OsString>,
+    /// A run that takes longer is killed (default one hour).
+    pub timeout: Duration,
+    /// Each run starts up to this much later than its slot.
+    pub jitter: Duration,
 }
 
 /// The filters mailstack-init can run.
@@ -191,6 +288,12 @@ pub struct InitConfig {
     pub mail_log_host: Option<String>,
     /// `MAILDIR_BACKUP=TRUE`.
     pub maildir_backup: bool,
+    /// The `/dev/log` receiver and the mail log.
+    pub log: LogSettings,
+    /// The Maildir backup's schedule and places.
+    pub backup: BackupSettings,
+    /// The scheduled report command, when `[reports]` is given.
+    pub reports: Option<ReportJob>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -302,6 +405,84 @@ impl InitConfig {
                 .map_err(|e| at(start, format!("sockets.{name}: {e}")))?;
             sockets.insert(name, parsed);
         }
+        let schedule = |spanned: &toml::Spanned<String>, key: &str| {
+            spanned
+                .get_ref()
+                .parse::<Schedule>()
+                .map_err(|e| at(spanned.span().start, format!("{key}: {e}")))
+        };
+        let mail_log_host = env("MAIL_LOG_HOST").filter(|h| !h.trim().is_empty());
+        if let Some(h) = &mail_log_host {
+            crate::init::forward::ForwardConfig::from_log_host(h).map_err(|e| ConfigError::At {
+                path: PathBuf::from("<environment MAIL_LOG_HOST>"),
+                line: 0,
+                message: e.to_string(),
+            })?;
+        }
+        let bin_dir = f.bin_dir.unwrap_or_else(|| PathBuf::from("/usr/local/bin"));
+        let log = LogSettings {
+            dev_log: match f.log.dev_log {
+                None => Some(PathBuf::from("/dev/log")),
+                Some(p) if p.as_os_str().is_empty() => None,
+                Some(p) => Some(p),
+            },
+            file: under(
+                &root,
+                &f.log
+                    .file
+                    .unwrap_or_else(|| PathBuf::from("/var/log/mail.log")),
+            ),
+            max_bytes: f
+                .log
+                .max_bytes
+                .unwrap_or(crate::init::logfile::DEFAULT_MAX_BYTES)
+                .max(4096),
+            keep: f
+                .log
+                .keep
+                .unwrap_or(crate::init::logfile::DEFAULT_KEEP)
+                .min(crate::init::logfile::MAX_KEEP),
+            queue: f
+                .log
+                .queue
+                .unwrap_or(crate::init::syslog::DEFAULT_QUEUE)
+                .clamp(16, 1_000_000),
+        };
+        let backup = BackupSettings {
+            schedule: match &f.backup.schedule {
+                Some(s) => schedule(s, "backup.schedule")?,
+                None => Schedule::daily(3, 0).unwrap_or_else(|_| unreachable!("a valid time")),
+            },
+            homes: under(
+                &root,
+                &f.backup
+                    .homes
+                    .unwrap_or_else(|| PathBuf::from(crate::init::backup::DEFAULT_HOMES)),
+            ),
+            dest: under(
+                &root,
+                &f.backup
+                    .dest
+                    .unwrap_or_else(|| PathBuf::from(crate::init::backup::DEFAULT_DEST)),
+            ),
+        };
+        let reports = match &f.reports {
+            None => None,
+            Some(r) => Some(ReportJob {
+                schedule: schedule(&r.schedule, "reports.schedule")?,
+                program: r
+                    .command
+                    .clone()
+                    .unwrap_or_else(|| bin_dir.join("mailstack")),
+                args: if r.args.is_empty() {
+                    vec![OsString::from("dmarc-report")]
+                } else {
+                    r.args.iter().map(OsString::from).collect()
+                },
+                timeout: Duration::from_secs(r.timeout_seconds.unwrap_or(3600).max(1)),
+                jitter: Duration::from_secs(r.jitter_seconds.unwrap_or(0)),
+            }),
+        };
         Ok(Self {
             source: path.map(Path::to_owned),
             root,
@@ -313,7 +494,7 @@ impl InitConfig {
             saslauthd: f.saslauthd.unwrap_or_default(),
             saslauthd_mech: f.saslauthd_mech.unwrap_or_else(|| "shadow".into()),
             smtp,
-            bin_dir: f.bin_dir.unwrap_or_else(|| PathBuf::from("/usr/local/bin")),
+            bin_dir,
             grace: Duration::from_secs(f.grace_seconds.unwrap_or(30)),
             ready_timeout: Duration::from_secs(f.ready_timeout_seconds.unwrap_or(30)),
             clamd_ready_timeout: Duration::from_secs(f.clamd_ready_timeout_seconds.unwrap_or(300)),
@@ -321,8 +502,11 @@ impl InitConfig {
             programs: f.programs,
             args: f.args,
             sockets,
-            mail_log_host: env("MAIL_LOG_HOST").filter(|h| !h.trim().is_empty()),
+            mail_log_host,
             maildir_backup: env("MAILDIR_BACKUP").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            log,
+            backup,
+            reports,
         })
     }
 
@@ -381,6 +565,7 @@ impl InitConfig {
                 probe: Probe::Accepts(run.join("mux")),
                 ready_timeout: self.ready_timeout,
                 stop: Stop::Signal,
+                reload: Reload::None,
             });
         }
 
@@ -420,6 +605,7 @@ impl InitConfig {
                 probe: Probe::ClamdPing(addr.clone()),
                 ready_timeout: self.clamd_ready_timeout,
                 stop: Stop::Signal,
+                reload: Reload::None,
             });
             clamd_addr = Some(addr);
         }
@@ -528,6 +714,12 @@ impl InitConfig {
                 probe,
                 ready_timeout: self.ready_timeout,
                 stop: Stop::Signal,
+                // spf-policyd reads its file at start only; the milters reload on SIGHUP.
+                reload: if name == "spf-policyd" {
+                    Reload::Restart
+                } else {
+                    Reload::Hangup
+                },
             });
         }
 
@@ -553,6 +745,7 @@ impl InitConfig {
                 pf_dir.into_os_string(),
                 "stop".into(),
             ]),
+            reload: Reload::None,
         });
 
         for s in &services {
@@ -751,6 +944,20 @@ pub struct ServiceSpec {
     pub ready_timeout: Duration,
     /// How it is stopped.
     pub stop: Stop,
+    /// What SIGHUP to mailstack-init does to it.
+    pub reload: Reload,
+}
+
+/// What SIGHUP to mailstack-init does to a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reload {
+    /// Nothing (saslauthd, clamd, Postfix).
+    None,
+    /// SIGHUP is passed on: the daemon re-reads its configuration in place (our milters).
+    Hangup,
+    /// Restarted and waited for (a daemon that reads its configuration only at start).
+    Restart,
 }
 
 /// A run directory to create (the seed's tmpfiles rule).
@@ -901,6 +1108,53 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("/x/i.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn log_backup_and_reports_sections() {
+        let c = InitConfig::parse(
+            Path::new("/x/i.toml"),
+            "root = \"/r\"\nbin_dir = \"/b\"\n[log]\ndev_log = \"\"\nkeep = 2\n\
+             [backup]\nschedule = \"every 6h\"\n[reports]\nschedule = \"daily 00:30\"\n\
+             args = [\"dmarc-report\", \"--store\", \"/s\"]\n",
+            &|k| (k == "MAILDIR_BACKUP").then(|| "TRUE".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(c.log.dev_log, None);
+        assert_eq!(c.log.file, Path::new("/r/var/log/mail.log"));
+        assert_eq!(c.log.keep, 2);
+        assert!(c.maildir_backup);
+        assert_eq!(
+            c.backup.schedule,
+            Schedule::every(Duration::from_secs(6 * 3600)).unwrap()
+        );
+        assert_eq!(c.backup.dest, Path::new("/r/dest"));
+        let r = c.reports.unwrap();
+        assert_eq!(r.program, Path::new("/b/mailstack"));
+        assert_eq!(r.schedule, Schedule::daily(0, 30).unwrap());
+        assert_eq!(r.args, ["dmarc-report", "--store", "/s"]);
+        // Without [reports], no report job; the receiver is on /dev/log.
+        let c = InitConfig::parse(Path::new("/x/i.toml"), "", &|_| None).unwrap();
+        assert!(c.reports.is_none());
+        assert_eq!(c.log.dev_log.as_deref(), Some(Path::new("/dev/log")));
+    }
+
+    #[test]
+    fn bad_schedule_and_log_host_are_named() {
+        let e = InitConfig::parse(
+            Path::new("/x/i.toml"),
+            "grace_seconds = 1\n[reports]\nschedule = \"weekly\"\n",
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/x/i.toml:3: reports.schedule:"), "{e}");
+        let e = InitConfig::parse(Path::new("/x/i.toml"), "", &|k| {
+            (k == "MAIL_LOG_HOST").then(|| "logs.example:notaport".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("<environment MAIL_LOG_HOST>:0:"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod forward;
 pub mod health;
 pub mod logfile;
 pub mod ready;
+pub mod reaper;
 pub mod schedule;
 pub mod supervise;
 pub mod syslog;

@@ -206,6 +206,80 @@ where
     }
 }
 
+/// A [`Job`] that runs a program (the DMARC report run of `[reports]`): its stdout and
+/// stderr lines go to the log [`Sink`] tagged with `tag`; a non-zero exit is the job's
+/// failure. The child is started through [`super::reaper`] (PID 1 collects every exit) and
+/// killed when the run is cancelled at its timeout or at shutdown.
+#[derive(Debug, Clone)]
+pub struct CommandJob {
+    program: std::path::PathBuf,
+    args: Vec<std::ffi::OsString>,
+    sink: Sink,
+    tag: String,
+}
+
+impl CommandJob {
+    /// `program` with `args`, its output logged to `sink` as `tag`.
+    pub fn new(
+        program: impl Into<std::path::PathBuf>,
+        args: impl IntoIterator<Item = impl Into<std::ffi::OsString>>,
+        sink: Sink,
+        tag: impl Into<String>,
+    ) -> Self {
+        Self {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            sink,
+            tag: tag.into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for CommandJob {
+    async fn run(&self) -> Result<Option<String>, JobError> {
+        use std::process::Stdio;
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = super::reaper::spawn(&mut cmd)
+            .map_err(|e| format!("{}: cannot start: {e}", self.program.display()))?;
+        let log = |pipe: Option<tokio::net::unix::pipe::Receiver>| async {
+            match pipe {
+                Some(p) => super::syslog::pipe_lines(
+                    p,
+                    &self.sink,
+                    Facility::Cron,
+                    Severity::Informational,
+                    &self.tag,
+                )
+                .await
+                .unwrap_or(0),
+                None => 0,
+            }
+        };
+        let (out, err) = tokio::join!(log(child.stdout.take()), log(child.stderr.take()));
+        let status = child.wait().await?;
+        let lines = out + err;
+        if status.success() {
+            Ok(Some(format!(
+                "{} exited 0 ({lines} lines of output)",
+                self.program.display()
+            )))
+        } else {
+            Err(format!(
+                "{} {} ({lines} lines of output, logged as {})",
+                self.program.display(),
+                super::supervise::describe_exit(status),
+                self.tag
+            )
+            .into())
+        }
+    }
+}
+
 /// A job's name and timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
@@ -391,6 +465,27 @@ mod tests {
             out.push((m.priority.severity, m.text));
         }
         out
+    }
+
+    #[tokio::test]
+    async fn command_job_logs_output_and_fails_on_exit_status() {
+        let (sink, mut queue) = Sink::channel(100);
+        let ok = CommandJob::new("sh", ["-c", "echo one; echo two >&2"], sink.clone(), "rep");
+        let summary = ok.run().await.unwrap().unwrap();
+        assert_eq!(summary, "sh exited 0 (2 lines of output)");
+        let bad = CommandJob::new("sh", ["-c", "echo oops; exit 4"], sink.clone(), "rep");
+        let e = bad.run().await.unwrap_err().to_string();
+        assert_eq!(e, "sh exit status 4 (1 lines of output, logged as rep)");
+        let missing = CommandJob::new("/nonexistent/prog", ["x"], sink, "rep");
+        let e = missing.run().await.unwrap_err().to_string();
+        assert!(e.starts_with("/nonexistent/prog: cannot start:"), "{e}");
+        let mut got = Vec::new();
+        while let Ok(Item::Line(m)) = queue.rx.try_recv() {
+            assert_eq!(m.app, "rep");
+            got.push(m.text);
+        }
+        got.sort();
+        assert_eq!(got, ["one", "oops", "two"]);
     }
 
     #[test]

@@ -14,8 +14,13 @@
 //! - SIGTERM or SIGINT: Postfix is stopped first (`postfix stop`, so no mail is accepted
 //!   without its filters), then the filters (SIGTERM: they finish the messages in flight) and
 //!   then the rest, each stage within the plan's grace period before SIGKILL.
-//! - SIGHUP: each filter is restarted in turn and waited for (they read their configuration
-//!   at start-up; none of our daemons reloads in place).
+//! - SIGHUP: passed on to each filter that reloads in place (our milters re-read their
+//!   configuration and keys on SIGHUP, connections in flight finishing on the old one);
+//!   a filter that reads its configuration only at start (spf-policyd) is restarted and
+//!   waited for ([`Reload`]).
+//! - Output: with [`Supervisor::with_log`], each child's stdout and stderr lines go to the
+//!   log [`Sink`] (`/var/log/mail.log` or `MAIL_LOG_HOST`) tagged with the service's name;
+//!   without it they are init's own stdout and stderr.
 //!
 //! Children are plain `std::process` children (no `tokio::process`, which would reap behind
 //! our back); this module reaps them all.
@@ -28,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::config::{Plan, Probe, Role, ServiceSpec, Stop};
+use super::config::{Plan, Probe, Reload, Role, ServiceSpec, Stop};
 use super::dirs::{self, DirError, Stale};
+use super::syslog::{Facility, Severity, Sink};
 use milter_proto::socket::SocketSpec;
 
 /// The longest restart delay.
@@ -104,6 +110,12 @@ struct Signals {
     hup: Signal,
 }
 
+/// How an [`ExitStatus`](std::process::ExitStatus) reads in logs.
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    describe_status(status.into_raw())
+}
+
 /// How an exit status reads in logs.
 pub fn describe_status(status: libc::c_int) -> String {
     if libc::WIFEXITED(status) {
@@ -121,6 +133,7 @@ pub struct Supervisor {
     plan: Plan,
     passwd_root: PathBuf,
     helpers: Vec<i32>,
+    log: Option<Sink>,
     /// Orphans reaped so far (exits of processes that were not our services).
     pub orphans_reaped: u64,
 }
@@ -173,14 +186,24 @@ impl Supervisor {
             plan,
             passwd_root: passwd_root.to_owned(),
             helpers: Vec::new(),
+            log: None,
             orphans_reaped: 0,
         }
+    }
+
+    /// Sends the children's stdout and stderr lines to `sink`, tagged with the service's
+    /// name (instead of letting them write to init's own stdout and stderr).
+    #[must_use]
+    pub fn with_log(mut self, sink: Sink) -> Self {
+        self.log = Some(sink);
+        self
     }
 
     /// Runs until SIGTERM/SIGINT (then stops everything in order and returns `Ok`), or until
     /// start-up fails (then stops what was started and returns the error).
     pub async fn run(mut self) -> Result<(), SuperviseError> {
         become_subreaper();
+        super::reaper::supervising();
         let mut sig = Signals {
             chld: signal(SignalKind::child()).map_err(SuperviseError::Signals)?,
             term: signal(SignalKind::terminate()).map_err(SuperviseError::Signals)?,
@@ -228,6 +251,7 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), SuperviseError> {
+        let log = self.log.clone();
         let slot = &mut self.slots[i];
         if let Some(path) = socket_file(&slot.spec.probe) {
             match dirs::remove_stale(path) {
@@ -242,11 +266,20 @@ impl Supervisor {
                 Err(e) => return Err(e.into()),
             }
         }
+        let piped = || {
+            if log.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            }
+        };
         let child = {
             use std::os::unix::process::CommandExt;
             Command::new(&slot.spec.program)
                 .args(&slot.spec.args)
                 .stdin(Stdio::null())
+                .stdout(piped())
+                .stderr(piped())
                 .process_group(0)
                 .spawn()
         }
@@ -257,8 +290,15 @@ impl Supervisor {
         })?;
         // The pid fits: Linux pids are at most 2^22.
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        if let Some(sink) = &log {
+            let mut child = child;
+            let out = child.stdout.take().map(std::os::fd::OwnedFd::from);
+            let err = child.stderr.take().map(std::os::fd::OwnedFd::from);
+            for fd in out.into_iter().chain(err) {
+                pipe_to_log(fd, sink.clone(), &slot.spec.name);
+            }
+        }
         // Dropping a std Child neither kills nor waits: reap() collects it.
-        drop(child);
         slot.pid = Some(pid);
         slot.ready = false;
         slot.started = Instant::now();
@@ -321,6 +361,9 @@ impl Supervisor {
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
                 break;
+            }
+            if super::reaper::claim(pid, status) {
+                continue;
             }
             if let Some(h) = self.helpers.iter().position(|&p| p == pid) {
                 self.helpers.swap_remove(h);
@@ -408,12 +451,26 @@ impl Supervisor {
         }
     }
 
-    /// SIGHUP: restarts each filter in turn, waiting for it to be ready.
+    /// SIGHUP: passed on to the filters that reload in place; the others are restarted in
+    /// turn, each waited for.
     async fn reload(&mut self, sig: &mut Signals) {
-        tracing::info!("SIGHUP: restarting the filters to re-read their configuration");
+        tracing::info!("SIGHUP: the filters re-read their configuration");
         for i in 0..self.slots.len() {
-            if self.slots[i].spec.role != Role::Filter {
-                continue;
+            match self.slots[i].spec.reload {
+                Reload::Hangup => {
+                    if let Some(pid) = self.slots[i].pid {
+                        tracing::info!("{}: SIGHUP passed on (pid {pid})", self.slots[i].spec.name);
+                        send(pid, libc::SIGHUP);
+                    }
+                    continue;
+                }
+                Reload::Restart => {
+                    tracing::info!(
+                        "{}: restarting to re-read its configuration",
+                        self.slots[i].spec.name
+                    );
+                }
+                _ => continue,
             }
             if let Some(pid) = self.slots[i].pid {
                 self.slots[i].planned = true;
@@ -545,6 +602,26 @@ impl Supervisor {
                 }
             },
         }
+    }
+}
+
+/// Reads one of a child's output pipes into the log, line by line, until it closes.
+fn pipe_to_log(fd: std::os::fd::OwnedFd, sink: Sink, name: &str) {
+    let name = name.to_owned();
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => {
+            tokio::spawn(async move {
+                let _ = super::syslog::pipe_lines(
+                    rx,
+                    &sink,
+                    Facility::Mail,
+                    Severity::Informational,
+                    &name,
+                )
+                .await;
+            });
+        }
+        Err(e) => tracing::warn!("{name}: its output cannot be logged: {e}"),
     }
 }
 

@@ -611,6 +611,13 @@ impl Sink {
         self.submit(Message::new(Priority { facility, severity }, app, text))
     }
 
+    /// Queues one line a program wrote to its stdout or stderr, as [`pipe_lines`] does:
+    /// its `tracing` level (`ERROR`, `WARN`, ...) read as the severity (else `severity`),
+    /// colour codes removed, control characters escaped.
+    pub fn line(&self, facility: Facility, severity: Severity, app: &str, line: &[u8]) {
+        submit_child_line(self, facility, severity, app, line);
+    }
+
     /// How many lines were dropped since the sink was made (for metrics).
     pub fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
