@@ -15,6 +15,7 @@
 //! Run: `cargo test -p mailstack-examples --features interop --test init_container` as root
 //! with postfix, sasl2-bin, swaks, util-linux (unshare, nsenter) and libcap2-bin (capsh).
 
+mod spf_support;
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -803,6 +804,392 @@ fn mailstack_init_as_pid1_in_namespaces() {
     let log = mail_log(tmp.path());
     assert!(log.contains("all services stopped"), "{log}");
     eprintln!("stop took {took:?}; sink {delivered}, queue {queued}, accepted {accepted}");
+}
+
+/// A syslog receiver over TCP as rsyslog's `@@` sender expects one (LF-framed lines) on a
+/// fixed port of the container's loopback, which the test can stop and start again.
+struct TcpSyslog {
+    port: u16,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    accepts: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpSyslog {
+    fn start(port: u16) -> Self {
+        let mut r = Self {
+            port,
+            lines: Default::default(),
+            stop: None,
+            accepts: None,
+        };
+        r.listen();
+        r
+    }
+
+    fn listen(&mut self) {
+        use std::io::BufRead as _;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (lines, flag) = (self.lines.clone(), stop.clone());
+        self.accepts = Some(std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok((c, _)) = listener.accept() {
+                    c.set_nonblocking(false).unwrap();
+                    let (lines, flag) = (lines.clone(), flag.clone());
+                    let reader = c.try_clone().unwrap();
+                    conns.push(c);
+                    std::thread::spawn(move || {
+                        for l in std::io::BufReader::new(reader).lines() {
+                            let Ok(l) = l else { break };
+                            if flag.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            lines.lock().unwrap().push(l);
+                        }
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // The receiver going away: every connection closed, as a restarting rsyslog does.
+            for c in conns {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }));
+        self.stop = Some(stop);
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            s.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if let Some(t) = self.accepts.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn wait(&self, pred: impl Fn(&[String]) -> bool, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        while !pred(&self.lines()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}; the receiver got:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The seed's tree for the four single-purpose daemons (OpenDKIM's, OpenDMARC's,
+/// clamav-milter's and python-policyd-spf's files) and clamd with our signature.
+fn seed_single_purpose(tmp: &Path, dns: std::net::SocketAddr) -> String {
+    let root = tmp.join("root");
+    let etc = root.join("usr/local/etc");
+    let run = root.join("var/run");
+    write(
+        &etc.join("opendkim/opendkim.conf"),
+        "Mode v\nUserID opendkim\nAuthservID mx.dest.example\n",
+    );
+    write(
+        &etc.join("opendmarc/opendmarc.conf"),
+        "AuthservID mx.dest.example\nUserID opendmarc\nRejectFailures yes\n",
+    );
+    let db = tmp.join("clamdb");
+    std::fs::create_dir_all(&db).unwrap();
+    write(
+        &db.join("mailstack.ndb"),
+        &format!("Mailstack.Test.EICAR:0:*:{}\n", support::clamd::EICAR_HEX),
+    );
+    write(
+        &etc.join("clamav/clamd.conf"),
+        &format!(
+            "LocalSocket {}\nLocalSocketMode 666\nFixStaleSocket yes\nDatabaseDirectory {}\n\
+             TemporaryDirectory /tmp\nDisableCache yes\n",
+            run.join("clamav/clamd.ctl").display(),
+            db.display()
+        ),
+    );
+    write(
+        &etc.join("clamav/clamav-milter.conf"),
+        &format!(
+            "User clamav\nClamdSocket unix:{}\nOnInfected Reject\nRejectMsg Virus %v found\n\
+             AddHeader Replace\nReportHostname mx.dest.example\n",
+            run.join("clamav/clamd.ctl").display()
+        ),
+    );
+    write(
+        &etc.join("python-policyd-spf/policyd-spf.conf"),
+        "debugLevel = 1\nTestOnly = 1\nHELO_reject = False\nMail_From_reject = Fail\n",
+    );
+    let main_cf = etc.join("postfix/main.cf");
+    let text = std::fs::read_to_string(&main_cf).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("smtpd_milters") {
+                format!(
+                    "smtpd_milters = unix:{} unix:{} unix:{}",
+                    run.join("opendkim/opendkim.sock").display(),
+                    run.join("opendmarc/opendmarc.sock").display(),
+                    run.join("clamav/clamav-milter.sock").display()
+                )
+            } else if l.starts_with("smtpd_recipient_restrictions") {
+                format!(
+                    "smtpd_recipient_restrictions = reject_unauth_destination, \
+                     check_policy_service unix:{}",
+                    run.join("policyd-spf/policyd-spf.sock").display()
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect::<String>();
+    write(
+        &main_cf,
+        &format!("{text}smtpd_authorized_xclient_hosts = 127.0.0.0/8\n"),
+    );
+    let ns = dns.to_string();
+    format!(
+        "filters = [\"dkim-milter\", \"dmarc-milter\", \"av-milter\", \"spf-policyd\"]\n\
+         clamd = \"yes\"\n\
+         [args]\n\
+         dkim-milter = [\"--nameserver\", \"{ns}\"]\n\
+         dmarc-milter = [\"--nameserver\", \"{ns}\"]\n\
+         spf-policyd = [\"--nameserver\", \"{ns}\"]\n\
+         [log]\nqueue = 16\n"
+    )
+}
+
+/// The client the mail comes from (by XCLIENT): not local, so every filter checks it.
+const REMOTE: Option<(&str, &str)> = Some(("192.0.2.1", "mail.src.example"));
+
+#[test]
+fn single_purpose_daemons_and_clamd_under_init_with_the_log_forwarded() {
+    require(&[
+        "/usr/bin/unshare",
+        "/usr/sbin/capsh",
+        "/usr/sbin/saslauthd",
+        "/usr/sbin/postfix",
+        "/usr/sbin/clamd",
+    ]);
+    let tmp = tempfile::Builder::new()
+        .prefix("mailstack-init-4-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    const LOG_PORT: u16 = 5514;
+    let host = format!("127.0.0.1:{LOG_PORT}");
+    let c = start_with(tmp.path(), &[("MAIL_LOG_HOST", host.as_str())]);
+    // In the container's network namespace from here on: the sink, the DNS server and the
+    // syslog receiver are on its loopback.
+    let mut syslog = TcpSyslog::start(LOG_PORT);
+    let sink = Sink::start();
+    let mut zone = spf_support::Zone::default();
+    zone.txt("_dmarc.src.example", "v=DMARC1; p=none")
+        .txt("_dmarc.spoofed.example", "v=DMARC1; p=reject")
+        .txt("src.example", "v=spf1 ip4:192.0.2.1 -all")
+        .txt("spoofed.example", "v=spf1 -all");
+    let dns = spf_support::start_dns_local(zone).unwrap();
+    seed_tree(&tmp.path().join("root"), &tmp.path().join("pf"), sink.port);
+    let extra = seed_single_purpose(tmp.path(), dns);
+    std::fs::write(
+        tmp.path().join("mailstack-init.toml"),
+        format!(
+            "{}{extra}",
+            init_toml(tmp.path()).replace("restart_backoff_ms = 1500", "restart_backoff_ms = 100")
+        ),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("go"), "").unwrap();
+    assert!(
+        c.wait_log("all services ready", Duration::from_secs(120)),
+        "not ready; log:\n{}\nforwarded:\n{}",
+        c.log(),
+        syslog.lines().join("\n")
+    );
+    let log = c.log();
+    let pos = |s: &str| {
+        log.find(s)
+            .unwrap_or_else(|| panic!("{s:?} not in log:\n{log}"))
+    };
+    assert!(pos("clamd: ready") < pos("av-milter: started"), "{log}");
+    for (a, b) in [
+        ("dkim-milter: ready", "dmarc-milter: started"),
+        ("dmarc-milter: ready", "av-milter: started"),
+        ("av-milter: ready", "spf-policyd: started"),
+        ("spf-policyd: ready", "postfix: started"),
+    ] {
+        assert!(pos(a) < pos(b), "{a} before {b}:\n{log}");
+    }
+
+    // Mail through the three milters and the policy server.
+    let r = Smtp::try_send(
+        25,
+        REMOTE,
+        "alice@src.example",
+        &["b@dest.example"],
+        "From: alice@src.example\r\nSubject: clean\r\n\r\nhello\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    let got = sink
+        .wait(1, Duration::from_secs(30))
+        .expect("the clean message reached the sink");
+    let m = &got[0];
+    assert_eq!(m.header("X-Virus-Status"), ["Clean"], "{}", m.text());
+    let ar = m.header("Authentication-Results").join("\n");
+    assert!(ar.contains("dmarc=pass"), "{}", m.text());
+    assert!(
+        m.header("Received-SPF")
+            .iter()
+            .any(|h| h.starts_with("Pass")),
+        "{}",
+        m.text()
+    );
+    let r = Smtp::try_send(
+        25,
+        REMOTE,
+        "alice@src.example",
+        &["b@dest.example"],
+        &format!(
+            "From: alice@src.example\r\nSubject: bad\r\n\r\n{}\r\n",
+            support::clamd::eicar()
+        ),
+    );
+    assert_eq!(r.code / 100, 5, "EICAR: {r:?}");
+    assert!(r.to_string().contains("Virus"), "{r:?}");
+    let r = Smtp::try_send(
+        25,
+        REMOTE,
+        "mallory@spoofed.example",
+        &["b@dest.example"],
+        "From: boss@spoofed.example\r\nSubject: spoof\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code / 100, 5, "SPF -all from 127.0.0.1: {r:?}");
+
+    // The forwarded log: Postfix's lines (through /dev/log) and our daemons' (their stderr).
+    syslog.wait(
+        |l| {
+            l.iter().any(|x| x.contains(" postfix/smtpd["))
+                && l.iter().any(|x| x.contains(" dkim-milter: "))
+                && l.iter().any(|x| x.contains(" av-milter: "))
+                && l.iter().any(|x| x.contains(" mailstack-init: "))
+        },
+        Duration::from_secs(15),
+        "Postfix's and our lines forwarded",
+    );
+    assert!(
+        syslog.lines().iter().all(|l| l.starts_with('<')),
+        "RFC 3164 lines with PRI"
+    );
+
+    // The receiver restarts; while it is away more than the queue (16) is logged.
+    syslog.stop();
+    let before = syslog.lines().len();
+    for i in 0..6 {
+        let r = Smtp::try_send(
+            25,
+            None,
+            "alice@src.example",
+            &["b@dest.example"],
+            &format!("From: alice@src.example\r\nSubject: away {i}\r\n\r\nx\r\n"),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    syslog.listen();
+    syslog.wait(
+        |l| l[before..].iter().any(|x| x.contains("log lines dropped")),
+        Duration::from_secs(40),
+        "the drop reported after the restart",
+    );
+    let r = Smtp::try_send(
+        25,
+        REMOTE,
+        "alice@src.example",
+        &["b@dest.example"],
+        "From: alice@src.example\r\nSubject: after\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    let marker = {
+        let got = sink.wait(8, Duration::from_secs(30)).expect("8 delivered");
+        got.len()
+    };
+    assert_eq!(marker, 8);
+    syslog.wait(
+        |l| {
+            l[before..]
+                .iter()
+                .filter(|x| x.contains(" postfix/smtpd["))
+                .count()
+                >= 3
+        },
+        Duration::from_secs(15),
+        "lines after the restart",
+    );
+
+    // A filter that keeps dying (its configuration broken, then killed): reported, and
+    // Postfix applies milter_default_action (tempfail) meanwhile.
+    write(
+        &tmp.path().join("root/usr/local/etc/opendkim/opendkim.conf"),
+        "Mode v\nUserID opendkim\nBogusOption yes\n",
+    );
+    let pid = c
+        .child_named("dkim-milter")
+        .expect("dkim-milter under init");
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(
+        c.wait_log("dkim-milter keeps dying", Duration::from_secs(30)),
+        "{}",
+        c.log()
+    );
+    assert!(
+        c.log()
+            .contains("Postfix applies its milter_default_action"),
+        "{}",
+        c.log()
+    );
+    let r = Smtp::try_send(
+        25,
+        REMOTE,
+        "alice@src.example",
+        &["b@dest.example"],
+        "From: alice@src.example\r\nSubject: while down\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code / 100, 4, "dkim-milter down: {r:?}");
+    // The exit status of the broken start names the file and line, in the forwarded log.
+    syslog.wait(
+        |l| {
+            l.iter()
+                .any(|x| x.contains("dkim-milter") && x.contains("opendkim.conf:3"))
+        },
+        Duration::from_secs(15),
+        "dkim-milter's configuration error forwarded",
+    );
+
+    // SIGTERM: everything stops in order and init exits 0.
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(c.init_pid as i32, libc::SIGTERM) };
+    let mut c = c;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = c.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "init did not stop:\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "init exit {status:?}:\n{}", c.log());
+    syslog.stop();
 }
 
 fn check_config(tmp: &Path, extra: &str) -> (i32, String) {
