@@ -420,3 +420,23 @@ where
         }
     }
 }
+
+/// How long buffered store records may take to be written at shutdown.
+pub const STORE_FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
+
+/// At exit (mailstackd, dmarc-milter): what the store writer still buffers gets
+/// [`STORE_FLUSH_AT_EXIT`] to reach the store, then the totals are logged (a record still
+/// pending then is lost, and the line says how many).
+pub async fn flush_store_at_exit(w: &mailstack::store::BufferedWriter) {
+    let all = w.flush(STORE_FLUSH_AT_EXIT).await;
+    let st = w.stats();
+    let line = format!(
+        "store at exit: {} submitted, {} stored ({} already there), {} dropped, {} pending, {} failed attempts",
+        st.submitted, st.stored, st.duplicates, st.dropped, st.pending, st.failures
+    );
+    if all {
+        tracing::info!("{line}");
+    } else {
+        tracing::warn!("{line}: not everything reached the store within {STORE_FLUSH_AT_EXIT:?}");
+    }
+}

@@ -142,6 +142,7 @@ fn main() -> ExitCode {
             }
             None => None,
         };
+        let at_exit = writer.clone();
         let make = move |cfg: DmarcConfig, resolver: Arc<dyn Resolver>| {
             let tee_cfg = cfg.clone();
             let filter = DmarcFilter::new(cfg, resolver);
@@ -156,8 +157,13 @@ fn main() -> ExitCode {
         let live = Arc::new(LiveFilter::new(filter));
         let path = args.config.clone();
         let rebuild = move || DmarcConfig::read(&path).map(|c| make(c, resolver.clone()));
-        daemon::serve_milter_live(&opts, ServerConfig::default(), live, rebuild, &args.control)
-            .await
+        let served =
+            daemon::serve_milter_live(&opts, ServerConfig::default(), live, rebuild, &args.control)
+                .await;
+        if let Some(w) = &at_exit {
+            daemon::flush_store_at_exit(w).await;
+        }
+        served
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

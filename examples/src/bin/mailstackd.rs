@@ -149,9 +149,6 @@ impl Load {
 /// How often the store writer's counters are logged (when they changed).
 const STORE_STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How long buffered store records may take to be written at shutdown.
-const STORE_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Cmd::Reload(r)) = &args.command {
@@ -199,13 +196,7 @@ fn main() -> ExitCode {
             daemon::serve_milter_live(&opts, ServerConfig::default(), live, rebuild, &args.control)
                 .await;
         if let Some(w) = &store {
-            // What is still buffered gets a moment to reach the store, then the totals.
-            w.flush(STORE_FLUSH_AT_EXIT).await;
-            let st = w.stats();
-            tracing::info!(
-                "store at exit: {} submitted, {} stored ({} already there), {} dropped, {} pending, {} failed attempts",
-                st.submitted, st.stored, st.duplicates, st.dropped, st.pending, st.failures
-            );
+            daemon::flush_store_at_exit(w).await;
         }
         served
     });
