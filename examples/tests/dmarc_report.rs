@@ -23,17 +23,16 @@
 mod spf_support;
 mod support;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use support::postfix::{Postfix, PostfixBuilder};
+use support::reports::{gz_files, parsedmarc};
 
 /// 2025-11-25 00:00:00 UTC.
 const DAY: u64 = 1_764_028_800;
-const PARSEDMARC: &str = "/opt/parsedmarc/bin/python";
 
 /// One history block as `dmarc-milter` writes it.
 #[allow(clippy::too_many_arguments)]
@@ -63,7 +62,7 @@ fn block(
 }
 
 /// (domain, source address, disposition, override reasons) -> count.
-type Expected = BTreeMap<(String, String, String, Vec<String>), u64>;
+type Expected = support::reports::Rows;
 
 /// The day's records, and the rows every report for each domain must hold.
 fn day(dir: &Path) -> (PathBuf, Expected) {
@@ -252,77 +251,11 @@ fn dmarc_report(history: &Path, args: &[&str]) -> String {
     stdout
 }
 
-/// What parsedmarc reads from each file: (domain, rows as (ip, disposition, reasons) -> count).
-fn parsedmarc(files: &[PathBuf]) -> Vec<(String, Expected)> {
-    assert!(
-        Path::new(PARSEDMARC).exists(),
-        "parsedmarc is needed for this test: python3 -m venv /opt/parsedmarc && \
-         /opt/parsedmarc/bin/pip install parsedmarc (see .ci/run)"
-    );
-    const SCRIPT: &str = r#"
-import ipaddress, json, sys
-from parsedmarc import parse_report_file
-for p in sys.argv[1:]:
-    r = parse_report_file(p, offline=True)
-    assert r["report_type"] == "aggregate", r["report_type"]
-    rep = r["report"]
-    rows = [[str(ipaddress.ip_address(x["source"]["ip_address"])), x["count"],
-             x["policy_evaluated"]["disposition"],
-             [o["type"] for o in x["policy_evaluated"]["policy_override_reasons"]]]
-            for x in rep["records"]]
-    print(json.dumps([rep["policy_published"]["domain"], rows]))
-"#;
-    let out = Command::new(PARSEDMARC)
-        .args(["-c", SCRIPT])
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "parsedmarc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let domain = v[0].as_str().unwrap().to_owned();
-            let mut rows = Expected::new();
-            for r in v[1].as_array().unwrap() {
-                let reasons = r[3]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_str().unwrap().to_owned())
-                    .collect();
-                let key = (
-                    domain.clone(),
-                    r[0].as_str().unwrap().to_owned(),
-                    r[2].as_str().unwrap().to_owned(),
-                    reasons,
-                );
-                *rows.entry(key).or_default() += r[1].as_u64().unwrap();
-            }
-            (domain, rows)
-        })
-        .collect()
-}
-
 fn only(exp: &Expected, domain: &str) -> Expected {
     exp.iter()
         .filter(|(k, _)| k.0 == domain)
         .map(|(k, v)| (k.clone(), *v))
         .collect()
-}
-
-fn gz_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".xml.gz"))
-        .collect();
-    v.sort();
-    v
 }
 
 fn zone() -> std::net::SocketAddr {

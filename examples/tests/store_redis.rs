@@ -390,6 +390,49 @@ fn wait_for_jobs(store: &RedisStore, n: usize, timeout: Duration) -> Vec<String>
     }
 }
 
+/// `mailstack dmarc-report --store URL --dry-run` over today's UTC window: what parsedmarc
+/// reads from the files it wrote, as (files, total count over every row).
+fn report_from_store(dir: &Path, url: &str, dns: std::net::SocketAddr) -> (usize, u64) {
+    let out_dir = dir.join("reports");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let begin = now / 86_400 * 86_400;
+    let out = Command::new(env!("CARGO_BIN_EXE_mailstack"))
+        .args(["dmarc-report", "--store", url])
+        .args(["--begin", &begin.to_string()])
+        .args(["--end", &(begin + 86_400).to_string()])
+        .args([
+            "--org-name",
+            "Receiver Inc.",
+            "--email",
+            "dmarc-reports@dest.example",
+        ])
+        .args(["--nameserver", &dns.to_string()])
+        .arg("--dry-run")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dmarc-report: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = support::reports::gz_files(&out_dir);
+    let parsed = support::reports::parsedmarc(&files);
+    for (domain, rows) in &parsed {
+        assert_eq!(domain, "example.com");
+        for (ip, disposition) in rows.keys().map(|k| (&k.1, &k.2)) {
+            assert_eq!((ip.as_str(), disposition.as_str()), ("192.0.2.1", "none"));
+        }
+    }
+    let total = parsed.iter().flat_map(|(_, rows)| rows.values()).sum();
+    (files.len(), total)
+}
+
 #[test]
 fn two_mailstackd_through_postfix_sum_in_one_redis() {
     support::postfix::require_postfix();
@@ -438,6 +481,13 @@ fn two_mailstackd_through_postfix_sum_in_one_redis() {
         text.matches("\nreporter mx2.example\n").count(),
         5,
         "{text}"
+    );
+    // One report out of the shared store, with the sum, as parsedmarc reads it.
+    drop((m1, m2));
+    assert_eq!(
+        report_from_store(dir.path(), &redis.url(), dns),
+        (1, 12),
+        "one report for example.com counting 7 + 5"
     );
 }
 
@@ -536,7 +586,11 @@ fn redis_stopped_under_load_loses_no_mail() {
     assert_eq!(stored as usize, got_after_exit.len(), "{line}");
     assert_eq!(dropped as usize, 20 - kept_during, "{line}");
     assert!(failures > 0, "{line}");
-    println!("outage: {line}");
+    // The report says what the store saw, nothing more.
+    let (files, total) = report_from_store(dir.path(), &redis.url(), dns);
+    assert_eq!(files, 1);
+    assert_eq!(total, stored, "{line}");
+    println!("outage: {line}; report counts {total} of 30 sent");
 }
 
 #[test]
@@ -593,4 +647,53 @@ fn dmarc_milter_mailstack_store_gets_what_the_history_file_gets() {
     from_store.sort();
     from_file.sort();
     assert_eq!(from_store, from_file);
+}
+
+#[test]
+fn dmarc_milter_flushes_its_store_buffer_at_exit() {
+    support::postfix::require_postfix();
+    let dir = tempfile::Builder::new()
+        .prefix("store-flush")
+        .tempdir()
+        .unwrap();
+    let redis = Redis::start(dir.path());
+    let dns = dns();
+    let conf = dir.path().join("opendmarc.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "AuthservID mx.example\nSPFSelfValidate yes\nMailstackStore {}\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let ns = dns.to_string();
+    let m = Mailstackd::spawn(
+        DMARC_BIN,
+        dir.path(),
+        "dmarc",
+        &conf,
+        &["--nameserver", &ns],
+    );
+    let pf = postfix(&m, "mx.example");
+    // Redis frozen: the records of the burst wait in dmarc-milter's buffer.
+    let redis_pid = redis.child.as_ref().unwrap().id();
+    signal(redis_pid, libc::SIGSTOP);
+    let queued: BTreeSet<String> = (0..5).map(|i| send(&pf, i)).collect();
+    // The stop comes while they are buffered; Redis wakes a moment later.
+    let milter_pid = m.child.id();
+    signal(milter_pid, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(redis_pid, libc::SIGCONT);
+    let log = m.stop();
+    let s = RedisStore::open(&redis.url()).unwrap();
+    let got: BTreeSet<String> = jobs(&s).into_iter().collect();
+    assert_eq!(
+        got, queued,
+        "every buffered record written before exit:\n{log}"
+    );
+    assert!(
+        log.contains("store at exit: 5 submitted, 5 stored"),
+        "{log}"
+    );
 }

@@ -9,6 +9,7 @@
 //!   for its faults (hung, slow).
 //! - [`http`]: GET against our metrics and health listener.
 //! - [`procfs`]: peak RSS and ids of a child from `/proc/PID/status`.
+//! - [`reports`]: DMARC aggregate reports read back by parsedmarc.
 //!
 //! Each test binary includes this with `mod support;` and uses what it needs.
 
@@ -20,3 +21,4 @@ pub mod http;
 pub mod milters;
 pub mod postfix;
 pub mod procfs;
+pub mod reports;
