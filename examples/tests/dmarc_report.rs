@@ -549,3 +549,237 @@ fn report_mail_goes_over_auth_tls_dkim_signed() {
         assert_eq!(rows, only(&expected, &domain), "report for {domain}");
     }
 }
+
+/// End to end: mail from several senders through Postfix and mailstackd (records into the
+/// embedded store), then `mailstack dmarc-report --store` over the day's UTC window sends
+/// the reports over SMTP AUTH + STARTTLS to a second Postfix; OpenDKIM verifies each report
+/// mail and parsedmarc's counts are what was sent.
+#[test]
+fn mail_through_postfix_and_mailstackd_reported_over_auth_tls() {
+    support::postfix::require_postfix();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut z = spf_support::Zone::default();
+    z.txt("sender.example", "v=spf1 ip4:192.0.2.10 -all")
+        .txt(
+            "_dmarc.sender.example",
+            "v=DMARC1; p=quarantine; rua=mailto:dmarc@sender.example",
+        )
+        .txt("other.example", "v=spf1 ip4:192.0.2.20 -all")
+        .txt(
+            "_dmarc.other.example",
+            "v=DMARC1; p=reject; rua=mailto:dmarc@other.example",
+        )
+        // The spoofer's own envelope domain passes SPF, unaligned with the From domain.
+        .txt("evil.example", "v=spf1 ip4:192.0.2.99 -all");
+    let dns = spf_support::start_dns_local(z).unwrap();
+    let store = d.join("store.redb");
+    let conf = d.join("mailstackd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[mailstackd]\nauthserv_id = \"mx.dest.example\"\nnameservers = [\"{dns}\"]\n\n\
+             [dmarc]\noptions = {{ RejectFailures = true }}\n\n\
+             [store]\nkind = \"embedded\"\npath = {store:?}\n"
+        ),
+    )
+    .unwrap();
+    let mut milter = support::milters::Daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_mailstackd")),
+        d,
+        "mailstackd",
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--group",
+            "postfix",
+            "--allow-root",
+        ],
+    );
+    let inbound = Postfix::builder()
+        .main("smtpd_milters", milter.spec())
+        .main("milter_default_action", "tempfail")
+        .start();
+    // (client ip, envelope from, header From, messages, SMTP code, the report's disposition
+    // and override). p=quarantine failures are delivered, as OpenDMARC does with
+    // RejectFailures but without HoldQuarantinedMessages: the report says so, "none" with
+    // the local_policy override, not the "quarantine" that was asked for.
+    type Sender = (
+        &'static str,
+        &'static str,
+        &'static str,
+        u64,
+        u16,
+        &'static str,
+        Option<&'static str>,
+    );
+    let senders: [Sender; 4] = [
+        (
+            "192.0.2.10",
+            "alice@sender.example",
+            "sender.example",
+            4,
+            250,
+            "none",
+            None,
+        ),
+        (
+            "192.0.2.99",
+            "mallory@evil.example",
+            "sender.example",
+            3,
+            250,
+            "none",
+            Some("local_policy"),
+        ),
+        (
+            "192.0.2.20",
+            "bob@other.example",
+            "other.example",
+            2,
+            250,
+            "none",
+            None,
+        ),
+        (
+            "192.0.2.99",
+            "eve@evil.example",
+            "other.example",
+            2,
+            550,
+            "reject",
+            None,
+        ),
+    ];
+    let mut expected = Expected::new();
+    for (ip, from, domain, n, code, disposition, reason) in senders {
+        for i in 0..n {
+            let mut c = inbound.smtp();
+            c.xclient(ip, "mail.client.example");
+            let reply = c.send(
+                from,
+                &["someone@dest.example"],
+                &format!(
+                    "From: <user@{domain}>\r\nTo: someone@dest.example\r\n\
+                     Subject: {domain} {i}\r\n\r\nhello\r\n"
+                ),
+            );
+            assert_eq!(
+                reply.code,
+                code,
+                "{ip} {from} {domain}: {reply}\n{}",
+                inbound.log()
+            );
+        }
+        *expected
+            .entry((
+                domain.to_owned(),
+                ip.to_owned(),
+                disposition.to_owned(),
+                reason.into_iter().map(str::to_owned).collect(),
+            ))
+            .or_default() += n;
+    }
+    // What the report will say was done is what was done: 9 delivered, 2 refused.
+    let delivered = inbound.wait_for_messages(9, Duration::from_secs(30));
+    assert_eq!(delivered.len(), 9, "{}", inbound.log());
+    // mailstackd stops (its buffer flushed into the store), then the reporter opens it.
+    milter.terminate();
+    assert!(milter.wait_exit(Duration::from_secs(20)).is_some());
+
+    let pfdir = d.join("pf");
+    std::fs::create_dir(&pfdir).unwrap();
+    let (reports_pf, cert) = auth_postfix(&pfdir);
+    let keydir = d.join("keys");
+    std::fs::create_dir(&keydir).unwrap();
+    let txt =
+        support::milters::dkim_genkey(Path::new(env!("CARGO_BIN_EXE_dkim-milter")), &keydir, "rep");
+    let rc = d.join("msmtprc");
+    std::fs::write(
+        &rc,
+        format!(
+            "host localhost\nport {}\nfrom x@example.com\ntls on\ntls_starttls on\n\
+             tls_trust_file {}\nauth on\nuser {SASL_USER}\npassword {SASL_PASSWORD}\n",
+            reports_pf.smtp_port(),
+            cert.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let begin = now / 86_400 * 86_400;
+    let out = Command::new(env!("CARGO_BIN_EXE_mailstack"))
+        .arg("dmarc-report")
+        .arg("--store")
+        .arg(&store)
+        .args([
+            "--begin",
+            &begin.to_string(),
+            "--end",
+            &(begin + 86_400).to_string(),
+        ])
+        .args([
+            "--org-name",
+            "Receiver Inc.",
+            "--email",
+            "dmarc-reports@example.com",
+        ])
+        .args(["--smtp", rc.to_str().unwrap()])
+        .args(["--dkim-key", keydir.join("rep.private").to_str().unwrap()])
+        .args(["--dkim-selector", "rep", "--nameserver", &dns.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "dmarc-report: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msgs = reports_pf.wait_for_messages(2, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 2, "{stdout}\n{}", reports_pf.log());
+    assert!(
+        reports_pf.wait_for_log("TLS connection established", Duration::from_secs(10)),
+        "no TLS:\n{}",
+        reports_pf.log()
+    );
+    let mut files = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m.header("Auto-Submitted"), ["auto-generated"]);
+        let vdir = d.join(format!("v{i}"));
+        std::fs::create_dir(&vdir).unwrap();
+        let odk = support::milters::opendkim_verify(&vdir, &[("rep", &txt)], &m.text());
+        assert_eq!(odk.matches("dkim=pass").count(), 1, "{odk}");
+        use base64::Engine as _;
+        let text = m.text();
+        let b64: String = text
+            .split("Content-Disposition: attachment")
+            .nth(1)
+            .unwrap()
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .collect();
+        let f = d.join(format!("r{i}.xml.gz"));
+        std::fs::write(
+            &f,
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap();
+        files.push(f);
+    }
+    let mut rcpts: Vec<String> = msgs.iter().flat_map(|m| m.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["dmarc@other.example", "dmarc@sender.example"]);
+    let parsed = parsedmarc(&files);
+    assert_eq!(parsed.len(), 2);
+    for (domain, rows) in parsed {
+        assert_eq!(rows, only(&expected, &domain), "report for {domain}");
+    }
+}
