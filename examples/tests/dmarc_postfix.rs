@@ -259,3 +259,93 @@ fn dkim_then_dmarc(dmarc_conf: &str, dmarc_id: &str) {
     assert_eq!(reply.text, "5.7.1 rejected by DMARC policy for example.com");
     drop((dkim, dmarc));
 }
+
+/// dmarc-milter behind Postfix with `conf` (plus the DNS server) and a failure-report sink;
+/// sends `failing` spoofed messages of a `p=reject; ruf=` domain and returns what reached
+/// the sink within a few seconds.
+fn failure_reports_with(extra_conf: &str, failing: usize) -> Vec<support::postfix::Delivered> {
+    let mut zone = Zone::default();
+    zone.txt(
+        "_dmarc.ruf.example",
+        "v=DMARC1; p=reject; ruf=mailto:ruf@ruf.example",
+    )
+    .txt("ruf.example", "v=spf1 ip4:192.0.2.1 -all");
+    let dns = spf_support::start_dns_local(zone).unwrap();
+    let reports = support::postfix::Sink::start();
+    let dir = tempfile::Builder::new()
+        .prefix("dmarc-ruf")
+        .tempdir()
+        .unwrap();
+    let rc = dir.path().join("msmtprc");
+    std::fs::write(
+        &rc,
+        format!(
+            "host 127.0.0.1\nport {}\nfrom x@mx.example\ntls off\n",
+            reports.port
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let conf = dir.path().join("opendmarc.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "AuthservID mx.example\nRejectFailures yes\nSPFSelfValidate yes\nUMask 0000\n\
+             MailstackFailureSMTP {}\nFailureReportsSentBy dmarc-failures@mx.example\n{extra_conf}",
+            rc.display()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        conf.to_str().unwrap(),
+        "--nameserver",
+        &dns.to_string(),
+        "--allow-root",
+    ];
+    let milter = Daemon::start(Path::new(BIN), dir.path(), "dmarc", &args);
+    let pf = Postfix::builder()
+        .main("smtpd_milters", milter.spec())
+        .main("milter_default_action", "tempfail")
+        .start();
+    for i in 0..failing {
+        let mut c = pf.smtp();
+        c.xclient("192.0.2.9", "mail.spammer.example");
+        let reply = c.send(
+            "mallory@spammer.example",
+            &["a@dest.example"],
+            &format!("From: Boss <boss@ruf.example>\r\nSubject: spoof {i}\r\n\r\nsecret body\r\n"),
+        );
+        assert_eq!(reply.code, 550, "{reply}\n{}", pf.log());
+    }
+    // Reports go out in the background: give them a moment, then take what arrived.
+    std::thread::sleep(Duration::from_secs(3));
+    reports.messages()
+}
+
+#[test]
+fn failure_reports_only_when_turned_on_and_rate_limited() {
+    support::postfix::require_postfix();
+    // Off (the default): nothing is sent.
+    assert!(failure_reports_with("", 2).is_empty());
+    // On, at most one per destination per hour: two failures, one report.
+    let got = failure_reports_with("FailureReports yes\nMailstackFailureRate 1/3600\n", 2);
+    assert_eq!(got.len(), 1, "one report (the second rate-limited)");
+    let m = &got[0];
+    assert_eq!(m.rcpts, ["ruf@ruf.example"]);
+    assert_eq!(m.mail_from, "dmarc-failures@mx.example");
+    let text = m.text();
+    assert!(text.contains("report-type=feedback-report"), "{text}");
+    assert!(text.contains("Feedback-Type: auth-failure"), "{text}");
+    assert!(
+        text.contains("Subject: spoof 0"),
+        "the header block: {text}"
+    );
+    assert!(
+        !text.contains("secret body"),
+        "the body never goes out: {text}"
+    );
+}

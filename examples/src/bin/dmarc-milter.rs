@@ -145,18 +145,30 @@ fn main() -> ExitCode {
         let at_exit = writer.clone();
         let make = move |cfg: DmarcConfig, resolver: Arc<dyn Resolver>| {
             let tee_cfg = cfg.clone();
-            let filter = DmarcFilter::new(cfg, resolver);
-            match &writer {
+            let failure = mailstack::dmarc::failure::from_config(
+                &cfg,
+                resolver.clone(),
+                &cfg.authserv_id(None),
+            )?;
+            let mut filter = DmarcFilter::new(cfg, resolver);
+            if let Some(r) = failure {
+                filter = filter.with_failure_reports(Arc::new(r));
+            }
+            Ok::<_, mailstack::dmarc::failure::FailureSetupError>(match &writer {
                 Some(w) => {
                     filter.with_history(Arc::new(HistoryTee::for_config(&tee_cfg, w.clone())))
                 }
                 None => filter,
-            }
+            })
         };
-        let filter = Arc::new(make(cfg, resolver.clone()));
+        let filter =
+            Arc::new(make(cfg, resolver.clone()).map_err(mailstack::stack::BuildError::from)?);
         let live = Arc::new(LiveFilter::new(filter));
         let path = args.config.clone();
-        let rebuild = move || DmarcConfig::read(&path).map(|c| make(c, resolver.clone()));
+        let rebuild = move || {
+            let c = DmarcConfig::read(&path).map_err(|e| e.to_string())?;
+            make(c, resolver.clone()).map_err(|e| e.to_string())
+        };
         let served =
             daemon::serve_milter_live(&opts, ServerConfig::default(), live, rebuild, &args.control)
                 .await;

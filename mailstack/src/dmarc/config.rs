@@ -35,16 +35,20 @@
 //! | `ARCVerify` | no | **mailstack only**: validate ARC chains and write `arc=` (on by itself with a `DomainWhitelist` or `ARCSeal`) |
 //! | `ARCSeal` | no | **mailstack only**: `mailstackd` adds an ARC set as the last hop of the ADMD (needs the three below); `dmarc-milter` refuses it |
 //! | `ARCSealDomain`, `ARCSealSelector`, `ARCSealKeyFile` | none | **mailstack only**: the seal's `d=`, `s=` and RSA key file (PEM; checked as OpenDKIM's `RequireSafeKeys` does) |
+//! | `FailureReports` | no | send a failure report (RFC 6591 / RFC 9991: the header block only, never the body) for each DMARC failure of a domain publishing `ruf=` ([`super::failure`]); off by default, as privacy guidance advises |
+//! | `FailureReportsOnNone` | no | also for domains publishing `p=none` |
+//! | `FailureReportsSentBy` | `postmaster@`host | the reports' `From` |
+//! | `MailstackFailureSMTP` | none | **mailstack only**, required with `FailureReports yes`: the msmtp-style submission file (host, port, tls, auth, ...) the reports are sent with |
+//! | `MailstackFailureRate` | `10/3600` | **mailstack only**: at most N reports per destination per window of SECONDS |
 //!
 //! Accepted without effect (listed in [`DmarcConfig::ignored`] so the daemon can warn): process
 //! and logging options (`AutoRestart`, `AutoRestartCount`, `AutoRestartRate`, `Background`,
 //! `BaseDirectory`, `ChangeRootDirectory`, `PidFile`, `Syslog`, `SyslogFacility`,
-//! `SyslogSuccess`, `MilterDebug`, `LogWhy`), and the failure-report and ARC
-//! options when they are off (`FailureReports no`, `FailureReportsOnNone no`).
+//! `SyslogSuccess`, `MilterDebug`, `LogWhy`).
 //!
-//! Refused by name with file and line: failure reports (`FailureReports yes`,
-//! `FailureReportsOnNone yes`, `FailureReportsBcc`, `FailureReportsSentBy`, `ReportCommand`,
-//! `CopyFailuresTo`), which this filter does not implement; anything unknown.
+//! Refused by name with file and line: `FailureReportsBcc`, `ReportCommand` (reports are
+//! submitted by SMTP) and `CopyFailuresTo`, which this filter does not implement; anything
+//! unknown.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -193,8 +197,28 @@ pub struct DmarcConfig {
     pub arc_seal: Option<ArcSealConfig>,
     /// `MailstackStore` (mailstack only).
     pub store: Option<crate::store::StoreConfig>,
+    /// Failure reports (`FailureReports yes`, off by default), when on.
+    pub failure_reports: Option<FailureReports>,
     /// Options accepted without effect: (line, name).
     pub ignored: Vec<(usize, String)>,
+}
+
+/// Failure reports (RFC 6591 / RFC 9991) as `FailureReports yes` turns them on; off by
+/// default, since privacy guidance advises against them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureReports {
+    /// `FailureReportsOnNone`: also for domains publishing `p=none`.
+    pub on_none: bool,
+    /// `FailureReportsSentBy`: the reports' `From` (default `postmaster@` this host).
+    pub sent_by: String,
+    /// `MailstackFailureSMTP` (mailstack only, required): the msmtp-style submission
+    /// settings the reports are sent with (OpenDMARC's `ReportCommand` runs sendmail
+    /// instead).
+    pub smtp: PathBuf,
+    /// `MailstackFailureRate N/SECONDS` (mailstack only): at most N reports per destination
+    /// per window (default 10 an hour).
+    pub rate: (u32, u64),
 }
 
 /// OpenDMARC's `DomainWhitelistSize` default.
@@ -249,6 +273,7 @@ impl Default for DmarcConfig {
             arc_verify: false,
             arc_seal: None,
             store: None,
+            failure_reports: None,
             ignored: Vec::new(),
         }
     }
@@ -272,12 +297,14 @@ const IGNORED: &[&str] = &[
 
 /// Options refused (not implemented), with why.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("FailureReportsBcc", "failure reports are not implemented"),
     (
-        "FailureReportsSentBy",
-        "failure reports are not implemented",
+        "FailureReportsBcc",
+        "failure reports go to the ruf= destinations only",
     ),
-    ("ReportCommand", "failure reports are not implemented"),
+    (
+        "ReportCommand",
+        "failure reports are sent by SMTP submission (MailstackFailureSMTP), not a command",
+    ),
     ("CopyFailuresTo", "copying failing mail is not implemented"),
 ];
 
@@ -308,12 +335,14 @@ impl DmarcConfig {
     fn from_file(file: &ConfigFile) -> Result<Self, ConfigError> {
         let mut cfg = Self::default();
         let mut seal = SealKeys::default();
+        let mut failure = FailureKeys::default();
         for e in &file.entries {
-            if !seal.apply(file, e)? {
+            if !seal.apply(file, e)? && !failure.apply(file, e)? {
                 cfg.apply(file, e)?;
             }
         }
         cfg.arc_seal = seal.finish(file)?;
+        cfg.failure_reports = failure.finish(file)?;
         if cfg.trusted_arc_sealers.len() > cfg.trusted_arc_sealers_max {
             let line = line_of(file, "DomainWhitelistSize")
                 .max(line_of(file, "DomainWhitelistFile"))
@@ -424,17 +453,6 @@ impl DmarcConfig {
             }
             "DomainWhitelistSize" => self.trusted_arc_sealers_max = f.number::<usize>(e)?,
             "ARCVerify" => self.arc_verify = f.bool(e)?,
-            "FailureReports" | "FailureReportsOnNone" => {
-                if f.bool(e)? {
-                    return Err(f.error(
-                        e,
-                        format_args!(
-                            "{key} yes is not supported: failure reports are not implemented"
-                        ),
-                    ));
-                }
-                self.ignored.push((e.line, key.to_owned()));
-            }
             _ if IGNORED.contains(&key) => self.ignored.push((e.line, key.to_owned())),
             _ => {
                 if let Some((_, why)) = UNSUPPORTED.iter().find(|(k, _)| *k == key) {
@@ -481,6 +499,75 @@ impl DmarcConfig {
     /// Whether the client is in `IgnoreHosts`.
     pub fn ignores_host(&self, ip: Option<IpAddr>, host: &str) -> bool {
         self.ignore_hosts.iter().any(|p| p.matches(ip, host))
+    }
+}
+
+/// `FailureReports` and its settings, read in any order and checked together.
+#[derive(Default)]
+struct FailureKeys {
+    on: Option<usize>,
+    on_none: bool,
+    sent_by: Option<String>,
+    smtp: Option<PathBuf>,
+    rate: Option<(u32, u64)>,
+}
+
+impl FailureKeys {
+    fn apply(&mut self, f: &ConfigFile, e: &Entry) -> Result<bool, ConfigError> {
+        match e.key.as_str() {
+            "FailureReports" => self.on = f.bool(e)?.then_some(e.line),
+            "FailureReportsOnNone" => self.on_none = f.bool(e)?,
+            "FailureReportsSentBy" => {
+                let v = non_empty(f, e)?;
+                if !v.contains('@') {
+                    return Err(f.error(e, "FailureReportsSentBy: expected an address"));
+                }
+                self.sent_by = Some(v.to_owned());
+            }
+            "MailstackFailureSMTP" => self.smtp = Some(PathBuf::from(non_empty(f, e)?)),
+            "MailstackFailureRate" => {
+                let v = non_empty(f, e)?;
+                let parsed = v.split_once('/').and_then(|(n, w)| {
+                    Some((n.trim().parse::<u32>().ok()?, w.trim().parse::<u64>().ok()?))
+                });
+                match parsed {
+                    Some((n, w)) if n > 0 && w > 0 => self.rate = Some((n, w)),
+                    _ => {
+                        return Err(f.error(
+                            e,
+                            "MailstackFailureRate: expected N/SECONDS (e.g. 10/3600), both above 0",
+                        ));
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn finish(self, f: &ConfigFile) -> Result<Option<FailureReports>, ConfigError> {
+        let Some(line) = self.on else {
+            return Ok(None);
+        };
+        let Some(smtp) = self.smtp else {
+            return Err(ConfigError::at(
+                &f.path,
+                line,
+                "FailureReports yes: expected MailstackFailureSMTP (the msmtp-style file the \
+                 reports are submitted with)",
+            ));
+        };
+        Ok(Some(FailureReports {
+            on_none: self.on_none,
+            sent_by: self
+                .sent_by
+                .unwrap_or_else(|| format!("postmaster@{}", local_hostname())),
+            smtp,
+            rate: self.rate.unwrap_or((
+                super::failure::DEFAULT_RATE_MAX,
+                super::failure::DEFAULT_RATE_WINDOW_SECS,
+            )),
+        }))
     }
 }
 
@@ -650,19 +737,53 @@ mod tests {
         assert!(c.is_trusted("UPSTREAM.example", "mx.example", None));
         assert!(c.is_trusted("mx.example", "mx.example", None));
         assert!(!c.is_trusted("evil.example", "mx.example", None));
-        assert_eq!(c.ignored.len(), 3);
+        // PidFile and Syslog; FailureReports false is understood (off).
+        assert_eq!(c.ignored.len(), 2);
+        assert_eq!(c.failure_reports, None);
         assert_eq!(c.umask, Some(0o002));
         assert_eq!(c.user, Some("opendmarc".parse().unwrap()));
         assert_eq!(c.ignored[0], (1, "PidFile".into()));
     }
 
     #[test]
+    fn failure_reports_are_off_unless_turned_on() {
+        assert_eq!(parse("").unwrap().failure_reports, None);
+        let c = parse(
+            "MailstackFailureSMTP /etc/mailstack/msmtprc\nFailureReports yes\n\
+             FailureReportsSentBy dmarc-failures@mx.example\nMailstackFailureRate 3/60\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.failure_reports,
+            Some(FailureReports {
+                on_none: false,
+                sent_by: "dmarc-failures@mx.example".into(),
+                smtp: "/etc/mailstack/msmtprc".into(),
+                rate: (3, 60),
+            })
+        );
+    }
+
+    #[test]
     fn unsupported_and_unknown_are_refused_by_name_and_line() {
         let e = parse("RejectFailures yes\nFailureReports yes\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "/etc/opendmarc.conf:2: FailureReports yes is not supported: failure reports are \
-             not implemented"
+        assert!(
+            e.to_string().starts_with(
+                "/etc/opendmarc.conf:2: FailureReports yes: expected MailstackFailureSMTP"
+            ),
+            "{e}"
+        );
+        let e = parse("MailstackFailureRate 10\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/opendmarc.conf:1: MailstackFailureRate: expected N/SECONDS"),
+            "{e}"
+        );
+        let e = parse("FailureReportsBcc a@b.example\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/opendmarc.conf:1: FailureReportsBcc is not supported"),
+            "{e}"
         );
         let e = parse("UserID :opendmarc\n").unwrap_err();
         assert!(

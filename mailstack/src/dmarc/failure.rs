@@ -152,6 +152,57 @@ pub fn failure_message(
     m.into_bytes()
 }
 
+/// Why the failure reporter a configuration asks for could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FailureSetupError {
+    /// `MailstackFailureSMTP` could not be read (the error names the file and line).
+    #[error("MailstackFailureSMTP: {0}")]
+    Smtp(#[from] crate::config::ConfigError),
+    /// Its TLS settings are unusable.
+    #[error("MailstackFailureSMTP: {0}")]
+    Notify(#[from] crate::notify::NotifyError),
+}
+
+/// The reporter `FailureReports yes` asks for (`None` when off): sending as
+/// `FailureReportsSentBy` (From and envelope sender) through `MailstackFailureSMTP`, at most `MailstackFailureRate`,
+/// with `org_name` the authserv-id. Call it inside a tokio runtime (reports are sent from
+/// background tasks).
+///
+/// # Errors
+/// When the submission file cannot be read or its TLS settings are unusable.
+pub fn from_config(
+    cfg: &super::DmarcConfig,
+    resolver: Arc<dyn Resolver>,
+    authserv_id: &str,
+) -> Result<Option<FailureReporter>, FailureSetupError> {
+    let Some(f) = &cfg.failure_reports else {
+        return Ok(None);
+    };
+    let mut smtp = crate::notify::MsmtpConfig::read(&f.smtp)?;
+    // The reports' envelope sender is the reporter's address, as their From.
+    smtp.from.clone_from(&f.sent_by);
+    let notifier = crate::notify::Notifier::new(&smtp)?;
+    let receiver = f
+        .sent_by
+        .rsplit_once('@')
+        .map_or(authserv_id, |(_, d)| d)
+        .to_owned();
+    let meta = ReportMeta {
+        org_name: authserv_id.to_owned(),
+        email: f.sent_by.clone(),
+        extra_contact_info: None,
+        receiver,
+    };
+    Ok(Some(FailureReporter::new(
+        meta,
+        notifier,
+        None,
+        resolver,
+        RateLimiter::new(f.rate.0, f.rate.1),
+    )))
+}
+
 /// Sends failure reports: rate-limited, verified, signed, in the background.
 #[derive(Debug, Clone)]
 pub struct FailureReporter {

@@ -630,7 +630,12 @@ impl DmarcFilter {
             .failure
             .as_ref()
             .filter(|_| ev.result == DmarcResult::Fail)
-            .filter(|_| ev.record.as_ref().is_some_and(|r| !r.ruf.is_empty()));
+            .filter(|_| ev.record.as_ref().is_some_and(|r| !r.ruf.is_empty()))
+            // FailureReportsOnNone: p=none domains only when asked for.
+            .filter(|_| {
+                ev.policy != Policy::None
+                    || self.cfg.failure_reports.as_ref().is_none_or(|f| f.on_none)
+            });
         if self.history.is_none() && failure_sink.is_none() {
             return;
         }

@@ -32,6 +32,9 @@ pub enum BuildError {
     /// The configured store could not be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// DMARC failure reports are on but cannot be sent.
+    #[error("dmarc: {0}")]
+    Failure(#[from] crate::dmarc::failure::FailureSetupError),
 }
 
 impl StackConfig {
@@ -85,15 +88,27 @@ impl StackConfig {
             None => None,
         };
         let dkim_verifies = self.dkim.as_ref().is_some_and(|c| c.verify);
-        let dmarc = self.dmarc.clone().map(|mut c| {
-            // One authority per result: with the DKIM filter verifying, DMARC's own verifier
-            // (DKIMSelfValidate) would hash every body a second time; with the SPF filter on,
-            // SPFSelfValidate would re-check SPF, also for clients the SPF filter's skip lists
-            // exempt on purpose.
-            c.dkim_self_validate &= !dkim_verifies;
-            c.spf_self_validate &= self.spf.is_none();
-            DmarcFilter::new(c, resolver.clone())
-        });
+        let dmarc = match self.dmarc.clone() {
+            Some(mut c) => {
+                // One authority per result: with the DKIM filter verifying, DMARC's own
+                // verifier (DKIMSelfValidate) would hash every body a second time; with the
+                // SPF filter on, SPFSelfValidate would re-check SPF, also for clients the SPF
+                // filter's skip lists exempt on purpose.
+                c.dkim_self_validate &= !dkim_verifies;
+                c.spf_self_validate &= self.spf.is_none();
+                let failure = crate::dmarc::failure::from_config(
+                    &c,
+                    resolver.clone(),
+                    &c.authserv_id(Some(hostname)),
+                )?;
+                let f = DmarcFilter::new(c, resolver.clone());
+                Some(match failure {
+                    Some(r) => f.with_failure_reports(Arc::new(r)),
+                    None => f,
+                })
+            }
+            None => None,
+        };
         let store = self
             .store
             .as_ref()
