@@ -292,9 +292,10 @@ pub fn outcome_of(r: Result<Verdict, ClamdError>) -> Outcome {
     }
 }
 
-/// The result of [`decide`].
+/// What the AV does with a scanned message (the result of [`decide`]): its action, reply and
+/// header fields. (Not a milter reply: the filter maps it to one.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct Treatment {
     /// What to do.
     pub action: Action,
     /// A custom SMTP reply (`550 5.7.1 ...`) for Reject, from `RejectMsg`.
@@ -350,7 +351,7 @@ pub fn decide(
     outcome: &Outcome,
     product: &str,
     hostname: Option<&str>,
-) -> Decision {
+) -> Treatment {
     let action = match outcome {
         Outcome::Clean => cfg.on_clean,
         Outcome::Infected(_) => cfg.on_infected,
@@ -371,7 +372,7 @@ pub fn decide(
         headers.push(("X-Virus-Scanned".to_owned(), scanned_value(product, host)));
         headers.push(("X-Virus-Status".to_owned(), status));
     }
-    Decision {
+    Treatment {
         action,
         reply,
         headers,

@@ -990,7 +990,7 @@ impl Suppressions {
 /// What happens to one report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Decision {
+pub enum Dispatch {
     /// Send it.
     Send,
     /// The message is larger than the destination's `!size`.
@@ -1017,19 +1017,19 @@ pub async fn decide(
     resolver: &dyn Resolver,
     psl: Option<&PublicSuffixList>,
     now: u64,
-) -> Decision {
+) -> Dispatch {
     if suppressions.is_suppressed(&report.rua.address, now) {
-        return Decision::Suppressed;
+        return Dispatch::Suppressed;
     }
     if let Some(limit) = report.rua.max_size
         && size > limit
     {
-        return Decision::TooLarge { size, limit };
+        return Dispatch::TooLarge { size, limit };
     }
     match verify_destination(resolver, &report.policy_domain, &report.rua, psl).await {
-        Verification::Internal | Verification::Verified => Decision::Send,
-        Verification::Refused => Decision::NotVerified,
-        Verification::TempError => Decision::VerifyTempError,
+        Verification::Internal | Verification::Verified => Dispatch::Send,
+        Verification::Refused => Dispatch::NotVerified,
+        Verification::TempError => Dispatch::VerifyTempError,
     }
 }
 
@@ -1102,7 +1102,7 @@ pub struct RunSummary {
     /// Reports sent (or written, for a dry run), with their file names.
     pub sent: Vec<String>,
     /// Reports not sent, with the reason.
-    pub held: Vec<(String, Decision)>,
+    pub held: Vec<(String, Dispatch)>,
     /// Reports whose sending failed (transient: tried again next run).
     pub failed: Vec<(String, String)>,
 }
@@ -1197,7 +1197,7 @@ pub async fn run(
             opts.now,
         )
         .await;
-        if decision != Decision::Send {
+        if decision != Dispatch::Send {
             tracing::warn!("{name}: not sent to {}: {decision:?}", report.rua);
             summary.held.push((name, decision));
             continue;
@@ -1557,28 +1557,28 @@ mod tests {
         }
         let (reports, _) = agg.finish();
         let mut s = Suppressions::default();
-        async fn d_(r: &AggregateReport, s: &Suppressions, zone: &Zone) -> Decision {
+        async fn d_(r: &AggregateReport, s: &Suppressions, zone: &Zone) -> Dispatch {
             let size = report_message(r, &meta(), Format::Rfc7489, 0).len() as u64;
             decide(r, size, s, zone, None, 1000).await
         }
         let by = |a: &str| reports.iter().find(|r| r.rua.address == a).unwrap();
-        assert_eq!(d_(by("a@sender.example"), &s, &zone).await, Decision::Send);
+        assert_eq!(d_(by("a@sender.example"), &s, &zone).await, Dispatch::Send);
         assert_eq!(
             d_(by("r@thirdparty.example"), &s, &zone).await,
-            Decision::Send
+            Dispatch::Send
         );
         assert_eq!(
             d_(by("r@unverified.example"), &s, &zone).await,
-            Decision::NotVerified
+            Dispatch::NotVerified
         );
         assert!(matches!(
             d_(by("small@sender.example"), &s, &zone).await,
-            Decision::TooLarge { limit: 1024, .. }
+            Dispatch::TooLarge { limit: 1024, .. }
         ));
         s.suppress("a@sender.example", 2000);
         assert_eq!(
             d_(by("a@sender.example"), &s, &zone).await,
-            Decision::Suppressed
+            Dispatch::Suppressed
         );
     }
 
@@ -1657,11 +1657,11 @@ mod tests {
         assert_eq!(s.source.records, 9);
         assert_eq!(s.sent.len(), 1, "{s:?}");
         assert_eq!(s.held.len(), 2, "{s:?}");
-        assert!(s.held.iter().any(|(_, d)| *d == Decision::NotVerified));
+        assert!(s.held.iter().any(|(_, d)| *d == Dispatch::NotVerified));
         assert!(
             s.held
                 .iter()
-                .any(|(_, d)| matches!(d, Decision::TooLarge { .. }))
+                .any(|(_, d)| matches!(d, Dispatch::TooLarge { .. }))
         );
         let gz = std::fs::read(out.join(&s.sent[0])).unwrap();
         let mut xml = String::new();
