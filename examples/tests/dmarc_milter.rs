@@ -155,7 +155,7 @@ fn config_errors_name_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "{}:2: FailureReports yes is not supported",
+            "{}:2: FailureReports yes: expected MailstackFailureSMTP",
             conf.display()
         )),
         "{err}"

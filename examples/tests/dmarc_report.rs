@@ -461,6 +461,63 @@ fn auth_postfix(dir: &Path) -> (Postfix, PathBuf) {
     (pf, cert)
 }
 
+/// The reporter's side of [`auth_postfix`]: its DKIM key (`DIR/keys/rep.private`, selector
+/// `rep`, the TXT record returned) and an msmtp-style file (mode 0600) submitting with
+/// STARTTLS and AUTH to `port`.
+fn reporter(dir: &Path, port: u16, cert: &Path) -> (String, PathBuf, PathBuf) {
+    let keydir = dir.join("keys");
+    std::fs::create_dir(&keydir).unwrap();
+    let txt =
+        support::milters::dkim_genkey(Path::new(env!("CARGO_BIN_EXE_dkim-milter")), &keydir, "rep");
+    let rc = dir.join("msmtprc");
+    std::fs::write(
+        &rc,
+        format!(
+            "host localhost\nport {port}\nfrom x@example.com\ntls on\ntls_starttls on\n\
+             tls_trust_file {}\nauth on\nuser {SASL_USER}\npassword {SASL_PASSWORD}\n",
+            cert.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (txt, keydir.join("rep.private"), rc)
+}
+
+/// Each delivered report mail as a receiver handles it: `Auto-Submitted`, OpenDKIM's
+/// verdict on its signature (one dkim=pass with `txt` as the key), and the gzipped
+/// attachment saved under `dir`; returns the saved files.
+fn received_reports(dir: &Path, msgs: &[support::postfix::Delivered], txt: &str) -> Vec<PathBuf> {
+    use base64::Engine as _;
+    let mut files = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m.header("Auto-Submitted"), ["auto-generated"]);
+        let vdir = dir.join(format!("v{i}"));
+        std::fs::create_dir(&vdir).unwrap();
+        let odk = support::milters::opendkim_verify(&vdir, &[("rep", txt)], &m.text());
+        assert_eq!(odk.matches("dkim=pass").count(), 1, "{odk}");
+        let text = m.text();
+        let b64: String = text
+            .split("Content-Disposition: attachment")
+            .nth(1)
+            .unwrap()
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .collect();
+        let f = dir.join(format!("r{i}.xml.gz"));
+        std::fs::write(
+            &f,
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap();
+        files.push(f);
+    }
+    files
+}
+
 #[test]
 fn report_mail_goes_over_auth_tls_dkim_signed() {
     support::postfix::require_postfix();
@@ -470,29 +527,14 @@ fn report_mail_goes_over_auth_tls_dkim_signed() {
     let pfdir = tmp.path().join("pf");
     std::fs::create_dir(&pfdir).unwrap();
     let (pf, cert) = auth_postfix(&pfdir);
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir(&keydir).unwrap();
-    let txt =
-        support::milters::dkim_genkey(Path::new(env!("CARGO_BIN_EXE_dkim-milter")), &keydir, "rep");
-    let rc = tmp.path().join("msmtprc");
-    std::fs::write(
-        &rc,
-        format!(
-            "host localhost\nport {}\nfrom x@example.com\ntls on\ntls_starttls on\n\
-             tls_trust_file {}\nauth on\nuser {SASL_USER}\npassword {SASL_PASSWORD}\n",
-            pf.smtp_port(),
-            cert.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (txt, key, rc) = reporter(tmp.path(), pf.smtp_port(), &cert);
     let stdout = dmarc_report(
         &history,
         &[
             "--smtp",
             rc.to_str().unwrap(),
             "--dkim-key",
-            keydir.join("rep.private").to_str().unwrap(),
+            key.to_str().unwrap(),
             "--dkim-selector",
             "rep",
             "--nameserver",
@@ -511,37 +553,11 @@ fn report_mail_goes_over_auth_tls_dkim_signed() {
         "no TLS:\n{}",
         pf.log()
     );
-    let mut files = Vec::new();
-    for (i, m) in msgs.iter().enumerate() {
+    for m in &msgs {
         assert_eq!(m.mail_from, "dmarc-reports@example.com");
-        assert_eq!(m.header("Auto-Submitted"), ["auto-generated"]);
         assert!(m.header("Subject")[0].starts_with("Report Domain: "));
-        let vdir = tmp.path().join(format!("v{i}"));
-        std::fs::create_dir(&vdir).unwrap();
-        let odk = support::milters::opendkim_verify(&vdir, &[("rep", &txt)], &m.text());
-        assert_eq!(odk.matches("dkim=pass").count(), 1, "{odk}");
-        // The attachment, as a receiver would save it.
-        use base64::Engine as _;
-        let text = m.text();
-        let b64: String = text
-            .split("Content-Disposition: attachment")
-            .nth(1)
-            .unwrap()
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap()
-            .split("\r\n")
-            .collect();
-        let f = tmp.path().join(format!("r{i}.xml.gz"));
-        std::fs::write(
-            &f,
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap(),
-        )
-        .unwrap();
-        files.push(f);
     }
+    let files = received_reports(tmp.path(), &msgs, &txt);
     let mut rcpts: Vec<String> = msgs.iter().flat_map(|m| m.rcpts.clone()).collect();
     rcpts.sort();
     assert_eq!(rcpts, ["dmarc@sender.example", "r@thirdparty.example"]);
@@ -691,37 +707,13 @@ fn mail_through_postfix_and_mailstackd_reported_over_auth_tls() {
     let pfdir = d.join("pf");
     std::fs::create_dir(&pfdir).unwrap();
     let (reports_pf, cert) = auth_postfix(&pfdir);
-    let keydir = d.join("keys");
-    std::fs::create_dir(&keydir).unwrap();
-    let txt =
-        support::milters::dkim_genkey(Path::new(env!("CARGO_BIN_EXE_dkim-milter")), &keydir, "rep");
-    let rc = d.join("msmtprc");
-    std::fs::write(
-        &rc,
-        format!(
-            "host localhost\nport {}\nfrom x@example.com\ntls on\ntls_starttls on\n\
-             tls_trust_file {}\nauth on\nuser {SASL_USER}\npassword {SASL_PASSWORD}\n",
-            reports_pf.smtp_port(),
-            cert.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let begin = now / 86_400 * 86_400;
+    let (txt, key, rc) = reporter(d, reports_pf.smtp_port(), &cert);
+    let (begin, end) = support::reports::today_utc();
     let out = Command::new(env!("CARGO_BIN_EXE_mailstack"))
         .arg("dmarc-report")
         .arg("--store")
         .arg(&store)
-        .args([
-            "--begin",
-            &begin.to_string(),
-            "--end",
-            &(begin + 86_400).to_string(),
-        ])
+        .args(["--begin", &begin.to_string(), "--end", &end.to_string()])
         .args([
             "--org-name",
             "Receiver Inc.",
@@ -729,7 +721,7 @@ fn mail_through_postfix_and_mailstackd_reported_over_auth_tls() {
             "dmarc-reports@example.com",
         ])
         .args(["--smtp", rc.to_str().unwrap()])
-        .args(["--dkim-key", keydir.join("rep.private").to_str().unwrap()])
+        .args(["--dkim-key", key.to_str().unwrap()])
         .args(["--dkim-selector", "rep", "--nameserver", &dns.to_string()])
         .output()
         .unwrap();
@@ -746,34 +738,7 @@ fn mail_through_postfix_and_mailstackd_reported_over_auth_tls() {
         "no TLS:\n{}",
         reports_pf.log()
     );
-    let mut files = Vec::new();
-    for (i, m) in msgs.iter().enumerate() {
-        assert_eq!(m.header("Auto-Submitted"), ["auto-generated"]);
-        let vdir = d.join(format!("v{i}"));
-        std::fs::create_dir(&vdir).unwrap();
-        let odk = support::milters::opendkim_verify(&vdir, &[("rep", &txt)], &m.text());
-        assert_eq!(odk.matches("dkim=pass").count(), 1, "{odk}");
-        use base64::Engine as _;
-        let text = m.text();
-        let b64: String = text
-            .split("Content-Disposition: attachment")
-            .nth(1)
-            .unwrap()
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap()
-            .split("\r\n")
-            .collect();
-        let f = d.join(format!("r{i}.xml.gz"));
-        std::fs::write(
-            &f,
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap(),
-        )
-        .unwrap();
-        files.push(f);
-    }
+    let files = received_reports(d, &msgs, &txt);
     let mut rcpts: Vec<String> = msgs.iter().flat_map(|m| m.rcpts.clone()).collect();
     rcpts.sort();
     assert_eq!(rcpts, ["dmarc@other.example", "dmarc@sender.example"]);

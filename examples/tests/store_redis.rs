@@ -395,15 +395,11 @@ fn wait_for_jobs(store: &RedisStore, n: usize, timeout: Duration) -> Vec<String>
 fn report_from_store(dir: &Path, url: &str, dns: std::net::SocketAddr) -> (usize, u64) {
     let out_dir = dir.join("reports");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let begin = now / 86_400 * 86_400;
+    let (begin, end) = support::reports::today_utc();
     let out = Command::new(env!("CARGO_BIN_EXE_mailstack"))
         .args(["dmarc-report", "--store", url])
         .args(["--begin", &begin.to_string()])
-        .args(["--end", &(begin + 86_400).to_string()])
+        .args(["--end", &end.to_string()])
         .args([
             "--org-name",
             "Receiver Inc.",
@@ -593,6 +589,22 @@ fn redis_stopped_under_load_loses_no_mail() {
     println!("outage: {line}; report counts {total} of 30 sent");
 }
 
+/// dmarc-milter on `DIR/dmarc.sock` with `MailstackStore` on `redis` and `extra` lines of
+/// opendmarc.conf.
+fn dmarc_milter(dir: &Path, redis: &Redis, dns: std::net::SocketAddr, extra: &str) -> Mailstackd {
+    let conf = dir.join("opendmarc.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "AuthservID mx.example\nSPFSelfValidate yes\nMailstackStore {}\n{extra}",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let ns = dns.to_string();
+    Mailstackd::spawn(DMARC_BIN, dir, "dmarc", &conf, &["--nameserver", &ns])
+}
+
 #[test]
 fn dmarc_milter_mailstack_store_gets_what_the_history_file_gets() {
     support::postfix::require_postfix();
@@ -603,23 +615,11 @@ fn dmarc_milter_mailstack_store_gets_what_the_history_file_gets() {
     let redis = Redis::start(dir.path());
     let dns = dns();
     let history = dir.path().join("history");
-    let conf = dir.path().join("opendmarc.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "AuthservID mx.example\nSPFSelfValidate yes\nHistoryFile {}\nMailstackStore {}\n",
-            history.display(),
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let ns = dns.to_string();
-    let m = Mailstackd::spawn(
-        DMARC_BIN,
+    let m = dmarc_milter(
         dir.path(),
-        "dmarc",
-        &conf,
-        &["--nameserver", &ns],
+        &redis,
+        dns,
+        &format!("HistoryFile {}\n", history.display()),
     );
     let pf = postfix(&m, "mx.example");
     let queued: BTreeSet<String> = (0..3).map(|i| send(&pf, i)).collect();
@@ -658,23 +658,7 @@ fn dmarc_milter_flushes_its_store_buffer_at_exit() {
         .unwrap();
     let redis = Redis::start(dir.path());
     let dns = dns();
-    let conf = dir.path().join("opendmarc.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "AuthservID mx.example\nSPFSelfValidate yes\nMailstackStore {}\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let ns = dns.to_string();
-    let m = Mailstackd::spawn(
-        DMARC_BIN,
-        dir.path(),
-        "dmarc",
-        &conf,
-        &["--nameserver", &ns],
-    );
+    let m = dmarc_milter(dir.path(), &redis, dns, "");
     let pf = postfix(&m, "mx.example");
     // Redis frozen: the records of the burst wait in dmarc-milter's buffer.
     let redis_pid = redis.child.as_ref().unwrap().id();

@@ -77,10 +77,16 @@ defaults):
                                 (redis://HOST:PORT/DB, redis+unix:///PATH: shared by several
                                 nodes) or an embedded database (absolute PATH); buffered, a
                                 store that is down never holds up mail
+  FailureReports yes|no         failure reports (RFC 6591/9991, header block only) to ruf=;
+                                off by default; FailureReportsOnNone (p=none too),
+                                FailureReportsSentBy ADDR (From, default postmaster@host)
+  MailstackFailureSMTP FILE     mailstack, required with FailureReports yes: msmtp-style
+                                submission file (mode 0600) the reports are sent with
+  MailstackFailureRate N/SECS   mailstack: per destination (default 10/3600)
 Accepted without effect (warned): AutoRestart AutoRestartCount AutoRestartRate Background
-BaseDirectory ChangeRootDirectory PidFile Syslog SyslogFacility SyslogSuccess MilterDebug LogWhy, FailureReports no, FailureReportsOnNone no.
-Refused: failure reports (FailureReports yes, FailureReportsBcc, FailureReportsSentBy,
-ReportCommand, CopyFailuresTo); anything else unknown. ARC: DomainWhitelist(File) lists
+BaseDirectory ChangeRootDirectory PidFile Syslog SyslogFacility SyslogSuccess MilterDebug LogWhy.
+Refused: FailureReportsBcc, ReportCommand (reports go by SMTP submission), CopyFailuresTo;
+anything else unknown. ARC: DomainWhitelist(File) lists
 the trusted ARC sealers (a passing chain sealed last by one of them overrides a DMARC
 failure), ARCVerify writes arc=; ARCSeal only seals in mailstackd (warned about here).
 Errors name the file and line.

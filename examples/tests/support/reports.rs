@@ -77,3 +77,14 @@ pub fn gz_files(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Today's UTC day as `--begin`/`--end` (Unix seconds) of `mailstack dmarc-report`: the
+/// window the records of mail sent now fall in.
+pub fn today_utc() -> (u64, u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let begin = now / 86_400 * 86_400;
+    (begin, begin + 86_400)
+}
