@@ -6,7 +6,7 @@
 //! usual way (`tokio::process`, `std::process::Child::wait`) would then find it already
 //! reaped. So jobs start their children with [`spawn`], which registers the pid before any
 //! exit can be collected, and the supervisor hands the exit status to the waiting job
-//! ([`claim`]). Without a running supervisor (a job run by hand, a test), a thread waits for
+//! (`claim`). Without a running supervisor (a job run by hand, a test), a thread waits for
 //! the child instead.
 
 use std::collections::HashMap;
