@@ -1166,8 +1166,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("expected schedule"), "{e}");
-        assert!(e.starts_with("/x/i.toml:"), "{e}");
+        assert!(
+            e.starts_with("/x/i.toml:2: [reports]: expected schedule"),
+            "{e}"
+        );
         let e = InitConfig::parse(
             Path::new("/x/i.toml"),
             "[reports]\nschedule = \"every 1h\"\nevery = \"1h\"\n",
