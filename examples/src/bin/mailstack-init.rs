@@ -70,7 +70,7 @@ mailstack-init.toml keys (all optional): root, etc, users, passwd_root, filters
 (\"auto\" | \"yes\" | \"no\"), saslauthd_mech, smtp (IP:PORT), bin_dir, grace_seconds,
 ready_timeout_seconds, clamd_ready_timeout_seconds, restart_backoff_ms, [programs], [args],
 [sockets], [log] (dev_log, file, max_bytes, keep, queue), [backup] (schedule, homes, dest),
-[reports] (schedule, command, args, timeout_seconds, jitter_seconds). Errors name the file
+[reports] (schedule or every, command, args, timeout_seconds, jitter_seconds). Errors name the file
 and line; nothing starts unless everything validates.
 Logs: /dev/log (Postfix, saslauthd), the services' stdout/stderr and init's own lines go to
 /var/log/mail.log (size-rotated), or to MAIL_LOG_HOST[:PORT] over TCP (default port 514).

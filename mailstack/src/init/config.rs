@@ -43,7 +43,7 @@
 //! dest = "/dest"
 //!
 //! [reports]                   # DMARC aggregate reports on a schedule (off unless given)
-//! schedule = "daily 00:30"
+//! schedule = "daily 00:30"    # or every = "24h"
 //! command = "/usr/local/bin/mailstack"       # the default: BIN_DIR/mailstack
 //! args = ["dmarc-report", "--store", "/var/lib/mailstack/store.redb"]
 //! timeout_seconds = 3600
@@ -161,7 +161,7 @@ struct TomlFile {
     log: LogToml,
     #[serde(default)]
     backup: BackupToml,
-    reports: Option<ReportsToml>,
+    reports: Option<toml::Spanned<ReportsToml>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -185,7 +185,9 @@ struct BackupToml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReportsToml {
-    schedule: toml::Spanned<String>,
+    schedule: Option<toml::Spanned<String>>,
+    /// `every = "24h"`: the same as `schedule = "every 24h"`.
+    every: Option<toml::Spanned<String>>,
     command: Option<PathBuf>,
     #[serde(default)]
     args: Vec<String>,
@@ -468,19 +470,44 @@ impl InitConfig {
         };
         let reports = match &f.reports {
             None => None,
-            Some(r) => Some(ReportJob {
-                schedule: schedule(&r.schedule, "reports.schedule")?,
-                program: r
-                    .command
-                    .clone()
-                    .unwrap_or_else(|| bin_dir.join("mailstack")),
-                args: if r.args.is_empty() {
-                    vec![OsString::from("dmarc-report")]
-                } else {
-                    r.args.iter().map(OsString::from).collect()
-                },
-                timeout: Duration::from_secs(r.timeout_seconds.unwrap_or(3600).max(1)),
-                jitter: Duration::from_secs(r.jitter_seconds.unwrap_or(0)),
+            Some(spanned) => Some({
+                let r = spanned.get_ref();
+                ReportJob {
+                    schedule: match (&r.schedule, &r.every) {
+                        (Some(s), None) => schedule(s, "reports.schedule")?,
+                        (None, Some(e)) => {
+                            let every = toml::Spanned::new(
+                                e.span(),
+                                format!("every {}", e.get_ref().trim()),
+                            );
+                            schedule(&every, "reports.every")?
+                        }
+                        (Some(s), Some(_)) => {
+                            return Err(at(
+                                s.span().start,
+                                "[reports]: give schedule or every, not both".into(),
+                            ));
+                        }
+                        (None, None) => {
+                            return Err(at(
+                                spanned.span().start,
+                                "[reports]: expected schedule = \"daily HH:MM\" or every = \"24h\""
+                                    .into(),
+                            ));
+                        }
+                    },
+                    program: r
+                        .command
+                        .clone()
+                        .unwrap_or_else(|| bin_dir.join("mailstack")),
+                    args: if r.args.is_empty() {
+                        vec![OsString::from("dmarc-report")]
+                    } else {
+                        r.args.iter().map(OsString::from).collect()
+                    },
+                    timeout: Duration::from_secs(r.timeout_seconds.unwrap_or(3600).max(1)),
+                    jitter: Duration::from_secs(r.jitter_seconds.unwrap_or(0)),
+                }
             }),
         };
         Ok(Self {
@@ -1108,6 +1135,52 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("/x/i.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn reports_every_is_a_schedule_and_one_is_required() {
+        let c = InitConfig::parse(
+            Path::new("/x/i.toml"),
+            "[reports]\nevery = \"24h\"\nargs = [\"dmarc-report\", \"--send\"]\n",
+            &|_| None,
+        )
+        .unwrap();
+        let r = c.reports.unwrap();
+        assert_eq!(
+            r.schedule,
+            Schedule::every(Duration::from_secs(24 * 3600)).unwrap()
+        );
+        assert_eq!(r.args, ["dmarc-report", "--send"]);
+        let e = InitConfig::parse(
+            Path::new("/x/i.toml"),
+            "grace_seconds = 1\n[reports]\nevery = \"soon\"\n",
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/x/i.toml:3: reports.every:"), "{e}");
+        let e = InitConfig::parse(
+            Path::new("/x/i.toml"),
+            "grace_seconds = 1\n[reports]\nargs = []\n",
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/x/i.toml:2: [reports]: expected schedule"),
+            "{e}"
+        );
+        let e = InitConfig::parse(
+            Path::new("/x/i.toml"),
+            "[reports]\nschedule = \"every 1h\"\nevery = \"1h\"\n",
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/x/i.toml:2: [reports]: give schedule or every"),
+            "{e}"
+        );
     }
 
     #[test]
