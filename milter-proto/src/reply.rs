@@ -12,6 +12,7 @@ pub const MAX_REPLBODY_CHUNK: usize = 65535;
 
 /// One filter → MTA reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reply {
     /// `O` answer to OPTNEG, with optional macro lists `(stage, "names")`.
     OptNeg {

@@ -418,6 +418,7 @@ async fn tcp_streams_have_nodelay_on_both_sides() {
             // Small replies must not wait for the peer's delayed ACK (Nagle).
             MilterStream::Tcp(t) => assert!(t.nodelay().unwrap()),
             MilterStream::Unix(_) => panic!("inet spec gave a unix stream"),
+            other => panic!("inet spec gave a stream that is not TCP: {other:?}"),
         }
     }
 }

@@ -162,8 +162,9 @@ pub async fn one_message(
     Ok(out)
 }
 
-/// The SMTP code an MTA would answer for a milter decision (`250` for accept/continue and
-/// for discard, which the client is not told of).
+/// The SMTP code an MTA would answer for a milter decision (`250` for accept/continue/skip and
+/// for discard, which the client is not told of; `451`, as for tempfail, for anything that is not
+/// a decision, so a reply this list does not know never counts as delivered).
 pub fn smtp_code(r: &milter_proto::reply::Reply) -> u16 {
     use milter_proto::reply::Reply;
     match r {
@@ -174,7 +175,8 @@ pub fn smtp_code(r: &milter_proto::reply::Reply) -> u16 {
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
-        _ => 250,
+        Reply::Accept | Reply::Continue | Reply::Skip | Reply::Discard => 250,
+        _ => 451,
     }
 }
 
