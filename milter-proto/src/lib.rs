@@ -36,6 +36,8 @@
 //!   `Reply::decode`, `Reply::from_frame`, `Reply::encode`, `Reply::code`;
 //!   [`reply::MAX_REPLBODY_CHUNK`].
 //! - [`flags`]: [`flags::Actions`] (`SMFIF_*`), [`flags::Protocol`] (`SMFIP_*`).
+//! - [`macros`]: [`macros::MacroStage`] (the `SMFIM_*` stages of macro lists, with `u32`
+//!   conversions), [`macros::Macros`] (the macros received, per stage, and their lifetime).
 //! - [`negotiate`]: [`negotiate::Needs`] (what a filter asks), [`negotiate::Negotiated`]
 //!   (`new`, `reply`, `sends`, `expects_reply`, `max_frame_len`), [`negotiate::VERSION`].
 //! - [`session`]: the sans-IO core of both sides. [`session::Session`] (filter side:

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use crate::command::Command;
 use crate::flags::{Actions, Protocol};
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_1M, MAX_FRAME_LEN_256K};
+use crate::macros::MacroStage;
 use crate::reply::Reply;
 
 /// Highest protocol version spoken (Postfix 3.x default `milter_protocol = 6`).
@@ -26,9 +27,9 @@ pub struct Needs {
     pub actions: Actions,
     /// Events it does not want (`NO*`), events it won't answer (`NR_*`), format options.
     pub protocol: Protocol,
-    /// Macro lists per stage (0 connect .. 6 eoh), space-separated names; sent only when the
-    /// MTA offers `SETSYMLIST`.
-    pub macros: Vec<(u32, Bytes)>,
+    /// Macro lists per stage, space-separated names; sent only when the MTA offers
+    /// `SETSYMLIST`.
+    pub macros: Vec<(MacroStage, Bytes)>,
     /// Actions the filter cannot work without: [`Negotiated::negotiate`] refuses an MTA that
     /// does not offer them (the others in `actions` are dropped silently when not offered).
     pub required_actions: Actions,
@@ -78,7 +79,7 @@ pub struct Negotiated {
     /// Agreed protocol options: asked ∩ offered ∩ known to the version.
     pub protocol: Protocol,
     /// Macro lists requested (empty when the MTA does not offer `SETSYMLIST`).
-    pub macros: Vec<(u32, Bytes)>,
+    pub macros: Vec<(MacroStage, Bytes)>,
 }
 
 impl Negotiated {
@@ -205,7 +206,7 @@ mod tests {
         Needs {
             actions: Actions::ADDHDRS | Actions::CHGFROM | Actions::SETSYMLIST,
             protocol: Protocol::NOCONNECT | Protocol::NR_HDR | Protocol::HDR_LEADSPC,
-            macros: vec![(5, Bytes::from_static(b"i {auth_type}"))],
+            macros: vec![(MacroStage::Eom, Bytes::from_static(b"i {auth_type}"))],
             ..Needs::default()
         }
     }

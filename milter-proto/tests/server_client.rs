@@ -8,6 +8,7 @@ use bytes::Bytes;
 use milter_proto::client::{Client, ClientConfig, ClientError, Connection, Message};
 use milter_proto::command::ConnAddr;
 use milter_proto::flags::{Actions, Protocol};
+use milter_proto::macros::MacroStage;
 use milter_proto::negotiate::Needs;
 use milter_proto::reply::Reply;
 use milter_proto::server::{Context, Decision, Handler, ServerConfig, serve};
@@ -134,7 +135,7 @@ async fn start(spec: SocketSpec, needs: Needs, config: ServerConfig) -> Running 
 fn stamp_needs() -> Needs {
     Needs {
         actions: Actions::ADDHDRS | Actions::CHGBODY,
-        macros: vec![(5, Bytes::from_static(b"i"))],
+        macros: vec![(MacroStage::Eom, Bytes::from_static(b"i"))],
         ..Needs::default()
     }
 }

@@ -217,7 +217,10 @@ async fn server_answers_the_postfix_session_byte_for_byte() {
         fn needs(&self) -> Needs {
             Needs {
                 actions: Actions::ADDHDRS | Actions::ADDRCPT | Actions::CHGBODY,
-                macros: vec![(5, Bytes::from_static(b"i"))],
+                macros: vec![(
+                    milter_proto::macros::MacroStage::Eom,
+                    Bytes::from_static(b"i"),
+                )],
                 ..Needs::default()
             }
         }

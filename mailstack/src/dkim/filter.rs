@@ -241,7 +241,7 @@ impl DkimFilter {
     }
 
     /// MacroList's names, asked for at MAIL (Postfix keeps connection macros until then).
-    fn macro_list_names(&self) -> Vec<(u32, String)> {
+    fn macro_list_names(&self) -> Vec<(milter_proto::macros::MacroStage, String)> {
         if self.cfg.macro_list.is_empty() {
             return Vec::new();
         }
@@ -257,7 +257,7 @@ impl DkimFilter {
                 }
             })
             .collect();
-        vec![(milter_proto::macros::stage::ENVFROM, names.join(" "))]
+        vec![(milter_proto::macros::MacroStage::EnvFrom, names.join(" "))]
     }
 
     fn skips(&self, conn: &Connection) -> bool {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use milter_proto::command::ConnAddr;
 use milter_proto::flags::Protocol;
-use milter_proto::macros::stage;
+use milter_proto::macros::MacroStage;
 use milter_proto::negotiate;
 use milter_proto::server::{Context, Decision, Handler};
 
@@ -20,10 +20,10 @@ use crate::metrics::{self, Stage};
 /// Macros the adapter itself reads: `j` (the MTA's name) at CONNECT, `i` (queue id) and
 /// `{auth_authen}` (SMTP AUTH login) at MAIL, `i` again at end of message (Postfix assigns
 /// the queue id late with `smtpd_delay_open_until_valid_rcpt`).
-const OWN_MACROS: [(u32, &str); 3] = [
-    (stage::CONNECT, "j"),
-    (stage::ENVFROM, "i {auth_authen}"),
-    (stage::EOM, "i"),
+const OWN_MACROS: [(MacroStage, &str); 3] = [
+    (MacroStage::Connect, "j"),
+    (MacroStage::EnvFrom, "i {auth_authen}"),
+    (MacroStage::Eom, "i"),
 ];
 
 /// One MTA connection served by filter `F` (see [`Milter::factory`] for
@@ -63,7 +63,7 @@ impl Prepared {
         let wanted = n
             .macros
             .iter()
-            .filter(|(st, _)| *st <= stage::ENVFROM)
+            .filter(|(st, _)| *st <= MacroStage::EnvFrom)
             .flat_map(|(_, names)| names.split_whitespace().map(str::to_owned))
             .collect();
         Arc::new(Self {
@@ -180,7 +180,7 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
             protocol |= Protocol::NR_RCPT;
         }
     }
-    let mut per_stage: Vec<(u32, Vec<&str>)> = Vec::new();
+    let mut per_stage: Vec<(MacroStage, Vec<&str>)> = Vec::new();
     let own = OWN_MACROS.iter().map(|&(st, names)| (st, names));
     let theirs = n.macros.iter().map(|(st, names)| (*st, names.as_str()));
     for (st, names) in own.chain(theirs) {
@@ -578,8 +578,8 @@ mod tests {
     fn needs_merge_macros_per_stage_and_switch_off_unread_stages() {
         let n = Needs {
             macros: vec![
-                (stage::ENVFROM, "{auth_type} i".into()),
-                (stage::EOM, "i".into()),
+                (MacroStage::EnvFrom, "{auth_type} i".into()),
+                (MacroStage::Eom, "i".into()),
             ],
             headers: true,
             ..Needs::default()
@@ -587,9 +587,17 @@ mod tests {
         let m = milter_needs(&n);
         assert!(m.protocol.contains(Protocol::NOBODY));
         assert!(!m.protocol.contains(Protocol::NOHDRS));
-        let envfrom = m.macros.iter().find(|(s, _)| *s == stage::ENVFROM).unwrap();
+        let envfrom = m
+            .macros
+            .iter()
+            .find(|(s, _)| *s == MacroStage::EnvFrom)
+            .unwrap();
         assert_eq!(&envfrom.1[..], b"i {auth_authen} {auth_type}");
-        let eom = m.macros.iter().find(|(s, _)| *s == stage::EOM).unwrap();
+        let eom = m
+            .macros
+            .iter()
+            .find(|(s, _)| *s == MacroStage::Eom)
+            .unwrap();
         assert_eq!(&eom.1[..], b"i");
     }
 }
