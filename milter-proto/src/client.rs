@@ -340,6 +340,11 @@ pub struct Client<S> {
 
 impl Client<MilterStream> {
     /// Connect to `spec` (within `config.connect_timeout`) and negotiate.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`] when connecting fails, [`ClientError::Timeout`] (command `O`) when
+    /// it takes longer than `config.connect_timeout`; then those of [`Client::negotiate`].
     pub async fn connect(spec: &SocketSpec, config: ClientConfig) -> Result<Self, ClientError> {
         let stream = match tokio::time::timeout(config.connect_timeout, connect(spec)).await {
             Ok(s) => s?,
@@ -356,6 +361,13 @@ impl Client<MilterStream> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// Send OPTNEG on a connected `stream` and check the answer against the offer.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`], [`ClientError::Timeout`] (no answer within
+    /// `config.command_timeout`), [`ClientError::Closed`], [`ClientError::Decode`];
+    /// [`ClientError::Negotiation`] for an answer beyond the offer and
+    /// [`ClientError::UnexpectedReply`] for a reply that is not OPTNEG.
     pub async fn negotiate(stream: S, config: ClientConfig) -> Result<Self, ClientError> {
         let mut session = MtaSession::new(config.version, config.actions, config.protocol);
         let mut wbuf = BytesMut::new();
@@ -415,6 +427,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// Send one command as is (no `NO*` check) and read what it is owed: nothing for MACRO,
     /// ABORT, QUIT, QUIT_NC and `NR_*` stages; for BODYEOB every modification and PROGRESS up
     /// to the final reply; otherwise one reply (after any PROGRESS). Returned in order.
+    ///
+    /// # Errors
+    ///
+    /// Those of the I/O ([`ClientError::Io`], [`ClientError::Timeout`],
+    /// [`ClientError::Closed`], [`ClientError::Decode`]); [`ClientError::UnexpectedReply`]
+    /// for a reply the command does not allow; [`ClientError::Session`] for a command sent out
+    /// of turn (OPTNEG again, anything after QUIT).
     pub async fn command(&mut self, cmd: &Command) -> Result<Vec<Reply>, ClientError> {
         let expect = self.session.send(cmd)?;
         cmd.encode(&mut self.wbuf);

@@ -125,6 +125,135 @@
 //! # }
 //! ```
 //!
+//! # Driving a milter from the MTA side, without a runtime
+//!
+//! The same rules the tokio `client` follows are in [`session::MtaSession`]: it makes the
+//! OPTNEG offer, checks the milter's answer against it, says for each command whether a
+//! reply is owed ([`session::Expect`]) and checks every reply against the command it answers
+//! ([`session::Received`]). Here it drives a milter over a blocking socket pair, the milter
+//! being a plain loop around [`session::Session`] on a thread:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::os::unix::net::UnixStream;
+//!
+//! use bytes::{Bytes, BytesMut};
+//! use milter_proto::DecodeError;
+//! use milter_proto::command::{Command, ConnAddr};
+//! use milter_proto::flags::{Actions, Protocol};
+//! use milter_proto::frame::DEFAULT_MAX_FRAME_LEN;
+//! use milter_proto::negotiate::{Needs, VERSION};
+//! use milter_proto::reply::Reply;
+//! use milter_proto::session::{Expect, MtaSession, Received, Session, SessionLimits, Step};
+//!
+//! /// Read until `decode` has a whole packet; `None` when the peer closed.
+//! fn read<T>(
+//!     sock: &mut UnixStream,
+//!     buf: &mut BytesMut,
+//!     decode: impl Fn(&mut BytesMut) -> Result<Option<T>, DecodeError>,
+//! ) -> std::io::Result<Option<T>> {
+//!     loop {
+//!         if let Some(t) = decode(buf).map_err(std::io::Error::other)? {
+//!             return Ok(Some(t));
+//!         }
+//!         let mut chunk = [0; 4096];
+//!         match sock.read(&mut chunk)? {
+//!             0 => return Ok(None),
+//!             n => buf.extend_from_slice(&chunk[..n]),
+//!         }
+//!     }
+//! }
+//!
+//! let (mut mta_sock, mut milter_sock) = UnixStream::pair()?;
+//!
+//! // The milter: `Session` negotiates and says when a decision is due. It stamps each message.
+//! let milter = std::thread::spawn(move || -> std::io::Result<()> {
+//!     let needs = Needs { actions: Actions::ADDHDRS, ..Needs::default() };
+//!     let mut session = Session::new(needs, SessionLimits::default());
+//!     let mut buf = BytesMut::new();
+//!     loop {
+//!         let max = session.max_frame_len();
+//!         let Some(cmd) = read(&mut milter_sock, &mut buf, |b| Command::decode(b, max))? else {
+//!             return Ok(());
+//!         };
+//!         let mut out = BytesMut::new();
+//!         match session.handle(&cmd).map_err(std::io::Error::other)? {
+//!             Step::Negotiated { reply, .. } => reply.encode(&mut out),
+//!             Step::Reply if matches!(cmd, Command::BodyEob(_)) => {
+//!                 let stamp = Reply::AddHeader { name: "X-Stamp".into(), value: "yes".into() };
+//!                 session.check_modification(&stamp).map_err(std::io::Error::other)?;
+//!                 stamp.encode(&mut out);
+//!                 Reply::Accept.encode(&mut out);
+//!             }
+//!             Step::Reply => Reply::Continue.encode(&mut out),
+//!             Step::NoReply => {}
+//!             Step::Close => return Ok(()),
+//!             other => return Err(std::io::Error::other(format!("unhandled {other:?}"))),
+//!         }
+//!         milter_sock.write_all(&out)?;
+//!     }
+//! });
+//!
+//! // The MTA: offer everything, as Postfix does, and check what the milter asks for.
+//! let mut mta = MtaSession::new(VERSION, Actions::all(), Protocol::all());
+//! let mut buf = BytesMut::new();
+//! let mut out = BytesMut::new();
+//! mta.offer().encode(&mut out);
+//! mta_sock.write_all(&out)?;
+//! let answer = read(&mut mta_sock, &mut buf, |b| Reply::decode(b, DEFAULT_MAX_FRAME_LEN))?;
+//! assert_eq!(mta.receive(&answer.ok_or("milter closed")?)?, Received::Negotiated);
+//! assert_eq!(mta.negotiated().actions, Actions::ADDHDRS);
+//!
+//! let message = [
+//!     Command::Connect {
+//!         hostname: "client.example".into(),
+//!         addr: ConnAddr::Inet { port: 40000, address: "192.0.2.1".into() },
+//!     },
+//!     Command::Helo("client.example".into()),
+//!     Command::Mail { sender: "<a@example.org>".into(), args: vec![] },
+//!     Command::Rcpt { rcpt: "<b@example.net>".into(), args: vec![] },
+//!     Command::Header { name: "Subject".into(), value: " hi".into() },
+//!     Command::Eoh,
+//!     Command::Body("Hello\r\n".into()),
+//!     Command::BodyEob(Bytes::new()),
+//! ];
+//! let (mut decisions, mut modifications) = (Vec::new(), Vec::new());
+//! for cmd in message {
+//!     if !mta.sends(&cmd) {
+//!         continue; // negotiated away (`NO*`)
+//!     }
+//!     let expect = mta.send(&cmd)?;
+//!     out.clear();
+//!     cmd.encode(&mut out);
+//!     mta_sock.write_all(&out)?;
+//!     if expect == Expect::Nothing {
+//!         continue; // a no-reply (`NR_*`) stage
+//!     }
+//!     loop {
+//!         let reply = read(&mut mta_sock, &mut buf, |b| Reply::decode(b, DEFAULT_MAX_FRAME_LEN))?
+//!             .ok_or("milter closed while a reply was owed")?;
+//!         // An error here is a milter breaking the rules: an MTA applies its default
+//!         // action (tempfail) and closes.
+//!         match mta.receive(&reply)? {
+//!             Received::Final => break decisions.push(reply),
+//!             Received::Modification => modifications.push(reply),
+//!             _ => {} // PROGRESS: keep waiting
+//!         }
+//!     }
+//!     // A real MTA stops the transaction at a decision other than CONTINUE.
+//! }
+//! assert_eq!(decisions.last(), Some(&Reply::Accept));
+//! let stamp = Reply::AddHeader { name: "X-Stamp".into(), value: "yes".into() };
+//! assert_eq!(modifications, [stamp]);
+//!
+//! assert_eq!(mta.send(&Command::Quit)?, Expect::Nothing);
+//! out.clear();
+//! Command::Quit.encode(&mut out);
+//! mta_sock.write_all(&out)?;
+//! milter.join().expect("the milter thread panicked")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # The codec alone
 //!
 //! ```

@@ -505,8 +505,8 @@ enum MtaState {
 
 /// The MTA side of one milter connection as a plain value: the offer, the check of the
 /// filter's OPTNEG answer, and which reply may follow which command under the agreement.
-/// Drivers (the tokio [`crate::client`], a test over blocking sockets) send what it says and
-/// feed it every reply.
+/// Drivers (the tokio `client` of feature `tokio`, a test over blocking sockets) send what it
+/// says and feed it every reply.
 #[derive(Debug, Clone)]
 pub struct MtaSession {
     version: u32,
