@@ -34,10 +34,10 @@ use crate::DecodeError;
 use crate::command::{Command, ConnAddr};
 use crate::flags::{Actions, Protocol};
 use crate::frame::MAX_FRAME_LEN_1M;
-use crate::negotiate::{Negotiated, VERSION};
+use crate::negotiate::{Negotiated, PROTOCOL_VERSION};
 use crate::reply::{MAX_REPLBODY_CHUNK, Reply};
 use crate::session::{Expect, MtaError, MtaSession, Received};
-use crate::socket::{MilterStream, SocketSpec, connect};
+use crate::socket::{SocketSpec, Stream, connect};
 
 /// Protocol options Postfix 3.x offers (every bit up to `HDR_LEADSPC`, no `MDS_*`).
 pub const POSTFIX_PROTOCOL: Protocol = Protocol::from_bits_retain(0x1F_FFFF);
@@ -56,7 +56,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Protocol version offered (2..=6; default [`VERSION`]).
+    /// Protocol version offered (2..=6; default [`PROTOCOL_VERSION`]).
     pub version: u32,
     /// Actions offered (default: all, as Postfix).
     pub actions: Actions,
@@ -76,7 +76,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            version: VERSION,
+            version: PROTOCOL_VERSION,
             actions: Actions::all(),
             protocol: POSTFIX_PROTOCOL,
             max_reply_len: MAX_FRAME_LEN_1M,
@@ -338,7 +338,7 @@ pub struct Client<S> {
     connection_decision: Option<Reply>,
 }
 
-impl Client<MilterStream> {
+impl Client<Stream> {
     /// Connect to `spec` (within `config.connect_timeout`) and negotiate.
     ///
     /// # Errors

@@ -20,7 +20,7 @@ use bytes::Bytes;
 /// [`Needs::macros`]: crate::negotiate::Needs::macros
 ///
 /// ```
-/// use milter_proto::macros::MacroStage;
+/// use milter_proto::MacroStage;
 ///
 /// assert_eq!(u32::from(MacroStage::EnvFrom), 2);
 /// assert_eq!(MacroStage::try_from(5), Ok(MacroStage::Eom));
@@ -126,7 +126,7 @@ pub struct UnknownMacroStage(pub u32);
 /// Command bytes of the events an MTA sends macros for (CONNECT, HELO, MAIL, RCPT, DATA,
 /// HEADER, EOH, BODY, BODYEOB, UNKNOWN). A MACRO packet for any other stage byte is ignored,
 /// as libmilter ignores stages outside its table, so a session keeps at most this many.
-pub const STAGES: &[u8] = b"CHMRTLNBEU";
+pub(crate) const STAGES: &[u8] = b"CHMRTLNBEU";
 
 /// Default for the bytes of macro names and values one connection keeps at once
 /// ([`crate::session::SessionLimits::max_macro_bytes`]): 256 KiB. Postfix sends a few hundred bytes per
@@ -137,6 +137,12 @@ pub const DEFAULT_MAX_MACRO_BYTES: usize = 256 * 1024;
 const CONNECTION_STAGES: &[u8] = b"CHU";
 
 /// The macros received so far on one connection, per stage command byte.
+///
+/// The MTA sends a MACRO packet before each event, tagged with that event's command byte. A new
+/// packet for a stage replaces that stage's previous values. Lifetime, as in libmilter
+/// (`mi_clr_macros`): the message stages (MAIL, RCPT, DATA, HEADER, EOH, BODY, BODYEOB) are
+/// cleared when the message ends (end of message answered, or ABORT); everything is cleared on
+/// QUIT_NC (a new SMTP connection follows).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Macros {
     /// `(stage command byte, pairs)`, most recently received stage last.

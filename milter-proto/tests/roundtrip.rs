@@ -2,11 +2,11 @@
 //! more and consumes nothing; arbitrary bytes never panic.
 
 use bytes::{Bytes, BytesMut};
-use milter_proto::command::{Command, ConnAddr};
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::frame::{DEFAULT_MAX_FRAME_LEN, decode_frame};
-use milter_proto::macros::MacroStage;
-use milter_proto::reply::Reply;
+use milter_proto::MacroStage;
+use milter_proto::Reply;
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Command, ConnAddr};
+use milter_proto::{DEFAULT_MAX_FRAME_LEN, decode_frame};
 use proptest::prelude::*;
 
 fn stage() -> impl Strategy<Value = MacroStage> {

@@ -141,7 +141,7 @@
 //! - `server` (feature `tokio`): [`Handler`], [`Server`], [`Listener`], [`Limits`] and the
 //!   timeouts, the logging policy.
 //! - `client` (feature `tokio`): [`Client`].
-//! - `fuzzing` (hidden): entry points for `fuzz/fuzz_targets/policy_request.rs` and the
+//! - `fuzzing` (hidden, feature `fuzzing`): entry points for `fuzz/fuzz_targets/policy_request.rs` and the
 //!   corpus replay test.
 //!
 //! Tests: `tests/codec.rs` (proptests), `tests/vectors/` (one request per Postfix version and
@@ -187,8 +187,9 @@ pub use server::{
     handler_fn, log_error,
 };
 
-/// Entry points for the cargo-fuzz targets in `fuzz/` and the stable corpus-replay test.
-/// Not a public API.
+/// Entry points for the cargo-fuzz targets in `fuzz/` and the stable corpus-replay test
+/// (feature `fuzzing`). Not a public API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
     use bytes::BytesMut;

@@ -4,10 +4,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use milter_proto::command::ConnAddr;
-use milter_proto::flags::Protocol;
-use milter_proto::macros::MacroStage;
-use milter_proto::negotiate;
+use milter_proto::ConnAddr;
+use milter_proto::MacroStage;
+use milter_proto::Protocol;
 use milter_proto::server::{Context, Decision, Handler};
 
 use super::{
@@ -52,7 +51,7 @@ impl<F: Filter> std::fmt::Debug for Milter<F> {
 #[derive(Debug)]
 struct Prepared {
     /// The milter negotiation.
-    needs: negotiate::Needs,
+    needs: milter_proto::Needs,
     /// The macro names the filter asked for up to MAIL (handed over in the envelope).
     wanted: Vec<String>,
 }
@@ -162,7 +161,7 @@ impl<F: Filter> Milter<F> {
 /// The milter negotiation for a filter's [`Needs`]: exact header bytes (`HDR_LEADSPC`), no
 /// UNKNOWN or DATA events, header, end-of-header and body events without a reply, and the
 /// stages the filter does not read switched off.
-pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
+pub(crate) fn milter_needs(n: &Needs) -> milter_proto::Needs {
     let mut protocol = Protocol::HDR_LEADSPC
         | Protocol::NOUNKNOWN
         | Protocol::NODATA
@@ -199,7 +198,7 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
             }
         }
     }
-    negotiate::Needs {
+    milter_proto::Needs {
         actions: n.actions,
         protocol,
         macros: per_stage
@@ -207,7 +206,7 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
             .map(|(s, l)| (s, Bytes::from(l.join(" "))))
             .collect(),
         required_actions: n.required_actions,
-        ..negotiate::Needs::default()
+        ..milter_proto::Needs::default()
     }
 }
 
@@ -386,7 +385,7 @@ pub fn apply(ctx: &mut Context, verdict: Verdict) -> Decision {
 
 #[async_trait::async_trait]
 impl<F: Filter> Handler for Milter<F> {
-    fn needs(&self) -> negotiate::Needs {
+    fn needs(&self) -> milter_proto::Needs {
         self.prepared.needs.clone()
     }
 

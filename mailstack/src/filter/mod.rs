@@ -30,7 +30,7 @@ pub mod offline;
 
 use std::net::IpAddr;
 
-use milter_proto::flags::Actions;
+use milter_proto::Actions;
 
 use crate::auth_results::MethodResult;
 use crate::dkim::canon::Header;
@@ -172,7 +172,7 @@ pub struct Needs {
     pub required_actions: Actions,
     /// Macros per stage, space-separated names. Those asked
     /// for at CONNECT, HELO or MAIL are handed over in [`Envelope::macros`].
-    pub macros: Vec<(milter_proto::macros::MacroStage, String)>,
+    pub macros: Vec<(milter_proto::MacroStage, String)>,
     /// Whether it reads header fields.
     pub headers: bool,
     /// Whether it reads the body.
