@@ -120,47 +120,13 @@ pub enum ClientError {
     /// The milter closed the connection.
     #[error("milter closed the connection")]
     Closed,
-    /// The OPTNEG answer asks for more than was offered (Postfix drops such a milter).
-    #[error("milter negotiation: {what} (offered {offered:#x}, asked {asked:#x})")]
-    Negotiation {
-        /// What exceeded the offer: "version", "actions" or "protocol".
-        what: &'static str,
-        /// What we offered.
-        offered: u32,
-        /// What the milter asked.
-        asked: u32,
-    },
-    /// A reply that is not valid for the command it answers (e.g. a modification before end
-    /// of message, SKIP when not offered, a modification whose action was not negotiated).
-    #[error("milter sent reply {reply:?} to command {cmd:?}, which does not allow it")]
-    UnexpectedReply {
-        /// The command byte answered.
-        cmd: char,
-        /// The reply byte.
-        reply: char,
-    },
-    /// Any other breach of the MTA side's rules ([`MtaSession`]), e.g. a command sent while a
-    /// reply is owed.
+    /// The milter broke the MTA side's rules ([`MtaSession`]): an OPTNEG answer beyond the
+    /// offer ([`MtaError::Negotiation`]; Postfix drops such a milter), a reply the command does
+    /// not allow ([`MtaError::UnexpectedReply`], e.g. a modification before end of message,
+    /// SKIP when not offered, a modification whose action was not negotiated); or this client
+    /// was asked to send a command out of turn ([`MtaError::OutOfTurn`]).
     #[error(transparent)]
-    Session(MtaError),
-}
-
-impl From<MtaError> for ClientError {
-    fn from(e: MtaError) -> Self {
-        match e {
-            MtaError::Negotiation {
-                what,
-                offered,
-                asked,
-            } => Self::Negotiation {
-                what,
-                offered,
-                asked,
-            },
-            MtaError::UnexpectedReply { cmd, reply } => Self::UnexpectedReply { cmd, reply },
-            e => Self::Session(e),
-        }
-    }
+    Session(#[from] MtaError),
 }
 
 /// Macros for stages, each `(stage command byte, pairs)`, sent before that stage's event.
@@ -366,8 +332,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     ///
     /// [`ClientError::Io`], [`ClientError::Timeout`] (no answer within
     /// `config.command_timeout`), [`ClientError::Closed`], [`ClientError::Decode`];
-    /// [`ClientError::Negotiation`] for an answer beyond the offer and
-    /// [`ClientError::UnexpectedReply`] for a reply that is not OPTNEG.
+    /// [`ClientError::Session`] for an answer beyond the offer ([`MtaError::Negotiation`]) or a
+    /// reply that is not OPTNEG ([`MtaError::UnexpectedReply`]).
     pub async fn negotiate(stream: S, config: ClientConfig) -> Result<Self, ClientError> {
         let mut session = MtaSession::new(config.version, config.actions, config.protocol);
         let mut wbuf = BytesMut::new();
@@ -385,10 +351,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         let answer = client.read_reply('O', timeout).await?;
         match client.session.receive(&answer)? {
             Received::Negotiated => Ok(client),
-            _ => Err(ClientError::UnexpectedReply {
+            _ => Err(MtaError::UnexpectedReply {
                 cmd: 'O',
                 reply: char::from(answer.code()),
-            }),
+            }
+            .into()),
         }
     }
 
@@ -431,9 +398,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// # Errors
     ///
     /// Those of the I/O ([`ClientError::Io`], [`ClientError::Timeout`],
-    /// [`ClientError::Closed`], [`ClientError::Decode`]); [`ClientError::UnexpectedReply`]
-    /// for a reply the command does not allow; [`ClientError::Session`] for a command sent out
-    /// of turn (OPTNEG again, anything after QUIT).
+    /// [`ClientError::Closed`], [`ClientError::Decode`]); [`ClientError::Session`] for a reply
+    /// the command does not allow ([`MtaError::UnexpectedReply`]) or a command sent out of turn
+    /// (OPTNEG again, anything after QUIT: [`MtaError::OutOfTurn`]).
     pub async fn command(&mut self, cmd: &Command) -> Result<Vec<Reply>, ClientError> {
         let expect = self.session.send(cmd)?;
         cmd.encode(&mut self.wbuf);
