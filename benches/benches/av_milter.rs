@@ -24,10 +24,10 @@ use mailstack::av::AvConfig;
 use mailstack::av::AvFilter;
 use mailstack::filter::Milter;
 use mailstack_benches::{Server, cpu_seconds, vm_hwm_kb};
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 
 /// Concurrent client connections (`AV_BENCH_CONNECTIONS`, default 4).
 fn connections() -> usize {
@@ -184,7 +184,7 @@ fn serve_child(conf: &Path) {
     let filter = Arc::new(AvFilter::new(cfg, None));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let result = rt.block_on(async {
-        let listener = Listener::bind(&socket, &UnixSocketOptions::default()).await?;
+        let listener = Listener::bind(&socket, &UnixOptions::default()).await?;
         serve(
             listener,
             Milter::factory(filter),

@@ -28,10 +28,10 @@ use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
 use mailstack::filter::Milter;
 use mailstack_benches::{Figures, Server, alternate, cpu_seconds, print_header, print_row};
+use milter_proto::ConnAddr;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::command::ConnAddr;
 use milter_proto::server::{ServerConfig, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 
 const CONNECTIONS: usize = 4;
 const ROUNDS: usize = 3;
@@ -232,7 +232,7 @@ fn serve_child(conf: &str) {
             let spec: mailstack::health::HttpSpec = spec.parse().expect("metrics spec");
             mailstack::health::start(&spec).await?;
         }
-        let listener = Listener::bind(&socket, &UnixSocketOptions::default()).await?;
+        let listener = Listener::bind(&socket, &UnixOptions::default()).await?;
         serve(
             listener,
             Milter::factory(Arc::new(filter)),
@@ -328,7 +328,7 @@ async fn run_clients(socket: &SocketSpec, msg: &Arc<[u8]>, ip: &'static str, cou
                 c.connection(&conn).await.expect("connect stage");
                 let o = c.message(&message).await.expect("send");
                 let added = o.modifications.iter().any(|m| {
-                    matches!(m, milter_proto::reply::Reply::InsHeader { name, value, .. }
+                    matches!(m, milter_proto::Reply::InsHeader { name, value, .. }
                         if name.as_ref() == expect.as_bytes()
                             && (expect == "DKIM-Signature" || value.windows(9).any(|w| w == b"dkim=pass")))
                 });

@@ -26,10 +26,10 @@ use mailstack::dmarc::{DmarcConfig, DmarcFilter};
 use mailstack::dns::HickoryResolver;
 use mailstack::filter::Milter;
 use mailstack_benches::{Figures, Server, alternate, cpu_seconds, print_header, print_row};
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 
 const CONNECTIONS: usize = 4;
 const ROUNDS: usize = 3;
@@ -112,7 +112,7 @@ fn serve_child(socket: &str) {
     let result = rt.block_on(async {
         let resolver = HickoryResolver::system().expect("resolver");
         let filter = Arc::new(DmarcFilter::new(cfg, Arc::new(resolver)));
-        let listener = Listener::bind(&socket, &UnixSocketOptions::default()).await?;
+        let listener = Listener::bind(&socket, &UnixOptions::default()).await?;
         serve(
             listener,
             move || Milter::new(filter.clone()),

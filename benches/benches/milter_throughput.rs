@@ -18,13 +18,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use mailstack_benches::{Figures, Server, alternate, cpu_seconds};
+use milter_proto::Command as MilterCommand;
+use milter_proto::DEFAULT_MAX_FRAME_LEN;
+use milter_proto::Needs;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::command::Command as MilterCommand;
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::frame::DEFAULT_MAX_FRAME_LEN;
-use milter_proto::negotiate::Needs;
 use milter_proto::server::{Context, Decision, Handler, ServerConfig, async_trait, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 
 const CONNECTIONS: usize = 4;
 /// Runs per server and case; the median is printed.
@@ -126,7 +126,7 @@ fn serve_child(spec: &str) {
     .build()
     .expect("runtime");
     let result = rt.block_on(async {
-        let listener = Listener::bind(&socket, &UnixSocketOptions::default()).await?;
+        let listener = Listener::bind(&socket, &UnixOptions::default()).await?;
         let make = move || Null { protocol };
         serve(
             listener,

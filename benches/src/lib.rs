@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use milter_proto::socket::SocketSpec;
+use milter_proto::SocketSpec;
 
 /// A server child process listening on a unix socket, killed (and reaped) on drop.
 #[derive(Debug)]

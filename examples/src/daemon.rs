@@ -13,7 +13,7 @@ use mailstack::dns::{HickoryResolver, Resolver};
 use mailstack::filter::{Filter, LiveFilter, Milter};
 use mailstack::stack::DaemonSettings;
 use milter_proto::server::{Handler, ServerConfig, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions, group_id};
+use milter_proto::{Listener, SocketSpec, UnixOptions, group_id};
 
 /// Default mode of a daemon's unix socket: the daemon and its group (Postfix) only.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
@@ -53,7 +53,7 @@ pub struct DaemonOpts {
     /// Where to listen.
     pub socket: SocketSpec,
     /// Unix socket mode and group.
-    pub unix: UnixSocketOptions,
+    pub unix: UnixOptions,
     /// DNS servers (empty: the system's).
     pub nameservers: Vec<SocketAddr>,
     /// The user to run as.
@@ -107,11 +107,9 @@ impl DaemonArgs {
     pub fn resolve(&self, file: &DaemonSettings) -> Result<DaemonOpts, DaemonError> {
         let socket = match (&self.socket, &file.socket) {
             (Some(s), _) => s.clone(),
-            (None, Some(s)) => s
-                .parse()
-                .map_err(|e: milter_proto::socket::SocketSpecError| {
-                    DaemonError::BadSocket(s.clone(), e.to_string())
-                })?,
+            (None, Some(s)) => s.parse().map_err(|e: milter_proto::SpecError| {
+                DaemonError::BadSocket(s.clone(), e.to_string())
+            })?,
             (None, None) => return Err(DaemonError::NoSocket),
         };
         let group = match self.group.as_ref().or(file.socket_group.as_ref()) {
@@ -134,7 +132,7 @@ impl DaemonArgs {
         };
         Ok(DaemonOpts {
             socket,
-            unix: UnixSocketOptions {
+            unix: UnixOptions {
                 mode: Some(file.socket_mode.unwrap_or(DEFAULT_SOCKET_MODE)),
                 group,
             },

@@ -10,10 +10,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
+use milter_proto::{Actions, Protocol};
 use support::clamd::Clamd;
 use support::milters::Daemon;
 

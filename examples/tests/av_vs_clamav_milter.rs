@@ -17,9 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
-use milter_proto::reply::Reply;
-use milter_proto::socket::{MilterStream, SocketSpec};
+use milter_proto::{SocketSpec, Stream};
 use support::clamd::{Clamd, SIG, av_messages};
 use support::milters::Daemon;
 
@@ -81,7 +81,7 @@ fn status(o: &Outcome) -> Vec<String> {
 }
 
 /// Connects and negotiates as Postfix 3.x (every action and option offered).
-async fn connect(spec: &SocketSpec) -> Client<MilterStream> {
+async fn connect(spec: &SocketSpec) -> Client<Stream> {
     let mut c = Client::connect(spec, ClientConfig::default())
         .await
         .unwrap();
@@ -98,7 +98,7 @@ async fn run(spec: &SocketSpec, raw: &[u8], n: usize) -> (Outcome, Duration) {
     let leadspc = c
         .negotiated()
         .protocol
-        .contains(milter_proto::flags::Protocol::HDR_LEADSPC);
+        .contains(milter_proto::Protocol::HDR_LEADSPC);
     let t = Instant::now();
     let mut last = None;
     for i in 0..n {

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection};
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
 use support::milters::Daemon;
 
 const DKIM: &str = env!("CARGO_BIN_EXE_dkim-milter");

@@ -52,10 +52,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use milter_proto::ConnAddr;
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::command::ConnAddr;
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
 use support::milters::Daemon;
 
 const OPENDKIM: &str = "/usr/sbin/opendkim";

@@ -12,8 +12,8 @@ mod support;
 use std::path::Path;
 
 use bytes::Bytes;
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
-use milter_proto::reply::Reply;
 use spf_support::Zone;
 use support::milters::Daemon;
 

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mailstack::dmarc::history::{HistoryReader, MessageRecord};
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
 use spf_support::Netns;
 use spf_support::dmarc_cases::{self, zone};
 

@@ -14,9 +14,9 @@ use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
+use milter_proto::ConnAddr;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, Connection, Message};
-use milter_proto::command::ConnAddr;
-use milter_proto::socket::SocketSpec;
 use spf_support::Zone;
 use support::milters::{Daemon, added_headers, dkim_genkey, mta_config, smtp_code};
 use support::procfs::status_ids;

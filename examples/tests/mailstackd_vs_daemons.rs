@@ -67,9 +67,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Connection, Message};
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
 use spf_support::{CASES, CONFIGS, TEMP_CASES, Zone, dmarc_cases, golden_zone};
 use support::chain::{self, Clause};
 use support::clamd::{Clamd, av_messages};

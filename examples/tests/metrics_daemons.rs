@@ -16,8 +16,8 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use milter_proto::SocketSpec;
 use milter_proto::client::Message;
-use milter_proto::socket::SocketSpec;
 use spf_support::Zone;
 use support::http::{get, sample, wait_http};
 use support::milters::Daemon;

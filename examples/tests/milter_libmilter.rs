@@ -10,10 +10,10 @@ mod support;
 use std::process::Command;
 
 use bytes::Bytes;
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
+use milter_proto::{Actions, Protocol};
 use support::milters::{Daemon, build_c_milter};
 
 const MESSAGE: &[u8] = b"From: alice@src.example\r\nSubject: hi\r\n\r\nbody line\r\n";
@@ -29,7 +29,7 @@ fn run<T>(f: impl Future<Output = T>) -> T {
 }
 
 /// Connect and negotiate as Postfix 3.x does (version 6, every action and option).
-async fn connect(milter: &Daemon) -> Client<milter_proto::socket::MilterStream> {
+async fn connect(milter: &Daemon) -> Client<milter_proto::Stream> {
     let spec: SocketSpec = milter.spec().parse().unwrap();
     Client::connect(&spec, ClientConfig::default())
         .await

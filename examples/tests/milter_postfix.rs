@@ -159,12 +159,12 @@ fn rejections_and_rset_keep_the_milter_session_in_step_with_postfix() {
     use std::sync::{Arc, Mutex};
 
     use bytes::Bytes;
-    use milter_proto::flags::Actions;
-    use milter_proto::negotiate::Needs;
+    use milter_proto::Actions;
+    use milter_proto::Needs;
     use milter_proto::server::{
         Context, Decision, Handler, ServerConfig, async_trait, serve_connection,
     };
-    use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+    use milter_proto::{Listener, SocketSpec, UnixOptions};
 
     struct Strict(Arc<Mutex<Vec<String>>>);
 
@@ -222,7 +222,7 @@ fn rejections_and_rset_keep_the_milter_session_in_step_with_postfix() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let opts = UnixSocketOptions {
+            let opts = UnixOptions {
                 mode: Some(0o666),
                 group: None,
             };

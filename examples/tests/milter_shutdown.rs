@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use milter_proto::Command;
+use milter_proto::Protocol;
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection};
-use milter_proto::command::Command;
-use milter_proto::flags::Protocol;
-use milter_proto::reply::Reply;
 use support::milters::Daemon;
 
 const STAMP: &str = env!("CARGO_BIN_EXE_stamp-milter");

@@ -13,9 +13,9 @@ use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
 use mailstack::filter::Milter;
+use milter_proto::ConnAddr;
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
-use milter_proto::command::ConnAddr;
-use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve_connection};
 
 const MSG: &[u8] = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\n\

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
 use mailstack::filter::Milter;
+use milter_proto::ConnAddr;
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
-use milter_proto::command::ConnAddr;
-use milter_proto::reply::Reply;
 use milter_proto::server::{ServerConfig, serve_connection};
 
 fn filter(conf: &str) -> Arc<DmarcFilter> {
@@ -421,7 +421,7 @@ async fn the_body_is_asked_for_only_with_dkim_self_validate() {
         client
             .negotiated()
             .protocol
-            .contains(milter_proto::flags::Protocol::NOBODY)
+            .contains(milter_proto::Protocol::NOBODY)
     );
     client.quit().await.unwrap();
     server.await.unwrap().unwrap();

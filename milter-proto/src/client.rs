@@ -34,10 +34,10 @@ use crate::DecodeError;
 use crate::command::{Command, ConnAddr};
 use crate::flags::{Actions, Protocol};
 use crate::frame::MAX_FRAME_LEN_1M;
-use crate::negotiate::{Negotiated, VERSION};
+use crate::negotiate::{Negotiated, PROTOCOL_VERSION};
 use crate::reply::{MAX_REPLBODY_CHUNK, Reply};
 use crate::session::{Expect, MtaError, MtaSession, Received};
-use crate::socket::{MilterStream, SocketSpec, connect};
+use crate::socket::{SocketSpec, Stream, connect};
 
 /// Protocol options Postfix 3.x offers (every bit up to `HDR_LEADSPC`, no `MDS_*`).
 pub const POSTFIX_PROTOCOL: Protocol = Protocol::from_bits_retain(0x1F_FFFF);
@@ -56,7 +56,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// Protocol version offered (2..=6; default [`VERSION`]).
+    /// Protocol version offered (2..=6; default [`PROTOCOL_VERSION`]).
     pub version: u32,
     /// Actions offered (default: all, as Postfix).
     pub actions: Actions,
@@ -76,7 +76,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            version: VERSION,
+            version: PROTOCOL_VERSION,
             actions: Actions::all(),
             protocol: POSTFIX_PROTOCOL,
             max_reply_len: MAX_FRAME_LEN_1M,
@@ -120,47 +120,13 @@ pub enum ClientError {
     /// The milter closed the connection.
     #[error("milter closed the connection")]
     Closed,
-    /// The OPTNEG answer asks for more than was offered (Postfix drops such a milter).
-    #[error("milter negotiation: {what} (offered {offered:#x}, asked {asked:#x})")]
-    Negotiation {
-        /// What exceeded the offer: "version", "actions" or "protocol".
-        what: &'static str,
-        /// What we offered.
-        offered: u32,
-        /// What the milter asked.
-        asked: u32,
-    },
-    /// A reply that is not valid for the command it answers (e.g. a modification before end
-    /// of message, SKIP when not offered, a modification whose action was not negotiated).
-    #[error("milter sent reply {reply:?} to command {cmd:?}, which does not allow it")]
-    UnexpectedReply {
-        /// The command byte answered.
-        cmd: char,
-        /// The reply byte.
-        reply: char,
-    },
-    /// Any other breach of the MTA side's rules ([`MtaSession`]), e.g. a command sent while a
-    /// reply is owed.
+    /// The milter broke the MTA side's rules ([`MtaSession`]): an OPTNEG answer beyond the
+    /// offer ([`MtaError::Negotiation`]; Postfix drops such a milter), a reply the command does
+    /// not allow ([`MtaError::UnexpectedReply`], e.g. a modification before end of message,
+    /// SKIP when not offered, a modification whose action was not negotiated); or this client
+    /// was asked to send a command out of turn ([`MtaError::OutOfTurn`]).
     #[error(transparent)]
-    Session(MtaError),
-}
-
-impl From<MtaError> for ClientError {
-    fn from(e: MtaError) -> Self {
-        match e {
-            MtaError::Negotiation {
-                what,
-                offered,
-                asked,
-            } => Self::Negotiation {
-                what,
-                offered,
-                asked,
-            },
-            MtaError::UnexpectedReply { cmd, reply } => Self::UnexpectedReply { cmd, reply },
-            e => Self::Session(e),
-        }
-    }
+    Session(#[from] MtaError),
 }
 
 /// Macros for stages, each `(stage command byte, pairs)`, sent before that stage's event.
@@ -338,8 +304,13 @@ pub struct Client<S> {
     connection_decision: Option<Reply>,
 }
 
-impl Client<MilterStream> {
+impl Client<Stream> {
     /// Connect to `spec` (within `config.connect_timeout`) and negotiate.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`] when connecting fails, [`ClientError::Timeout`] (command `O`) when
+    /// it takes longer than `config.connect_timeout`; then those of [`Client::negotiate`].
     pub async fn connect(spec: &SocketSpec, config: ClientConfig) -> Result<Self, ClientError> {
         let stream = match tokio::time::timeout(config.connect_timeout, connect(spec)).await {
             Ok(s) => s?,
@@ -356,6 +327,13 @@ impl Client<MilterStream> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// Send OPTNEG on a connected `stream` and check the answer against the offer.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`], [`ClientError::Timeout`] (no answer within
+    /// `config.command_timeout`), [`ClientError::Closed`], [`ClientError::Decode`];
+    /// [`ClientError::Session`] for an answer beyond the offer ([`MtaError::Negotiation`]) or a
+    /// reply that is not OPTNEG ([`MtaError::UnexpectedReply`]).
     pub async fn negotiate(stream: S, config: ClientConfig) -> Result<Self, ClientError> {
         let mut session = MtaSession::new(config.version, config.actions, config.protocol);
         let mut wbuf = BytesMut::new();
@@ -373,10 +351,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         let answer = client.read_reply('O', timeout).await?;
         match client.session.receive(&answer)? {
             Received::Negotiated => Ok(client),
-            _ => Err(ClientError::UnexpectedReply {
+            _ => Err(MtaError::UnexpectedReply {
                 cmd: 'O',
                 reply: char::from(answer.code()),
-            }),
+            }
+            .into()),
         }
     }
 
@@ -415,6 +394,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// Send one command as is (no `NO*` check) and read what it is owed: nothing for MACRO,
     /// ABORT, QUIT, QUIT_NC and `NR_*` stages; for BODYEOB every modification and PROGRESS up
     /// to the final reply; otherwise one reply (after any PROGRESS). Returned in order.
+    ///
+    /// # Errors
+    ///
+    /// Those of the I/O ([`ClientError::Io`], [`ClientError::Timeout`],
+    /// [`ClientError::Closed`], [`ClientError::Decode`]); [`ClientError::Session`] for a reply
+    /// the command does not allow ([`MtaError::UnexpectedReply`]) or a command sent out of turn
+    /// (OPTNEG again, anything after QUIT: [`MtaError::OutOfTurn`]).
     pub async fn command(&mut self, cmd: &Command) -> Result<Vec<Reply>, ClientError> {
         let expect = self.session.send(cmd)?;
         cmd.encode(&mut self.wbuf);

@@ -9,6 +9,7 @@ use crate::wire::{Reader, put_cstr};
 
 /// The client address of a CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnAddr {
     /// Family `4`: IPv4 port and address text.
     Inet {
@@ -37,6 +38,7 @@ pub enum ConnAddr {
 
 /// One MTA → filter command.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Command {
     /// `O` OPTNEG: version and what the MTA offers.
     OptNeg {

@@ -26,46 +26,51 @@
 //! maximum) before anything is reserved; payload parsers consume the whole payload or fail; a
 //! body chunk is split off the input without copying.
 //!
-//! # Layout
+//! # What is where
 //!
-//! - [`frame`]: [`frame::Frame`], [`frame::decode_frame`], [`frame::encode_frame`],
-//!   [`frame::DEFAULT_MAX_FRAME_LEN`], [`frame::MAX_FRAME_LEN_256K`], [`frame::MAX_FRAME_LEN_1M`].
-//! - [`command`]: [`command::Command`] (every `SMFIC_*` the MTA sends), [`command::ConnAddr`];
-//!   `Command::decode`, `Command::from_frame`, `Command::encode`, `Command::code`.
-//! - [`reply`]: [`reply::Reply`] (every `SMFIR_*` a filter sends, and the OPTNEG answer);
-//!   `Reply::decode`, `Reply::from_frame`, `Reply::encode`, `Reply::code`;
-//!   [`reply::MAX_REPLBODY_CHUNK`].
-//! - [`flags`]: [`flags::Actions`] (`SMFIF_*`), [`flags::Protocol`] (`SMFIP_*`).
-//! - [`negotiate`]: [`negotiate::Needs`] (what a filter asks), [`negotiate::Negotiated`]
-//!   (`new`, `reply`, `sends`, `expects_reply`, `max_frame_len`), [`negotiate::VERSION`].
-//! - [`session`]: the sans-IO core of both sides. [`session::Session`] (filter side:
-//!   `new(needs, limits)`, `handle(&Command) -> Result<Step, ProtocolError>` which also
-//!   negotiates OPTNEG, `negotiated`, `max_frame_len`, `check_modification`, `in_message`),
-//!   [`session::Step`], [`session::ProtocolError`], [`session::SessionLimits`],
-//!   [`session::HeaderLimits`]; [`session::MtaSession`] (MTA side: `offer`, `receive` checks
-//!   the OPTNEG answer and every reply, `send` says what is owed), [`session::Expect`],
-//!   [`session::Received`], [`session::MtaError`]; flow diagram and the out-of-order rule in
-//!   its doc. The tokio `server` and `client` are drivers of these.
-//! - [`socket`]: [`socket::SocketSpec`] (Postfix `unix:`/`inet:host:port` and libmilter
-//!   `local:`/`inet:port@host`/`inet6:` forms, `inet:port` for every address; the grammar
-//!   `policy-proto` reads too); with `tokio`, `Listener` (unix socket mode 0660 and group,
-//!   stale-file removal, removal on drop; `TCP_NODELAY`) and `connect`.
-//! - `server` (feature `tokio`): `Handler` (one async method per stage), `Context` (macros,
-//!   modifications, progress), `serve` (accept loop, connection limit, idle timeout and a
+//! The sans-IO core is at the crate root:
+//!
+//! - the codec: [`Command`] (every `SMFIC_*` the MTA sends, with [`ConnAddr`]) and [`Reply`]
+//!   (every `SMFIR_*` a filter sends, and the OPTNEG answer), each with `decode`,
+//!   `from_frame`, `encode` and `code`; the framing below them, [`Frame`], [`decode_frame`],
+//!   [`encode_frame`]; [`DecodeError`].
+//! - negotiation: [`Actions`] (`SMFIF_*`), [`Protocol`] (`SMFIP_*`), [`Needs`] (what a filter
+//!   asks), [`Negotiated`] (what was agreed: `sends`, `expects_reply`, `max_frame_len`),
+//!   [`NegotiateError`], [`PROTOCOL_VERSION`], [`MIN_PROTOCOL_VERSION`]; [`MacroStage`], the
+//!   stages of macro lists.
+//! - the filter side: [`Session`] (`new(needs, limits)`, `handle(&Command) -> Result<Step,
+//!   ProtocolError>` which also negotiates OPTNEG, `negotiated`, `max_frame_len`,
+//!   `check_modification`, `macros`, `in_message`), [`Step`], [`ProtocolError`],
+//!   [`SessionLimits`], [`HeaderLimits`], [`Macros`] (the macros received, per stage, and
+//!   their lifetime); [`ApiMisuse`].
+//! - the MTA side: [`MtaSession`] (`offer`, `send` says what is owed, `receive` checks the
+//!   OPTNEG answer and every reply), [`Expect`], [`Received`], [`MtaError`]. The tokio
+//!   `server` and `client` are drivers of these two sessions.
+//! - sockets: [`SocketSpec`] and [`SpecError`], the Postfix forms `unix:/path` and
+//!   `inet:host:port` and the libmilter forms `local:/path`, `inet:port@host`, `inet6:port@host`
+//!   (`inet:port` means every address; `policy-proto` reads the same grammar); with `tokio`,
+//!   `Listener` (unix socket mode 0660 and a group through `UnixOptions`, a stale file
+//!   replaced only when nothing listens on it, removal on drop; `TCP_NODELAY`), `connect`,
+//!   `Stream`, `Peer`.
+//!
+//! With the feature `tokio`, two modules run it on sockets:
+//!
+//! - `server`: `Handler` (one async method per stage), `Context` (macros, modifications,
+//!   progress), `Decision`, `serve` (accept loop, connection limit, idle timeout and a
 //!   deadline per command, graceful shutdown with a grace period), `serve_connection`,
 //!   `ServerConfig`.
-//! - `client` (feature `tokio`): the MTA side, `Client` (connect, negotiate, send a whole
-//!   message stage by stage as Postfix does), `Connection`, `Message`, `Outcome`.
-//! - [`DecodeError`], [`ApiMisuse`].
+//! - `client`: the MTA side, `Client` (connect, negotiate, send a whole message stage by stage
+//!   as Postfix does), `Connection`, `Message`, `Outcome`.
 //!
 //! # Limits
 //!
-//! Every limit is a named constant with its reason: [`frame::DEFAULT_MAX_FRAME_LEN`] (checked
-//! before anything is reserved), [`reply::MAX_REPLBODY_CHUNK`] (65535, libmilter's chunk),
-//! [`session::DEFAULT_MAX_HEADERS`] and [`session::DEFAULT_MAX_HEADER_BYTES`] per message;
-//! with `tokio`, the server's timeouts and connection limit (`server::DEFAULT_*`) and the
-//! client's (`client::DEFAULT_*`, Postfix's `milter_*_timeout`). Beyond a limit the server
-//! sends its configured default reply (tempfail) and closes, as Postfix's own side does.
+//! Every limit is a named constant with its reason: [`DEFAULT_MAX_FRAME_LEN`] (checked before
+//! anything is reserved), [`MAX_REPLBODY_CHUNK`] (65535, libmilter's chunk),
+//! [`DEFAULT_MAX_HEADERS`] and [`DEFAULT_MAX_HEADER_BYTES`] per message,
+//! [`DEFAULT_MAX_MACRO_BYTES`] per connection; with `tokio`, the server's timeouts and
+//! connection limit (`server::DEFAULT_*`) and the client's (`client::DEFAULT_*`, Postfix's
+//! `milter_*_timeout`). Beyond a limit the server sends its configured default reply
+//! (tempfail) and closes, as Postfix's own side does.
 //!
 //! # Feature `tokio`
 //!
@@ -80,9 +85,7 @@
 //! # #[cfg(feature = "tokio")] {
 //! use bytes::Bytes;
 //! use milter_proto::client::{Client, ClientConfig, Connection, Message};
-//! use milter_proto::flags::Actions;
-//! use milter_proto::negotiate::Needs;
-//! use milter_proto::reply::Reply;
+//! use milter_proto::{Actions, Needs, Reply};
 //! use milter_proto::server::{Context, Decision, Handler, ServerConfig, async_trait};
 //!
 //! /// Adds `X-Stamp: yes` to every message.
@@ -123,13 +126,136 @@
 //! # }
 //! ```
 //!
+//! # Driving a milter from the MTA side, without a runtime
+//!
+//! The same rules the tokio `client` follows are in [`MtaSession`]: it makes the OPTNEG offer,
+//! checks the milter's answer against it, says for each command whether a reply is owed
+//! ([`Expect`]) and checks every reply against the command it answers ([`Received`]). Here it
+//! drives a milter over a blocking socket pair, the milter being a plain loop around
+//! [`Session`] on a thread:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::os::unix::net::UnixStream;
+//!
+//! use bytes::{Bytes, BytesMut};
+//! use milter_proto::{Actions, Command, ConnAddr, DEFAULT_MAX_FRAME_LEN, DecodeError, Expect};
+//! use milter_proto::{MtaSession, Needs, PROTOCOL_VERSION, Protocol, Received, Reply, Session};
+//! use milter_proto::{SessionLimits, Step};
+//!
+//! /// Read until `decode` has a whole packet; `None` when the peer closed.
+//! fn read<T>(
+//!     sock: &mut UnixStream,
+//!     buf: &mut BytesMut,
+//!     decode: impl Fn(&mut BytesMut) -> Result<Option<T>, DecodeError>,
+//! ) -> std::io::Result<Option<T>> {
+//!     loop {
+//!         if let Some(t) = decode(buf).map_err(std::io::Error::other)? {
+//!             return Ok(Some(t));
+//!         }
+//!         let mut chunk = [0; 4096];
+//!         match sock.read(&mut chunk)? {
+//!             0 => return Ok(None),
+//!             n => buf.extend_from_slice(&chunk[..n]),
+//!         }
+//!     }
+//! }
+//!
+//! let (mut mta_sock, mut milter_sock) = UnixStream::pair()?;
+//!
+//! // The milter: `Session` negotiates and says when a decision is due. It stamps each message.
+//! let milter = std::thread::spawn(move || -> std::io::Result<()> {
+//!     let needs = Needs { actions: Actions::ADDHDRS, ..Needs::default() };
+//!     let mut session = Session::new(needs, SessionLimits::default());
+//!     let mut buf = BytesMut::new();
+//!     loop {
+//!         let max = session.max_frame_len();
+//!         let Some(cmd) = read(&mut milter_sock, &mut buf, |b| Command::decode(b, max))? else {
+//!             return Ok(());
+//!         };
+//!         let mut out = BytesMut::new();
+//!         match session.handle(&cmd).map_err(std::io::Error::other)? {
+//!             Step::Negotiated { reply, .. } => reply.encode(&mut out),
+//!             Step::Reply if matches!(cmd, Command::BodyEob(_)) => {
+//!                 let stamp = Reply::AddHeader { name: "X-Stamp".into(), value: "yes".into() };
+//!                 session.check_modification(&stamp).map_err(std::io::Error::other)?;
+//!                 stamp.encode(&mut out);
+//!                 Reply::Accept.encode(&mut out);
+//!             }
+//!             Step::Reply => Reply::Continue.encode(&mut out),
+//!             Step::NoReply => {}
+//!             Step::Close => return Ok(()),
+//!             other => return Err(std::io::Error::other(format!("unhandled {other:?}"))),
+//!         }
+//!         milter_sock.write_all(&out)?;
+//!     }
+//! });
+//!
+//! // The MTA: offer everything, as Postfix does, and check what the milter asks for.
+//! let mut mta = MtaSession::new(PROTOCOL_VERSION, Actions::all(), Protocol::all());
+//! let mut buf = BytesMut::new();
+//! let mut out = BytesMut::new();
+//! mta.offer().encode(&mut out);
+//! mta_sock.write_all(&out)?;
+//! let answer = read(&mut mta_sock, &mut buf, |b| Reply::decode(b, DEFAULT_MAX_FRAME_LEN))?;
+//! assert_eq!(mta.receive(&answer.ok_or("milter closed")?)?, Received::Negotiated);
+//! assert_eq!(mta.negotiated().actions, Actions::ADDHDRS);
+//!
+//! let message = [
+//!     Command::Connect {
+//!         hostname: "client.example".into(),
+//!         addr: ConnAddr::Inet { port: 40000, address: "192.0.2.1".into() },
+//!     },
+//!     Command::Helo("client.example".into()),
+//!     Command::Mail { sender: "<a@example.org>".into(), args: vec![] },
+//!     Command::Rcpt { rcpt: "<b@example.net>".into(), args: vec![] },
+//!     Command::Header { name: "Subject".into(), value: " hi".into() },
+//!     Command::Eoh,
+//!     Command::Body("Hello\r\n".into()),
+//!     Command::BodyEob(Bytes::new()),
+//! ];
+//! let (mut decisions, mut modifications) = (Vec::new(), Vec::new());
+//! for cmd in message {
+//!     if !mta.sends(&cmd) {
+//!         continue; // negotiated away (`NO*`)
+//!     }
+//!     let expect = mta.send(&cmd)?;
+//!     out.clear();
+//!     cmd.encode(&mut out);
+//!     mta_sock.write_all(&out)?;
+//!     if expect == Expect::Nothing {
+//!         continue; // a no-reply (`NR_*`) stage
+//!     }
+//!     loop {
+//!         let reply = read(&mut mta_sock, &mut buf, |b| Reply::decode(b, DEFAULT_MAX_FRAME_LEN))?
+//!             .ok_or("milter closed while a reply was owed")?;
+//!         // An error here is a milter breaking the rules: an MTA applies its default
+//!         // action (tempfail) and closes.
+//!         match mta.receive(&reply)? {
+//!             Received::Final => break decisions.push(reply),
+//!             Received::Modification => modifications.push(reply),
+//!             _ => {} // PROGRESS: keep waiting
+//!         }
+//!     }
+//!     // A real MTA stops the transaction at a decision other than CONTINUE.
+//! }
+//! assert_eq!(decisions.last(), Some(&Reply::Accept));
+//! let stamp = Reply::AddHeader { name: "X-Stamp".into(), value: "yes".into() };
+//! assert_eq!(modifications, [stamp]);
+//!
+//! assert_eq!(mta.send(&Command::Quit)?, Expect::Nothing);
+//! out.clear();
+//! Command::Quit.encode(&mut out);
+//! mta_sock.write_all(&out)?;
+//! milter.join().expect("the milter thread panicked")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # The codec alone
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use milter_proto::command::Command;
-//! use milter_proto::frame::DEFAULT_MAX_FRAME_LEN;
-//! use milter_proto::reply::Reply;
+//! use milter_proto::{Command, DEFAULT_MAX_FRAME_LEN, Reply};
 //!
 //! let mut buf = BytesMut::new();
 //! Command::Helo("mx.example".into()).encode(&mut buf);
@@ -153,20 +279,37 @@
 
 #[cfg(feature = "tokio")]
 pub mod client;
-pub mod command;
-pub mod flags;
-pub mod frame;
+mod command;
+mod flags;
+mod frame;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 #[allow(clippy::panic)]
 pub mod fuzzing;
-pub mod macros;
-pub mod negotiate;
-pub mod reply;
+mod macros;
+mod negotiate;
+mod reply;
 #[cfg(feature = "tokio")]
 pub mod server;
-pub mod session;
-pub mod socket;
+mod session;
+mod socket;
 mod wire;
+
+pub use command::{Command, ConnAddr};
+pub use flags::{Actions, Protocol};
+pub use frame::{
+    DEFAULT_MAX_FRAME_LEN, Frame, MAX_FRAME_LEN_1M, MAX_FRAME_LEN_256K, decode_frame, encode_frame,
+};
+pub use macros::{DEFAULT_MAX_MACRO_BYTES, MacroStage, Macros, UnknownMacroStage};
+pub use negotiate::{MIN_PROTOCOL_VERSION, Needs, NegotiateError, Negotiated, PROTOCOL_VERSION};
+pub use reply::{MAX_REPLBODY_CHUNK, Reply};
+pub use session::{
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, Expect, HeaderLimits, MtaError, MtaSession,
+    ProtocolError, Received, Session, SessionLimits, Step,
+};
+#[cfg(feature = "tokio")]
+pub use socket::{DEFAULT_UNIX_MODE, Listener, Peer, Stream, UnixOptions, connect, group_id};
+pub use socket::{SocketSpec, SpecError};
 
 /// A mistake by the code using this crate (not by the peer), e.g. queueing a modification
 /// that was not negotiated.
@@ -175,7 +318,7 @@ mod wire;
 pub enum ApiMisuse {
     /// The modification needs an action (`SMFIF_*`) that negotiation did not agree.
     #[error("milter action {0:?} was not negotiated")]
-    NotNegotiated(flags::Actions),
+    NotNegotiated(Actions),
     /// Modifications can only be made at end of message.
     #[error("milter modifications are only possible at end of message")]
     NotAtEndOfMessage,

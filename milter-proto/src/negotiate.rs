@@ -5,14 +5,15 @@ use bytes::Bytes;
 use crate::command::Command;
 use crate::flags::{Actions, Protocol};
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, MAX_FRAME_LEN_1M, MAX_FRAME_LEN_256K};
+use crate::macros::MacroStage;
 use crate::reply::Reply;
 
 /// Highest protocol version spoken (Postfix 3.x default `milter_protocol = 6`).
-pub const VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Lowest protocol version accepted (libmilter `SMFI_PROT_VERSION_MIN`): an MTA offering
 /// less is refused ([`NegotiateError::UnsupportedVersion`]) and the connection closed.
-pub const MIN_VERSION: u32 = 2;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Actions an MTA speaking versions 2 to 5 knows (libmilter `SMFI_V2_ACTS`).
 const V2_ACTIONS: u32 = 0x3F;
@@ -26,9 +27,9 @@ pub struct Needs {
     pub actions: Actions,
     /// Events it does not want (`NO*`), events it won't answer (`NR_*`), format options.
     pub protocol: Protocol,
-    /// Macro lists per stage (0 connect .. 6 eoh), space-separated names; sent only when the
-    /// MTA offers `SETSYMLIST`.
-    pub macros: Vec<(u32, Bytes)>,
+    /// Macro lists per stage, space-separated names; sent only when the MTA offers
+    /// `SETSYMLIST`.
+    pub macros: Vec<(MacroStage, Bytes)>,
     /// Actions the filter cannot work without: [`Negotiated::negotiate`] refuses an MTA that
     /// does not offer them (the others in `actions` are dropped silently when not offered).
     pub required_actions: Actions,
@@ -42,8 +43,10 @@ pub struct Needs {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NegotiateError {
-    /// The MTA offered a protocol version below [`MIN_VERSION`]; libmilter refuses it too.
-    #[error("MTA offered milter protocol version {version}, below the minimum {MIN_VERSION}")]
+    /// The MTA offered a protocol version below [`MIN_PROTOCOL_VERSION`]; libmilter refuses it too.
+    #[error(
+        "MTA offered milter protocol version {version}, below the minimum {MIN_PROTOCOL_VERSION}"
+    )]
     UnsupportedVersion {
         /// The version the MTA offered.
         version: u32,
@@ -71,20 +74,20 @@ pub enum NegotiateError {
 /// The result of negotiation: what both sides will do on this connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
-    /// Agreed version: min(MTA's, [`VERSION`]).
+    /// Agreed version: min(MTA's, [`PROTOCOL_VERSION`]).
     pub version: u32,
     /// Agreed actions: asked ∩ offered ∩ known to the version.
     pub actions: Actions,
     /// Agreed protocol options: asked ∩ offered ∩ known to the version.
     pub protocol: Protocol,
     /// Macro lists requested (empty when the MTA does not offer `SETSYMLIST`).
-    pub macros: Vec<(u32, Bytes)>,
+    pub macros: Vec<(MacroStage, Bytes)>,
 }
 
 impl Negotiated {
     /// Reduce `needs` to what the MTA's OPTNEG offers. Versions below 2 are answered as 2.
     pub fn new(mta_version: u32, offered: Actions, offered_proto: Protocol, needs: &Needs) -> Self {
-        let version = mta_version.clamp(2, VERSION);
+        let version = mta_version.clamp(2, PROTOCOL_VERSION);
         let (act_mask, proto_mask) = if version < 6 {
             (V2_ACTIONS, V2_PROTOCOL)
         } else {
@@ -105,7 +108,7 @@ impl Negotiated {
         }
     }
 
-    /// Like [`Negotiated::new`], but refuse an MTA version below [`MIN_VERSION`], and refuse when a required action or protocol option of
+    /// Like [`Negotiated::new`], but refuse an MTA version below [`MIN_PROTOCOL_VERSION`], and refuse when a required action or protocol option of
     /// `needs` is not agreed (not offered, or unknown to the MTA's version).
     pub fn negotiate(
         mta_version: u32,
@@ -113,7 +116,7 @@ impl Negotiated {
         offered_proto: Protocol,
         needs: &Needs,
     ) -> Result<Self, NegotiateError> {
-        if mta_version < MIN_VERSION {
+        if mta_version < MIN_PROTOCOL_VERSION {
             return Err(NegotiateError::UnsupportedVersion {
                 version: mta_version,
             });
@@ -205,7 +208,7 @@ mod tests {
         Needs {
             actions: Actions::ADDHDRS | Actions::CHGFROM | Actions::SETSYMLIST,
             protocol: Protocol::NOCONNECT | Protocol::NR_HDR | Protocol::HDR_LEADSPC,
-            macros: vec![(5, Bytes::from_static(b"i {auth_type}"))],
+            macros: vec![(MacroStage::Eom, Bytes::from_static(b"i {auth_type}"))],
             ..Needs::default()
         }
     }

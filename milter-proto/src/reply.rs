@@ -5,6 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::DecodeError;
 use crate::flags::{Actions, Protocol};
 use crate::frame::{Frame, decode_frame, encode_frame};
+use crate::macros::MacroStage;
 use crate::wire::{Reader, put_cstr};
 
 /// Largest REPLBODY chunk a filter sends (the MTA's default packet limit).
@@ -12,6 +13,7 @@ pub const MAX_REPLBODY_CHUNK: usize = 65535;
 
 /// One filter → MTA reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reply {
     /// `O` answer to OPTNEG, with optional macro lists `(stage, "names")`.
     OptNeg {
@@ -21,8 +23,8 @@ pub enum Reply {
         actions: Actions,
         /// Protocol options wanted.
         protocol: Protocol,
-        /// Macro lists: stage (0 connect .. 6 eoh) and space-separated names.
-        macros: Vec<(u32, Bytes)>,
+        /// Macro lists: stage and space-separated names.
+        macros: Vec<(MacroStage, Bytes)>,
     },
     /// `c` continue.
     Continue,
@@ -93,8 +95,8 @@ pub enum Reply {
     Quarantine(Bytes),
     /// `l` set the macro list of a stage.
     SetSymList {
-        /// Stage (0 connect .. 6 eoh).
-        stage: u32,
+        /// The stage whose macro list this sets.
+        stage: MacroStage,
         /// Space-separated macro names.
         names: Bytes,
     },
@@ -153,7 +155,7 @@ impl Reply {
                 let protocol = Protocol::from_bits_retain(r.u32("protocol")?);
                 let mut macros = Vec::new();
                 while !r.is_empty() {
-                    let stage = r.u32("macro stage")?;
+                    let stage = r.macro_stage()?;
                     macros.push((stage, r.cstr("macro names")?));
                 }
                 Self::OptNeg {
@@ -208,7 +210,7 @@ impl Reply {
             b'b' => Self::ReplBody(r.rest()),
             b'q' => Self::Quarantine(r.cstr("reason")?),
             b'l' => {
-                let stage = r.u32("stage")?;
+                let stage = r.macro_stage()?;
                 Self::SetSymList {
                     stage,
                     names: r.cstr("macro names")?,
@@ -261,7 +263,7 @@ impl Reply {
                 p.put_u32(actions.bits());
                 p.put_u32(protocol.bits());
                 for (stage, names) in macros {
-                    p.put_u32(*stage);
+                    p.put_u32(stage.number());
                     put_cstr(&mut p, names);
                 }
             }
@@ -297,7 +299,7 @@ impl Reply {
                 return;
             }
             Self::SetSymList { stage, names } => {
-                p.put_u32(*stage);
+                p.put_u32(stage.number());
                 put_cstr(&mut p, names);
             }
         }

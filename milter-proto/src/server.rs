@@ -3,9 +3,9 @@
 //!
 //! ```no_run
 //! use milter_proto::server::{Context, Decision, Handler, ServerConfig, serve};
-//! use milter_proto::socket::{Listener, UnixSocketOptions};
-//! use milter_proto::flags::Actions;
-//! use milter_proto::negotiate::Needs;
+//! use milter_proto::{Listener, UnixOptions};
+//! use milter_proto::Actions;
+//! use milter_proto::Needs;
 //!
 //! /// Adds `X-Stamp: yes` to every message.
 //! struct Stamp;
@@ -25,7 +25,7 @@
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let spec = "inet:127.0.0.1:8891".parse().expect("valid spec");
-//! let listener = Listener::bind(&spec, &UnixSocketOptions::default()).await?;
+//! let listener = Listener::bind(&spec, &UnixOptions::default()).await?;
 //! serve(listener, || Stamp, ServerConfig::default(), std::future::pending()).await
 //! # }
 //! ```
@@ -295,7 +295,7 @@ impl Context {
         self.session.macros().get(name)
     }
 
-    /// All macros received and still valid (see [`crate::macros`]).
+    /// All macros received and still valid (see [`crate::Macros`] for when they are cleared).
     pub fn macros(&self) -> &Macros {
         self.session.macros()
     }

@@ -22,7 +22,7 @@
 //! [`ProtocolError::TooManyHeaders`] or [`ProtocolError::HeadersTooLarge`], handled like an
 //! out-of-order command. The counters restart at MAIL.
 //!
-//! Macros are kept per stage in [`Session::macros`] (see [`crate::macros`] for their lifetime):
+//! Macros are kept per stage in [`Session::macros`] (see [`Macros`] for their lifetime):
 //! a message's macros stay readable while its end of message is answered and are dropped at the
 //! next command.
 
@@ -207,7 +207,7 @@ enum State {
 
 /// What [`Session::negotiated`] lends before OPTNEG: version 2, nothing agreed.
 static NOT_NEGOTIATED: Negotiated = Negotiated {
-    version: crate::negotiate::MIN_VERSION,
+    version: crate::negotiate::MIN_PROTOCOL_VERSION,
     actions: Actions::empty(),
     protocol: Protocol::empty(),
     macros: Vec::new(),
@@ -428,7 +428,7 @@ impl Session {
 #[non_exhaustive]
 pub enum MtaError {
     /// The OPTNEG answer asks for more than was offered, or a version below
-    /// [`crate::negotiate::MIN_VERSION`] (Postfix drops such a milter).
+    /// [`crate::negotiate::MIN_PROTOCOL_VERSION`] (Postfix drops such a milter).
     #[error("milter negotiation: {what} (offered {offered:#x}, asked {asked:#x})")]
     Negotiation {
         /// What exceeded the offer: "version", "actions" or "protocol".
@@ -505,8 +505,8 @@ enum MtaState {
 
 /// The MTA side of one milter connection as a plain value: the offer, the check of the
 /// filter's OPTNEG answer, and which reply may follow which command under the agreement.
-/// Drivers (the tokio [`crate::client`], a test over blocking sockets) send what it says and
-/// feed it every reply.
+/// Drivers (the tokio `client` of feature `tokio`, a test over blocking sockets) send what it
+/// says and feed it every reply.
 #[derive(Debug, Clone)]
 pub struct MtaSession {
     version: u32,
@@ -658,7 +658,7 @@ impl MtaSession {
                 })
             }
         };
-        let ok = (crate::negotiate::MIN_VERSION..=self.version).contains(version);
+        let ok = (crate::negotiate::MIN_PROTOCOL_VERSION..=self.version).contains(version);
         check("version", self.version, *version, ok)?;
         let ok = self.actions.contains(*actions);
         check("actions", self.actions.bits(), actions.bits(), ok)?;
@@ -681,7 +681,7 @@ mod tests {
 
     use super::*;
     use crate::command::ConnAddr;
-    use crate::negotiate::MIN_VERSION;
+    use crate::negotiate::MIN_PROTOCOL_VERSION;
 
     fn optneg() -> Command {
         Command::OptNeg {
@@ -925,7 +925,7 @@ mod tests {
                 reply: 'c'
             })
         ));
-        let mut m = MtaSession::new(MIN_VERSION, Actions::empty(), Protocol::NR_HDR);
+        let mut m = MtaSession::new(MIN_PROTOCOL_VERSION, Actions::empty(), Protocol::NR_HDR);
         let _ = m.offer();
         let r = answer(2, Actions::empty(), Protocol::NR_HDR | Protocol::NR_BODY);
         assert!(matches!(

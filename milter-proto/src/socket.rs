@@ -1,5 +1,5 @@
 //! Where a milter listens: socket specs in Postfix and libmilter syntax, and (feature `tokio`)
-//! binding and connecting them.
+//! binding and connecting them. Re-exported at the crate root.
 //!
 //! The grammar, the listener and the accept loop are the ones `policy-proto` uses too (crate
 //! `mailstack-transport`): the same string means the same socket to both.
@@ -21,14 +21,3 @@ pub use mailstack_transport::{SocketSpec, SpecError};
 pub use mailstack_transport::{
     DEFAULT_UNIX_MODE, Listener, Peer, Stream, UnixOptions, connect, group_id,
 };
-
-/// The error of [`SocketSpec`]'s parser under its earlier name in this crate.
-pub type SocketSpecError = SpecError;
-
-/// [`UnixOptions`] under its earlier name in this crate.
-#[cfg(feature = "tokio")]
-pub type UnixSocketOptions = UnixOptions;
-
-/// A connected milter stream (unix or TCP): [`Stream`] under its earlier name in this crate.
-#[cfg(feature = "tokio")]
-pub type MilterStream = Stream;

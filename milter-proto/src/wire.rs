@@ -3,6 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::DecodeError;
+use crate::macros::MacroStage;
 
 /// A cursor over one payload; every read checks bounds.
 pub(crate) struct Reader {
@@ -51,6 +52,13 @@ impl Reader {
             return Err(self.truncated(what));
         }
         Ok(self.rest.get_u32())
+    }
+
+    /// A macro-list stage number; one no [`MacroStage`] has is invalid.
+    pub(crate) fn macro_stage(&mut self) -> Result<MacroStage, DecodeError> {
+        let n = self.u32("macro stage")?;
+        MacroStage::from_number(n)
+            .ok_or_else(|| self.invalid("unknown macro stage (0 connect .. 6 eoh)"))
     }
 
     pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {

@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
-use milter_proto::command::{Command, ConnAddr};
+use milter_proto::Reply;
 use milter_proto::fuzzing;
-use milter_proto::reply::Reply;
+use milter_proto::{Command, ConnAddr};
 
 fn corpus(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -52,8 +52,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut session = BytesMut::new();
     Command::OptNeg {
         version: 6,
-        actions: milter_proto::flags::Actions::all(),
-        protocol: milter_proto::flags::Protocol::empty(),
+        actions: milter_proto::Actions::all(),
+        protocol: milter_proto::Protocol::empty(),
     }
     .encode(&mut session);
     for c in &cmds {

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use milter_proto::Command;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::command::Command;
-use milter_proto::flags::{Actions, Protocol};
 use milter_proto::server::{
     ConnectionError, Context, Decision, Handler, ServerConfig, async_trait, serve, serve_connection,
 };
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 use tokio::io::AsyncWriteExt;
 
 /// Sets its flag when dropped: proof the handler's future was dropped.
@@ -123,7 +123,7 @@ async fn mta_hanging_up_drops_the_pending_handler() {
 async fn hung_up_connection_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let spec = SocketSpec::Unix(dir.path().join("m.sock"));
-    let listener = Listener::bind(&spec, &UnixSocketOptions::default())
+    let listener = Listener::bind(&spec, &UnixOptions::default())
         .await
         .unwrap();
     let mut config = ServerConfig::default();

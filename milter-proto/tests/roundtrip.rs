@@ -2,11 +2,16 @@
 //! more and consumes nothing; arbitrary bytes never panic.
 
 use bytes::{Bytes, BytesMut};
-use milter_proto::command::{Command, ConnAddr};
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::frame::{DEFAULT_MAX_FRAME_LEN, decode_frame};
-use milter_proto::reply::Reply;
+use milter_proto::MacroStage;
+use milter_proto::Reply;
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Command, ConnAddr};
+use milter_proto::{DEFAULT_MAX_FRAME_LEN, decode_frame};
 use proptest::prelude::*;
+
+fn stage() -> impl Strategy<Value = MacroStage> {
+    proptest::sample::select(MacroStage::ALL.to_vec())
+}
 
 fn s() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(1u8..=255, 0..20).prop_map(Bytes::from)
@@ -56,7 +61,7 @@ fn reply() -> impl Strategy<Value = Reply> {
             any::<u32>(),
             any::<u32>(),
             any::<u32>(),
-            proptest::collection::vec((any::<u32>(), s()), 0..3)
+            proptest::collection::vec((stage(), s()), 0..3)
         )
             .prop_map(|(v, a, p, macros)| Reply::OptNeg {
                 version: v,
@@ -93,7 +98,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         (s(), proptest::option::of(s())).prop_map(|(from, args)| Reply::ChgFrom { from, args }),
         raw().prop_map(Reply::ReplBody),
         s().prop_map(Reply::Quarantine),
-        (any::<u32>(), s()).prop_map(|(stage, names)| Reply::SetSymList { stage, names }),
+        (stage(), s()).prop_map(|(stage, names)| Reply::SetSymList { stage, names }),
     ]
 }
 

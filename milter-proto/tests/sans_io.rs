@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use milter_proto::DecodeError;
-use milter_proto::command::{Command, ConnAddr};
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::negotiate::Needs;
-use milter_proto::reply::Reply;
-use milter_proto::session::{Expect, MtaError, MtaSession, Received, Session, SessionLimits, Step};
+use milter_proto::Needs;
+use milter_proto::Reply;
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Command, ConnAddr};
+use milter_proto::{Expect, MtaError, MtaSession, Received, Session, SessionLimits, Step};
 
 const CHUNK: usize = 65535;
 

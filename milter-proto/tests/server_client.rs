@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use milter_proto::ConnAddr;
+use milter_proto::MacroStage;
+use milter_proto::Needs;
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, ClientError, Connection, Message};
-use milter_proto::command::ConnAddr;
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::negotiate::Needs;
-use milter_proto::reply::Reply;
 use milter_proto::server::{Context, Decision, Handler, ServerConfig, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 use tokio::sync::oneshot;
 
 /// Records what it saw; stamps a header, rejects `<bad@...>`, replaces the body when the body
@@ -104,7 +105,7 @@ struct Running {
 }
 
 async fn start(spec: SocketSpec, needs: Needs, config: ServerConfig) -> Running {
-    let listener = Listener::bind(&spec, &UnixSocketOptions::default())
+    let listener = Listener::bind(&spec, &UnixOptions::default())
         .await
         .unwrap();
     let spec = listener.local_spec().unwrap();
@@ -134,7 +135,7 @@ async fn start(spec: SocketSpec, needs: Needs, config: ServerConfig) -> Running 
 fn stamp_needs() -> Needs {
     Needs {
         actions: Actions::ADDHDRS | Actions::CHGBODY,
-        macros: vec![(5, Bytes::from_static(b"i"))],
+        macros: vec![(MacroStage::Eom, Bytes::from_static(b"i"))],
         ..Needs::default()
     }
 }

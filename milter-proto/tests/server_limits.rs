@@ -12,16 +12,16 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use milter_proto::Command;
+use milter_proto::Needs;
+use milter_proto::Reply;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::command::Command;
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::negotiate::Needs;
-use milter_proto::reply::Reply;
 use milter_proto::server::{
     ConnectionError, Context, Decision, Handler, ServerConfig, async_trait, serve, serve_connection,
 };
-use milter_proto::session::{HeaderLimits, ProtocolError};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Actions, Protocol};
+use milter_proto::{HeaderLimits, ProtocolError};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -281,7 +281,7 @@ struct Running {
 }
 
 async fn start(spec: SocketSpec, config: ServerConfig) -> Running {
-    let listener = Listener::bind(&spec, &UnixSocketOptions::default())
+    let listener = Listener::bind(&spec, &UnixOptions::default())
         .await
         .unwrap();
     let spec = listener.local_spec().unwrap();
@@ -372,7 +372,7 @@ async fn unix_socket_mode_group_and_stale_socket() {
     let path = dir.path().join("m.sock");
     let spec = SocketSpec::Unix(path.clone());
     let gid = std::fs::metadata(dir.path()).unwrap().gid();
-    let opts = UnixSocketOptions {
+    let opts = UnixOptions {
         mode: Some(0o640),
         group: Some(gid),
     };
@@ -389,7 +389,7 @@ async fn unix_socket_mode_group_and_stale_socket() {
     // A stale socket file (its server gone without removing it) is replaced.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let again = Listener::bind(&spec, &UnixSocketOptions::default())
+    let again = Listener::bind(&spec, &UnixOptions::default())
         .await
         .unwrap();
     drop(again);
@@ -404,10 +404,10 @@ async fn unix_socket_mode_group_and_stale_socket() {
 
 #[tokio::test]
 async fn tcp_streams_have_nodelay_on_both_sides() {
-    use milter_proto::socket::{MilterStream, connect};
+    use milter_proto::{Stream, connect};
     let listener = Listener::bind(
         &"inet:127.0.0.1:0".parse().unwrap(),
-        &UnixSocketOptions::default(),
+        &UnixOptions::default(),
     )
     .await
     .unwrap();
@@ -416,8 +416,9 @@ async fn tcp_streams_have_nodelay_on_both_sides() {
     for s in [accepted.unwrap().0, connected.unwrap()] {
         match s {
             // Small replies must not wait for the peer's delayed ACK (Nagle).
-            MilterStream::Tcp(t) => assert!(t.nodelay().unwrap()),
-            MilterStream::Unix(_) => panic!("inet spec gave a unix stream"),
+            Stream::Tcp(t) => assert!(t.nodelay().unwrap()),
+            Stream::Unix(_) => panic!("inet spec gave a unix stream"),
+            other => panic!("inet spec gave a stream that is not TCP: {other:?}"),
         }
     }
 }

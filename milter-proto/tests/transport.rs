@@ -9,17 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use milter_proto::Command;
+use milter_proto::NegotiateError;
+use milter_proto::ProtocolError;
+use milter_proto::Reply;
+use milter_proto::SocketSpec as MilterSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::command::Command;
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::negotiate::NegotiateError;
-use milter_proto::reply::Reply;
 use milter_proto::server::{
     ConnectionError, Context, Decision, Handler, ServerConfig, async_trait, serve, serve_connection,
 };
-use milter_proto::session::ProtocolError;
-use milter_proto::socket::SocketSpec as MilterSpec;
-use milter_proto::socket::{Listener, SocketSpec, SpecError, UnixOptions, connect};
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Listener, SocketSpec, SpecError, UnixOptions, connect};
 use policy_proto::SocketSpec as PolicySpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -182,7 +182,7 @@ async fn macros_for_every_stage_byte_are_capped() {
 
 #[tokio::test]
 async fn macros_of_stages_no_event_has_are_ignored() {
-    use milter_proto::session::Session;
+    use milter_proto::Session;
     let mut s = Session::default();
     let _ = s.handle(&optneg(6)).unwrap();
     let pairs = vec![(Bytes::from_static(b"i"), Bytes::from_static(b"Q1"))];
@@ -206,8 +206,8 @@ async fn macros_of_stages_no_event_has_are_ignored() {
 
 #[tokio::test]
 async fn macro_byte_cap_is_configurable_and_typed() {
-    use milter_proto::negotiate::Needs;
-    use milter_proto::session::{HeaderLimits, Session, SessionLimits};
+    use milter_proto::Needs;
+    use milter_proto::{HeaderLimits, Session, SessionLimits};
     let limits = SessionLimits::new(HeaderLimits::default(), 100);
     let mut s = Session::new(Needs::default(), limits);
     let _ = s.handle(&optneg(6)).unwrap();
@@ -282,7 +282,7 @@ async fn start(spec: SocketSpec, config: ServerConfig) -> Running {
 }
 
 /// Reads one reply from a raw milter stream.
-async fn read_reply(s: &mut milter_proto::socket::Stream) -> Reply {
+async fn read_reply(s: &mut milter_proto::Stream) -> Reply {
     let mut buf = BytesMut::new();
     loop {
         if let Some(r) = Reply::decode(&mut buf, 1 << 20).unwrap() {
@@ -301,7 +301,7 @@ async fn shutdown_closes_a_quiet_message_after_the_grace_period() {
     config.shutdown_grace = Duration::from_secs(1);
     let srv = start(SocketSpec::Unix(dir.path().join("m.sock")), config).await;
     let mut s = connect(&srv.spec).await.unwrap();
-    let addr = milter_proto::command::ConnAddr::Unknown;
+    let addr = milter_proto::ConnAddr::Unknown;
     for cmd in [
         optneg(6),
         Command::Connect {

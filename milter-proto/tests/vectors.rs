@@ -14,12 +14,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
+use milter_proto::Command;
+use milter_proto::DEFAULT_MAX_FRAME_LEN;
 use milter_proto::DecodeError;
-use milter_proto::command::Command;
-use milter_proto::frame::DEFAULT_MAX_FRAME_LEN;
-use milter_proto::negotiate::{Needs, Negotiated};
-use milter_proto::reply::Reply;
-use milter_proto::session::{Session, SessionLimits};
+use milter_proto::Reply;
+use milter_proto::{Needs, Negotiated};
+use milter_proto::{Session, SessionLimits};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -205,8 +205,8 @@ fn every_strict_prefix_of_a_complete_vector_needs_more() {
 #[tokio::test]
 async fn server_answers_the_postfix_session_byte_for_byte() {
     use bytes::Bytes;
-    use milter_proto::flags::Actions;
-    use milter_proto::negotiate::Needs;
+    use milter_proto::Actions;
+    use milter_proto::Needs;
     use milter_proto::server::{Context, Decision, Handler, ServerConfig, serve_connection};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -217,7 +217,7 @@ async fn server_answers_the_postfix_session_byte_for_byte() {
         fn needs(&self) -> Needs {
             Needs {
                 actions: Actions::ADDHDRS | Actions::ADDRCPT | Actions::CHGBODY,
-                macros: vec![(5, Bytes::from_static(b"i"))],
+                macros: vec![(milter_proto::MacroStage::Eom, Bytes::from_static(b"i"))],
                 ..Needs::default()
             }
         }

@@ -56,6 +56,11 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to `spec` (UNIX socket or TCP, with `TCP_NODELAY`) within [`CLIENT_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`] when connecting fails, [`ClientError::Timeout`] after
+    /// [`CLIENT_TIMEOUT`].
     pub async fn connect(spec: &SocketSpec) -> Result<Self, ClientError> {
         let connect = async { mailstack_transport::connect(spec).await.map(Self::new) };
         Ok(tokio::time::timeout(CLIENT_TIMEOUT, connect)
@@ -80,6 +85,12 @@ impl Client {
     }
 
     /// Sends `req` (one write) and reads the reply's action.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`], [`ClientError::Closed`] (the server closed without a complete
+    /// reply, its answer to a request it refuses), [`ClientError::BadReply`],
+    /// [`ClientError::Timeout`] (see [`Client::set_timeout`]).
     pub async fn request(&mut self, req: &PolicyRequest) -> Result<Action, ClientError> {
         self.out.clear();
         req.encode(&mut self.out);

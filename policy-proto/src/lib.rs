@@ -74,28 +74,56 @@
 //! silence or [`Limits::max_requests`], and a graceful shutdown finishes the request in
 //! progress. [`Client`] is the other side (what smtpd does), for tests, benches and tools.
 //!
-//! ```no_run
-//! # #[cfg(feature = "tokio")]
-//! # async fn run() -> std::io::Result<()> {
-//! use policy_proto::{Action, ConnInfo, Handler, Listener, PolicyRequest, Server, UnixOptions};
+//! A complete policy server: it defers mail from real senders once ("greylisting" without the
+//! memory) and lets bounces through; here it listens on a loopback port and a [`Client`]
+//! plays smtpd. Under Postfix it would bind `unix:/var/spool/postfix/private/greylist` with
+//! `UnixOptions::new(Some(0o660), Some("postfix".into()))` and stop on a signal.
+//!
+#![cfg_attr(feature = "tokio", doc = "```")]
+#![cfg_attr(not(feature = "tokio"), doc = "```ignore")]
+//! use policy_proto::{Action, Client, ConnInfo, Handler, Listener, PolicyRequest, Server};
+//! use policy_proto::UnixOptions;
 //!
 //! struct Greylist;
 //!
 //! impl Handler for Greylist {
 //!     async fn handle(&self, req: PolicyRequest, _conn: &ConnInfo) -> Option<Action> {
 //!         match req.sender_address() {
-//!             None => Some(Action::Dunno), // null sender
+//!             None => Some(Action::Dunno), // null sender: a bounce
 //!             Some(_) => Action::defer_if_permit(Some("4.7.1 try again later")).ok(),
 //!         }
 //!     }
 //! }
 //!
-//! let opts = UnixOptions::new(Some(0o660), Some("postfix".into()));
-//! let listener = Listener::bind_spec("unix:/var/spool/postfix/private/greylist", &opts).await?;
-//! Server::new(Greylist)
-//!     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
-//!     .await?;
-//! # Ok(())
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! rt.block_on(async {
+//!     let listener = Listener::bind_spec("inet:127.0.0.1:0", &UnixOptions::default()).await?;
+//!     let spec = listener.local_spec()?;
+//!     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//!     let server = tokio::spawn(async move {
+//!         Server::new(Greylist)
+//!             .serve(listener, async { let _ = stopped.await; })
+//!             .await
+//!     });
+//!
+//!     // smtpd's side: several requests over one connection.
+//!     let mut smtpd = Client::connect(&spec).await?;
+//!     let rcpt = PolicyRequest::new()
+//!         .with("request", "smtpd_access_policy")?
+//!         .with("protocol_state", "RCPT")?
+//!         .with("recipient", "b@example.net")?;
+//!     let from_someone = rcpt.clone().with("sender", "a@example.org")?;
+//!     let bounce = rcpt.with("sender", "")?;
+//!     let deferred = Action::defer_if_permit(Some("4.7.1 try again later"))?;
+//!     assert_eq!(smtpd.request(&from_someone).await?, deferred);
+//!     assert_eq!(smtpd.request(&bounce).await?, Action::Dunno);
+//!     smtpd.close().await?;
+//!
+//!     let _ = stop.send(());
+//!     server.await??;
+//!     Ok(())
+//! })
 //! # }
 //! ```
 //!
@@ -113,7 +141,7 @@
 //! - `server` (feature `tokio`): [`Handler`], [`Server`], [`Listener`], [`Limits`] and the
 //!   timeouts, the logging policy.
 //! - `client` (feature `tokio`): [`Client`].
-//! - `fuzzing` (hidden): entry points for `fuzz/fuzz_targets/policy_request.rs` and the
+//! - `fuzzing` (hidden, feature `fuzzing`): entry points for `fuzz/fuzz_targets/policy_request.rs` and the
 //!   corpus replay test.
 //!
 //! Tests: `tests/codec.rs` (proptests), `tests/vectors/` (one request per Postfix version and
@@ -159,8 +187,9 @@ pub use server::{
     handler_fn, log_error,
 };
 
-/// Entry points for the cargo-fuzz targets in `fuzz/` and the stable corpus-replay test.
-/// Not a public API.
+/// Entry points for the cargo-fuzz targets in `fuzz/` and the stable corpus-replay test
+/// (feature `fuzzing`). Not a public API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
     use bytes::BytesMut;

@@ -24,8 +24,8 @@ use mailstack::notify::{MsmtpConfig, Notifier};
 use mailstack::privs::RunAs;
 use mailstack::stack::DaemonSettings;
 use mailstack_examples::daemon::{self, ControlArgs, DaemonArgs};
+use milter_proto::SocketSpec;
 use milter_proto::server::ServerConfig;
-use milter_proto::socket::SocketSpec;
 
 /// Antivirus milter: scans each message with clamd while it arrives and accepts, rejects,
 /// defers, discards or quarantines it as clamav-milter.conf says.

@@ -6,12 +6,12 @@
 
 use bytes::Bytes;
 use clap::Parser;
+use milter_proto::ConnAddr;
+use milter_proto::PROTOCOL_VERSION;
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};
-use milter_proto::command::ConnAddr;
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::negotiate::VERSION;
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
+use milter_proto::{Actions, Protocol};
 
 /// Send a message through a milter and show what it answers.
 #[derive(Debug, Parser)]
@@ -45,7 +45,7 @@ struct Args {
     #[arg(long = "mail-macro", value_name = "NAME=VALUE")]
     mail_macros: Vec<String>,
     /// Protocol version offered (2 to 6).
-    #[arg(long, default_value_t = VERSION)]
+    #[arg(long, default_value_t = PROTOCOL_VERSION)]
     protocol_version: u32,
     /// Actions offered (SMFIF_* mask).
     #[arg(long, default_value_t = 0x1FF)]

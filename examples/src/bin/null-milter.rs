@@ -7,10 +7,10 @@
 
 use clap::Parser;
 use mailstack_examples::shutdown_signal;
-use milter_proto::flags::{Actions, Protocol};
-use milter_proto::negotiate::Needs;
+use milter_proto::Needs;
 use milter_proto::server::{Context, Decision, Handler, ServerConfig, async_trait, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Actions, Protocol};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 
 /// A milter that accepts everything.
 #[derive(Debug, Parser)]
@@ -66,9 +66,9 @@ async fn main() -> std::io::Result<()> {
         },
         ..Needs::default()
     };
-    let unix = UnixSocketOptions {
+    let unix = UnixOptions {
         mode: Some(args.socket_mode),
-        ..UnixSocketOptions::default()
+        ..UnixOptions::default()
     };
     let listener = Listener::bind(&args.socket, &unix).await?;
     tracing::info!(socket = %args.socket, "listening");

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use clap::Parser;
 use mailstack_examples::shutdown_signal;
-use milter_proto::flags::Actions;
-use milter_proto::negotiate::Needs;
+use milter_proto::Actions;
+use milter_proto::Needs;
 use milter_proto::server::{Context, Decision, Handler, ServerConfig, async_trait, serve};
-use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+use milter_proto::{Listener, SocketSpec, UnixOptions};
 
 /// A milter that stamps, adds a recipient, replaces bodies and rejects on a pattern.
 #[derive(Debug, Parser)]
@@ -175,9 +175,9 @@ async fn main() -> std::io::Result<()> {
         };
         headers.push((n.trim().to_owned(), v.trim().to_owned()));
     }
-    let unix = UnixSocketOptions {
+    let unix = UnixOptions {
         mode: Some(args.socket_mode),
-        ..UnixSocketOptions::default()
+        ..UnixOptions::default()
     };
     let listener = Listener::bind(&args.socket, &unix).await?;
     tracing::info!(socket = %args.socket, "listening");

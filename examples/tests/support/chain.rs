@@ -16,11 +16,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use milter_proto::ConnAddr;
+use milter_proto::Protocol;
+use milter_proto::Reply;
+use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message, Outcome};
-use milter_proto::command::ConnAddr;
-use milter_proto::flags::Protocol;
-use milter_proto::reply::Reply;
-use milter_proto::socket::SocketSpec;
 
 /// A client at `ip` (IPv4) saying HELO `helo`, MTA name (macro `j`) `mx.example`.
 pub fn connection(ip: &str, helo: &str) -> Connection {

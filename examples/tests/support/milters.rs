@@ -139,7 +139,7 @@ pub fn build_c_milter(dir: &Path) -> PathBuf {
 /// What the MTA offers in negotiation: every action and protocol option (as `milter-client`
 /// does by default, and Postfix 3.x nearly so).
 pub fn mta_config() -> milter_proto::client::ClientConfig {
-    use milter_proto::flags::{Actions, Protocol};
+    use milter_proto::{Actions, Protocol};
     milter_proto::client::ClientConfig::offer(
         6,
         Actions::from_bits_truncate(0x1FF),
@@ -154,7 +154,7 @@ pub async fn one_message(
     msg: &milter_proto::client::Message,
 ) -> Result<milter_proto::client::Outcome, milter_proto::client::ClientError> {
     use milter_proto::client::{Client, Connection};
-    let spec = milter_proto::socket::SocketSpec::Unix(socket.to_owned());
+    let spec = milter_proto::SocketSpec::Unix(socket.to_owned());
     let mut c = Client::connect(&spec, mta_config()).await?;
     c.connection(&Connection::default()).await?;
     let out = c.message(msg).await?;
@@ -162,10 +162,11 @@ pub async fn one_message(
     Ok(out)
 }
 
-/// The SMTP code an MTA would answer for a milter decision (`250` for accept/continue and
-/// for discard, which the client is not told of).
-pub fn smtp_code(r: &milter_proto::reply::Reply) -> u16 {
-    use milter_proto::reply::Reply;
+/// The SMTP code an MTA would answer for a milter decision (`250` for accept/continue/skip and
+/// for discard, which the client is not told of; `451`, as for tempfail, for anything that is not
+/// a decision, so a reply this list does not know never counts as delivered).
+pub fn smtp_code(r: &milter_proto::Reply) -> u16 {
+    use milter_proto::Reply;
     match r {
         Reply::Tempfail => 451,
         Reply::Reject => 550,
@@ -174,14 +175,15 @@ pub fn smtp_code(r: &milter_proto::reply::Reply) -> u16 {
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
-        _ => 250,
+        Reply::Accept | Reply::Continue | Reply::Skip | Reply::Discard => 250,
+        _ => 451,
     }
 }
 
 /// The header fields the milter added or changed (`name: value`), in order; deletions (a
 /// change to an empty value) are left out.
 pub fn added_headers(out: &milter_proto::client::Outcome) -> Vec<String> {
-    use milter_proto::reply::Reply;
+    use milter_proto::Reply;
     out.modifications
         .iter()
         .filter_map(|m| match m {

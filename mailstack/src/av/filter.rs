@@ -10,13 +10,13 @@
 //! use mailstack::av::{AvConfig, AvFilter};
 //! use mailstack::filter::Milter;
 //! use milter_proto::server::{ServerConfig, serve};
-//! use milter_proto::socket::{Listener, SocketSpec, UnixSocketOptions};
+//! use milter_proto::{Listener, SocketSpec, UnixOptions};
 //!
 //! let cfg = AvConfig::read(std::path::Path::new("/etc/clamav/clamav-milter.conf"))
 //!     .map_err(std::io::Error::other)?;
 //! let filter = Arc::new(AvFilter::new(cfg, None));
 //! let spec: SocketSpec = "unix:/run/av.sock".parse().map_err(std::io::Error::other)?;
-//! let listener = Listener::bind(&spec, &UnixSocketOptions::default()).await?;
+//! let listener = Listener::bind(&spec, &UnixOptions::default()).await?;
 //! serve(listener, Milter::factory(filter), ServerConfig::default(), std::future::pending()).await
 //! # }
 //! ```
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use milter_proto::flags::Actions;
+use milter_proto::Actions;
 use tokio::sync::Semaphore;
 
 use super::config::LocalNet;
@@ -508,9 +508,9 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use bytes::Bytes;
+    use milter_proto::ConnAddr;
+    use milter_proto::Reply;
     use milter_proto::client::{Client, ClientConfig, Connection as MtaConn, Message, Outcome};
-    use milter_proto::command::ConnAddr;
-    use milter_proto::reply::Reply;
     use milter_proto::server::{ServerConfig, serve_connection};
 
     use super::*;

@@ -173,7 +173,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClamdStream for T {}
 
 /// A connection to clamd over a unix socket or TCP: the transport's stream, the one the milter
 /// and policy crates use too.
-pub type Socket = milter_proto::socket::Stream;
+pub type Socket = milter_proto::Stream;
 
 /// A clamd endpoint with its limits. Cheap to clone; each call opens its own connection
 /// (clamd serves one command per connection outside IDSESSION).

@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use milter_proto::flags::Actions;
+use milter_proto::Actions;
 
 use super::canon::{BodyHasher, Header};
 use super::config::{Action as OnAction, DkimConfig};
@@ -241,7 +241,7 @@ impl DkimFilter {
     }
 
     /// MacroList's names, asked for at MAIL (Postfix keeps connection macros until then).
-    fn macro_list_names(&self) -> Vec<(u32, String)> {
+    fn macro_list_names(&self) -> Vec<(milter_proto::MacroStage, String)> {
         if self.cfg.macro_list.is_empty() {
             return Vec::new();
         }
@@ -257,7 +257,7 @@ impl DkimFilter {
                 }
             })
             .collect();
-        vec![(milter_proto::macros::stage::ENVFROM, names.join(" "))]
+        vec![(milter_proto::MacroStage::EnvFrom, names.join(" "))]
     }
 
     fn skips(&self, conn: &Connection) -> bool {

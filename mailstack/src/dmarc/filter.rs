@@ -14,7 +14,7 @@ use super::{DmarcFilter, MAX_HEADER_BYTES, MessageFacts, Outcome};
 use crate::arc::ArcVerifier;
 use crate::dkim::canon::Header;
 use crate::filter::{Connection, EndOfMessage, Envelope, Filter, Flow, Needs, Start, Verdict};
-use milter_proto::flags::Actions;
+use milter_proto::Actions;
 
 /// What DMARC keeps of one message.
 #[derive(Debug, Default)]

@@ -4,10 +4,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use milter_proto::command::ConnAddr;
-use milter_proto::flags::Protocol;
-use milter_proto::macros::stage;
-use milter_proto::negotiate;
+use milter_proto::ConnAddr;
+use milter_proto::MacroStage;
+use milter_proto::Protocol;
 use milter_proto::server::{Context, Decision, Handler};
 
 use super::{
@@ -20,10 +19,10 @@ use crate::metrics::{self, Stage};
 /// Macros the adapter itself reads: `j` (the MTA's name) at CONNECT, `i` (queue id) and
 /// `{auth_authen}` (SMTP AUTH login) at MAIL, `i` again at end of message (Postfix assigns
 /// the queue id late with `smtpd_delay_open_until_valid_rcpt`).
-const OWN_MACROS: [(u32, &str); 3] = [
-    (stage::CONNECT, "j"),
-    (stage::ENVFROM, "i {auth_authen}"),
-    (stage::EOM, "i"),
+const OWN_MACROS: [(MacroStage, &str); 3] = [
+    (MacroStage::Connect, "j"),
+    (MacroStage::EnvFrom, "i {auth_authen}"),
+    (MacroStage::Eom, "i"),
 ];
 
 /// One MTA connection served by filter `F` (see [`Milter::factory`] for
@@ -52,7 +51,7 @@ impl<F: Filter> std::fmt::Debug for Milter<F> {
 #[derive(Debug)]
 struct Prepared {
     /// The milter negotiation.
-    needs: negotiate::Needs,
+    needs: milter_proto::Needs,
     /// The macro names the filter asked for up to MAIL (handed over in the envelope).
     wanted: Vec<String>,
 }
@@ -63,7 +62,7 @@ impl Prepared {
         let wanted = n
             .macros
             .iter()
-            .filter(|(st, _)| *st <= stage::ENVFROM)
+            .filter(|(st, _)| *st <= MacroStage::EnvFrom)
             .flat_map(|(_, names)| names.split_whitespace().map(str::to_owned))
             .collect();
         Arc::new(Self {
@@ -162,7 +161,7 @@ impl<F: Filter> Milter<F> {
 /// The milter negotiation for a filter's [`Needs`]: exact header bytes (`HDR_LEADSPC`), no
 /// UNKNOWN or DATA events, header, end-of-header and body events without a reply, and the
 /// stages the filter does not read switched off.
-pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
+pub(crate) fn milter_needs(n: &Needs) -> milter_proto::Needs {
     let mut protocol = Protocol::HDR_LEADSPC
         | Protocol::NOUNKNOWN
         | Protocol::NODATA
@@ -180,7 +179,7 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
             protocol |= Protocol::NR_RCPT;
         }
     }
-    let mut per_stage: Vec<(u32, Vec<&str>)> = Vec::new();
+    let mut per_stage: Vec<(MacroStage, Vec<&str>)> = Vec::new();
     let own = OWN_MACROS.iter().map(|&(st, names)| (st, names));
     let theirs = n.macros.iter().map(|(st, names)| (*st, names.as_str()));
     for (st, names) in own.chain(theirs) {
@@ -199,7 +198,7 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
             }
         }
     }
-    negotiate::Needs {
+    milter_proto::Needs {
         actions: n.actions,
         protocol,
         macros: per_stage
@@ -207,7 +206,7 @@ pub(crate) fn milter_needs(n: &Needs) -> negotiate::Needs {
             .map(|(s, l)| (s, Bytes::from(l.join(" "))))
             .collect(),
         required_actions: n.required_actions,
-        ..negotiate::Needs::default()
+        ..milter_proto::Needs::default()
     }
 }
 
@@ -386,7 +385,7 @@ pub fn apply(ctx: &mut Context, verdict: Verdict) -> Decision {
 
 #[async_trait::async_trait]
 impl<F: Filter> Handler for Milter<F> {
-    fn needs(&self) -> negotiate::Needs {
+    fn needs(&self) -> milter_proto::Needs {
         self.prepared.needs.clone()
     }
 
@@ -578,8 +577,8 @@ mod tests {
     fn needs_merge_macros_per_stage_and_switch_off_unread_stages() {
         let n = Needs {
             macros: vec![
-                (stage::ENVFROM, "{auth_type} i".into()),
-                (stage::EOM, "i".into()),
+                (MacroStage::EnvFrom, "{auth_type} i".into()),
+                (MacroStage::Eom, "i".into()),
             ],
             headers: true,
             ..Needs::default()
@@ -587,9 +586,17 @@ mod tests {
         let m = milter_needs(&n);
         assert!(m.protocol.contains(Protocol::NOBODY));
         assert!(!m.protocol.contains(Protocol::NOHDRS));
-        let envfrom = m.macros.iter().find(|(s, _)| *s == stage::ENVFROM).unwrap();
+        let envfrom = m
+            .macros
+            .iter()
+            .find(|(s, _)| *s == MacroStage::EnvFrom)
+            .unwrap();
         assert_eq!(&envfrom.1[..], b"i {auth_authen} {auth_type}");
-        let eom = m.macros.iter().find(|(s, _)| *s == stage::EOM).unwrap();
+        let eom = m
+            .macros
+            .iter()
+            .find(|(s, _)| *s == MacroStage::Eom)
+            .unwrap();
         assert_eq!(&eom.1[..], b"i");
     }
 }

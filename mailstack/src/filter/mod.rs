@@ -30,7 +30,7 @@ pub mod offline;
 
 use std::net::IpAddr;
 
-use milter_proto::flags::Actions;
+use milter_proto::Actions;
 
 use crate::auth_results::MethodResult;
 use crate::dkim::canon::Header;
@@ -170,9 +170,9 @@ pub struct Needs {
     pub actions: Actions,
     /// Modifications without which it cannot work (the MTA is refused otherwise).
     pub required_actions: Actions,
-    /// Macros per stage (milter_proto::macros::stage), space-separated names. Those asked
+    /// Macros per stage, space-separated names. Those asked
     /// for at CONNECT, HELO or MAIL are handed over in [`Envelope::macros`].
-    pub macros: Vec<(u32, String)>,
+    pub macros: Vec<(milter_proto::MacroStage, String)>,
     /// Whether it reads header fields.
     pub headers: bool,
     /// Whether it reads the body.

@@ -63,7 +63,7 @@ use serde::Deserialize;
 
 use crate::clamd::ClamdAddr;
 use crate::init::schedule::Schedule;
-use milter_proto::socket::SocketSpec;
+use milter_proto::SocketSpec;
 
 /// Where the seed's layout is looked for by default.
 pub const DEFAULT_TOML: &str = "/usr/local/etc/mailstack-init.toml";

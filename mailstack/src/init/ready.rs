@@ -47,7 +47,7 @@ async fn probe_inner(p: &Probe) -> Result<(), ProbeError> {
             Ok(())
         }
         Probe::AcceptsSpec(spec) => {
-            milter_proto::socket::connect(spec).await?;
+            milter_proto::connect(spec).await?;
             Ok(())
         }
         Probe::Milter(spec) => {

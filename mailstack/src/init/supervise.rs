@@ -36,7 +36,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use super::config::{Plan, Probe, Reload, Role, ServiceSpec, Stop};
 use super::dirs::{self, DirError, Stale};
 use super::syslog::{Facility, Severity, Sink};
-use milter_proto::socket::SocketSpec;
+use milter_proto::SocketSpec;
 
 /// The longest restart delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);

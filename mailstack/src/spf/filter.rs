@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use milter_proto::flags::Actions;
+use milter_proto::Actions;
 
 use super::SpfOutput;
 use super::policyd::{Checks, SpfAction, SpfPolicy, SpfRequest};

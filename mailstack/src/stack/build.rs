@@ -147,7 +147,7 @@ mod tests {
     use super::*;
     use crate::dns::MemoryResolver;
     use crate::filter::Filter;
-    use milter_proto::flags::Actions;
+    use milter_proto::Actions;
     use std::path::Path;
 
     #[test]

@@ -1,6 +1,6 @@
 //! One authserv-id over a chain of filters: forged fields out, one `Authentication-Results` in.
 
-use milter_proto::flags::Actions;
+use milter_proto::Actions;
 
 use crate::arc::ArcSealer;
 use crate::auth_results::{AuthResults, claims_authserv_id};

@@ -264,6 +264,7 @@ pub async fn connect(spec: &SocketSpec) -> io::Result<Stream> {
 
 /// A connected unix or TCP stream.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Stream {
     /// Unix-domain stream.
     Unix(UnixStream),
