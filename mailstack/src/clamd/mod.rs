@@ -8,14 +8,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mailstack::clamd::ClamdError> {
-//! use mailstack::clamd::{Client, Verdict};
+//! use mailstack::clamd::{Client, ScanReply};
 //! let client = Client::new("unix:/run/clamav/clamd.ctl".parse()?);
 //! let mut scan = client.instream().await?;
 //! scan.feed(b"Subject: hi\r\n\r\nhello\r\n").await?; // as chunks arrive
 //! match scan.finish().await? {
-//!     Verdict::Clean => {}
-//!     Verdict::Infected(names) => println!("found {names:?}"),
-//!     Verdict::Error(e) => println!("{e}"),
+//!     ScanReply::Clean => {}
+//!     ScanReply::Infected(names) => println!("found {names:?}"),
+//!     ScanReply::Error(e) => println!("{e}"),
 //! }
 //! # Ok(()) }
 //! ```
@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
-pub use proto::{Garbage, ScanError, Style, Verdict};
+pub use proto::{Garbage, ScanError, ScanReply, Style};
 use proto::{Pushed, ReplyBuffer};
 
 /// Where clamd listens: `unix:/path` (or a bare absolute path) or `tcp:host[:port]`
@@ -275,7 +275,7 @@ impl Client {
     }
 
     /// Scans a whole buffer.
-    pub async fn scan_bytes(&self, data: &[u8]) -> Result<Verdict, ClamdError> {
+    pub async fn scan_bytes(&self, data: &[u8]) -> Result<ScanReply, ClamdError> {
         let mut s = self.instream().await?;
         s.feed(data).await?;
         s.finish().await
@@ -286,14 +286,14 @@ impl Client {
     /// the socket: cheaper for clamd than INSTREAM, which copies the stream into a temporary
     /// file of its own before scanning. clamav-milter scans this way on a unix socket. Only
     /// for clamd on a unix socket ([`ClamdError::NotUnix`] otherwise).
-    pub async fn scan_file(&self, file: &std::fs::File) -> Result<Verdict, ClamdError> {
+    pub async fn scan_file(&self, file: &std::fs::File) -> Result<ScanReply, ClamdError> {
         let started = std::time::Instant::now();
         let r = self.fildes(file).await;
         count_scan(&r, started);
         r
     }
 
-    async fn fildes(&self, file: &std::fs::File) -> Result<Verdict, ClamdError> {
+    async fn fildes(&self, file: &std::fs::File) -> Result<ScanReply, ClamdError> {
         use std::os::fd::AsRawFd;
 
         use sendfd::SendWithFd;
@@ -335,14 +335,14 @@ impl Client {
 
 /// One scan in the metrics: its latency, and an error of kind `clamd` (talking failed) or
 /// `limit` (clamd's stream size limit).
-fn count_scan(r: &Result<Verdict, ClamdError>, started: std::time::Instant) {
+fn count_scan(r: &Result<ScanReply, ClamdError>, started: std::time::Instant) {
     use crate::metrics::ErrorKind;
     crate::metrics::with(|m| {
         m.observe("clamd", started.elapsed());
         match r {
             Err(_) => m.error(ErrorKind::Clamd),
-            Ok(Verdict::Error(ScanError::SizeLimitExceeded)) => m.error(ErrorKind::Limit),
-            Ok(Verdict::Error(_)) => m.error(ErrorKind::Clamd),
+            Ok(ScanReply::Error(ScanError::SizeLimitExceeded)) => m.error(ErrorKind::Limit),
+            Ok(ScanReply::Error(_)) => m.error(ErrorKind::Clamd),
             Ok(_) => {}
         }
     });
@@ -422,7 +422,7 @@ pub struct Instream<S> {
     sent: u64,
     max: Option<u64>,
     /// Set once clamd refused more data (size limit) or the client limit was hit.
-    early: Option<Verdict>,
+    early: Option<ScanReply>,
     framed: Vec<u8>,
     /// When the stream started (for the scan latency metric).
     started: std::time::Instant,
@@ -466,7 +466,7 @@ impl<S: ClamdStream> Instream<S> {
         if let Some(max) = self.max
             && self.sent + data.len() as u64 > max
         {
-            self.early = Some(Verdict::Error(ScanError::SizeLimitExceeded));
+            self.early = Some(ScanReply::Error(ScanError::SizeLimitExceeded));
             return Ok(());
         }
         self.framed.clear();
@@ -492,7 +492,7 @@ impl<S: ClamdStream> Instream<S> {
         }
     }
 
-    fn verdict(&self, reply: &str) -> Result<Verdict, ClamdError> {
+    fn verdict(&self, reply: &str) -> Result<ScanReply, ClamdError> {
         if let Some(expected) = self.session_id
             && let Some((got, _)) = proto::split_session_id(reply)
             && got != expected
@@ -502,7 +502,7 @@ impl<S: ClamdStream> Instream<S> {
         Ok(proto::parse_scan_reply(reply)?)
     }
 
-    async fn end(&mut self) -> Result<Verdict, ClamdError> {
+    async fn end(&mut self) -> Result<ScanReply, ClamdError> {
         if let Some(v) = self.early.take() {
             return Ok(v);
         }
@@ -515,7 +515,7 @@ impl<S: ClamdStream> Instream<S> {
     }
 
     /// Ends the stream and reads clamd's verdict.
-    pub async fn finish(mut self) -> Result<Verdict, ClamdError> {
+    pub async fn finish(mut self) -> Result<ScanReply, ClamdError> {
         let r = self.end().await;
         count_scan(&r, self.started);
         r
@@ -575,7 +575,7 @@ impl<S: ClamdStream> Session<S> {
 
     /// Scans `chunks` (fed in order) with INSTREAM inside the session. A size-limit error
     /// ends the session (clamd closes the connection).
-    pub async fn scan<'a, I>(&mut self, chunks: I) -> Result<Verdict, ClamdError>
+    pub async fn scan<'a, I>(&mut self, chunks: I) -> Result<ScanReply, ClamdError>
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
@@ -587,7 +587,7 @@ impl<S: ClamdStream> Session<S> {
             s.feed(c).await?;
         }
         let v = s.end().await?;
-        if v != Verdict::Error(ScanError::SizeLimitExceeded) {
+        if v != ScanReply::Error(ScanError::SizeLimitExceeded) {
             self.conn = Some(s.conn);
         }
         Ok(v)

@@ -81,9 +81,10 @@ impl fmt::Display for ScanError {
     }
 }
 
-/// clamd's verdict on one scanned stream or file.
+/// clamd's reply to one scanned stream or file (what the scan found; a filter's decision is
+/// [`crate::filter::Verdict`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum ScanReply {
     /// `<name>: OK`.
     Clean,
     /// `<name>: <signature> FOUND`, one signature per reply line (several only with
@@ -137,7 +138,7 @@ pub fn clean_virus_name(name: &str) -> String {
 /// Parses a scan reply (`stream: OK`, `stream: Eicar FOUND`, `stream: ... ERROR`,
 /// `INSTREAM size limit exceeded. ERROR`, or several such lines), with or without an
 /// IDSESSION id prefix on each line.
-pub fn parse_scan_reply(reply: &str) -> Result<Verdict, Garbage> {
+pub fn parse_scan_reply(reply: &str) -> Result<ScanReply, Garbage> {
     let mut found = Vec::new();
     let mut clean = false;
     let mut lines = 0;
@@ -149,11 +150,11 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, Garbage> {
         lines += 1;
         let line = split_session_id(line).map_or(line, |(_, rest)| rest);
         if line == "INSTREAM size limit exceeded. ERROR" {
-            return Ok(Verdict::Error(ScanError::SizeLimitExceeded));
+            return Ok(ScanReply::Error(ScanError::SizeLimitExceeded));
         }
         if let Some(msg) = line.strip_suffix(" ERROR") {
             let msg = msg.split_once(": ").map_or(msg, |(_, m)| m);
-            return Ok(Verdict::Error(ScanError::Other(msg.to_owned())));
+            return Ok(ScanReply::Error(ScanError::Other(msg.to_owned())));
         }
         if let Some(head) = line.strip_suffix(" FOUND") {
             // `<object>: <signature> FOUND`; the object (a path) may contain ": " itself, the
@@ -173,8 +174,8 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, Garbage> {
     }
     match (lines, found.is_empty(), clean) {
         (0, _, _) => Err(Garbage(reply.to_owned())),
-        (_, false, _) => Ok(Verdict::Infected(found)),
-        (_, true, true) => Ok(Verdict::Clean),
+        (_, false, _) => Ok(ScanReply::Infected(found)),
+        (_, true, true) => Ok(ScanReply::Clean),
         _ => Err(Garbage(reply.to_owned())),
     }
 }
@@ -313,30 +314,30 @@ mod tests {
 
     #[test]
     fn scan_replies() {
-        assert_eq!(parse_scan_reply("stream: OK"), Ok(Verdict::Clean));
+        assert_eq!(parse_scan_reply("stream: OK"), Ok(ScanReply::Clean));
         assert_eq!(
             parse_scan_reply("stream: Eicar-Signature FOUND"),
-            Ok(Verdict::Infected(vec!["Eicar-Signature".into()]))
+            Ok(ScanReply::Infected(vec!["Eicar-Signature".into()]))
         );
         assert_eq!(
             parse_scan_reply("3: stream: X.UNOFFICIAL FOUND"),
-            Ok(Verdict::Infected(vec!["X.UNOFFICIAL".into()]))
+            Ok(ScanReply::Infected(vec!["X.UNOFFICIAL".into()]))
         );
         assert_eq!(
             parse_scan_reply("/a: b/c: Sig FOUND\n/a: b/d: Sig2 FOUND\n"),
-            Ok(Verdict::Infected(vec!["Sig".into(), "Sig2".into()]))
+            Ok(ScanReply::Infected(vec!["Sig".into(), "Sig2".into()]))
         );
         assert_eq!(
             parse_scan_reply("INSTREAM size limit exceeded. ERROR"),
-            Ok(Verdict::Error(ScanError::SizeLimitExceeded))
+            Ok(ScanReply::Error(ScanError::SizeLimitExceeded))
         );
         assert_eq!(
             parse_scan_reply("2: INSTREAM size limit exceeded. ERROR"),
-            Ok(Verdict::Error(ScanError::SizeLimitExceeded))
+            Ok(ScanReply::Error(ScanError::SizeLimitExceeded))
         );
         assert_eq!(
             parse_scan_reply("stream: Can't create temporary file ERROR"),
-            Ok(Verdict::Error(ScanError::Other(
+            Ok(ScanReply::Error(ScanError::Other(
                 "Can't create temporary file".into()
             )))
         );
@@ -352,18 +353,18 @@ mod tests {
     #[test]
     fn virus_names_cut_on_a_char_boundary_without_controls() {
         let long = "\u{e9}".repeat(100); // 200 bytes of two-byte chars
-        let Ok(Verdict::Infected(n)) = parse_scan_reply(&format!("stream: A{long} FOUND")) else {
+        let Ok(ScanReply::Infected(n)) = parse_scan_reply(&format!("stream: A{long} FOUND")) else {
             panic!("not infected");
         };
         assert_eq!(n[0].len(), MAX_VIRUS_NAME_LEN - 1);
         assert_eq!(n[0], format!("A{}", "\u{e9}".repeat(63)));
         assert_eq!(
             parse_scan_reply("stream: Evil\r\x1b[2J\0Sig FOUND"),
-            Ok(Verdict::Infected(vec!["Evil[2JSig".into()]))
+            Ok(ScanReply::Infected(vec!["Evil[2JSig".into()]))
         );
         assert_eq!(
             parse_scan_reply("stream: Sig\r FOUND\n"),
-            Ok(Verdict::Infected(vec!["Sig".into()]))
+            Ok(ScanReply::Infected(vec!["Sig".into()]))
         );
         assert!(parse_scan_reply("stream: \r\x07 FOUND").is_err());
     }
@@ -414,7 +415,7 @@ mod tests {
         ) {
             let prefix = id.map(|i| format!("{i}: ")).unwrap_or_default();
             let reply = format!("{prefix}stream: {name} FOUND");
-            if let Ok(Verdict::Infected(names)) = parse_scan_reply(&reply) {
+            if let Ok(ScanReply::Infected(names)) = parse_scan_reply(&reply) {
                 for n in names {
                     proptest::prop_assert!(n.len() <= MAX_VIRUS_NAME_LEN, "{n:?}");
                     proptest::prop_assert!(!n.chars().any(char::is_control), "{n:?}");
