@@ -30,7 +30,7 @@ fn corpus_replays_without_panic() {
     let c = corpus();
     assert!(c.len() >= 10, "corpus too small: {}", c.len());
     for (_, data) in &c {
-        mailstack::fuzzing::clamd_reply(data);
+        mailstack::fuzzing::clamd::reply(data);
     }
 }
 

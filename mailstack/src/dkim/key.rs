@@ -460,6 +460,29 @@ impl PrivateKey {
         })
     }
 
+    /// The public key record to publish for this key (`<selector>._domainkey` TXT): its
+    /// [`Display`](std::fmt::Display) is the record's text.
+    pub fn public_record(&self) -> PublicKeyRecord {
+        let (key_type, key) = match self {
+            Self::Rsa(k) => {
+                let der: Result<PublicKeyX509Der<'_>, _> = k.public_key().as_der();
+                (
+                    KeyType::Rsa,
+                    der.map(|d| d.as_ref().to_vec()).unwrap_or_default(),
+                )
+            }
+            Self::RsaLegacy(k) => (KeyType::Rsa, k.public_spki_der()),
+            Self::Ed25519(k) => (KeyType::Ed25519, k.public_key().as_ref().to_vec()),
+        };
+        PublicKeyRecord {
+            key_type,
+            key,
+            hashes: Vec::new(),
+            testing: false,
+            strict_subdomains: false,
+        }
+    }
+
     /// The `p=` value of the matching public key record.
     pub fn public_record_value(&self) -> String {
         match self {
@@ -595,6 +618,29 @@ pub struct PublicKeyRecord {
     pub testing: bool,
     /// `t=s`: `i=` must use exactly `d=`.
     pub strict_subdomains: bool,
+}
+
+/// Writes the record as it is published: `v=DKIM1; h=...; k=...; t=...; p=...` (the tags
+/// `opendkim-genkey` writes, in its order; `h=` and `t=` only when set), which
+/// [`PublicKeyRecord::parse`] reads back to the same record.
+impl std::fmt::Display for PublicKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("v=DKIM1; ")?;
+        if !self.hashes.is_empty() {
+            write!(f, "h={}; ", self.hashes.join(":"))?;
+        }
+        match self.key_type {
+            KeyType::Rsa => f.write_str("k=rsa; ")?,
+            KeyType::Ed25519 => f.write_str("k=ed25519; ")?,
+        }
+        match (self.testing, self.strict_subdomains) {
+            (true, true) => f.write_str("t=y:s; ")?,
+            (true, false) => f.write_str("t=y; ")?,
+            (false, true) => f.write_str("t=s; ")?,
+            (false, false) => {}
+        }
+        write!(f, "p={}", B64.encode(&self.key))
+    }
 }
 
 /// Why a key record is unusable (the text is OpenDKIM's error string).
@@ -868,6 +914,20 @@ mod tests {
             let rec = PublicKeyRecord::parse(txt_record_value(&g.txt).as_bytes()).unwrap();
             assert_eq!(rec.key_type, kt);
             assert_eq!(B64.encode(&rec.key), k.public_record_value());
+            // The record this key publishes is the generated one minus genkey's `h=`.
+            let published = k.public_record();
+            assert_eq!(
+                PublicKeyRecord::parse(published.to_string().as_bytes()),
+                Ok(PublicKeyRecord {
+                    hashes: Vec::new(),
+                    ..rec.clone()
+                })
+            );
+            let k_tag = if kt == KeyType::Rsa { "rsa" } else { "ed25519" };
+            assert_eq!(
+                published.to_string(),
+                format!("v=DKIM1; k={k_tag}; p={}", k.public_record_value())
+            );
             assert!(g.txt.starts_with("sel._domainkey\tIN\tTXT\t( \"v=DKIM1; "));
             assert!(g.txt.ends_with(")  ; ----- DKIM key sel for example.com\n"));
             if kt == KeyType::Rsa {
