@@ -2,7 +2,7 @@
 //! parsers on stable Rust: every input must parse or be rejected without a panic, and the
 //! seed replies must keep their meaning.
 
-use mailstack::clamd::proto::{self, ScanError, ScanReply};
+use mailstack::clamd::{ScanError, ScanReply, parse_scan_reply, reply_text};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/clamd_reply");
@@ -22,7 +22,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 
 fn scan(data: &[u8]) -> Option<ScanReply> {
     let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-    proto::parse_scan_reply(&proto::reply_text(&data[..end])).ok()
+    parse_scan_reply(&reply_text(&data[..end])).ok()
 }
 
 #[test]

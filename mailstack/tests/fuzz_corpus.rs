@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use mailstack::config::{ConfigFile, Syntax};
 use mailstack::dkim::DkimConfig;
-use mailstack::dkim::dataset::{Dataset, PeerList};
-use mailstack::dkim::key::{KeyType, PublicKeyRecord, rsa_key_bits};
-use mailstack::dkim::sig::{Algorithm, Signature};
-use mailstack::dkim::verify::{DkimResult, VerifyOptions, verify_message};
+use mailstack::dkim::{Algorithm, Signature};
+use mailstack::dkim::{Dataset, PeerList};
+use mailstack::dkim::{DkimResult, VerifyOptions, verify_message};
+use mailstack::dkim::{KeyType, PublicKeyRecord, rsa_key_bits};
 use mailstack::dmarc::headers::{FromError, UpstreamContext, author_domain, read_upstream};
 use mailstack::dmarc::record::{DmarcRecord, Policy, RecordError};
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Specification};

@@ -7,7 +7,7 @@
 //! (clamav-milter truncates the same way). [`decide`] maps the outcome to the configured
 //! action, SMTP reply and `X-Virus-*` header fields. [`AvFilter`] is the whole filter in the
 //! common shape ([`crate::filter::Filter`]): the `av-milter` example binary serves it through
-//! [`crate::filter::Milter`], `mailstackd` in a [`crate::filter::Chain`]. [`config`] reads
+//! [`crate::filter::Milter`], `mailstackd` in a [`crate::filter::Chain`]. [`AvConfig`] reads
 //! `clamav-milter.conf`.
 //!
 //! # Actions
@@ -27,7 +27,7 @@
 //! [`VIRUS_ACTION_TIMEOUT`] and [`NOTIFY_TIMEOUT`]. `LocalNet local` matches only local
 //! submissions: an Inet client address the MTA sent but that does not parse is scanned.
 
-pub mod config;
+mod config;
 mod filter;
 
 use std::time::Duration;

@@ -4,7 +4,8 @@
 //! Every network step is bounded: connecting, each write and each read have their own
 //! timeout ([`Timeouts`]), and a reply longer than [`Client::max_reply`] bytes is an error,
 //! so a dead, absent or confused peer yields a [`ClamdError`], never a hang or a panic.
-//! The wire format lives in [`proto`] as sans-IO functions.
+//! The wire format is sans-IO code inside; [`parse_scan_reply`] and [`reply_text`] read a
+//! scan reply that arrived some other way.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mailstack::clamd::ClamdError> {
@@ -20,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod proto;
+pub(crate) mod proto;
 
 use std::fmt;
 use std::io;
@@ -31,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
-pub use proto::{Garbage, ScanError, ScanReply, Style};
+pub use proto::{Garbage, ScanError, ScanReply, Style, parse_scan_reply, reply_text};
 use proto::{Pushed, ReplyBuffer};
 
 /// Where clamd listens: `unix:/path` (or a bare absolute path) or `tcp:host[:port]`
@@ -324,7 +325,7 @@ impl Client {
             .await
             .map_err(|_| ClamdError::Timeout(Phase::Write, t))??;
         let reply = conn.read_reply().await?;
-        Ok(proto::parse_scan_reply(&reply)?)
+        Ok(parse_scan_reply(&reply)?)
     }
 
     /// Opens an IDSESSION for several commands on one connection.
@@ -396,11 +397,11 @@ impl<S: ClamdStream> Connection<S> {
                 if partial.is_empty() {
                     return Err(ClamdError::Closed);
                 }
-                return Ok(proto::reply_text(&partial));
+                return Ok(reply_text(&partial));
             }
             match rb.push(&buf[..n]) {
                 Pushed::NeedMore => {}
-                Pushed::Reply(r, _) => return Ok(proto::reply_text(&r)),
+                Pushed::Reply(r, _) => return Ok(reply_text(&r)),
                 Pushed::TooLong => return Err(ClamdError::ReplyTooLong(self.max_reply)),
             }
         }
@@ -499,7 +500,7 @@ impl<S: ClamdStream> Instream<S> {
         {
             return Err(ClamdError::SessionId { expected, got });
         }
-        Ok(proto::parse_scan_reply(reply)?)
+        Ok(parse_scan_reply(reply)?)
     }
 
     async fn end(&mut self) -> Result<ScanReply, ClamdError> {

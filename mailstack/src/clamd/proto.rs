@@ -33,7 +33,7 @@ impl Style {
 }
 
 /// Encodes `name` (e.g. `PING`, `INSTREAM`) as a prefixed, terminated command.
-pub fn encode_command(name: &str, style: Style) -> Vec<u8> {
+pub(crate) fn encode_command(name: &str, style: Style) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
     out.push(style.prefix());
     out.extend_from_slice(name.as_bytes());
@@ -42,19 +42,19 @@ pub fn encode_command(name: &str, style: Style) -> Vec<u8> {
 }
 
 /// The zero-length chunk that ends an INSTREAM.
-pub const END_OF_STREAM: [u8; 4] = [0; 4];
+pub(crate) const END_OF_STREAM: [u8; 4] = [0; 4];
 
 /// The 4-byte big-endian length header of an INSTREAM chunk.
 ///
 /// # Panics
 /// Never for `len <= u32::MAX`; [`frame_chunk`] splits larger data.
-pub fn chunk_header(len: u32) -> [u8; 4] {
+pub(crate) fn chunk_header(len: u32) -> [u8; 4] {
     len.to_be_bytes()
 }
 
 /// Appends `data` to `out` as INSTREAM chunks (split at `u32::MAX` bytes). Empty data
 /// appends nothing: a zero-length chunk would end the stream.
-pub fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
     for part in data.chunks(u32::MAX as usize) {
         // chunks() bounds every part by u32::MAX.
         out.extend_from_slice(&chunk_header(part.len() as u32));
@@ -101,7 +101,7 @@ pub struct Garbage(pub String);
 
 /// Splits an IDSESSION reply `<id>: <rest>` into the id and the rest. Replies outside a
 /// session give `None`.
-pub fn split_session_id(reply: &str) -> Option<(u64, &str)> {
+pub(crate) fn split_session_id(reply: &str) -> Option<(u64, &str)> {
     let (id, rest) = reply.split_once(": ")?;
     if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -120,11 +120,11 @@ pub fn reply_text(raw: &[u8]) -> String {
 /// below it (`Win.Test.EICAR_HDB-1`, `Heuristics.Phishing.Email.SpoofedDomain`: under 64
 /// bytes in the official databases); the name goes into headers, logs and reject texts, so
 /// a peer must not be able to make it arbitrarily long.
-pub const MAX_VIRUS_NAME_LEN: usize = 128;
+pub(crate) const MAX_VIRUS_NAME_LEN: usize = 128;
 
 /// A virus name as it may be shown anywhere: control characters (CR, LF, NUL, ESC, ...)
 /// removed, then cut to [`MAX_VIRUS_NAME_LEN`] bytes on a char boundary.
-pub fn clean_virus_name(name: &str) -> String {
+pub(crate) fn clean_virus_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len().min(MAX_VIRUS_NAME_LEN));
     for c in name.chars().filter(|c| !c.is_control()) {
         if out.len() + c.len_utf8() > MAX_VIRUS_NAME_LEN {
@@ -181,7 +181,7 @@ pub fn parse_scan_reply(reply: &str) -> Result<ScanReply, Garbage> {
 }
 
 /// Parses a `PING` reply: `PONG` (or `<id>: PONG`).
-pub fn parse_pong(reply: &str) -> Result<(), Garbage> {
+pub(crate) fn parse_pong(reply: &str) -> Result<(), Garbage> {
     let r = split_session_id(reply).map_or(reply, |(_, r)| r);
     if r == "PONG" {
         Ok(())
@@ -191,7 +191,7 @@ pub fn parse_pong(reply: &str) -> Result<(), Garbage> {
 }
 
 /// Parses a `VERSION` reply: `ClamAV 1.4.6[/<db>/<date>]`; returns it unchanged.
-pub fn parse_version(reply: &str) -> Result<String, Garbage> {
+pub(crate) fn parse_version(reply: &str) -> Result<String, Garbage> {
     let r = split_session_id(reply).map_or(reply, |(_, r)| r);
     if r.starts_with("ClamAV ") && r.len() < 256 {
         Ok(r.to_owned())
@@ -201,7 +201,7 @@ pub fn parse_version(reply: &str) -> Result<String, Garbage> {
 }
 
 /// Parses a `STATS` reply: the lines up to and excluding the final `END`.
-pub fn parse_stats(reply: &str) -> Result<String, Garbage> {
+pub(crate) fn parse_stats(reply: &str) -> Result<String, Garbage> {
     let r = split_session_id(reply).map_or(reply, |(_, r)| r);
     let body = r.trim_end();
     match body.strip_suffix("END") {
@@ -211,7 +211,7 @@ pub fn parse_stats(reply: &str) -> Result<String, Garbage> {
 }
 
 /// Parses a `RELOAD` reply: `RELOADING`.
-pub fn parse_reload(reply: &str) -> Result<(), Garbage> {
+pub(crate) fn parse_reload(reply: &str) -> Result<(), Garbage> {
     if reply == "RELOADING" {
         Ok(())
     } else {
@@ -221,7 +221,7 @@ pub fn parse_reload(reply: &str) -> Result<(), Garbage> {
 
 /// Incremental reply splitter: collects bytes until the terminator, bounded by `max` bytes.
 #[derive(Debug)]
-pub struct ReplyBuffer {
+pub(crate) struct ReplyBuffer {
     buf: Vec<u8>,
     term: u8,
     max: usize,
@@ -229,7 +229,7 @@ pub struct ReplyBuffer {
 
 /// What [`ReplyBuffer::push`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// No terminator yet; consumed all input.
     NeedMore,
     /// A complete reply (without terminator) and how many input bytes were consumed.
@@ -240,7 +240,7 @@ pub enum Pushed {
 
 impl ReplyBuffer {
     /// A splitter for replies ending with `style`'s terminator, at most `max` bytes each.
-    pub fn new(style: Style, max: usize) -> Self {
+    pub(crate) fn new(style: Style, max: usize) -> Self {
         Self {
             buf: Vec::new(),
             term: style.terminator(),
@@ -249,7 +249,7 @@ impl ReplyBuffer {
     }
 
     /// Feeds received bytes.
-    pub fn push(&mut self, data: &[u8]) -> Pushed {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Pushed {
         if let Some(pos) = data.iter().position(|&b| b == self.term) {
             if self.buf.len() + pos > self.max {
                 return Pushed::TooLong;
@@ -265,7 +265,7 @@ impl ReplyBuffer {
     }
 
     /// The bytes collected so far (a reply cut short by EOF).
-    pub fn take_partial(&mut self) -> Vec<u8> {
+    pub(crate) fn take_partial(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
     }
 }

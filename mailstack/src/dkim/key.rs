@@ -13,10 +13,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 /// Largest private key file read (64 KiB; an 8192-bit PEM key is under 7 KiB).
-pub const MAX_KEY_FILE: u64 = 64 * 1024;
+pub(crate) const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// Length of each quoted string in the `.txt` record (opendkim-genkey splits `p=` at 250).
-pub const TXT_CHUNK: usize = 250;
+pub(crate) const TXT_CHUNK: usize = 250;
 
 /// A key algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub enum KeyError {
         /// The path.
         path: PathBuf,
     },
-    /// Over [`MAX_KEY_FILE`] bytes.
+    /// Over 64 KiB.
     #[error("{}: larger than {MAX_KEY_FILE} bytes", path.display())]
     TooLarge {
         /// The key file.
@@ -402,8 +402,9 @@ impl PrivateKey {
 
     /// Reads a key file, opened once: the checks look at the open file (`fstat`) and the key
     /// is read from the same descriptor, so the file cannot be swapped between check and use.
-    /// The file must be a regular file; [`key_file_problem`] (OpenDKIM's `RequireSafeKeys`
-    /// rule) and [`check_safe_dirs`] refuse it with `require_safe`, and are logged as a
+    /// The file must be a regular file; OpenDKIM's `RequireSafeKeys` rules on the file
+    /// (owner root or us, no access for others, group access only for a group we are in)
+    /// and on the directories above it refuse it with `require_safe`, and are logged as a
     /// warning without it (as OpenDKIM logs them).
     pub fn read(path: &Path, require_safe: bool) -> Result<Self, KeyError> {
         use std::io::Read as _;
@@ -498,7 +499,7 @@ impl PrivateKey {
 
 /// The identity [`key_file_problem`] compares a key file with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessIds {
+pub(crate) struct ProcessIds {
     /// Effective user id.
     pub uid: u32,
     /// Effective group id and supplementary groups.
@@ -507,7 +508,7 @@ pub struct ProcessIds {
 
 impl ProcessIds {
     /// This process's effective uid, effective gid and supplementary groups.
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         // SAFETY: geteuid/getegid cannot fail and touch no memory of ours.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let mut groups = vec![gid];
@@ -536,7 +537,7 @@ impl ProcessIds {
 /// file's group is one of ours (Debian's `root:opendkim 0640` keys pass). Its owner must be
 /// root or the user we run as (OpenDKIM's `dkimf_securefile` checks the owner too): a key
 /// owned by another user could be replaced by that user. `None` if the file is safe.
-pub fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Option<String> {
+pub(crate) fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Option<String> {
     if mode & 0o006 != 0 {
         return Some(format!(
             "key file mode {:04o} lets others read or write it; chmod o-rw it",
@@ -563,7 +564,7 @@ pub fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Optio
 
 /// `RequireSafeKeys` for the directories above a key file: none may be writable by others
 /// unless it has the sticky bit (like `/tmp`). The error names the first offending path.
-pub fn check_safe_dirs(path: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_safe_dirs(path: &Path) -> Result<(), KeyError> {
     let abs: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut dir = abs.parent();
     while let Some(d) = dir {
@@ -834,7 +835,7 @@ pub fn generate(opts: &GenKeyOptions) -> Result<GeneratedKey, KeyError> {
 
 /// The `.txt` stub: `<sel>._domainkey<TAB>IN<TAB>TXT<TAB>( "v=DKIM1; h=sha256; k=rsa; "`
 /// then `p=` in quoted 250-character pieces, then `)  ; ----- DKIM key <sel> for <dom>`.
-pub fn txt_record(opts: &GenKeyOptions, p: &str) -> String {
+pub(crate) fn txt_record(opts: &GenKeyOptions, p: &str) -> String {
     // opendkim-genkey's order: v, n, h, k, t, s (the note's quotes escaped for the zone file).
     let mut head = String::from("v=DKIM1; ");
     if let Some(n) = &opts.note {

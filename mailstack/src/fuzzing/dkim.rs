@@ -18,7 +18,7 @@ use crate::dmarc::config::HostPattern;
 use crate::dns::Resolver;
 
 /// A `DKIM-Signature` field value (RFC 6376 §3.5). A parsed signature written back by the
-/// signer's own writer ([`Unsigned::render`] and [`append_b`], OpenDKIM's layout) parses
+/// signer's own writer (`Unsigned::render` and `append_b`, OpenDKIM's layout) parses
 /// to the same signature (with `t=0` where it had no `t=`: the layout always writes one).
 pub fn signature(data: &[u8]) {
     let _ = tag_list(&String::from_utf8_lossy(data));
@@ -51,7 +51,7 @@ pub fn signature(data: &[u8]) {
 
 /// A DKIM key record (`<selector>._domainkey` TXT, RFC 6376 §3.6.1), and the same bytes as
 /// the DER key inside one. A parsed record written back by its `Display` (what
-/// [`PrivateKey::public_record`](crate::dkim::key::PrivateKey::public_record) publishes)
+/// [`PrivateKey::public_record`](crate::dkim::PrivateKey::public_record) publishes)
 /// parses to the same record.
 pub fn key_record(data: &[u8]) {
     let _ = rsa_key_bits(data);
