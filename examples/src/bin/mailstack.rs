@@ -653,7 +653,17 @@ impl Report {
             OfflineOutcome::Verdict(v) => ("end of message", v.clone()),
             OfflineOutcome::Stopped(stage, a) => (*stage, Verdict::action(a.clone())),
             OfflineOutcome::Skipped(stage) => (*stage, Verdict::accept()),
-            _ => ("unknown", Verdict::accept()),
+            // An ending this binary does not know is not an accept: report it as unknown.
+            _ => {
+                return Self {
+                    stage: "unknown",
+                    decision: "unknown",
+                    reply: None,
+                    results: Vec::new(),
+                    headers: Vec::new(),
+                    status: 2,
+                };
+            }
         };
         let (decision, reply, status) = decision(&v.action);
         Self {

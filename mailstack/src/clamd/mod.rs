@@ -94,6 +94,7 @@ impl fmt::Display for ClamdAddr {
 
 /// The step that ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// Connecting to clamd.
     Connect,
@@ -103,8 +104,9 @@ pub enum Phase {
     Read,
 }
 
-/// Errors talking to clamd.
+/// Errors talking to clamd. Any of them means no verdict (never clean).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClamdError {
     /// The socket specification is not `unix:/path`, `/path` or `tcp:host[:port]`.
     #[error("bad clamd socket {0:?} (want unix:/path or tcp:host[:port])")]

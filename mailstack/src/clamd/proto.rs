@@ -62,8 +62,10 @@ pub(crate) fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Why a scan did not produce a verdict on the content.
+/// Why a scan did not produce a verdict on the content. Every kind, known or added later,
+/// means the content was not checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ScanError {
     /// `INSTREAM size limit exceeded. ERROR`: the stream passed clamd's `StreamMaxLength`.
     SizeLimitExceeded,

@@ -45,7 +45,9 @@ pub const MIN_RSA_SIGNING_BITS: usize = 1024;
 /// at least 2048 bits, so a smaller key is logged as a warning at startup.
 pub const RECOMMENDED_RSA_BITS: usize = 2048;
 
-/// A private key ready to sign.
+/// A private key ready to sign. More algorithms may come (a match needs a `_` arm, which
+/// must refuse the key rather than sign with it).
+#[non_exhaustive]
 pub enum PrivateKey {
     /// RSA, 2048 bits or more.
     Rsa(RsaKeyPair),
