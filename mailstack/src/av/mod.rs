@@ -35,7 +35,7 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use crate::clamd::{ClamdAddr, ClamdError, Client, Instream, Phase, ScanReply, Socket, Timeouts};
-pub use config::{Action, AddHeader, AvConfig, LogLevel, Transfer};
+pub use config::{Action, AddHeader, AvConfig, LocalNet, LogLevel, SkipAuth, Transfer};
 pub use filter::{
     AvFilter, AvMessage, MAX_BACKGROUND, NOTIFY_TIMEOUT, PRODUCT, QUARANTINE_REASON,
     VIRUS_ACTION_TIMEOUT,
