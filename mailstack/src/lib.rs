@@ -7,7 +7,7 @@
 //! - [`config`]: reading the configuration files of the tools we replace, with located errors.
 //! - [`arc`]: ARC (RFC 8617) chain validation and sealing over the DKIM core.
 //! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
-//! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed verdicts).
+//! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed scan replies).
 //! - [`av`]: clamav-milter's configuration and decisions over [`clamd`].
 //! - [`dmarc`]: DMARC evaluation and enforcement, a drop-in for OpenDMARC (milter handler included).
 //! - [`dkim`]: DKIM signing and verification with OpenDKIM's configuration, and its milter.
