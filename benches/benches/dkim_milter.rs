@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
-use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
+use mailstack::dkim::{GenKeyOptions, KeyType, PrivateKey};
+use mailstack::dkim::{SignOptions, SigningKey, sign_message};
 use mailstack::filter::Milter;
 use mailstack_benches::{Figures, Server, alternate, cpu_seconds, print_header, print_row};
 use milter_proto::ConnAddr;
@@ -146,7 +146,7 @@ fn scrape(addr: &str) -> String {
 
 /// Keys, TestPublicKeys and the shared options; returns the config text (without Socket).
 fn write_setup(dir: &Path) -> String {
-    let g = key::generate(&GenKeyOptions {
+    let g = mailstack::dkim::generate_key(&GenKeyOptions {
         key_type: KeyType::Rsa,
         selector: "bench".into(),
         domain: "example.com".into(),
@@ -162,7 +162,7 @@ fn write_setup(dir: &Path) -> String {
         &keys,
         format!(
             "bench._domainkey.example.com {}\n",
-            key::txt_record_value(&g.txt)
+            mailstack::dkim::txt_record_value(&g.txt)
         ),
     )
     .expect("write keys");

@@ -68,8 +68,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailstack::dkim::DkimConfig;
-use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
-use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
+use mailstack::dkim::{GenKeyOptions, KeyType, PrivateKey};
+use mailstack::dkim::{SignOptions, SigningKey, sign_message};
 use mailstack_benches::{
     CountingSink, Figures, Proc, cpu_since, descendants, median, median_f64, processes,
 };
@@ -527,7 +527,7 @@ struct Key {
 
 /// An RSA-2048 key for src.example, readable by every filter's user (a bench key).
 fn write_key(dir: &Path) -> Key {
-    let g = key::generate(&GenKeyOptions {
+    let g = mailstack::dkim::generate_key(&GenKeyOptions {
         key_type: KeyType::Rsa,
         selector: SELECTOR.into(),
         domain: DOMAIN.into(),
@@ -540,7 +540,7 @@ fn write_key(dir: &Path) -> Key {
     Key {
         path,
         pem: g.private_pem.into_bytes(),
-        txt: key::txt_record_value(&g.txt),
+        txt: mailstack::dkim::txt_record_value(&g.txt),
     }
 }
 

@@ -22,12 +22,13 @@ use std::sync::Arc;
 
 use mailstack::arc::{self, ArcResult, ArcSealer};
 use mailstack::auth_results::MethodResult;
-use mailstack::dkim::canon::Header;
-use mailstack::dkim::key::PrivateKey;
+use mailstack::dkim::Header;
+use mailstack::dkim::PrivateKey;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, MessageFacts, PolicyOverride};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
 use mailstack::filter::{
-    Action, AuthFacts, ClientAddr, Connection, Envelope, Modification, offline,
+    Action, AuthFacts, ClientAddr, Connection, Envelope, Modification, OfflineOutcome,
+    apply_to_message, run_offline,
 };
 use mailstack::stack::StackConfig;
 
@@ -261,11 +262,11 @@ async fn mailstackd_seal(s: &Setup, msg: &[u8], domain: &str) -> Vec<u8> {
         .unwrap();
     let conn = Connection::new("relay", ClientAddr::Ip("198.51.100.9".parse().unwrap()));
     let env = Envelope::new("<bounces@list.example>");
-    let offline::Outcome::Verdict(v) = offline::run(&stack, &conn, &env, msg).await else {
+    let OfflineOutcome::Verdict(v) = run_offline(&stack, &conn, &env, msg).await else {
         panic!("mailstackd did not reach end of message");
     };
     assert_eq!(v.action, Action::Accept);
-    offline::apply_to_message(msg, &v.modifications)
+    apply_to_message(msg, &v.modifications)
 }
 
 #[tokio::test]
@@ -334,7 +335,7 @@ async fn dmarc_on(s: &Setup, msg: &[u8], trusted: &str) -> (Action, String, Vec<
     let filter = DmarcFilter::new(cfg, Arc::new(s.resolver.clone()));
     let conn = Connection::new("relay", ClientAddr::Ip("198.51.100.9".parse().unwrap()));
     let env = Envelope::new("<bounces@list.example>");
-    let offline::Outcome::Verdict(v) = offline::run(&filter, &conn, &env, msg).await else {
+    let OfflineOutcome::Verdict(v) = run_offline(&filter, &conn, &env, msg).await else {
         panic!("DMARC did not reach end of message");
     };
     let fields: Vec<String> = v

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mailstack::clamd::{ClamdAddr, ClamdError, Client, ScanError, Timeouts, Verdict};
+use mailstack::clamd::{ClamdAddr, ClamdError, Client, ScanError, ScanReply, Timeouts};
 
 const CLAMD: &str = "/usr/sbin/clamd";
 /// The EICAR test string, hex-encoded so that this file is not itself a detection.
@@ -205,12 +205,12 @@ fn stored_zip(name: &str, data: &[u8]) -> Vec<u8> {
     z
 }
 
-fn infected() -> Verdict {
-    Verdict::Infected(vec![SIG.to_owned()])
+fn infected() -> ScanReply {
+    ScanReply::Infected(vec![SIG.to_owned()])
 }
 
 /// Feeds `data` in chunks of `chunk` bytes, as a milter would.
-async fn scan_chunked(c: &Client, data: &[u8], chunk: usize) -> Result<Verdict, ClamdError> {
+async fn scan_chunked(c: &Client, data: &[u8], chunk: usize) -> Result<ScanReply, ClamdError> {
     let mut s = c.instream().await?;
     for part in data.chunks(chunk) {
         s.feed(part).await?;
@@ -289,7 +289,7 @@ async fn clamav_testfiles_are_found_in_archives_and_encodings() {
         std::path::Path::new(TESTFILES).join("clam.exe").exists(),
         "{TESTFILES} is missing: install Debian's clamav-testfiles"
     );
-    let expected = Verdict::Infected(vec![CLAM_EXE_SIG.to_owned()]);
+    let expected = ScanReply::Infected(vec![CLAM_EXE_SIG.to_owned()]);
     let mut missed = Vec::new();
     for name in [
         "clam.exe",
@@ -333,7 +333,7 @@ async fn clean_mail_is_clean() {
     let m = mail("Content-Type: text/plain\r\n\r\nHello, nothing to see.\r\n");
     assert_eq!(
         scan_chunked(&client(), &m, 5).await.unwrap(),
-        Verdict::Clean
+        ScanReply::Clean
     );
     // A clean zip too.
     assert_eq!(
@@ -341,7 +341,7 @@ async fn clean_mail_is_clean() {
             .scan_bytes(&stored_zip("a.txt", b"hello"))
             .await
             .unwrap(),
-        Verdict::Clean
+        ScanReply::Clean
     );
 }
 
@@ -349,7 +349,7 @@ async fn clean_mail_is_clean() {
 async fn over_stream_max_length_is_the_size_limit_error() {
     let big = vec![b'a'; STREAM_MAX + 64 * 1024];
     let v = scan_chunked(&client(), &big, 64 * 1024).await.unwrap();
-    assert_eq!(v, Verdict::Error(ScanError::SizeLimitExceeded));
+    assert_eq!(v, ScanReply::Error(ScanError::SizeLimitExceeded));
     // The client-side guard gives the same verdict without sending the excess.
     let c = client().max_stream(STREAM_MAX as u64);
     let mut s = c.instream().await.unwrap();
@@ -359,7 +359,7 @@ async fn over_stream_max_length_is_the_size_limit_error() {
     assert!(s.sent() <= STREAM_MAX as u64);
     assert_eq!(
         s.finish().await.unwrap(),
-        Verdict::Error(ScanError::SizeLimitExceeded)
+        ScanReply::Error(ScanError::SizeLimitExceeded)
     );
 }
 
@@ -372,7 +372,7 @@ async fn idsession_runs_several_scans_on_one_connection() {
     m.extend_from_slice(&eicar());
     assert_eq!(s.scan([m.as_slice()]).await.unwrap(), infected());
     let clean = mail("\r\nhello\r\n");
-    assert_eq!(s.scan(clean.chunks(3)).await.unwrap(), Verdict::Clean);
+    assert_eq!(s.scan(clean.chunks(3)).await.unwrap(), ScanReply::Clean);
     assert!(s.version().await.unwrap().starts_with("ClamAV"));
     s.end().await.unwrap();
 }
@@ -521,7 +521,7 @@ async fn fildes_scans_a_passed_file_from_its_start() {
     let mut good = tempfile::tempfile_in(dir.path()).unwrap();
     good.write_all(&mail("Content-Type: text/plain\r\n\r\nHello.\r\n"))
         .unwrap();
-    assert_eq!(client().scan_file(&good).await.unwrap(), Verdict::Clean);
+    assert_eq!(client().scan_file(&good).await.unwrap(), ScanReply::Clean);
     let tcp = Client::new(ClamdAddr::Tcp("127.0.0.1:1".into()));
     assert!(matches!(
         tcp.scan_file(&good).await,

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
-use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
-use mailstack::dkim::verify::{DkimResult, VerifyOptions, authentication_results, verify_message};
 use mailstack::dkim::{Canon, DkimConfig};
+use mailstack::dkim::{DkimResult, VerifyOptions, authentication_results, verify_message};
+use mailstack::dkim::{GenKeyOptions, KeyType, PrivateKey};
+use mailstack::dkim::{SignOptions, SigningKey, sign_message};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
 
 const OPENDKIM: &str = "/usr/sbin/opendkim";
@@ -47,7 +47,7 @@ fn setup() -> Setup {
     let mut resolver = MemoryResolver::new();
     let mut loaded = Vec::new();
     for (kt, sel) in [(KeyType::Rsa, "rsa"), (KeyType::Ed25519, "ed")] {
-        let g = key::generate(&GenKeyOptions {
+        let g = mailstack::dkim::generate_key(&GenKeyOptions {
             key_type: kt,
             selector: sel.into(),
             domain: DOMAIN.into(),
@@ -56,7 +56,7 @@ fn setup() -> Setup {
         .unwrap();
         let path = dir.path().join(format!("{sel}.private"));
         std::fs::write(&path, &g.private_pem).unwrap();
-        let record = key::txt_record_value(&g.txt);
+        let record = mailstack::dkim::txt_record_value(&g.txt);
         let name = format!("{sel}._domainkey.{DOMAIN}");
         keys.push_str(&format!("{name} {record}\n"));
         resolver.add(&name, MemoryRecord::Txt(record.into_bytes()));
@@ -313,7 +313,7 @@ async fn failures_agree_with_opendkim() {
         domain: Some(DOMAIN.into()),
         selector: "missing".into(),
         key: PrivateKey::parse(
-            key::generate(&GenKeyOptions::default())
+            mailstack::dkim::generate_key(&GenKeyOptions::default())
                 .unwrap()
                 .private_pem
                 .as_bytes(),

@@ -216,7 +216,7 @@ fn rotate_switches_only_after_the_record_is_served() {
         .to_owned();
     assert!(new.starts_with("new20"), "{out}");
     let txt = std::fs::read_to_string(d.join(format!("{new}.txt"))).unwrap();
-    let new_rec = mailstack::dkim::key::txt_record_value(&txt);
+    let new_rec = mailstack::dkim::txt_record_value(&txt);
     let zone = std::fs::read_to_string(d.join(format!("{new}.zone"))).unwrap();
     assert!(
         zone.starts_with(&format!("{new}._domainkey.example.com.\tIN\tTXT\t")),

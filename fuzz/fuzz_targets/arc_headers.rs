@@ -1,3 +1,5 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::arc_headers`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::arc_headers(data));
+//! Fuzz target: see `mailstack::fuzzing::arc::headers` (fixtures: `mailstack_fuzz::fixtures`).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    mailstack::fuzzing::arc::headers(data, mailstack_fuzz::fixtures::arc_zone())
+});

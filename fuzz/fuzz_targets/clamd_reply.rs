@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::clamd_reply`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::clamd_reply(data));
+//! Fuzz target: see `mailstack::fuzzing::clamd::reply`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::clamd::reply(data));

@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::config_file`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::config_file(data));
+//! Fuzz target: see `mailstack::fuzzing::config::file`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::config::file(data));

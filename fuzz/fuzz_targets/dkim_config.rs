@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::dkim_config`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim_config(data));
+//! Fuzz target: see `mailstack::fuzzing::dkim::config`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim::config(data));

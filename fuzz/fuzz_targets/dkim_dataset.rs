@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::dkim_dataset`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim_dataset(data));
+//! Fuzz target: see `mailstack::fuzzing::dkim::dataset`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim::dataset(data));

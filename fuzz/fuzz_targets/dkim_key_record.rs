@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::dkim_key_record`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim_key_record(data));
+//! Fuzz target: see `mailstack::fuzzing::dkim::key_record`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim::key_record(data));

@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::dkim_signature`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim_signature(data));
+//! Fuzz target: see `mailstack::fuzzing::dkim::signature`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dkim::signature(data));

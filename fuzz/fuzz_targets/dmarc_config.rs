@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::dmarc_config`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dmarc_config(data));
+//! Fuzz target: see `mailstack::fuzzing::dmarc::config`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dmarc::config(data));

@@ -1,3 +1,5 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::dmarc_headers`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::dmarc_headers(data));
+//! Fuzz target: see `mailstack::fuzzing::dmarc::headers` (fixtures: `mailstack_fuzz::fixtures`).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    mailstack::fuzzing::dmarc::headers(data, mailstack_fuzz::fixtures::psl())
+});

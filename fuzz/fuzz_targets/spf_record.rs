@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::spf_record`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::spf_record(data));
+//! Fuzz target: see `mailstack::fuzzing::spf::record`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::spf::record(data));

@@ -1,3 +1,3 @@
 #![no_main]
-//! Fuzz target: see `mailstack::fuzzing::syslog_line`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::syslog_line(data));
+//! Fuzz target: see `mailstack::fuzzing::syslog::line`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mailstack::fuzzing::syslog::line(data));

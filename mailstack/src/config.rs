@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Largest configuration file we read (1 MiB). Real files are a few KiB; a larger one is far
 /// more likely a wrong path (a log, a binary) than a configuration.
-pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+pub(crate) const MAX_CONFIG_FILE: u64 = 1024 * 1024;
 
 /// How a line separates its key from its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub struct ConfigFile {
 
 /// Reads a configuration file of at most [`MAX_CONFIG_FILE`] bytes as text (invalid UTF-8
 /// replaced).
-pub fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<String, ConfigError> {
     let io = |source| ConfigError::Io {
         path: path.to_owned(),
         source,

@@ -7,7 +7,7 @@
 //! - [`config`]: reading the configuration files of the tools we replace, with located errors.
 //! - [`arc`]: ARC (RFC 8617) chain validation and sealing over the DKIM core.
 //! - [`auth_results`]: building `Authentication-Results` headers (RFC 8601).
-//! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed verdicts).
+//! - [`clamd`]: an async clamd client (streamed INSTREAM, IDSESSION, typed scan replies).
 //! - [`av`]: clamav-milter's configuration and decisions over [`clamd`].
 //! - [`dmarc`]: DMARC evaluation and enforcement, a drop-in for OpenDMARC (milter handler included).
 //! - [`dkim`]: DKIM signing and verification with OpenDKIM's configuration, and its milter.
@@ -30,17 +30,17 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
-//! use mailstack::dkim::key::{self, GenKeyOptions, PrivateKey};
-//! use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
-//! use mailstack::dkim::verify::{DkimResult, VerifyOptions, verify_message};
-//! use mailstack::dkim::{Canon, DkimConfig};
+//! use mailstack::dkim::{
+//!     Canon, DkimConfig, DkimResult, GenKeyOptions, PrivateKey, SignOptions, SigningKey,
+//!     VerifyOptions, generate_key, sign_message, verify_message,
+//! };
 //! use mailstack::dmarc::{DkimInput, DmarcEvaluator, DmarcResult, Specification};
 //! use mailstack::dns::{MemoryRecord, MemoryResolver};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // The sender's key, and what its DNS publishes.
-//! let generated = key::generate(&GenKeyOptions {
+//! let generated = generate_key(&GenKeyOptions {
 //!     domain: "example.com".into(),
 //!     selector: "sel".into(),
 //!     ..GenKeyOptions::default()
@@ -49,7 +49,7 @@
 //! let mut zone = MemoryResolver::new();
 //! zone.add(
 //!     "sel._domainkey.example.com",
-//!     MemoryRecord::Txt(format!("v=DKIM1; k=rsa; p={}", private.public_record_value()).into_bytes()),
+//!     MemoryRecord::Txt(private.public_record().to_string().into_bytes()),
 //! )
 //! .add("_dmarc.example.com", MemoryRecord::Txt(b"v=DMARC1; p=reject".to_vec()));
 //! let dns = Arc::new(zone);

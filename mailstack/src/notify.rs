@@ -171,6 +171,7 @@ impl MsmtpConfig {
 
 /// Errors building the SMTP client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NotifyError {
     /// TLS settings or the trust file are unusable.
     #[error("notification TLS setup: {0}")]

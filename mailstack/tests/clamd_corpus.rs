@@ -2,7 +2,7 @@
 //! parsers on stable Rust: every input must parse or be rejected without a panic, and the
 //! seed replies must keep their meaning.
 
-use mailstack::clamd::proto::{self, ScanError, Verdict};
+use mailstack::clamd::{ScanError, ScanReply, parse_scan_reply, reply_text};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/clamd_reply");
@@ -20,9 +20,9 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn scan(data: &[u8]) -> Option<Verdict> {
+fn scan(data: &[u8]) -> Option<ScanReply> {
     let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-    proto::parse_scan_reply(&proto::reply_text(&data[..end])).ok()
+    parse_scan_reply(&reply_text(&data[..end])).ok()
 }
 
 #[test]
@@ -30,29 +30,29 @@ fn corpus_replays_without_panic() {
     let c = corpus();
     assert!(c.len() >= 10, "corpus too small: {}", c.len());
     for (_, data) in &c {
-        mailstack::fuzzing::clamd_reply(data);
+        mailstack::fuzzing::clamd::reply(data);
     }
 }
 
 #[test]
 fn seed_replies_keep_their_meaning() {
     let c: std::collections::HashMap<_, _> = corpus().into_iter().collect();
-    assert_eq!(scan(&c["ok"]), Some(Verdict::Clean));
+    assert_eq!(scan(&c["ok"]), Some(ScanReply::Clean));
     assert_eq!(
         scan(&c["found"]),
-        Some(Verdict::Infected(vec!["Eicar-Signature".into()]))
+        Some(ScanReply::Infected(vec!["Eicar-Signature".into()]))
     );
     assert_eq!(
         scan(&c["session_found"]),
-        Some(Verdict::Infected(vec!["X.UNOFFICIAL".into()]))
+        Some(ScanReply::Infected(vec!["X.UNOFFICIAL".into()]))
     );
     assert_eq!(
         scan(&c["size_limit"]),
-        Some(Verdict::Error(ScanError::SizeLimitExceeded))
+        Some(ScanReply::Error(ScanError::SizeLimitExceeded))
     );
     assert!(matches!(
         scan(&c["error"]),
-        Some(Verdict::Error(ScanError::Other(_)))
+        Some(ScanReply::Error(ScanError::Other(_)))
     ));
     assert_eq!(scan(&c["unknown"]), None);
     assert_eq!(scan(&c["edge_colons"]), None);

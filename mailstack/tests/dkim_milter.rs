@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mailstack::dkim::key::{self, GenKeyOptions, KeyType, PrivateKey};
-use mailstack::dkim::sign::{SignOptions, SigningKey, sign_message};
 use mailstack::dkim::{DkimConfig, DkimFilter};
+use mailstack::dkim::{GenKeyOptions, KeyType, PrivateKey};
+use mailstack::dkim::{SignOptions, SigningKey, sign_message};
 use mailstack::dns::{MemoryRecord, MemoryResolver};
 use mailstack::filter::Milter;
 use milter_proto::ConnAddr;
@@ -29,7 +29,7 @@ struct Env {
 
 fn env(record_extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let g = key::generate(&GenKeyOptions {
+    let g = mailstack::dkim::generate_key(&GenKeyOptions {
         key_type: KeyType::Rsa,
         selector: "sel".into(),
         ..GenKeyOptions::default()
@@ -39,8 +39,8 @@ fn env(record_extra: &str) -> Env {
     std::fs::write(&path, &g.private_pem).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut zone = MemoryResolver::new();
-    let record =
-        key::txt_record_value(&g.txt).replace("k=rsa; ", &format!("k=rsa; {record_extra}"));
+    let record = mailstack::dkim::txt_record_value(&g.txt)
+        .replace("k=rsa; ", &format!("k=rsa; {record_extra}"));
     zone.add(
         "sel._domainkey.example.com",
         MemoryRecord::Txt(record.into_bytes()),
@@ -179,7 +179,7 @@ async fn on_actions_and_replies() {
     assert_eq!(reply_text(&out), "550 5.7.0 bad DKIM signature data");
 
     // DNS timeout: On-DNSError tempfail (451 4.7.5) by default.
-    let g = key::generate(&GenKeyOptions::default()).unwrap();
+    let g = mailstack::dkim::generate_key(&GenKeyOptions::default()).unwrap();
     let slow = SigningKey {
         domain: e.key.domain.clone(),
         selector: "slow".into(),

@@ -1,19 +1,23 @@
 //! Replays the checked-in fuzz corpora of `fuzz/corpus/<target>` (SPF, configuration files,
 //! DKIM signatures, key records and verification, ARC fields and chains, DMARC records, headers and
-//! configuration and the whole DMARC filter, DKIM data sets and peer lists) through the same entry points the cargo-fuzz targets call, on stable Rust,
+//! configuration and the whole DMARC filter, DKIM data sets and peer lists) through the same entry points the cargo-fuzz targets call, with the same fixtures
+//! (`fuzz/src/fixtures.rs`, included here), on stable Rust,
 //! and checks that a few seeds keep their meaning (so a corpus that silently stopped
 //! exercising the parser shows up). The clamd corpus has its own replay test
 //! (`clamd_corpus.rs`).
+
+#[path = "../../fuzz/src/fixtures.rs"]
+pub mod fixtures;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mailstack::config::{ConfigFile, Syntax};
 use mailstack::dkim::DkimConfig;
-use mailstack::dkim::dataset::{Dataset, PeerList};
-use mailstack::dkim::key::{KeyType, PublicKeyRecord, rsa_key_bits};
-use mailstack::dkim::sig::{Algorithm, Signature};
-use mailstack::dkim::verify::{DkimResult, VerifyOptions, verify_message};
+use mailstack::dkim::{Algorithm, Signature};
+use mailstack::dkim::{Dataset, PeerList};
+use mailstack::dkim::{DkimResult, VerifyOptions, verify_message};
+use mailstack::dkim::{KeyType, PublicKeyRecord, rsa_key_bits};
 use mailstack::dmarc::headers::{FromError, UpstreamContext, author_domain, read_upstream};
 use mailstack::dmarc::record::{DmarcRecord, Policy, RecordError};
 use mailstack::dmarc::{DmarcConfig, DmarcFilter, DmarcResult, MessageFacts, Specification};
@@ -51,7 +55,7 @@ fn corpus(target: &str) -> Vec<PathBuf> {
 #[test]
 fn spf_record_corpus_replays() {
     for path in corpus("spf_record") {
-        mailstack::fuzzing::spf_record(&std::fs::read(&path).unwrap());
+        mailstack::fuzzing::spf::record(&std::fs::read(&path).unwrap());
     }
 }
 
@@ -59,7 +63,7 @@ fn spf_record_corpus_replays() {
 fn config_file_corpus_replays_and_keeps_meaning() {
     let files = corpus("config_file");
     for path in &files {
-        mailstack::fuzzing::config_file(&std::fs::read(path).unwrap());
+        mailstack::fuzzing::config::file(&std::fs::read(path).unwrap());
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/config_file");
     let f = ConfigFile::read(&dir.join("opendkim"), Syntax::Whitespace).unwrap();
@@ -78,7 +82,7 @@ fn config_file_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dkim_signature_corpus_replays_and_keeps_meaning() {
-    replay("dkim_signature", mailstack::fuzzing::dkim_signature);
+    replay("dkim_signature", mailstack::fuzzing::dkim::signature);
     let s = Signature::parse(&seed("dkim_signature", "rfc8463_ed25519")).unwrap();
     assert_eq!(s.algorithm, Algorithm::Ed25519Sha256);
     assert_eq!(
@@ -101,7 +105,7 @@ fn dkim_signature_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dkim_key_record_corpus_replays_and_keeps_meaning() {
-    replay("dkim_key_record", mailstack::fuzzing::dkim_key_record);
+    replay("dkim_key_record", mailstack::fuzzing::dkim::key_record);
     let k = PublicKeyRecord::parse(&seed("dkim_key_record", "rfc8463_ed25519")).unwrap();
     assert_eq!((k.key_type, k.key.len()), (KeyType::Ed25519, 32));
     for name in ["rfc6376_a3", "rfc8463_rsa", "pkcs1_rsa"] {
@@ -117,7 +121,7 @@ fn dkim_key_record_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dmarc_record_corpus_replays_and_keeps_meaning() {
-    replay("dmarc_record", mailstack::fuzzing::dmarc_record);
+    replay("dmarc_record", mailstack::fuzzing::dmarc::record);
     let r = DmarcRecord::parse(&seed("dmarc_record", "rfc7489_b23_quarantine")).unwrap();
     assert_eq!((r.p, r.pct), (Policy::Quarantine, 25));
     assert_eq!(
@@ -140,7 +144,9 @@ fn dmarc_record_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dmarc_headers_corpus_replays_and_keeps_meaning() {
-    replay("dmarc_headers", mailstack::fuzzing::dmarc_headers);
+    replay("dmarc_headers", |d| {
+        mailstack::fuzzing::dmarc::headers(d, fixtures::psl())
+    });
     let text = String::from_utf8(seed("dmarc_headers", "opendkim_opendmarc")).unwrap();
     let fields = mailstack::fuzzing::header_fields(&text);
     let from: Vec<&str> = fields
@@ -174,7 +180,7 @@ fn dmarc_headers_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dkim_config_corpus_replays_and_keeps_meaning() {
-    replay("dkim_config", mailstack::fuzzing::dkim_config);
+    replay("dkim_config", mailstack::fuzzing::dkim::config);
     let text = String::from_utf8(seed("dkim_config", "key_and_signing_tables")).unwrap();
     let cfg = DkimConfig::parse(Path::new("t.conf"), &text).unwrap();
     assert!(cfg.sign && !cfg.verify && cfg.multiple_signatures);
@@ -189,7 +195,7 @@ fn dkim_config_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dmarc_config_corpus_replays_and_keeps_meaning() {
-    replay("dmarc_config", mailstack::fuzzing::dmarc_config);
+    replay("dmarc_config", mailstack::fuzzing::dmarc::config);
     let text = String::from_utf8(seed("dmarc_config", "enforcing")).unwrap();
     let cfg = DmarcConfig::parse(Path::new("t.conf"), &text).unwrap();
     assert!(cfg.reject_failures && cfg.hold_quarantined_messages);
@@ -205,12 +211,14 @@ fn dmarc_config_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dkim_verify_corpus_replays_and_keeps_meaning() {
-    replay("dkim_verify", mailstack::fuzzing::dkim_verify);
+    replay("dkim_verify", |d| {
+        mailstack::fuzzing::dkim::verify(d, fixtures::dkim_zone())
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let zone = Arc::new(mailstack::fuzzing::fuzz_dkim_zone());
+    let zone = fixtures::dkim_zone();
     let opts = VerifyOptions {
         max_signatures: 4,
         min_key_bits: 1024,
@@ -257,7 +265,7 @@ fn dkim_verify_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn dkim_dataset_corpus_replays_and_keeps_meaning() {
-    replay("dkim_dataset", mailstack::fuzzing::dkim_dataset);
+    replay("dkim_dataset", mailstack::fuzzing::dkim::dataset);
     let text = String::from_utf8(seed("dkim_dataset", "signing_table")).unwrap();
     let (key, table) = text.split_once('\n').unwrap();
     let ds = Dataset::parse_lines(table, true);
@@ -287,11 +295,15 @@ fn dkim_dataset_corpus_replays_and_keeps_meaning() {
 #[tokio::test]
 async fn dmarc_filter_corpus_replays_and_keeps_meaning() {
     // The entry point runs its own runtime; replay it off this one.
-    tokio::task::spawn_blocking(|| replay("dmarc_filter", mailstack::fuzzing::dmarc_filter))
-        .await
-        .unwrap();
-    let cfg = DmarcConfig::parse(Path::new("t.conf"), mailstack::fuzzing::FUZZ_DMARC_CONF).unwrap();
-    let filter = DmarcFilter::new(cfg, Arc::new(mailstack::fuzzing::fuzz_dmarc_zone()));
+    tokio::task::spawn_blocking(|| {
+        replay("dmarc_filter", |d| {
+            mailstack::fuzzing::dmarc::filter(d, fixtures::dmarc_filter())
+        })
+    })
+    .await
+    .unwrap();
+    let cfg = DmarcConfig::parse(Path::new("t.conf"), fixtures::DMARC_FILTER_CONF).unwrap();
+    let filter = DmarcFilter::new(cfg, Arc::new(fixtures::dmarc_zone()));
     let rcpts = ["bob@example.org".to_owned()];
     let check = async |name: &str| {
         let text = String::from_utf8(seed("dmarc_filter", name)).unwrap();
@@ -346,13 +358,15 @@ async fn dmarc_filter_corpus_replays_and_keeps_meaning() {
 #[test]
 fn arc_headers_corpus_replays_and_keeps_meaning() {
     use mailstack::arc::{ArcResult, verify_message};
-    replay("arc_headers", mailstack::fuzzing::arc_headers);
+    replay("arc_headers", |d| {
+        mailstack::fuzzing::arc::headers(d, fixtures::arc_zone())
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let zone = mailstack::fuzzing::fuzz_arc_zone();
-    let check = |name: &str| rt.block_on(verify_message(&seed("arc_headers", name), &zone));
+    let zone = fixtures::arc_zone();
+    let check = |name: &str| rt.block_on(verify_message(&seed("arc_headers", name), zone));
     for (name, sets) in [("dkimpy_i1", 1), ("dkimpy_i3", 3)] {
         let o = check(name);
         assert_eq!(
@@ -379,7 +393,7 @@ fn arc_headers_corpus_replays_and_keeps_meaning() {
 
 #[test]
 fn syslog_line_corpus_replays_and_keeps_meaning() {
-    replay("syslog_line", mailstack::fuzzing::syslog_line);
+    replay("syslog_line", mailstack::fuzzing::syslog::line);
     let now = time::OffsetDateTime::UNIX_EPOCH;
     let parse = |name| mailstack::init::syslog::parse(&seed("syslog_line", name), now);
     let m = parse("glibc_postfix");
@@ -400,5 +414,5 @@ fn syslog_line_corpus_replays_and_keeps_meaning() {
 /// did not read back) kept as regression seeds.
 #[test]
 fn dmarc_history_corpus_replays() {
-    replay("dmarc_history", mailstack::fuzzing::dmarc_history);
+    replay("dmarc_history", mailstack::fuzzing::dmarc::history);
 }

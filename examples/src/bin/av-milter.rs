@@ -4,7 +4,7 @@
 //! MTA sends it), so memory per message is bounded by the milter chunk size (64 KiB). The
 //! verdict is mapped to `OnClean` / `OnInfected` / `OnFail`, `RejectMsg`, `AddHeader`
 //! (`X-Virus-Scanned`, `X-Virus-Status`) and `VirusAction` as clamav-milter does; see
-//! `mailstack::av::config` for the options.
+//! `mailstack::av::AvConfig` for the options.
 //!
 //! Run: `av-milter --config /etc/clamav/clamav-milter.conf` and point Postfix at the
 //! `MilterSocket` (`smtpd_milters = unix:/run/clamav/clamav-milter.ctl`).
@@ -33,7 +33,7 @@ use milter_proto::server::ServerConfig;
 #[command(version, after_help = CONFIG_HELP)]
 struct Args {
     /// The clamav-milter configuration file (ClamdSocket is mandatory; see
-    /// mailstack::av::config for the supported options and their defaults).
+    /// mailstack::av::AvConfig for the supported options and their defaults).
     #[arg(
         long,
         short = 'c',

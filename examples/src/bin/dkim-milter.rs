@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mailstack::dkim::key::{self, GenKeyOptions, KeyType};
 use mailstack::dkim::{DkimConfig, DkimFilter};
+use mailstack::dkim::{GenKeyOptions, KeyType};
 use mailstack::dns::Resolver;
 use mailstack::filter::LiveFilter;
 use mailstack::stack::DaemonSettings;
@@ -247,7 +247,7 @@ fn genkey(g: &GenKey) -> Result<(), String> {
         testing: g.testing,
         note: g.note.clone(),
     };
-    let out = key::generate(&opts).map_err(|e| e.to_string())?;
+    let out = mailstack::dkim::generate_key(&opts).map_err(|e| e.to_string())?;
     let private = g.directory.join(format!("{}.private", g.selector));
     let txt = g.directory.join(format!("{}.txt", g.selector));
     for (path, data) in [(&private, &out.private_pem), (&txt, &out.txt)] {

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use mailstack::dkim::key::KeyType;
+use mailstack::dkim::KeyType;
 use mailstack::dkim::rotate as dkim_rotate;
 use mailstack::dns::{HickoryResolver, Resolver};
-use mailstack::filter::offline::{Outcome, run};
 use mailstack::filter::{Action, ClientAddr, Connection, Envelope, Modification, Verdict};
+use mailstack::filter::{OfflineOutcome, run_offline};
 use mailstack::stack::StackConfig;
 use mailstack_examples::daemon;
 
@@ -202,10 +202,10 @@ fn dmarc_report(c: DmarcReport) -> ExitCode {
         time(&c.end, last_end),
     );
     let signer = c.dkim_key.as_ref().map(|k| ReportSigner {
-        key: mailstack::dkim::sign::SigningKey {
+        key: mailstack::dkim::SigningKey {
             domain: None,
             selector: c.dkim_selector.clone().unwrap_or_default(),
-            key: mailstack::dkim::key::PrivateKey::read(k, false)
+            key: mailstack::dkim::PrivateKey::read(k, false)
                 .unwrap_or_else(|e| daemon::fail(NAME, format!("{}: {e}", k.display()))),
         },
         domain: c.dkim_domain.clone().unwrap_or_else(|| receiver.clone()),
@@ -585,7 +585,7 @@ fn check(c: &Check) -> ExitCode {
         for r in &c.rcpt {
             env.add_rcpt(r);
         }
-        Ok::<_, daemon::DaemonError>(run(&stack, &conn, &env, &message).await)
+        Ok::<_, daemon::DaemonError>(run_offline(&stack, &conn, &env, &message).await)
     });
     let outcome = outcome.unwrap_or_else(|e| daemon::fail("mailstack check", e));
     let report = Report::of(&outcome);
@@ -648,12 +648,22 @@ fn header_line(m: &Modification) -> String {
 }
 
 impl Report {
-    fn of(o: &Outcome) -> Self {
+    fn of(o: &OfflineOutcome) -> Self {
         let (stage, v) = match o {
-            Outcome::Verdict(v) => ("end of message", v.clone()),
-            Outcome::Stopped(stage, a) => (*stage, Verdict::action(a.clone())),
-            Outcome::Skipped(stage) => (*stage, Verdict::accept()),
-            _ => ("unknown", Verdict::accept()),
+            OfflineOutcome::Verdict(v) => ("end of message", v.clone()),
+            OfflineOutcome::Stopped(stage, a) => (*stage, Verdict::action(a.clone())),
+            OfflineOutcome::Skipped(stage) => (*stage, Verdict::accept()),
+            // An ending this binary does not know is not an accept: report it as unknown.
+            _ => {
+                return Self {
+                    stage: "unknown",
+                    decision: "unknown",
+                    reply: None,
+                    results: Vec::new(),
+                    headers: Vec::new(),
+                    status: 2,
+                };
+            }
         };
         let (decision, reply, status) = decision(&v.action);
         Self {

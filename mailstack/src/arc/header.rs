@@ -11,20 +11,20 @@ use crate::dkim::canon::Header;
 use crate::dkim::sig::{Algorithm, MAX_ARC_INSTANCE, Signature, parse_instance, tag_list};
 
 /// `ARC-Seal`.
-pub const SEAL: &str = "ARC-Seal";
+pub(crate) const SEAL: &str = "ARC-Seal";
 /// `ARC-Message-Signature`.
-pub const MESSAGE_SIGNATURE: &str = "ARC-Message-Signature";
+pub(crate) const MESSAGE_SIGNATURE: &str = "ARC-Message-Signature";
 /// `ARC-Authentication-Results`.
-pub const AUTHENTICATION_RESULTS: &str = "ARC-Authentication-Results";
+pub(crate) const AUTHENTICATION_RESULTS: &str = "ARC-Authentication-Results";
 
 /// ARC fields read per message: three per set for the [`MAX_ARC_INSTANCE`] sets RFC 8617
 /// §4.2.1 allows. A message with more fails without further parsing.
-pub const MAX_ARC_FIELDS: usize = 3 * MAX_ARC_INSTANCE as usize;
+pub(crate) const MAX_ARC_FIELDS: usize = 3 * MAX_ARC_INSTANCE as usize;
 
 /// Longest ARC field value accepted (64 KiB). An RSA-8192 seal is under 2 KB; an
 /// `ARC-Authentication-Results` copies one `Authentication-Results` field, which Postfix
 /// keeps under its 102,400-byte `header_size_limit` for the whole header block anyway.
-pub const MAX_ARC_FIELD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_ARC_FIELD_BYTES: usize = 64 * 1024;
 
 /// The chain validation status of an `ARC-Seal` (`cv=`, RFC 8617 §4.1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +186,7 @@ fn aar_instance(value: &[u8]) -> Result<u32, ArcError> {
 /// field that does not parse, a missing or duplicated field of an instance, instances that
 /// are not 1..N, or a `cv=` that breaks the rules (i=1 `none`, later `pass`; a `fail`
 /// anywhere ends the chain).
-pub fn collect_sets(headers: &[Header]) -> Result<Vec<ArcSet>, ArcError> {
+pub(crate) fn collect_sets(headers: &[Header]) -> Result<Vec<ArcSet>, ArcError> {
     // [instance - 1] -> [AAR, AMS, AS]
     let mut slots: Vec<[Option<&Header>; 3]> = Vec::new();
     let mut fields = 0usize;

@@ -2,18 +2,19 @@
 //! as the last hop of our ADMD (off by default: ARC is on its way to historic status).
 //!
 //! ARC is DKIM under other names, so this module is built on [`crate::dkim`] rather than
-//! beside it: an `ARC-Message-Signature` is parsed by [`crate::dkim::sig::Signature::parse_ams`]
+//! beside it: an `ARC-Message-Signature` is parsed by [`crate::dkim::Signature::parse_ams`]
 //! and checked like a `DKIM-Signature` (canonicalization and streamed body hash from
-//! [`crate::dkim::canon`], key lookup and key checks from [`crate::dkim::verify`]); an
-//! `ARC-Seal` ([`header::Seal`]) signs the relaxed form of every earlier set's fields, in
-//! instance order. Sealing signs through [`crate::dkim::sign::sign_digest`].
+//! the DKIM core, key lookup and key checks from its verifier); an `ARC-Seal` ([`Seal`])
+//! signs the relaxed form of every earlier set's fields, in instance order. Sealing signs
+//! through the DKIM signer's primitives.
 //!
 //! # Layout
-//! - [`header`]: the three fields, grouping them into sets, the structural rules (at most
-//!   50 sets, instances 1..N, one field of each kind per set, `cv=` order).
-//! - [`verify`]: [`ArcVerifier`] (`new(headers)`, `body(chunk)`, `finish(headers,
-//!   resolver)` → [`ArcOutcome`]).
-//! - [`seal`]: [`ArcSealer`], a new set on top of a validated chain.
+//! - [`Seal`], [`ArcSet`], [`ChainStatus`]: the three fields, grouping them into sets, the
+//!   structural rules (at most 50 sets, instances 1..N, one field of each kind per set,
+//!   `cv=` order); [`ArcError`] when they are broken.
+//! - [`ArcVerifier`] (`new(headers)`, `body(chunk)`, `finish(headers, resolver)` →
+//!   [`ArcOutcome`]) and [`verify_message`].
+//! - [`ArcSealer`]: a new set on top of a validated chain ([`SealedSet`]).
 //!
 //! # Who uses it
 //! The DMARC filter validates the chain when `ARCVerify` (or a trusted-sealer list,
@@ -29,9 +30,9 @@
 //! lowest instance from which they do) and `smtp.remote-ip`, `arc=fail` with the reason.
 //! A key that cannot be fetched fails the chain (RFC 8617 has no temporary result).
 
-pub mod header;
-pub mod seal;
-pub mod verify;
+pub(crate) mod header;
+pub(crate) mod seal;
+pub(crate) mod verify;
 
 use std::net::IpAddr;
 

@@ -23,7 +23,7 @@ use crate::dkim::sign::{SignError, sign_digest};
 /// the ARC fields are left out on purpose: the filters add and delete those fields in the
 /// same pass, after the hash was taken (RFC 8617 §4.1.2 also says the AMS should not cover
 /// ARC-Seal fields).
-pub const SIGNED_HEADERS: &[&str] = &[
+pub(crate) const SIGNED_HEADERS: &[&str] = &[
     "from",
     "to",
     "cc",

@@ -303,8 +303,8 @@ mod in_the_filters {
 
     use super::*;
     use crate::dmarc::{DmarcConfig, DmarcFilter, MessageFacts, PolicyOverride};
-    use crate::filter::offline::{Outcome, apply_to_message, run};
     use crate::filter::{Action, AuthFacts, ClientAddr, Connection, Envelope, Filter, Verdict};
+    use crate::filter::{OfflineOutcome, apply_to_message, run_offline};
     use crate::stack::StackConfig;
     use std::path::Path;
 
@@ -325,8 +325,8 @@ mod in_the_filters {
 
     async fn verdict<F: Filter>(f: &F, msg: &[u8]) -> Verdict {
         let env = Envelope::new("<bounces@fwd1.example>");
-        match run(f, &conn(), &env, msg).await {
-            Outcome::Verdict(v) => v,
+        match run_offline(f, &conn(), &env, msg).await {
+            OfflineOutcome::Verdict(v) => v,
             other => panic!("no verdict: {other:?}"),
         }
     }

@@ -19,22 +19,22 @@ use crate::dns::Resolver;
 /// Distinct body hashes computed per message (one per body canonicalization and `l=` among
 /// the AMSs, newest first). The newest AMS always gets one; an older AMS whose body hash is
 /// not among them only ends the `oldest-pass` search.
-pub const MAX_BODY_HASHERS: usize = 4;
+pub(crate) const MAX_BODY_HASHERS: usize = 4;
 
 /// Distinct keys (`d=`, `s=`) fetched per message. 50 sets could name 100; a chain that
 /// needs more than this fails instead of making the message wait for them.
-pub const MAX_KEYS: usize = 16;
+pub(crate) const MAX_KEYS: usize = 16;
 
 /// The whole validation's deadline, key lookups included (each lookup also has its own,
 /// [`DEFAULT_DNS_TIMEOUT`]): under Postfix's 30 s `milter_command_timeout` with room for
 /// the other filters.
-pub const VALIDATION_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const VALIDATION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Smallest RSA key accepted (RFC 8301, and aws-lc's floor).
-pub const MIN_KEY_BITS: usize = 1024;
+pub(crate) const MIN_KEY_BITS: usize = 1024;
 
 /// A message being validated: built from its header block, fed its body, finished with
-/// the key lookups. Memory: the ARC fields and at most [`MAX_BODY_HASHERS`] hash states.
+/// the key lookups. Memory: the ARC fields and at most 4 hash states.
 #[derive(Debug)]
 pub struct ArcVerifier {
     sets: Result<Vec<ArcSet>, ArcError>,
@@ -65,7 +65,7 @@ impl ArcVerifier {
         }
     }
 
-    /// The deadline of each key lookup (zero: none but [`VALIDATION_DEADLINE`]).
+    /// The deadline of each key lookup (zero: none but the whole validation's 10 s deadline).
     #[must_use]
     pub fn with_key_timeout(mut self, timeout: Duration) -> Self {
         self.key_timeout = (!timeout.is_zero()).then_some(timeout);

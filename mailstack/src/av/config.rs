@@ -215,7 +215,7 @@ const IGNORED: &[&str] = &[
 ];
 
 /// Parses a clamav SIZE: a number with an optional `K`/`k` or `M`/`m` suffix, at most 4 GB.
-pub fn parse_size(s: &str) -> Option<u64> {
+pub(super) fn parse_size(s: &str) -> Option<u64> {
     let (num, mul) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 1024),
         b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),

@@ -29,7 +29,7 @@ use milter_proto::Actions;
 use tokio::sync::Semaphore;
 
 use super::config::LocalNet;
-use super::{Action, AddHeader, AvConfig, LogLevel, MessageScan, Outcome, sanitize_virus_name};
+use super::{Action, AddHeader, AvConfig, LogLevel, MessageScan, ScanOutcome, sanitize_virus_name};
 use crate::dkim::canon::Header;
 use crate::filter::{
     self, ClientAddr, Connection, EndOfMessage, Envelope, Fallback, Filter, Flow, Modification,
@@ -326,15 +326,15 @@ impl Filter for AvFilter {
 impl AvFilter {
     /// The verdict for a scanned message, with the side effects of an infected one
     /// (`VirusAction`, notification).
-    fn verdict(&self, m: &Seen, env: &Envelope, outcome: &Outcome) -> Verdict {
+    fn verdict(&self, m: &Seen, env: &Envelope, outcome: &ScanOutcome) -> Verdict {
         let cfg = &self.cfg;
         let qid = env.queue_id();
         let d = super::decide(cfg, outcome, PRODUCT, self.hostname.as_deref());
         crate::metrics::with(|mx| {
             mx.av_result(match outcome {
-                Outcome::Clean => "clean",
-                Outcome::Infected(_) => "infected",
-                Outcome::Failed(_) => "error",
+                ScanOutcome::Clean => "clean",
+                ScanOutcome::Infected(_) => "infected",
+                ScanOutcome::Failed(_) => "error",
             });
             mx.av_action(match d.action {
                 Action::Accept => "accept",
@@ -345,7 +345,7 @@ impl AvFilter {
             });
         });
         log_scan(cfg, qid, m, env, outcome, d.action);
-        if let Outcome::Infected(virus) = outcome {
+        if let ScanOutcome::Infected(virus) = outcome {
             let virus = sanitize_virus_name(virus);
             if let Some(prog) = &cfg.virus_action {
                 self.virus_action(prog, &virus, qid, m, env);
@@ -437,13 +437,13 @@ fn log_scan(
     qid: &str,
     m: &Seen,
     env: &Envelope,
-    outcome: &Outcome,
+    outcome: &ScanOutcome,
     action: Action,
 ) {
     let level = match outcome {
-        Outcome::Infected(_) => cfg.log_infected,
-        Outcome::Clean => cfg.log_clean,
-        Outcome::Failed(_) => LogLevel::Basic,
+        ScanOutcome::Infected(_) => cfg.log_infected,
+        ScanOutcome::Clean => cfg.log_clean,
+        ScanOutcome::Failed(_) => LogLevel::Basic,
     };
     match level {
         LogLevel::Off => {}

@@ -7,7 +7,7 @@
 //! (clamav-milter truncates the same way). [`decide`] maps the outcome to the configured
 //! action, SMTP reply and `X-Virus-*` header fields. [`AvFilter`] is the whole filter in the
 //! common shape ([`crate::filter::Filter`]): the `av-milter` example binary serves it through
-//! [`crate::filter::Milter`], `mailstackd` in a [`crate::filter::Chain`]. [`config`] reads
+//! [`crate::filter::Milter`], `mailstackd` in a [`crate::filter::Chain`]. [`AvConfig`] reads
 //! `clamav-milter.conf`.
 //!
 //! # Actions
@@ -27,15 +27,15 @@
 //! [`VIRUS_ACTION_TIMEOUT`] and [`NOTIFY_TIMEOUT`]. `LocalNet local` matches only local
 //! submissions: an Inet client address the MTA sent but that does not parse is scanned.
 
-pub mod config;
+mod config;
 mod filter;
 
 use std::time::Duration;
 
 use std::path::PathBuf;
 
-use crate::clamd::{ClamdAddr, ClamdError, Client, Instream, Phase, Socket, Timeouts, Verdict};
-pub use config::{Action, AddHeader, AvConfig, LogLevel, Transfer};
+use crate::clamd::{ClamdAddr, ClamdError, Client, Instream, Phase, ScanReply, Socket, Timeouts};
+pub use config::{Action, AddHeader, AvConfig, LocalNet, LogLevel, SkipAuth, Transfer};
 pub use filter::{
     AvFilter, AvMessage, MAX_BACKGROUND, NOTIFY_TIMEOUT, PRODUCT, QUARANTINE_REASON,
     VIRUS_ACTION_TIMEOUT,
@@ -43,7 +43,7 @@ pub use filter::{
 
 /// What scanning found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ScanOutcome {
     /// clamd found nothing (or the message was empty and not scanned).
     Clean,
     /// clamd found the named signature.
@@ -203,29 +203,29 @@ impl MessageScan {
     }
 
     /// Ends the stream and returns the outcome. An empty message is not scanned (Clean).
-    pub async fn finish(mut self) -> Outcome {
+    pub async fn finish(mut self) -> ScanOutcome {
         if !self.pending.is_empty() {
             self.flush().await;
         }
         if let Some(f) = self.failed {
-            return Outcome::Failed(f);
+            return ScanOutcome::Failed(f);
         }
         if let Some((_, file)) = self.spool {
             return match file {
                 Some(file) => scan_spool(&self.clients, &file).await,
-                None => Outcome::Clean,
+                None => ScanOutcome::Clean,
             };
         }
         let Some(s) = self.stream else {
-            return Outcome::Clean;
+            return ScanOutcome::Clean;
         };
         match s.finish().await {
-            Ok(Verdict::Clean) => Outcome::Clean,
-            Ok(Verdict::Infected(names)) => {
-                Outcome::Infected(names.into_iter().next().unwrap_or_default())
+            Ok(ScanReply::Clean) => ScanOutcome::Clean,
+            Ok(ScanReply::Infected(names)) => {
+                ScanOutcome::Infected(names.into_iter().next().unwrap_or_default())
             }
-            Ok(Verdict::Error(e)) => Outcome::Failed(e.to_string()),
-            Err(e) => Outcome::Failed(e.to_string()),
+            Ok(ScanReply::Error(e)) => ScanOutcome::Failed(e.to_string()),
+            Err(e) => ScanOutcome::Failed(e.to_string()),
         }
     }
 }
@@ -248,7 +248,7 @@ fn spool_write(
 
 /// Scans the spool file with the first clamd that answers: FILDES on a unix socket, the
 /// file streamed with INSTREAM on TCP.
-async fn scan_spool(clients: &[Client], file: &std::fs::File) -> Outcome {
+async fn scan_spool(clients: &[Client], file: &std::fs::File) -> ScanOutcome {
     let mut errors = Vec::new();
     for c in clients {
         let r = match c.addr() {
@@ -262,11 +262,11 @@ async fn scan_spool(clients: &[Client], file: &std::fs::File) -> Outcome {
             r => return outcome_of(r),
         }
     }
-    Outcome::Failed(errors.join("; "))
+    ScanOutcome::Failed(errors.join("; "))
 }
 
 /// Streams the spool file to a clamd on TCP.
-async fn instream_file(c: &Client, file: &std::fs::File) -> Result<Verdict, ClamdError> {
+async fn instream_file(c: &Client, file: &std::fs::File) -> Result<ScanReply, ClamdError> {
     use std::os::unix::fs::FileExt as _;
     let mut s = c.instream().await?;
     let mut buf = vec![0u8; SCAN_CHUNK];
@@ -283,12 +283,14 @@ async fn instream_file(c: &Client, file: &std::fs::File) -> Result<Verdict, Clam
 }
 
 /// Maps errors from [`ClamdError`] for callers that scan without streaming.
-pub fn outcome_of(r: Result<Verdict, ClamdError>) -> Outcome {
+pub fn outcome_of(r: Result<ScanReply, ClamdError>) -> ScanOutcome {
     match r {
-        Ok(Verdict::Clean) => Outcome::Clean,
-        Ok(Verdict::Infected(n)) => Outcome::Infected(n.into_iter().next().unwrap_or_default()),
-        Ok(Verdict::Error(e)) => Outcome::Failed(e.to_string()),
-        Err(e) => Outcome::Failed(e.to_string()),
+        Ok(ScanReply::Clean) => ScanOutcome::Clean,
+        Ok(ScanReply::Infected(n)) => {
+            ScanOutcome::Infected(n.into_iter().next().unwrap_or_default())
+        }
+        Ok(ScanReply::Error(e)) => ScanOutcome::Failed(e.to_string()),
+        Err(e) => ScanOutcome::Failed(e.to_string()),
     }
 }
 
@@ -320,10 +322,10 @@ pub fn sanitize_virus_name(v: &str) -> String {
 /// was not scanned never gets `Clean`). The virus name is sanitized
 /// ([`sanitize_virus_name`]) and the value cut to [`MAX_STATUS_LEN`] bytes at a character
 /// boundary.
-pub fn status_value(o: &Outcome) -> Option<String> {
+pub fn status_value(o: &ScanOutcome) -> Option<String> {
     match o {
-        Outcome::Clean => Some("Clean".into()),
-        Outcome::Infected(v) => {
+        ScanOutcome::Clean => Some("Clean".into()),
+        ScanOutcome::Infected(v) => {
             let mut s = format!("Infected ({})", sanitize_virus_name(v));
             let mut end = s.len().min(MAX_STATUS_LEN);
             while !s.is_char_boundary(end) {
@@ -332,7 +334,7 @@ pub fn status_value(o: &Outcome) -> Option<String> {
             s.truncate(end);
             Some(s)
         }
-        Outcome::Failed(_) => None,
+        ScanOutcome::Failed(_) => None,
     }
 }
 
@@ -348,17 +350,17 @@ pub fn scanned_value(product: &str, hostname: Option<&str>) -> String {
 /// name; `product` names the scanner in `X-Virus-Scanned`.
 pub fn decide(
     cfg: &AvConfig,
-    outcome: &Outcome,
+    outcome: &ScanOutcome,
     product: &str,
     hostname: Option<&str>,
 ) -> Treatment {
     let action = match outcome {
-        Outcome::Clean => cfg.on_clean,
-        Outcome::Infected(_) => cfg.on_infected,
-        Outcome::Failed(_) => cfg.on_fail,
+        ScanOutcome::Clean => cfg.on_clean,
+        ScanOutcome::Infected(_) => cfg.on_infected,
+        ScanOutcome::Failed(_) => cfg.on_fail,
     };
     let reply = match (action, outcome, &cfg.reject_msg) {
-        (Action::Reject, Outcome::Infected(v), Some(msg)) => {
+        (Action::Reject, ScanOutcome::Infected(v), Some(msg)) => {
             let v: String = v.chars().filter(|c| c.is_ascii_graphic()).collect();
             Some(format!("550 5.7.1 {}", msg.replacen("%v", &v, 1)))
         }
@@ -392,14 +394,14 @@ pub(crate) mod tests {
     fn defaults_quarantine_infected_and_defer_failures() {
         let c = cfg("");
         assert_eq!(
-            decide(&c, &Outcome::Clean, "p", None).action,
+            decide(&c, &ScanOutcome::Clean, "p", None).action,
             Action::Accept
         );
-        let d = decide(&c, &Outcome::Infected("Eicar".into()), "p", None);
+        let d = decide(&c, &ScanOutcome::Infected("Eicar".into()), "p", None);
         assert_eq!(d.action, Action::Quarantine);
         assert!(d.headers.is_empty() && d.reply.is_none());
         assert_eq!(
-            decide(&c, &Outcome::Failed("x".into()), "p", None).action,
+            decide(&c, &ScanOutcome::Failed("x".into()), "p", None).action,
             Action::Defer
         );
     }
@@ -409,7 +411,7 @@ pub(crate) mod tests {
         let c = cfg("OnInfected Reject\nRejectMsg Virus %v found\nAddHeader Replace\n");
         let d = decide(
             &c,
-            &Outcome::Infected("Eicar-Test".into()),
+            &ScanOutcome::Infected("Eicar-Test".into()),
             "av 1",
             Some("mx"),
         );
@@ -425,16 +427,16 @@ pub(crate) mod tests {
                 )
             ]
         );
-        let d = decide(&c, &Outcome::Clean, "av 1", None);
+        let d = decide(&c, &ScanOutcome::Clean, "av 1", None);
         assert_eq!(d.headers[0].1, "av 1");
         assert_eq!(d.headers[1].1, "Clean");
         let c = cfg("AddHeader Yes\nReportHostname relay\n");
         assert_eq!(
-            decide(&c, &Outcome::Clean, "av", Some("mx")).headers[0].1,
+            decide(&c, &ScanOutcome::Clean, "av", Some("mx")).headers[0].1,
             "av at relay"
         );
         assert!(
-            decide(&c, &Outcome::Failed("e".into()), "av", None)
+            decide(&c, &ScanOutcome::Failed("e".into()), "av", None)
                 .headers
                 .is_empty()
         );
@@ -444,7 +446,7 @@ pub(crate) mod tests {
     fn a_long_multibyte_virus_name_is_cut_at_a_char_boundary() {
         // "Infected (" is 10 bytes: byte 255 falls inside the 123rd 'é'.
         let name = "é".repeat(200);
-        let s = status_value(&Outcome::Infected(name)).unwrap();
+        let s = status_value(&ScanOutcome::Infected(name)).unwrap();
         assert!(
             s.len() <= MAX_STATUS_LEN && s.len() >= MAX_STATUS_LEN - 3,
             "{}",
@@ -456,11 +458,11 @@ pub(crate) mod tests {
     #[test]
     fn control_characters_never_reach_the_status_or_the_reply() {
         let evil = "Eicar\r\nX-Injected: yes\0\t".to_owned();
-        let s = status_value(&Outcome::Infected(evil.clone())).unwrap();
+        let s = status_value(&ScanOutcome::Infected(evil.clone())).unwrap();
         assert!(!s.chars().any(char::is_control), "{s:?}");
         assert_eq!(s, "Infected (Eicar  X-Injected: yes  )");
         let c = cfg("OnInfected Reject\nRejectMsg Virus %v found\n");
-        let d = decide(&c, &Outcome::Infected(evil), "p", None);
+        let d = decide(&c, &ScanOutcome::Infected(evil), "p", None);
         let reply = d.reply.unwrap();
         assert!(!reply.chars().any(char::is_control), "{reply:?}");
         assert!(
@@ -473,8 +475,8 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_scan_never_gets_clean() {
         let c = cfg("AddHeader Replace\nOnFail Accept\n");
-        assert_eq!(status_value(&Outcome::Failed("down".into())), None);
-        let d = decide(&c, &Outcome::Failed("down".into()), "p", Some("mx"));
+        assert_eq!(status_value(&ScanOutcome::Failed("down".into())), None);
+        let d = decide(&c, &ScanOutcome::Failed("down".into()), "p", Some("mx"));
         assert_eq!(d.action, Action::Accept);
         assert!(d.headers.is_empty(), "{:?}", d.headers);
     }
@@ -541,7 +543,7 @@ pub(crate) mod tests {
         scan.body(b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR\r\n").await;
         assert_eq!(
             scan.finish().await,
-            Outcome::Infected("Eicar-Test-Signature".into())
+            ScanOutcome::Infected("Eicar-Test-Signature".into())
         );
         assert!(got.load(Ordering::Relaxed) > 40, "nothing reached clamd");
     }

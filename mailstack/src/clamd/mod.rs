@@ -4,23 +4,24 @@
 //! Every network step is bounded: connecting, each write and each read have their own
 //! timeout ([`Timeouts`]), and a reply longer than [`Client::max_reply`] bytes is an error,
 //! so a dead, absent or confused peer yields a [`ClamdError`], never a hang or a panic.
-//! The wire format lives in [`proto`] as sans-IO functions.
+//! The wire format is sans-IO code inside; [`parse_scan_reply`] and [`reply_text`] read a
+//! scan reply that arrived some other way.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mailstack::clamd::ClamdError> {
-//! use mailstack::clamd::{Client, Verdict};
+//! use mailstack::clamd::{Client, ScanReply};
 //! let client = Client::new("unix:/run/clamav/clamd.ctl".parse()?);
 //! let mut scan = client.instream().await?;
 //! scan.feed(b"Subject: hi\r\n\r\nhello\r\n").await?; // as chunks arrive
 //! match scan.finish().await? {
-//!     Verdict::Clean => {}
-//!     Verdict::Infected(names) => println!("found {names:?}"),
-//!     Verdict::Error(e) => println!("{e}"),
+//!     ScanReply::Clean => {}
+//!     ScanReply::Infected(names) => println!("found {names:?}"),
+//!     ScanReply::Error(e) => println!("{e}"),
 //! }
 //! # Ok(()) }
 //! ```
 
-pub mod proto;
+pub(crate) mod proto;
 
 use std::fmt;
 use std::io;
@@ -31,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
-pub use proto::{Garbage, ScanError, Style, Verdict};
+pub use proto::{Garbage, ScanError, ScanReply, Style, parse_scan_reply, reply_text};
 use proto::{Pushed, ReplyBuffer};
 
 /// Where clamd listens: `unix:/path` (or a bare absolute path) or `tcp:host[:port]`
@@ -93,6 +94,7 @@ impl fmt::Display for ClamdAddr {
 
 /// The step that ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// Connecting to clamd.
     Connect,
@@ -102,8 +104,9 @@ pub enum Phase {
     Read,
 }
 
-/// Errors talking to clamd.
+/// Errors talking to clamd. Any of them means no verdict (never clean).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClamdError {
     /// The socket specification is not `unix:/path`, `/path` or `tcp:host[:port]`.
     #[error("bad clamd socket {0:?} (want unix:/path or tcp:host[:port])")]
@@ -275,7 +278,7 @@ impl Client {
     }
 
     /// Scans a whole buffer.
-    pub async fn scan_bytes(&self, data: &[u8]) -> Result<Verdict, ClamdError> {
+    pub async fn scan_bytes(&self, data: &[u8]) -> Result<ScanReply, ClamdError> {
         let mut s = self.instream().await?;
         s.feed(data).await?;
         s.finish().await
@@ -286,14 +289,14 @@ impl Client {
     /// the socket: cheaper for clamd than INSTREAM, which copies the stream into a temporary
     /// file of its own before scanning. clamav-milter scans this way on a unix socket. Only
     /// for clamd on a unix socket ([`ClamdError::NotUnix`] otherwise).
-    pub async fn scan_file(&self, file: &std::fs::File) -> Result<Verdict, ClamdError> {
+    pub async fn scan_file(&self, file: &std::fs::File) -> Result<ScanReply, ClamdError> {
         let started = std::time::Instant::now();
         let r = self.fildes(file).await;
         count_scan(&r, started);
         r
     }
 
-    async fn fildes(&self, file: &std::fs::File) -> Result<Verdict, ClamdError> {
+    async fn fildes(&self, file: &std::fs::File) -> Result<ScanReply, ClamdError> {
         use std::os::fd::AsRawFd;
 
         use sendfd::SendWithFd;
@@ -324,7 +327,7 @@ impl Client {
             .await
             .map_err(|_| ClamdError::Timeout(Phase::Write, t))??;
         let reply = conn.read_reply().await?;
-        Ok(proto::parse_scan_reply(&reply)?)
+        Ok(parse_scan_reply(&reply)?)
     }
 
     /// Opens an IDSESSION for several commands on one connection.
@@ -335,14 +338,14 @@ impl Client {
 
 /// One scan in the metrics: its latency, and an error of kind `clamd` (talking failed) or
 /// `limit` (clamd's stream size limit).
-fn count_scan(r: &Result<Verdict, ClamdError>, started: std::time::Instant) {
+fn count_scan(r: &Result<ScanReply, ClamdError>, started: std::time::Instant) {
     use crate::metrics::ErrorKind;
     crate::metrics::with(|m| {
         m.observe("clamd", started.elapsed());
         match r {
             Err(_) => m.error(ErrorKind::Clamd),
-            Ok(Verdict::Error(ScanError::SizeLimitExceeded)) => m.error(ErrorKind::Limit),
-            Ok(Verdict::Error(_)) => m.error(ErrorKind::Clamd),
+            Ok(ScanReply::Error(ScanError::SizeLimitExceeded)) => m.error(ErrorKind::Limit),
+            Ok(ScanReply::Error(_)) => m.error(ErrorKind::Clamd),
             Ok(_) => {}
         }
     });
@@ -396,11 +399,11 @@ impl<S: ClamdStream> Connection<S> {
                 if partial.is_empty() {
                     return Err(ClamdError::Closed);
                 }
-                return Ok(proto::reply_text(&partial));
+                return Ok(reply_text(&partial));
             }
             match rb.push(&buf[..n]) {
                 Pushed::NeedMore => {}
-                Pushed::Reply(r, _) => return Ok(proto::reply_text(&r)),
+                Pushed::Reply(r, _) => return Ok(reply_text(&r)),
                 Pushed::TooLong => return Err(ClamdError::ReplyTooLong(self.max_reply)),
             }
         }
@@ -422,7 +425,7 @@ pub struct Instream<S> {
     sent: u64,
     max: Option<u64>,
     /// Set once clamd refused more data (size limit) or the client limit was hit.
-    early: Option<Verdict>,
+    early: Option<ScanReply>,
     framed: Vec<u8>,
     /// When the stream started (for the scan latency metric).
     started: std::time::Instant,
@@ -466,7 +469,7 @@ impl<S: ClamdStream> Instream<S> {
         if let Some(max) = self.max
             && self.sent + data.len() as u64 > max
         {
-            self.early = Some(Verdict::Error(ScanError::SizeLimitExceeded));
+            self.early = Some(ScanReply::Error(ScanError::SizeLimitExceeded));
             return Ok(());
         }
         self.framed.clear();
@@ -492,17 +495,17 @@ impl<S: ClamdStream> Instream<S> {
         }
     }
 
-    fn verdict(&self, reply: &str) -> Result<Verdict, ClamdError> {
+    fn verdict(&self, reply: &str) -> Result<ScanReply, ClamdError> {
         if let Some(expected) = self.session_id
             && let Some((got, _)) = proto::split_session_id(reply)
             && got != expected
         {
             return Err(ClamdError::SessionId { expected, got });
         }
-        Ok(proto::parse_scan_reply(reply)?)
+        Ok(parse_scan_reply(reply)?)
     }
 
-    async fn end(&mut self) -> Result<Verdict, ClamdError> {
+    async fn end(&mut self) -> Result<ScanReply, ClamdError> {
         if let Some(v) = self.early.take() {
             return Ok(v);
         }
@@ -515,7 +518,7 @@ impl<S: ClamdStream> Instream<S> {
     }
 
     /// Ends the stream and reads clamd's verdict.
-    pub async fn finish(mut self) -> Result<Verdict, ClamdError> {
+    pub async fn finish(mut self) -> Result<ScanReply, ClamdError> {
         let r = self.end().await;
         count_scan(&r, self.started);
         r
@@ -575,7 +578,7 @@ impl<S: ClamdStream> Session<S> {
 
     /// Scans `chunks` (fed in order) with INSTREAM inside the session. A size-limit error
     /// ends the session (clamd closes the connection).
-    pub async fn scan<'a, I>(&mut self, chunks: I) -> Result<Verdict, ClamdError>
+    pub async fn scan<'a, I>(&mut self, chunks: I) -> Result<ScanReply, ClamdError>
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
@@ -587,7 +590,7 @@ impl<S: ClamdStream> Session<S> {
             s.feed(c).await?;
         }
         let v = s.end().await?;
-        if v != Verdict::Error(ScanError::SizeLimitExceeded) {
+        if v != ScanReply::Error(ScanError::SizeLimitExceeded) {
             self.conn = Some(s.conn);
         }
         Ok(v)

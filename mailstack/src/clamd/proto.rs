@@ -33,7 +33,7 @@ impl Style {
 }
 
 /// Encodes `name` (e.g. `PING`, `INSTREAM`) as a prefixed, terminated command.
-pub fn encode_command(name: &str, style: Style) -> Vec<u8> {
+pub(crate) fn encode_command(name: &str, style: Style) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
     out.push(style.prefix());
     out.extend_from_slice(name.as_bytes());
@@ -42,19 +42,19 @@ pub fn encode_command(name: &str, style: Style) -> Vec<u8> {
 }
 
 /// The zero-length chunk that ends an INSTREAM.
-pub const END_OF_STREAM: [u8; 4] = [0; 4];
+pub(crate) const END_OF_STREAM: [u8; 4] = [0; 4];
 
 /// The 4-byte big-endian length header of an INSTREAM chunk.
 ///
 /// # Panics
 /// Never for `len <= u32::MAX`; [`frame_chunk`] splits larger data.
-pub fn chunk_header(len: u32) -> [u8; 4] {
+pub(crate) fn chunk_header(len: u32) -> [u8; 4] {
     len.to_be_bytes()
 }
 
 /// Appends `data` to `out` as INSTREAM chunks (split at `u32::MAX` bytes). Empty data
 /// appends nothing: a zero-length chunk would end the stream.
-pub fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
     for part in data.chunks(u32::MAX as usize) {
         // chunks() bounds every part by u32::MAX.
         out.extend_from_slice(&chunk_header(part.len() as u32));
@@ -62,8 +62,10 @@ pub fn frame_chunk(data: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Why a scan did not produce a verdict on the content.
+/// Why a scan did not produce a verdict on the content. Every kind, known or added later,
+/// means the content was not checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ScanError {
     /// `INSTREAM size limit exceeded. ERROR`: the stream passed clamd's `StreamMaxLength`.
     SizeLimitExceeded,
@@ -81,9 +83,10 @@ impl fmt::Display for ScanError {
     }
 }
 
-/// clamd's verdict on one scanned stream or file.
+/// clamd's reply to one scanned stream or file (what the scan found; a filter's decision is
+/// [`crate::filter::Verdict`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum ScanReply {
     /// `<name>: OK`.
     Clean,
     /// `<name>: <signature> FOUND`, one signature per reply line (several only with
@@ -100,7 +103,7 @@ pub struct Garbage(pub String);
 
 /// Splits an IDSESSION reply `<id>: <rest>` into the id and the rest. Replies outside a
 /// session give `None`.
-pub fn split_session_id(reply: &str) -> Option<(u64, &str)> {
+pub(crate) fn split_session_id(reply: &str) -> Option<(u64, &str)> {
     let (id, rest) = reply.split_once(": ")?;
     if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -119,11 +122,11 @@ pub fn reply_text(raw: &[u8]) -> String {
 /// below it (`Win.Test.EICAR_HDB-1`, `Heuristics.Phishing.Email.SpoofedDomain`: under 64
 /// bytes in the official databases); the name goes into headers, logs and reject texts, so
 /// a peer must not be able to make it arbitrarily long.
-pub const MAX_VIRUS_NAME_LEN: usize = 128;
+pub(crate) const MAX_VIRUS_NAME_LEN: usize = 128;
 
 /// A virus name as it may be shown anywhere: control characters (CR, LF, NUL, ESC, ...)
 /// removed, then cut to [`MAX_VIRUS_NAME_LEN`] bytes on a char boundary.
-pub fn clean_virus_name(name: &str) -> String {
+pub(crate) fn clean_virus_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len().min(MAX_VIRUS_NAME_LEN));
     for c in name.chars().filter(|c| !c.is_control()) {
         if out.len() + c.len_utf8() > MAX_VIRUS_NAME_LEN {
@@ -137,7 +140,7 @@ pub fn clean_virus_name(name: &str) -> String {
 /// Parses a scan reply (`stream: OK`, `stream: Eicar FOUND`, `stream: ... ERROR`,
 /// `INSTREAM size limit exceeded. ERROR`, or several such lines), with or without an
 /// IDSESSION id prefix on each line.
-pub fn parse_scan_reply(reply: &str) -> Result<Verdict, Garbage> {
+pub fn parse_scan_reply(reply: &str) -> Result<ScanReply, Garbage> {
     let mut found = Vec::new();
     let mut clean = false;
     let mut lines = 0;
@@ -149,11 +152,11 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, Garbage> {
         lines += 1;
         let line = split_session_id(line).map_or(line, |(_, rest)| rest);
         if line == "INSTREAM size limit exceeded. ERROR" {
-            return Ok(Verdict::Error(ScanError::SizeLimitExceeded));
+            return Ok(ScanReply::Error(ScanError::SizeLimitExceeded));
         }
         if let Some(msg) = line.strip_suffix(" ERROR") {
             let msg = msg.split_once(": ").map_or(msg, |(_, m)| m);
-            return Ok(Verdict::Error(ScanError::Other(msg.to_owned())));
+            return Ok(ScanReply::Error(ScanError::Other(msg.to_owned())));
         }
         if let Some(head) = line.strip_suffix(" FOUND") {
             // `<object>: <signature> FOUND`; the object (a path) may contain ": " itself, the
@@ -173,14 +176,14 @@ pub fn parse_scan_reply(reply: &str) -> Result<Verdict, Garbage> {
     }
     match (lines, found.is_empty(), clean) {
         (0, _, _) => Err(Garbage(reply.to_owned())),
-        (_, false, _) => Ok(Verdict::Infected(found)),
-        (_, true, true) => Ok(Verdict::Clean),
+        (_, false, _) => Ok(ScanReply::Infected(found)),
+        (_, true, true) => Ok(ScanReply::Clean),
         _ => Err(Garbage(reply.to_owned())),
     }
 }
 
 /// Parses a `PING` reply: `PONG` (or `<id>: PONG`).
-pub fn parse_pong(reply: &str) -> Result<(), Garbage> {
+pub(crate) fn parse_pong(reply: &str) -> Result<(), Garbage> {
     let r = split_session_id(reply).map_or(reply, |(_, r)| r);
     if r == "PONG" {
         Ok(())
@@ -190,7 +193,7 @@ pub fn parse_pong(reply: &str) -> Result<(), Garbage> {
 }
 
 /// Parses a `VERSION` reply: `ClamAV 1.4.6[/<db>/<date>]`; returns it unchanged.
-pub fn parse_version(reply: &str) -> Result<String, Garbage> {
+pub(crate) fn parse_version(reply: &str) -> Result<String, Garbage> {
     let r = split_session_id(reply).map_or(reply, |(_, r)| r);
     if r.starts_with("ClamAV ") && r.len() < 256 {
         Ok(r.to_owned())
@@ -200,7 +203,7 @@ pub fn parse_version(reply: &str) -> Result<String, Garbage> {
 }
 
 /// Parses a `STATS` reply: the lines up to and excluding the final `END`.
-pub fn parse_stats(reply: &str) -> Result<String, Garbage> {
+pub(crate) fn parse_stats(reply: &str) -> Result<String, Garbage> {
     let r = split_session_id(reply).map_or(reply, |(_, r)| r);
     let body = r.trim_end();
     match body.strip_suffix("END") {
@@ -210,7 +213,7 @@ pub fn parse_stats(reply: &str) -> Result<String, Garbage> {
 }
 
 /// Parses a `RELOAD` reply: `RELOADING`.
-pub fn parse_reload(reply: &str) -> Result<(), Garbage> {
+pub(crate) fn parse_reload(reply: &str) -> Result<(), Garbage> {
     if reply == "RELOADING" {
         Ok(())
     } else {
@@ -220,7 +223,7 @@ pub fn parse_reload(reply: &str) -> Result<(), Garbage> {
 
 /// Incremental reply splitter: collects bytes until the terminator, bounded by `max` bytes.
 #[derive(Debug)]
-pub struct ReplyBuffer {
+pub(crate) struct ReplyBuffer {
     buf: Vec<u8>,
     term: u8,
     max: usize,
@@ -228,7 +231,7 @@ pub struct ReplyBuffer {
 
 /// What [`ReplyBuffer::push`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// No terminator yet; consumed all input.
     NeedMore,
     /// A complete reply (without terminator) and how many input bytes were consumed.
@@ -239,7 +242,7 @@ pub enum Pushed {
 
 impl ReplyBuffer {
     /// A splitter for replies ending with `style`'s terminator, at most `max` bytes each.
-    pub fn new(style: Style, max: usize) -> Self {
+    pub(crate) fn new(style: Style, max: usize) -> Self {
         Self {
             buf: Vec::new(),
             term: style.terminator(),
@@ -248,7 +251,7 @@ impl ReplyBuffer {
     }
 
     /// Feeds received bytes.
-    pub fn push(&mut self, data: &[u8]) -> Pushed {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Pushed {
         if let Some(pos) = data.iter().position(|&b| b == self.term) {
             if self.buf.len() + pos > self.max {
                 return Pushed::TooLong;
@@ -264,7 +267,7 @@ impl ReplyBuffer {
     }
 
     /// The bytes collected so far (a reply cut short by EOF).
-    pub fn take_partial(&mut self) -> Vec<u8> {
+    pub(crate) fn take_partial(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
     }
 }
@@ -313,30 +316,30 @@ mod tests {
 
     #[test]
     fn scan_replies() {
-        assert_eq!(parse_scan_reply("stream: OK"), Ok(Verdict::Clean));
+        assert_eq!(parse_scan_reply("stream: OK"), Ok(ScanReply::Clean));
         assert_eq!(
             parse_scan_reply("stream: Eicar-Signature FOUND"),
-            Ok(Verdict::Infected(vec!["Eicar-Signature".into()]))
+            Ok(ScanReply::Infected(vec!["Eicar-Signature".into()]))
         );
         assert_eq!(
             parse_scan_reply("3: stream: X.UNOFFICIAL FOUND"),
-            Ok(Verdict::Infected(vec!["X.UNOFFICIAL".into()]))
+            Ok(ScanReply::Infected(vec!["X.UNOFFICIAL".into()]))
         );
         assert_eq!(
             parse_scan_reply("/a: b/c: Sig FOUND\n/a: b/d: Sig2 FOUND\n"),
-            Ok(Verdict::Infected(vec!["Sig".into(), "Sig2".into()]))
+            Ok(ScanReply::Infected(vec!["Sig".into(), "Sig2".into()]))
         );
         assert_eq!(
             parse_scan_reply("INSTREAM size limit exceeded. ERROR"),
-            Ok(Verdict::Error(ScanError::SizeLimitExceeded))
+            Ok(ScanReply::Error(ScanError::SizeLimitExceeded))
         );
         assert_eq!(
             parse_scan_reply("2: INSTREAM size limit exceeded. ERROR"),
-            Ok(Verdict::Error(ScanError::SizeLimitExceeded))
+            Ok(ScanReply::Error(ScanError::SizeLimitExceeded))
         );
         assert_eq!(
             parse_scan_reply("stream: Can't create temporary file ERROR"),
-            Ok(Verdict::Error(ScanError::Other(
+            Ok(ScanReply::Error(ScanError::Other(
                 "Can't create temporary file".into()
             )))
         );
@@ -352,18 +355,18 @@ mod tests {
     #[test]
     fn virus_names_cut_on_a_char_boundary_without_controls() {
         let long = "\u{e9}".repeat(100); // 200 bytes of two-byte chars
-        let Ok(Verdict::Infected(n)) = parse_scan_reply(&format!("stream: A{long} FOUND")) else {
+        let Ok(ScanReply::Infected(n)) = parse_scan_reply(&format!("stream: A{long} FOUND")) else {
             panic!("not infected");
         };
         assert_eq!(n[0].len(), MAX_VIRUS_NAME_LEN - 1);
         assert_eq!(n[0], format!("A{}", "\u{e9}".repeat(63)));
         assert_eq!(
             parse_scan_reply("stream: Evil\r\x1b[2J\0Sig FOUND"),
-            Ok(Verdict::Infected(vec!["Evil[2JSig".into()]))
+            Ok(ScanReply::Infected(vec!["Evil[2JSig".into()]))
         );
         assert_eq!(
             parse_scan_reply("stream: Sig\r FOUND\n"),
-            Ok(Verdict::Infected(vec!["Sig".into()]))
+            Ok(ScanReply::Infected(vec!["Sig".into()]))
         );
         assert!(parse_scan_reply("stream: \r\x07 FOUND").is_err());
     }
@@ -414,7 +417,7 @@ mod tests {
         ) {
             let prefix = id.map(|i| format!("{i}: ")).unwrap_or_default();
             let reply = format!("{prefix}stream: {name} FOUND");
-            if let Ok(Verdict::Infected(names)) = parse_scan_reply(&reply) {
+            if let Ok(ScanReply::Infected(names)) = parse_scan_reply(&reply) {
                 for n in names {
                     proptest::prop_assert!(n.len() <= MAX_VIRUS_NAME_LEN, "{n:?}");
                     proptest::prop_assert!(!n.chars().any(char::is_control), "{n:?}");

@@ -114,7 +114,7 @@ fn relax_value(v: &[u8], out: &mut Vec<u8>) {
 /// Selects the header instances named in `h=` (RFC 6376 §5.4.2: for a repeated name, the
 /// last unused instance first; a name with no instance left contributes nothing) and feeds
 /// their canonical forms to `ctx`.
-pub fn hash_headers(ctx: &mut Context, canon: Canon, headers: &[Header], names: &[String]) {
+pub(crate) fn hash_headers(ctx: &mut Context, canon: Canon, headers: &[Header], names: &[String]) {
     let mut used = vec![false; headers.len()];
     let mut buf = Vec::with_capacity(256);
     for name in names {
@@ -134,7 +134,7 @@ pub fn hash_headers(ctx: &mut Context, canon: Canon, headers: &[Header], names: 
 
 /// The DKIM-Signature field itself, canonicalized with the `b=` value removed and without the
 /// final CRLF (RFC 6376 §3.7).
-pub fn hash_signature_field(ctx: &mut Context, canon: Canon, sig: &Header) {
+pub(crate) fn hash_signature_field(ctx: &mut Context, canon: Canon, sig: &Header) {
     let stripped = Header {
         name: sig.name.clone(),
         value: strip_b_value(&sig.value),
@@ -146,7 +146,7 @@ pub fn hash_signature_field(ctx: &mut Context, canon: Canon, sig: &Header) {
 }
 
 /// Removes the value of the `b=` tag (keeping `b=`), whitespace included.
-pub fn strip_b_value(value: &[u8]) -> Vec<u8> {
+pub(crate) fn strip_b_value(value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len());
     for (i, seg) in value.split(|b| *b == b';').enumerate() {
         if i > 0 {
@@ -162,7 +162,7 @@ pub fn strip_b_value(value: &[u8]) -> Vec<u8> {
 
 /// Streams a body through one canonicalization into a hash, honouring an `l=` limit.
 #[derive(Clone)]
-pub struct BodyHasher {
+pub(crate) struct BodyHasher {
     canon: Canon,
     ctx: Context,
     limit: Option<u64>,
@@ -188,7 +188,7 @@ impl std::fmt::Debug for BodyHasher {
 impl BodyHasher {
     /// A hasher for `canon` with `alg` (SHA-256 or SHA-1), hashing at most `limit` canonical
     /// bytes.
-    pub fn new(canon: Canon, alg: &'static digest::Algorithm, limit: Option<u64>) -> Self {
+    pub(crate) fn new(canon: Canon, alg: &'static digest::Algorithm, limit: Option<u64>) -> Self {
         Self {
             canon,
             ctx: Context::new(alg),
@@ -203,17 +203,17 @@ impl BodyHasher {
     }
 
     /// The canonicalization.
-    pub fn canon(&self) -> Canon {
+    pub(crate) fn canon(&self) -> Canon {
         self.canon
     }
 
     /// Whether the hash is SHA-1 (`rsa-sha1`).
-    pub fn is_sha1(&self) -> bool {
+    pub(crate) fn is_sha1(&self) -> bool {
         self.ctx.algorithm().output_len() == 20
     }
 
     /// The `l=` limit.
-    pub fn limit(&self) -> Option<u64> {
+    pub(crate) fn limit(&self) -> Option<u64> {
         self.limit
     }
 
@@ -271,7 +271,7 @@ impl BodyHasher {
     }
 
     /// Feeds body bytes (CRLF line ends).
-    pub fn update(&mut self, chunk: &[u8]) {
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
         let mut i = 0;
         while i < chunk.len() {
             let b = chunk[i];
@@ -304,7 +304,7 @@ impl BodyHasher {
     }
 
     /// Ends the body: returns the hash and the canonical length (before any `l=` cut).
-    pub fn finish(mut self) -> (Digest, u64) {
+    pub(crate) fn finish(mut self) -> (Digest, u64) {
         if self.pending_cr {
             self.pending_cr = false;
             self.content(b'\r');

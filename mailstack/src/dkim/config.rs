@@ -42,20 +42,20 @@ use super::dataset::{Dataset, PeerList};
 use crate::config::{ConfigError, ConfigFile, Entry, Syntax};
 
 /// OpenDKIM's default `MaximumSignaturesToVerify` (opendkim.conf(5)).
-pub const DEFAULT_MAX_SIGNATURES: usize = 3;
+pub(crate) const DEFAULT_MAX_SIGNATURES: usize = 3;
 /// OpenDKIM's default `MaximumHeaders`: largest header block accepted, in bytes.
-pub const DEFAULT_MAX_HEADERS: usize = 65536;
+pub(crate) const DEFAULT_MAX_HEADERS: usize = 65536;
 /// OpenDKIM's default `MinimumKeyBits`.
-pub const DEFAULT_MIN_KEY_BITS: usize = 1024;
+pub(crate) const DEFAULT_MIN_KEY_BITS: usize = 1024;
 /// OpenDKIM's default `ClockDrift` (seconds of tolerance for `t=` and `x=`).
-pub const DEFAULT_CLOCK_DRIFT: u64 = 300;
+pub(crate) const DEFAULT_CLOCK_DRIFT: u64 = 300;
 /// OpenDKIM's default `DNSTimeout`.
-pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How deep `Include` may nest (opendkim.conf(5)).
-pub const MAX_INCLUDE_DEPTH: usize = 5;
+pub(crate) const MAX_INCLUDE_DEPTH: usize = 5;
 
 /// RFC 6376 §5.4.1's "SHOULD be signed" list, OpenDKIM's default `SignHeaders`.
-pub const DEFAULT_SIGN_HEADERS: &[&str] = &[
+pub(crate) const DEFAULT_SIGN_HEADERS: &[&str] = &[
     "from",
     "reply-to",
     "subject",

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Largest data set file we read (4 MiB): key and signing tables of a large host are well
 /// below; anything bigger is likely the wrong file.
-pub const MAX_DATASET_FILE: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_DATASET_FILE: u64 = 4 * 1024 * 1024;
 
 /// A data set: ordered `(key, value)` entries (value empty for plain lists).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -227,7 +227,7 @@ impl Dataset {
 }
 
 /// `*` matches any run of characters (case-insensitive), as OpenDKIM's `refile:`.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
     let parts: Vec<&str> = p.split('*').collect();
     if parts.len() == 1 {

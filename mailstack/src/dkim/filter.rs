@@ -49,7 +49,7 @@ use crate::filter::{
 /// Forged `Authentication-Results` fields remembered per message for removal. Each costs the
 /// sender a whole header field; a message carrying more is not processed (`On-Security`),
 /// since it could not be cleaned.
-pub const MAX_FORGED_RESULTS: usize = 256;
+pub(crate) const MAX_FORGED_RESULTS: usize = 256;
 
 /// The reply text OpenDKIM 2.11 gives a `DKIM-Signature` that does not parse (seen with the
 /// differential test in `examples/tests/dkim_milter_vs_opendkim.rs`).

@@ -13,10 +13,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 /// Largest private key file read (64 KiB; an 8192-bit PEM key is under 7 KiB).
-pub const MAX_KEY_FILE: u64 = 64 * 1024;
+pub(crate) const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// Length of each quoted string in the `.txt` record (opendkim-genkey splits `p=` at 250).
-pub const TXT_CHUNK: usize = 250;
+pub(crate) const TXT_CHUNK: usize = 250;
 
 /// A key algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,9 @@ pub const MIN_RSA_SIGNING_BITS: usize = 1024;
 /// at least 2048 bits, so a smaller key is logged as a warning at startup.
 pub const RECOMMENDED_RSA_BITS: usize = 2048;
 
-/// A private key ready to sign.
+/// A private key ready to sign. More algorithms may come (a match needs a `_` arm, which
+/// must refuse the key rather than sign with it).
+#[non_exhaustive]
 pub enum PrivateKey {
     /// RSA, 2048 bits or more.
     Rsa(RsaKeyPair),
@@ -116,7 +118,7 @@ pub enum KeyError {
         /// The path.
         path: PathBuf,
     },
-    /// Over [`MAX_KEY_FILE`] bytes.
+    /// Over 64 KiB.
     #[error("{}: larger than {MAX_KEY_FILE} bytes", path.display())]
     TooLarge {
         /// The key file.
@@ -402,8 +404,9 @@ impl PrivateKey {
 
     /// Reads a key file, opened once: the checks look at the open file (`fstat`) and the key
     /// is read from the same descriptor, so the file cannot be swapped between check and use.
-    /// The file must be a regular file; [`key_file_problem`] (OpenDKIM's `RequireSafeKeys`
-    /// rule) and [`check_safe_dirs`] refuse it with `require_safe`, and are logged as a
+    /// The file must be a regular file; OpenDKIM's `RequireSafeKeys` rules on the file
+    /// (owner root or us, no access for others, group access only for a group we are in)
+    /// and on the directories above it refuse it with `require_safe`, and are logged as a
     /// warning without it (as OpenDKIM logs them).
     pub fn read(path: &Path, require_safe: bool) -> Result<Self, KeyError> {
         use std::io::Read as _;
@@ -460,6 +463,29 @@ impl PrivateKey {
         })
     }
 
+    /// The public key record to publish for this key (`<selector>._domainkey` TXT): its
+    /// [`Display`](std::fmt::Display) is the record's text.
+    pub fn public_record(&self) -> PublicKeyRecord {
+        let (key_type, key) = match self {
+            Self::Rsa(k) => {
+                let der: Result<PublicKeyX509Der<'_>, _> = k.public_key().as_der();
+                (
+                    KeyType::Rsa,
+                    der.map(|d| d.as_ref().to_vec()).unwrap_or_default(),
+                )
+            }
+            Self::RsaLegacy(k) => (KeyType::Rsa, k.public_spki_der()),
+            Self::Ed25519(k) => (KeyType::Ed25519, k.public_key().as_ref().to_vec()),
+        };
+        PublicKeyRecord {
+            key_type,
+            key,
+            hashes: Vec::new(),
+            testing: false,
+            strict_subdomains: false,
+        }
+    }
+
     /// The `p=` value of the matching public key record.
     pub fn public_record_value(&self) -> String {
         match self {
@@ -475,7 +501,7 @@ impl PrivateKey {
 
 /// The identity [`key_file_problem`] compares a key file with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessIds {
+pub(crate) struct ProcessIds {
     /// Effective user id.
     pub uid: u32,
     /// Effective group id and supplementary groups.
@@ -484,7 +510,7 @@ pub struct ProcessIds {
 
 impl ProcessIds {
     /// This process's effective uid, effective gid and supplementary groups.
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         // SAFETY: geteuid/getegid cannot fail and touch no memory of ours.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let mut groups = vec![gid];
@@ -513,7 +539,7 @@ impl ProcessIds {
 /// file's group is one of ours (Debian's `root:opendkim 0640` keys pass). Its owner must be
 /// root or the user we run as (OpenDKIM's `dkimf_securefile` checks the owner too): a key
 /// owned by another user could be replaced by that user. `None` if the file is safe.
-pub fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Option<String> {
+pub(crate) fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Option<String> {
     if mode & 0o006 != 0 {
         return Some(format!(
             "key file mode {:04o} lets others read or write it; chmod o-rw it",
@@ -540,7 +566,7 @@ pub fn key_file_problem(mode: u32, uid: u32, gid: u32, me: &ProcessIds) -> Optio
 
 /// `RequireSafeKeys` for the directories above a key file: none may be writable by others
 /// unless it has the sticky bit (like `/tmp`). The error names the first offending path.
-pub fn check_safe_dirs(path: &Path) -> Result<(), KeyError> {
+pub(crate) fn check_safe_dirs(path: &Path) -> Result<(), KeyError> {
     let abs: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut dir = abs.parent();
     while let Some(d) = dir {
@@ -595,6 +621,29 @@ pub struct PublicKeyRecord {
     pub testing: bool,
     /// `t=s`: `i=` must use exactly `d=`.
     pub strict_subdomains: bool,
+}
+
+/// Writes the record as it is published: `v=DKIM1; h=...; k=...; t=...; p=...` (the tags
+/// `opendkim-genkey` writes, in its order; `h=` and `t=` only when set), which
+/// [`PublicKeyRecord::parse`] reads back to the same record.
+impl std::fmt::Display for PublicKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("v=DKIM1; ")?;
+        if !self.hashes.is_empty() {
+            write!(f, "h={}; ", self.hashes.join(":"))?;
+        }
+        match self.key_type {
+            KeyType::Rsa => f.write_str("k=rsa; ")?,
+            KeyType::Ed25519 => f.write_str("k=ed25519; ")?,
+        }
+        match (self.testing, self.strict_subdomains) {
+            (true, true) => f.write_str("t=y:s; ")?,
+            (true, false) => f.write_str("t=y; ")?,
+            (false, true) => f.write_str("t=s; ")?,
+            (false, false) => {}
+        }
+        write!(f, "p={}", B64.encode(&self.key))
+    }
 }
 
 /// Why a key record is unusable (the text is OpenDKIM's error string).
@@ -788,7 +837,7 @@ pub fn generate(opts: &GenKeyOptions) -> Result<GeneratedKey, KeyError> {
 
 /// The `.txt` stub: `<sel>._domainkey<TAB>IN<TAB>TXT<TAB>( "v=DKIM1; h=sha256; k=rsa; "`
 /// then `p=` in quoted 250-character pieces, then `)  ; ----- DKIM key <sel> for <dom>`.
-pub fn txt_record(opts: &GenKeyOptions, p: &str) -> String {
+pub(crate) fn txt_record(opts: &GenKeyOptions, p: &str) -> String {
     // opendkim-genkey's order: v, n, h, k, t, s (the note's quotes escaped for the zone file).
     let mut head = String::from("v=DKIM1; ");
     if let Some(n) = &opts.note {
@@ -868,6 +917,20 @@ mod tests {
             let rec = PublicKeyRecord::parse(txt_record_value(&g.txt).as_bytes()).unwrap();
             assert_eq!(rec.key_type, kt);
             assert_eq!(B64.encode(&rec.key), k.public_record_value());
+            // The record this key publishes is the generated one minus genkey's `h=`.
+            let published = k.public_record();
+            assert_eq!(
+                PublicKeyRecord::parse(published.to_string().as_bytes()),
+                Ok(PublicKeyRecord {
+                    hashes: Vec::new(),
+                    ..rec.clone()
+                })
+            );
+            let k_tag = if kt == KeyType::Rsa { "rsa" } else { "ed25519" };
+            assert_eq!(
+                published.to_string(),
+                format!("v=DKIM1; k={k_tag}; p={}", k.public_record_value())
+            );
             assert!(g.txt.starts_with("sel._domainkey\tIN\tTXT\t( \"v=DKIM1; "));
             assert!(g.txt.ends_with(")  ; ----- DKIM key sel for example.com\n"));
             if kt == KeyType::Rsa {

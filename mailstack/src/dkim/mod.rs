@@ -3,15 +3,19 @@
 //! the rest), the same `DKIM-Signature` layout and `Authentication-Results` text.
 //!
 //! # Layout
-//! - [`config`]: `opendkim.conf` (options, defaults, refusals), [`dataset`]: data sets and
-//!   peer lists.
-//! - [`canon`]: canonicalization and the streamed body hash; [`sig`]: the signature field.
-//! - [`key`]: private keys, `RequireSafeKeys`, key records, `genkey`.
-//! - [`sign`]: which keys sign a message, and signing; [`verify`]: verification and the
+//! - [`DkimConfig`]: `opendkim.conf` (options, defaults, refusals); [`Dataset`] and
+//!   [`PeerList`]: data sets and peer lists.
+//! - [`Header`]: a header field as canonicalization sees it; [`Signature`]: the signature
+//!   field.
+//! - [`PrivateKey`]: private keys and `RequireSafeKeys`; [`PublicKeyRecord`]: key records;
+//!   [`generate_key`]: `opendkim-genkey`.
+//! - [`sign_message`]: which keys sign a message, and signing; [`MessageVerifier`] and
+//!   [`verify_message`]: verification, [`authentication_results`]: its
 //!   `Authentication-Results` value.
-//! - [`filter`]: [`DkimFilter`], the sign/verify decisions in the common
-//!   [`crate::filter::Filter`] shape. The `dkim-milter` example binary serves it alone as
+//! - [`DkimFilter`]: the sign/verify decisions in the common [`crate::filter::Filter`]
+//!   shape. The `dkim-milter` example binary serves it alone as
 //!   `mailstack::filter::Milter<DkimFilter>`; `mailstackd` chains it with the other filters.
+//! - [`rotate`]: key rotation (`mailstack dkim-rotate`), its own namespace.
 //!
 //! # What the milter answers
 //! [`DkimFilter`] returns a [`crate::filter::Verdict`]: the `On-*` action (reject as
@@ -30,10 +34,10 @@
 //! since the MTA would drop them. A header change the MTA refuses is logged; it no longer
 //! turns into `On-InternalError` (the adapter applies the changes after the decision).
 //!
-//! For embedding (the DMARC filter, tools), the small API is [`verify::MessageVerifier`]
+//! For embedding (the DMARC filter, tools), the small API is [`MessageVerifier`]
 //! (`new(headers)`, `body(chunk)`, `finish(headers, resolver, now)` → one
-//! [`verify::SignatureResult`] per signature with `result`, `domain`, `selector`) or
-//! [`verify::verify_message`] for a whole message.
+//! [`SignatureResult`] per signature with `result`, `domain`, `selector`) or
+//! [`verify_message`] for a whole message.
 //!
 //! # Why our own DKIM core and which crypto
 //! mail-auth 0.13.3 (the newest that builds on Rust 1.95) computes a wrong relaxed body hash
@@ -75,7 +79,7 @@
 //!   verify (not even in OpenDKIM); we report them as `fail` too.
 //! - RSA keys under 1024 bits cannot be verified by aws-lc (`policy`, "key too small", even
 //!   with `MinimumKeyBits 0`). Signing keys of 1024 to 2047 bits are used (RFC 8301 allows
-//!   them) through aws-lc's own `RSA_sign` ([`key::LegacyRsaKey`]) with a warning at
+//!   them) through aws-lc's own `RSA_sign` ([`LegacyRsaKey`]) with a warning at
 //!   startup; under 1024 bits a signing key is refused.
 //! - A malformed KeyTable (an entry that is not `domain:selector:key`, a key that does not
 //!   load or fails `RequireSafeKeys`) stops startup, naming the entry; OpenDKIM starts and
@@ -97,7 +101,7 @@
 //!   refused: OpenDKIM 2.11 has no such option.
 //! - `DontSignMailTo`, `MacroList`, `StrictHeaders` and `RequiredHeaders` are read
 //!   ([`DkimConfig::dont_sign_to`], [`DkimConfig::macro_list_allows`],
-//!   [`sign::strict_headers_problem`]) for the per-message decision.
+//!   [`strict_headers_problem`]) for the per-message decision.
 //! - `MaximumHeaders` exceeded → `On-Security`, not a fixed reject.
 //! - Every `Authentication-Results` field claiming our authserv-id is deleted, whatever its
 //!   methods, comments, version or folding ([`crate::auth_results::claims_authserv_id`]) and
@@ -115,21 +119,35 @@
 //!   RBL, header rewriting, re-signing, `SenderHeaders`, `MTA`) are refused at startup with
 //!   file and line instead of being available.
 
-pub mod canon;
-pub mod config;
-pub mod dataset;
-pub mod filter;
-pub mod key;
+pub(crate) mod canon;
+pub(crate) mod config;
+pub(crate) mod dataset;
+pub(crate) mod filter;
+pub(crate) mod key;
 pub mod rotate;
-pub mod sig;
-pub mod sign;
-pub mod verify;
+pub(crate) mod sig;
+pub(crate) mod sign;
+pub(crate) mod verify;
 
 use std::path::Path;
 
+pub use canon::Header;
 pub use config::{Action, Actions, Canon, DkimConfig};
 pub use dataset::{Dataset, DatasetError, PeerList};
 pub use filter::{DkimError, DkimFilter, DkimMessage};
+pub use key::{
+    GenKeyOptions, GeneratedKey, KeyError, KeyRecordError, KeyType, LegacyRsaError, LegacyRsaKey,
+    MIN_RSA_SIGNING_BITS, PrivateKey, PublicKeyRecord, RECOMMENDED_RSA_BITS,
+    check_safe as check_key_file, generate as generate_key, rsa_key_bits, txt_record_value,
+};
+pub use sig::{Algorithm, SigError, Signature};
+pub use sign::{
+    HeaderCountProblem, SignError, SignOptions, SigningKey, sign_message, strict_headers_problem,
+};
+pub use verify::{
+    DkimResult, FailureClass, MessageVerifier, SignatureResult, VerifyOptions,
+    authentication_results, verify_message,
+};
 
 use crate::config::ConfigError;
 use crate::dns::{MemoryRecord, MemoryResolver};

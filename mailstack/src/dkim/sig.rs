@@ -7,7 +7,7 @@ use super::config::Canon;
 
 /// Splits a tag-list (`tag=value; ...`) into trimmed `(tag, value)` pairs. Whitespace inside
 /// values is kept except at the ends; empty trailing items are skipped.
-pub fn tag_list(s: &str) -> Vec<(String, String)> {
+pub(crate) fn tag_list(s: &str) -> Vec<(String, String)> {
     s.split(';')
         .filter_map(|item| {
             let item = item.trim();
@@ -229,10 +229,10 @@ impl Signature {
 }
 
 /// Most ARC sets a message may carry (RFC 8617 §4.2.1: instance values 1 to 50).
-pub const MAX_ARC_INSTANCE: u32 = 50;
+pub(crate) const MAX_ARC_INSTANCE: u32 = 50;
 
 /// An ARC instance value `i=`: a decimal from 1 to [`MAX_ARC_INSTANCE`].
-pub fn parse_instance(v: &str) -> Result<u32, SigError> {
+pub(crate) fn parse_instance(v: &str) -> Result<u32, SigError> {
     match v.trim().parse::<u32>() {
         Ok(i) if (1..=MAX_ARC_INSTANCE).contains(&i) && v.trim().len() <= 2 => Ok(i),
         _ => Err(SigError("instance tag invalid")),
@@ -241,7 +241,7 @@ pub fn parse_instance(v: &str) -> Result<u32, SigError> {
 
 /// What goes into a new signature before `b=`.
 #[derive(Debug, Clone)]
-pub struct Unsigned<'a> {
+pub(crate) struct Unsigned<'a> {
     /// `a=`.
     pub algorithm: Algorithm,
     /// `c=`.
@@ -265,13 +265,13 @@ pub struct Unsigned<'a> {
 }
 
 /// Width OpenDKIM folds the signature at (its `DKIM_HDRMARGIN`, 75 columns).
-pub const FOLD_MARGIN: usize = 75;
+pub(crate) const FOLD_MARGIN: usize = 75;
 
 impl Unsigned<'_> {
     /// The field value in OpenDKIM's layout, ending with `b=` (no leading space; lines
     /// joined with `\n\t`): `v=1; a=..; c=..; d=..;` / `s=..; t=..;` / `bh=..;` / `h=..;` /
     /// `b=`.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = format!(
             "v=1; a={}; c={}/{}; d={};\n\ts={}; t={};",
             self.algorithm.as_str(),
@@ -311,7 +311,7 @@ impl Unsigned<'_> {
 }
 
 /// Appends the base64 `b=` value folded OpenDKIM's way (continuation lines `\n\t `).
-pub fn append_b(value: &mut String, b: &[u8]) {
+pub(crate) fn append_b(value: &mut String, b: &[u8]) {
     let b64 = B64.encode(b);
     let first = FOLD_MARGIN - 10;
     let (head, mut rest) = b64.split_at(first.min(b64.len()));

@@ -98,7 +98,7 @@ pub enum SignError {
 }
 
 /// Header fields RFC 5322 §3.6 allows at most once (its table's "max number" 1).
-pub const AT_MOST_ONCE: &[&str] = &[
+pub(crate) const AT_MOST_ONCE: &[&str] = &[
     "date",
     "from",
     "sender",
@@ -114,7 +114,8 @@ pub const AT_MOST_ONCE: &[&str] = &[
 
 /// Why a header block breaks RFC 5322 §3.6's field counts, for `StrictHeaders` (refuse to
 /// process) and `RequiredHeaders` (reject): no From or no Date (each "min 1"), or a field
-/// of [`AT_MOST_ONCE`] more than once. `None` if the counts conform.
+/// that may appear at most once (Date, From, Sender, Reply-To, To, Cc, Bcc, Message-ID,
+/// In-Reply-To, References, Subject) more than once. `None` if the counts conform.
 pub fn strict_headers_problem(headers: &[Header]) -> Option<HeaderCountProblem> {
     let count = |n: &str| {
         headers
@@ -147,7 +148,7 @@ pub enum HeaderCountProblem {
 
 /// A finished body hash for [`sign_one`].
 #[derive(Debug, Clone, Copy)]
-pub struct BodyHash<'a> {
+pub(crate) struct BodyHash<'a> {
     /// The hash of the canonical body.
     pub digest: &'a Digest,
     /// The canonical body length.
@@ -159,7 +160,7 @@ pub struct BodyHash<'a> {
 /// Signs one message with one key: `body` is the finished body hash (from a [`BodyHasher`]
 /// with the options' body canonicalization). Returns the field value (no leading space,
 /// folded with `\n\t`).
-pub fn sign_one(
+pub(crate) fn sign_one(
     key: &SigningKey,
     domain: &str,
     identity: Option<&str>,
@@ -224,7 +225,7 @@ fn sign_inner(
 
 /// Signs a finished SHA-256 header hash with `key` (RSA PKCS#1 v1.5, or Ed25519 over the
 /// hash as RFC 8463 says): the `b=` bytes, for DKIM and ARC ([`crate::arc`]) alike.
-pub fn sign_digest(key: &PrivateKey, digest: &Digest) -> Result<Vec<u8>, SignError> {
+pub(crate) fn sign_digest(key: &PrivateKey, digest: &Digest) -> Result<Vec<u8>, SignError> {
     Ok(match key {
         PrivateKey::Rsa(k) => {
             let mut out = vec![0u8; k.public_modulus_len()];
@@ -266,7 +267,7 @@ pub fn sign_message(
 
 /// One key chosen for a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyChoice {
+pub(crate) struct KeyChoice {
     /// Position in the [`KeySet`] ([`KeySet::key`]).
     pub index: usize,
     /// `d=`.
@@ -277,7 +278,7 @@ pub struct KeyChoice {
 
 /// The keys of a configuration and the rules choosing them.
 #[derive(Debug)]
-pub struct KeySet {
+pub(crate) struct KeySet {
     /// Single-key mode: `Domain`, with `SubDomains`.
     domains: Dataset,
     sub_domains: bool,
@@ -290,7 +291,7 @@ pub struct KeySet {
 impl KeySet {
     /// Loads every key of `cfg` (checking `RequireSafeKeys`); an empty set if `cfg` does not
     /// sign. `Err` names the key file and what is wrong.
-    pub fn from_config(cfg: &DkimConfig) -> Result<Self, KeyError> {
+    pub(crate) fn from_config(cfg: &DkimConfig) -> Result<Self, KeyError> {
         let mut set = Self {
             domains: cfg.domains.clone(),
             sub_domains: cfg.sub_domains,
@@ -355,17 +356,17 @@ impl KeySet {
     }
 
     /// The key at `index` (from [`KeySet::keys_for`]).
-    pub fn key(&self, index: usize) -> &SigningKey {
+    pub(crate) fn key(&self, index: usize) -> &SigningKey {
         &self.keys[index.min(self.keys.len().saturating_sub(1))].1
     }
 
     /// Whether any key is loaded.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
     /// The keys that sign mail from `from` (`user@domain`), each with its `d=` and `i=`.
-    pub fn keys_for(&self, from: &str) -> Vec<KeyChoice> {
+    pub(crate) fn keys_for(&self, from: &str) -> Vec<KeyChoice> {
         let from = from.to_ascii_lowercase();
         let Some((user, domain)) = from.rsplit_once('@') else {
             return Vec::new();

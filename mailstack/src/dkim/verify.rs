@@ -144,7 +144,7 @@ impl MessageVerifier {
         }
     }
 
-    /// The deadline of each key lookup (`DNSTimeout`; [`DEFAULT_DNS_TIMEOUT`] unless set).
+    /// The deadline of each key lookup (`DNSTimeout`; 5 s unless set).
     /// It applies whatever resolver is used, the system one included, so a resolver that
     /// retries for longer cannot hold the message past it. Zero means no deadline
     /// (OpenDKIM: "a value of 0 causes an infinite wait"). A lookup past the deadline is

@@ -1,6 +1,6 @@
 //! In-process DKIM verification for DMARC (`DKIMSelfValidate yes`).
 //!
-//! A small seam over [`crate::dkim::verify`], the workspace's own verifier (RFC-correct
+//! A small seam over [`crate::dkim::MessageVerifier`], the workspace's own verifier (RFC-correct
 //! canonicalization, OpenDKIM's results; it replaced mail-auth 0.13.3 here, whose relaxed body
 //! hash is wrong for bodies ending in whitespace-only lines). Keys are fetched through the same
 //! [`Resolver`] as the DMARC and SPF lookups, so tests run on a

@@ -26,7 +26,7 @@
 
 mod adapter;
 mod chain;
-pub mod offline;
+mod offline;
 
 use std::net::IpAddr;
 
@@ -38,6 +38,7 @@ use crate::dmarc::{DkimInput, SpfInput};
 
 pub use adapter::{LiveFilter, Milter, apply};
 pub use chain::Chain;
+pub use offline::{OFFLINE_CHUNK, OfflineOutcome, apply_to_message, run_offline};
 
 /// Recipients kept per message: Postfix's `smtpd_recipient_limit` default. Further
 /// recipients are counted in [`Envelope::rcpts_dropped`] but not kept.

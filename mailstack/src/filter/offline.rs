@@ -13,7 +13,7 @@ pub const OFFLINE_CHUNK: usize = 65_535;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum OfflineOutcome {
     /// Every filter skipped at this stage (`connect`, `mail`): the message is accepted
     /// unchecked, as an MTA would after ACCEPT.
     Skipped(&'static str),
@@ -26,30 +26,30 @@ pub enum Outcome {
 /// Runs `filter` over one message as an MTA would (connect, HELO, MAIL, RCPT, each header,
 /// end of headers, the body in [`OFFLINE_CHUNK`]-byte chunks, end of message). `message` is
 /// the whole message with CRLF or LF line ends.
-pub async fn run<F: Filter>(
+pub async fn run_offline<F: Filter>(
     filter: &F,
     conn: &Connection,
     env: &Envelope,
     message: &[u8],
-) -> Outcome {
+) -> OfflineOutcome {
     match filter.connect(conn) {
-        Flow::Stop(a) => return Outcome::Stopped("connect", a),
-        Flow::Skip => return Outcome::Skipped("connect"),
+        Flow::Stop(a) => return OfflineOutcome::Stopped("connect", a),
+        Flow::Skip => return OfflineOutcome::Skipped("connect"),
         Flow::Continue => {}
     }
     match filter.helo(conn).await {
-        Flow::Stop(a) => return Outcome::Stopped("helo", a),
-        Flow::Skip => return Outcome::Skipped("helo"),
+        Flow::Stop(a) => return OfflineOutcome::Stopped("helo", a),
+        Flow::Skip => return OfflineOutcome::Skipped("helo"),
         Flow::Continue => {}
     }
     let mut msg = match filter.mail(conn, env).await {
         Start::Message(m) => m,
-        Start::Skip => return Outcome::Skipped("mail"),
-        Start::Stop(a) => return Outcome::Stopped("mail", a),
+        Start::Skip => return OfflineOutcome::Skipped("mail"),
+        Start::Stop(a) => return OfflineOutcome::Stopped("mail", a),
     };
     for r in &env.rcpts {
         if let Flow::Stop(a) = filter.rcpt(&mut msg, r) {
-            return Outcome::Stopped("rcpt", a);
+            return OfflineOutcome::Stopped("rcpt", a);
         }
     }
     let crlf = to_crlf(message);
@@ -58,7 +58,7 @@ pub async fn run<F: Filter>(
         filter.header(&mut msg, h).await;
     }
     if let Flow::Stop(a) = filter.end_of_headers(&mut msg, conn, env).await {
-        return Outcome::Stopped("end of headers", a);
+        return OfflineOutcome::Stopped("end of headers", a);
     }
     for chunk in crlf
         .get(body_at..)
@@ -74,7 +74,7 @@ pub async fn run<F: Filter>(
         facts: &facts,
         leadspc: true,
     };
-    Outcome::Verdict(filter.end_of_message(msg, &eom).await)
+    OfflineOutcome::Verdict(filter.end_of_message(msg, &eom).await)
 }
 
 /// Bare LF line ends become CRLF (a `.eml` saved on Unix); a message already in CRLF is not

@@ -48,10 +48,12 @@
 //! - `macros`: macro expansion.
 //! - `eval`: check_host() with its limits.
 //! - `header`: `Received-SPF` and `Authentication-Results`.
+//! - `filter`: [`SpfFilter`], SPF in the common [`crate::filter::Filter`] shape (for
+//!   `mailstackd`).
 //! - [`policyd`]: the python-policyd-spf compatible policy service.
 
 mod eval;
-pub mod filter;
+pub(crate) mod filter;
 mod header;
 mod macros;
 pub mod policyd;
@@ -61,6 +63,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use filter::{DEFAULT_BUDGET, SpfFilter, SpfMessage};
 
 use crate::dns::Resolver;
 

@@ -269,8 +269,8 @@ impl<F: Filter> Filter for Pipeline<F> {
 mod tests {
     use super::*;
     use crate::auth_results::MethodResult;
-    use crate::filter::offline::{Outcome, run};
     use crate::filter::{Action, ClientAddr};
+    use crate::filter::{OfflineOutcome, run_offline};
 
     /// A filter that reports a fixed clause and its own AR field, as the drop-ins do.
     struct Fixed;
@@ -307,7 +307,7 @@ mod tests {
 Authentication-Results: (sneaky) MX.example.org;\r\n\tdkim=pass\r\n\
 Authentication-Results: mx.example.org; spf=pass\r\n\
 From: a@b.example\r\n\r\nbody\r\n";
-        let Outcome::Verdict(v) = run(&p, &conn, &env, msg).await else {
+        let OfflineOutcome::Verdict(v) = run_offline(&p, &conn, &env, msg).await else {
             panic!("no verdict");
         };
         assert_eq!(v.action, Action::Accept);
@@ -326,7 +326,8 @@ From: a@b.example\r\n\r\nbody\r\n";
             ]
         );
         let p = p.received_spf(true);
-        let Outcome::Verdict(v) = run(&p, &conn, &env, b"From: a@b\r\n\r\n").await else {
+        let OfflineOutcome::Verdict(v) = run_offline(&p, &conn, &env, b"From: a@b\r\n\r\n").await
+        else {
             panic!("no verdict");
         };
         assert!(
