@@ -16,7 +16,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mailstack::dmarc::history::{HistoryReader, MessageRecord};
+use mailstack::dmarc::{HistoryReader, MessageRecord};
 use milter_proto::Reply;
 use milter_proto::SocketSpec;
 use milter_proto::client::{Client, ClientConfig, Connection, Message};

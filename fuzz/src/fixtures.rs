@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use mailstack::dmarc::psl::PublicSuffixList;
+use mailstack::dmarc::PublicSuffixList;
 use mailstack::dmarc::{DmarcConfig, DmarcFilter};
 use mailstack::dns::{MemoryRecord, MemoryResolver, Resolver};
 

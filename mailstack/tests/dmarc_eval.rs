@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailstack::dmarc::psl::PublicSuffixList;
+use mailstack::dmarc::PublicSuffixList;
 use mailstack::dmarc::{
     DkimInput, DkimStatus, DmarcConfig, DmarcEvaluator, DmarcFilter, DmarcResult, MessageFacts,
     Policy, Specification, SpfInput,

@@ -3,11 +3,11 @@
 //! author domain is always one valid host name, and upstream results only come from trusted
 //! authserv-ids with valid domains.
 
-use mailstack::dmarc::headers::{
+use mailstack::dmarc::DmarcRecord;
+use mailstack::dmarc::PublicSuffixList;
+use mailstack::dmarc::{
     UpstreamContext, author_domain, is_valid_domain, parse_auth_results, read_upstream,
 };
-use mailstack::dmarc::psl::PublicSuffixList;
-use mailstack::dmarc::record::DmarcRecord;
 use proptest::prelude::*;
 
 /// Strings over the characters these grammars care about, plus anything.

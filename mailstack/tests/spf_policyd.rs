@@ -223,7 +223,7 @@ async fn mock_and_unknown_keys() {
 /// the parentheses that could end them.
 #[tokio::test]
 async fn odd_helo_and_sender_values_are_quoted() {
-    use mailstack::dmarc::headers::{UpstreamContext, read_upstream};
+    use mailstack::dmarc::{UpstreamContext, read_upstream};
     let p = policy("");
     let helo = "h\" identity=mailfrom; envelope-from=u@pass.example; x=\"";
     let got = answer(&p, "192.0.2.9", helo, "", "q1").await;

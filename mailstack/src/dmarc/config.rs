@@ -59,13 +59,13 @@ use crate::config::{ConfigError, ConfigFile, Entry, Syntax};
 use super::psl::PublicSuffixList;
 
 /// OpenDMARC's `RejectString` default; `%s` becomes the From domain.
-pub const DEFAULT_REJECT_STRING: &str = "rejected by DMARC policy for %s";
+pub(crate) const DEFAULT_REJECT_STRING: &str = "rejected by DMARC policy for %s";
 /// The reply text used when `HoldQuarantinedMessages` quarantines (OpenDMARC's, fixed).
-pub const QUARANTINE_STRING: &str = "quarantined by DMARC policy for %s";
+pub(crate) const QUARANTINE_STRING: &str = "quarantined by DMARC policy for %s";
 /// OpenDMARC's `DNSTimeout` default (5 s).
-pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// `AuthservID` / `TrustedAuthservIDs` value that stands for this host's name.
-pub const HOSTNAME_KEYWORD: &str = "HOSTNAME";
+pub(crate) const HOSTNAME_KEYWORD: &str = "HOSTNAME";
 
 /// Which DMARC specification the evaluation follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -222,7 +222,7 @@ pub struct FailureReports {
 }
 
 /// OpenDMARC's `DomainWhitelistSize` default.
-pub const DEFAULT_DOMAIN_WHITELIST_SIZE: usize = 3000;
+pub(crate) const DEFAULT_DOMAIN_WHITELIST_SIZE: usize = 3000;
 
 /// `ARCSeal yes` with `ARCSealDomain`, `ARCSealSelector` and `ARCSealKeyFile`.
 #[derive(Debug, Clone)]

@@ -23,9 +23,9 @@ use super::eval::{DkimInput, DkimStatus};
 /// others are ignored.
 pub const MAX_SIGNATURES: usize = 3;
 /// Smallest RSA key accepted (OpenDKIM's `MinimumKeyBits`, 1024); smaller keys are `policy`.
-pub const MIN_KEY_BITS: usize = 1024;
+pub(crate) const MIN_KEY_BITS: usize = 1024;
 /// Clock drift allowed on `t=`/`x=` (OpenDKIM's `ClockDrift`, 300 s).
-pub const CLOCK_DRIFT: u64 = 300;
+pub(crate) const CLOCK_DRIFT: u64 = 300;
 
 /// DKIM verification for the DMARC filter.
 pub struct InProcessDkim {

@@ -922,7 +922,7 @@ impl<R: std::io::BufRead> Iterator for HistoryReader<R> {
 /// aggregate report's `Subject: Report Domain: ...` (RFC 7489 §7.2.1.1, RFC 9990 §5.2), or a
 /// failure report's `Content-Type: multipart/report; report-type=feedback-report` (RFC 6591).
 /// Such mail is recorded with [`MessageRecord::is_report`] and never reported on.
-pub fn is_report(headers: &[(String, String)]) -> bool {
+pub(crate) fn is_report(headers: &[(String, String)]) -> bool {
     headers.iter().any(|(n, v)| {
         let v = v.trim_start();
         (n.eq_ignore_ascii_case("Subject")

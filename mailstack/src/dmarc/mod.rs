@@ -8,7 +8,7 @@
 //! rejected by DMARC policy for <policy domain>`, tempfail, quarantine; the
 //! `Authentication-Results` OpenDMARC writes, `dmarc=<result> (p=<policy>
 //! dis=<disposition>) header.from=<domain>`, as a field and as a clause) and the
-//! evaluation for logs and reports. [`config`] reads `opendmarc.conf`.
+//! evaluation for logs and reports. [`DmarcConfig`] reads `opendmarc.conf`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,7 +52,7 @@
 //!   `_dmarc.<Organizational Domain>` taken from the public suffix list (`PublicSuffixList`;
 //!   without one, only the From domain is queried and relaxed alignment needs equal domains);
 //!   `pct=` samples which failing messages get the policy, the others one step less.
-//! - `dmarcbis` (RFC 9989): the DNS tree walk (at most [`eval::MAX_TREE_WALK`] queries per
+//! - `dmarcbis` (RFC 9989): the DNS tree walk (at most [`MAX_TREE_WALK`] queries per
 //!   domain, `psd=` for the Organizational Domain), no `pct=`, `t=y` lowers the policy one step,
 //!   `np=` for a subdomain that does not exist (A query NXDOMAIN).
 //!
@@ -63,11 +63,11 @@
 //! never read from the message's header fields (a sender can forge them) nor computed again.
 //! Alone (or for a result no earlier filter gave), as OpenDMARC: from trusted `Authentication-Results` (authserv-id equal to ours or listed in
 //! `TrustedAuthservIDs`), then from a `Received-SPF` for this envelope's MAIL FROM
-//! ([`headers::read_upstream`] lists the rules and the CVE fixes kept). With
+//! ([`read_upstream`] lists the rules and the CVE fixes kept). With
 //! `SPFSelfValidate`, when no usable SPF result was found (or `SPFIgnoreResults` is set), our
 //! [`crate::spf`] evaluator checks the MAIL FROM (HELO for the null sender) and its result is
 //! added as its own `Authentication-Results`. With `DKIMSelfValidate` (mailstack only),
-//! signatures are verified here ([`dkim`], over [`crate::dkim`]'s streaming verifier: only the
+//! signatures are verified here ([`InProcessDkim`], over [`crate::dkim`]'s streaming verifier: only the
 //! header block is kept) and upstream `dkim=` results are not used.
 //!
 //! # Enforcement (OpenDMARC's rules)
@@ -98,8 +98,8 @@
 //! and [`Outcome::overrides`] holds [`PolicyOverride::TrustedForwarder`] for the aggregate
 //! report. Off by default: ARC is experimental and on its way to historic status.
 //!
-//! Each evaluated message becomes a [`history::MessageRecord`] in the configured
-//! [`history::HistoryStore`] (default: `HistoryFile` in OpenDMARC's format), for messages from
+//! Each evaluated message becomes a [`MessageRecord`] in the configured
+//! [`HistoryStore`] (default: `HistoryFile` in OpenDMARC's format), for messages from
 //! domains with a record (all messages with `RecordAllMessages`).
 //!
 //! # Compared with OpenDMARC 1.4.2
@@ -120,27 +120,30 @@
 //!   OpenDMARC also records trusted results it did not use.
 //!
 //! # Layout
-//! - [`config`]: reading `opendmarc.conf`.
-//! - [`record`]: DMARC record syntax.
-//! - [`psl`]: the public suffix list.
-//! - [`eval`]: policy discovery, alignment, the policy in force.
-//! - [`headers`]: From, upstream `Authentication-Results` and `Received-SPF`.
-//! - [`dkim`]: in-process DKIM verification.
-//! - [`history`]: aggregate-report records and their store.
+//! Everything below is re-exported here; only [`report`] and [`failure`] are namespaces of
+//! their own.
+//! - [`DmarcConfig`]: reading `opendmarc.conf`.
+//! - [`DmarcRecord`]: DMARC record syntax, parsed and written.
+//! - [`PublicSuffixList`]: the public suffix list.
+//! - [`DmarcEvaluator`]: policy discovery, alignment, the policy in force.
+//! - [`author_domain`], [`parse_auth_results`], [`read_upstream`]: From, upstream
+//!   `Authentication-Results` and `Received-SPF`.
+//! - [`InProcessDkim`]: in-process DKIM verification.
+//! - [`MessageRecord`], [`HistoryStore`]: aggregate-report records and their store.
 //! - [`report`]: aggregate reports built from the records.
 //! - [`failure`]: failure reports (RFC 6591 AFRF), off unless a sink is given.
-//! - `filter`: the [`crate::filter::Filter`] implementation ([`DmarcMessage`] is its
+//! - [`DmarcFilter`]: the [`crate::filter::Filter`] implementation ([`DmarcMessage`] is its
 //!   per-message state).
 
-pub mod config;
-pub mod dkim;
-pub mod eval;
+pub(crate) mod config;
+pub(crate) mod dkim;
+pub(crate) mod eval;
 pub mod failure;
 mod filter;
-pub mod headers;
-pub mod history;
-pub mod psl;
-pub mod record;
+pub(crate) mod headers;
+pub(crate) mod history;
+pub(crate) mod psl;
+pub(crate) mod record;
 pub mod report;
 
 use std::net::IpAddr;
@@ -152,12 +155,25 @@ use crate::dns::Resolver;
 use crate::filter::{Action, AuthFacts, Fallback, Modification, Verdict};
 use crate::spf::{Identity, Limits, SpfEvaluator};
 
-pub use config::{DmarcConfig, Specification};
-pub use eval::{DkimInput, DkimStatus, DmarcEvaluator, DmarcResult, Evaluation, SpfInput};
+pub use config::{
+    ArcSealConfig, DmarcConfig, FailureReports, HostPattern, Specification, local_hostname,
+};
+pub use dkim::{DkimStream, InProcessDkim, MAX_SIGNATURES};
+pub use eval::{
+    DkimInput, DkimStatus, DmarcEvaluator, DmarcResult, Evaluation, MAX_TREE_WALK, SpfInput,
+};
 pub use filter::DmarcMessage;
-pub use headers::FromError;
-pub use history::{HistoryFile, HistoryStore, MessageRecord};
-pub use record::{Alignment, DmarcRecord, Policy};
+pub use headers::{
+    FromError, ResInfo, Upstream, UpstreamContext, author_domain, is_valid_domain,
+    parse_auth_results, read_upstream,
+};
+pub use history::{
+    DEFAULT_HISTORY_MAX_BYTES, HistoryError, HistoryErrorKind, HistoryFile, HistoryReader,
+    HistoryStore, MAX_BLOCK_DKIM, MAX_BLOCK_LINES, MAX_BLOCK_RUA, MAX_HISTORY_LINE, MessageRecord,
+    OverrideReason,
+};
+pub use psl::PublicSuffixList;
+pub use record::{Alignment, DmarcRecord, Policy, RecordError};
 
 /// Header bytes kept per message (Postfix's `header_size_limit` default, 102,400, times the
 /// fields we may need); beyond it further header fields are not kept.
@@ -294,7 +310,7 @@ pub struct DmarcFilter {
     cfg: Arc<DmarcConfig>,
     evaluator: DmarcEvaluator,
     spf: SpfEvaluator,
-    dkim: Option<dkim::InProcessDkim>,
+    dkim: Option<InProcessDkim>,
     history: Option<Arc<dyn HistoryStore>>,
     failure: Option<Arc<dyn failure::FailureSink>>,
     /// For ARC key lookups.
@@ -322,7 +338,7 @@ impl DmarcFilter {
         let spf = SpfEvaluator::new(resolver.clone(), Limits::default());
         let dkim = cfg
             .dkim_self_validate
-            .then(|| dkim::InProcessDkim::new(resolver.clone()));
+            .then(|| InProcessDkim::new(resolver.clone()));
         let history = cfg
             .history_file
             .as_ref()
@@ -364,13 +380,13 @@ impl DmarcFilter {
 
     /// Starts in-process DKIM verification of a message from its header block; `None` when
     /// `DKIMSelfValidate` is off.
-    pub fn start_dkim(&self, headers: Vec<crate::dkim::canon::Header>) -> Option<dkim::DkimStream> {
+    pub fn start_dkim(&self, headers: Vec<crate::dkim::canon::Header>) -> Option<DkimStream> {
         self.dkim.as_ref().map(|d| d.start(headers))
     }
 
     /// Finishes what [`Self::start_dkim`] started (its body fed with
-    /// [`dkim::DkimStream::body`]).
-    pub async fn finish_dkim(&self, stream: dkim::DkimStream) -> Vec<DkimInput> {
+    /// [`DkimStream::body`]).
+    pub async fn finish_dkim(&self, stream: DkimStream) -> Vec<DkimInput> {
         match &self.dkim {
             Some(d) => stream.finish(d).await,
             None => Vec::new(),
@@ -497,7 +513,7 @@ impl DmarcFilter {
             .filter(|(n, _)| n.eq_ignore_ascii_case("From"))
             .map(|(_, v)| v.as_str())
             .collect();
-        let from = match headers::author_domain(&froms) {
+        let from = match author_domain(&froms) {
             Ok(d) => d,
             Err(FromError::MultipleDomains) if cfg.reject_multi_value_from => {
                 return Err(Box::new(Outcome::refuse(
@@ -532,12 +548,11 @@ impl DmarcFilter {
         }
         let cfg = &self.cfg;
         let base_id = cfg.authserv_id(m.mta_name);
-        let ctx = headers::UpstreamContext {
+        let ctx = UpstreamContext {
             envelope_from: m.envelope_from,
             spf_ignore_results: cfg.spf_ignore_results,
         };
-        let upstream =
-            headers::read_upstream(m.headers, ctx, |id| cfg.is_trusted(id, &base_id, m.job_id));
+        let upstream = read_upstream(m.headers, ctx, |id| cfg.is_trusted(id, &base_id, m.job_id));
         let spf = match (prior_spf, upstream.spf) {
             (Some(s), _) | (None, Some(s)) => Some(s),
             (None, None) if cfg.spf_self_validate => {
@@ -698,21 +713,21 @@ fn override_reasons(
     ev: &Evaluation,
     dis: Policy,
     applied: &[PolicyOverride],
-) -> Vec<history::OverrideReason> {
+) -> Vec<OverrideReason> {
     let mut out = Vec::new();
     if ev.result != DmarcResult::Fail {
         return out;
     }
     if !ev.sampled {
-        out.push(history::OverrideReason::SampledOut);
+        out.push(OverrideReason::SampledOut);
     }
     let trusted = applied.contains(&PolicyOverride::TrustedForwarder);
     if trusted {
-        out.push(history::OverrideReason::TrustedForwarder);
+        out.push(OverrideReason::TrustedForwarder);
     }
     // A trusted forwarder explains the changed disposition by itself.
     if dis != ev.requested_disposition() && !trusted {
-        out.push(history::OverrideReason::LocalPolicy);
+        out.push(OverrideReason::LocalPolicy);
     }
     out
 }
@@ -776,11 +791,11 @@ mod override_tests {
         let ev = failing(Policy::Reject);
         assert_eq!(
             override_reasons(&ev, Policy::None, &[PolicyOverride::TrustedForwarder]),
-            vec![history::OverrideReason::TrustedForwarder]
+            vec![OverrideReason::TrustedForwarder]
         );
         assert_eq!(
             override_reasons(&ev, Policy::None, &[]),
-            vec![history::OverrideReason::LocalPolicy]
+            vec![OverrideReason::LocalPolicy]
         );
         assert!(override_reasons(&ev, Policy::Reject, &[]).is_empty());
     }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 /// Largest list file we read (4 MiB; the real list is about 250 KiB).
-pub const MAX_PSL_FILE: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_PSL_FILE: u64 = 4 * 1024 * 1024;
 
 /// A loaded public suffix list.
 #[derive(Debug, Clone, Default)]

@@ -176,6 +176,53 @@ impl DmarcRecord {
     }
 }
 
+/// The record as a TXT value with every tag explicit, in RFC 7489's order (`v`, `p`, `sp`,
+/// `np`, `adkim`, `aspf`, `pct`, `rua`, `ruf`, `psd`, `t`); optional tags that are absent
+/// are left out. [`DmarcRecord::parse`] reads it back to the same record.
+///
+/// ```
+/// use mailstack::dmarc::DmarcRecord;
+///
+/// let rec = DmarcRecord::parse(b"v=DMARC1; p=reject; rua=mailto:d@example.com")?;
+/// assert_eq!(
+///     rec.to_string(),
+///     "v=DMARC1; p=reject; adkim=r; aspf=r; pct=100; rua=mailto:d@example.com"
+/// );
+/// assert_eq!(DmarcRecord::parse(rec.to_string().as_bytes())?, rec);
+/// # Ok::<(), mailstack::dmarc::RecordError>(())
+/// ```
+impl fmt::Display for DmarcRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v=DMARC1; p={}", self.p)?;
+        for (tag, p) in [("sp", self.sp), ("np", self.np)] {
+            if let Some(p) = p {
+                write!(f, "; {tag}={p}")?;
+            }
+        }
+        write!(
+            f,
+            "; adkim={}; aspf={}; pct={}",
+            self.adkim.as_char(),
+            self.aspf.as_char(),
+            self.pct
+        )?;
+        for (tag, uris) in [("rua", &self.rua), ("ruf", &self.ruf)] {
+            if !uris.is_empty() {
+                write!(f, "; {tag}={}", uris.join(","))?;
+            }
+        }
+        match self.psd {
+            Some(true) => f.write_str("; psd=y")?,
+            Some(false) => f.write_str("; psd=n")?,
+            None => {}
+        }
+        if self.testing {
+            f.write_str("; t=y")?;
+        }
+        Ok(())
+    }
+}
+
 fn alignment(v: &str) -> Option<Alignment> {
     match v {
         "r" => Some(Alignment::Relaxed),

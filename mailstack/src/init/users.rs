@@ -139,7 +139,7 @@ pub fn parse(file: &Path, text: &str) -> (Vec<UserLine>, Vec<UserError>) {
             continue;
         };
         if let Err(m) = check_name(name) {
-            bad.push(err(m));
+            bad.push(err(m.to_string()));
             continue;
         }
         if password.is_empty() || password.contains('\n') {
@@ -164,8 +164,17 @@ pub fn parse(file: &Path, text: &str) -> (Vec<UserLine>, Vec<UserError>) {
     (good, bad)
 }
 
+/// A user name [`check_name`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user name {0:?}: expected [a-z_][a-z0-9_.-]*, at most 32 characters")]
+pub struct BadName(pub String);
+
 /// A user name useradd accepts (Debian's default rule, ASCII).
-pub fn check_name(name: &str) -> Result<(), String> {
+///
+/// # Errors
+/// [`BadName`] when `name` is empty, longer than 32 characters, or not of the form
+/// `[a-z_][a-z0-9_.-]*`.
+pub fn check_name(name: &str) -> Result<(), BadName> {
     let ok_first = name
         .chars()
         .next()
@@ -174,9 +183,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
     if name.is_empty() || name.len() > 32 || !ok_first || !ok_rest {
-        return Err(format!(
-            "user name {name:?}: expected [a-z_][a-z0-9_.-]*, at most 32 characters"
-        ));
+        return Err(BadName(name.to_owned()));
     }
     Ok(())
 }
