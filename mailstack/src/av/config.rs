@@ -23,21 +23,7 @@ use std::time::Duration;
 
 use crate::clamd::ClamdAddr;
 use crate::config::{ConfigError, ConfigFile, Entry, Syntax};
-
-/// What to do with a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Let it through.
-    Accept,
-    /// Refuse it permanently (5xx).
-    Reject,
-    /// Refuse it temporarily (4xx).
-    Defer,
-    /// Accept and silently drop it.
-    Blackhole,
-    /// Accept into the MTA's hold queue.
-    Quarantine,
-}
+use crate::filter::OnAction;
 
 /// `AddHeader`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +104,11 @@ pub struct AvConfig {
     /// `ReadTimeout` (default 120 s; 0 = none, kept as a very long timeout).
     pub read_timeout: Duration,
     /// `OnClean` (default Accept).
-    pub on_clean: Action,
+    pub on_clean: OnAction,
     /// `OnInfected` (default Quarantine).
-    pub on_infected: Action,
+    pub on_infected: OnAction,
     /// `OnFail` (default Defer; Accept, Reject or Defer only).
-    pub on_fail: Action,
+    pub on_fail: OnAction,
     /// `RejectMsg` (`%v` → virus name).
     pub reject_msg: Option<String>,
     /// `AddHeader` (default No).
@@ -176,9 +162,9 @@ impl Default for AvConfig {
             fix_stale_socket: true,
             clamd_sockets: Vec::new(),
             read_timeout: Duration::from_secs(120),
-            on_clean: Action::Accept,
-            on_infected: Action::Quarantine,
-            on_fail: Action::Defer,
+            on_clean: OnAction::Accept,
+            on_infected: OnAction::Quarantine,
+            on_fail: OnAction::Tempfail,
             reject_msg: None,
             add_header: AddHeader::No,
             report_hostname: None,
@@ -367,13 +353,13 @@ impl AvConfig {
 const ACTIONS: &str = "expected Accept, Reject, Defer, Blackhole or Quarantine";
 const LEVELS: &str = "expected Off, Basic or Full";
 
-fn action(v: &str, all: bool) -> Option<Action> {
+fn action(v: &str, all: bool) -> Option<OnAction> {
     Some(match v.to_ascii_lowercase().as_str() {
-        "accept" => Action::Accept,
-        "reject" => Action::Reject,
-        "defer" => Action::Defer,
-        "blackhole" if all => Action::Blackhole,
-        "quarantine" if all => Action::Quarantine,
+        "accept" => OnAction::Accept,
+        "reject" => OnAction::Reject,
+        "defer" => OnAction::Tempfail,
+        "blackhole" if all => OnAction::Discard,
+        "quarantine" if all => OnAction::Quarantine,
         _ => return None,
     })
 }
@@ -412,9 +398,9 @@ mod tests {
     #[test]
     fn defaults_are_clamav_milters() {
         let c = parse("ClamdSocket unix:/run/clamav/clamd.ctl\n").unwrap();
-        assert_eq!(c.on_clean, Action::Accept);
-        assert_eq!(c.on_infected, Action::Quarantine);
-        assert_eq!(c.on_fail, Action::Defer);
+        assert_eq!(c.on_clean, OnAction::Accept);
+        assert_eq!(c.on_infected, OnAction::Quarantine);
+        assert_eq!(c.on_fail, OnAction::Tempfail);
         assert_eq!(c.add_header, AddHeader::No);
         assert_eq!(c.max_file_size, 100 * 1024 * 1024);
         assert_eq!(c.read_timeout, Duration::from_secs(120));
@@ -440,8 +426,8 @@ mod tests {
         assert!(!c.fix_stale_socket);
         assert_eq!(c.clamd_sockets[0], ClamdAddr::Tcp("127.0.0.1:3310".into()));
         assert_eq!(c.clamd_sockets.len(), 2);
-        assert_eq!(c.on_infected, Action::Reject);
-        assert_eq!(c.on_fail, Action::Accept);
+        assert_eq!(c.on_infected, OnAction::Reject);
+        assert_eq!(c.on_fail, OnAction::Accept);
         assert_eq!(c.reject_msg.as_deref(), Some("Virus %v found"));
         assert_eq!(c.add_header, AddHeader::Add);
         assert_eq!(c.max_file_size, 25 * 1024 * 1024);

@@ -29,11 +29,11 @@ use milter_proto::Actions;
 use tokio::sync::Semaphore;
 
 use super::config::LocalNet;
-use super::{Action, AddHeader, AvConfig, LogLevel, MessageScan, ScanOutcome, sanitize_virus_name};
+use super::{AddHeader, AvConfig, LogLevel, MessageScan, ScanOutcome, sanitize_virus_name};
 use crate::dkim::canon::Header;
 use crate::filter::{
     self, ClientAddr, Connection, EndOfMessage, Envelope, Fallback, Filter, Flow, Modification,
-    Needs, Start, Verdict,
+    Needs, OnAction, Start, Verdict,
 };
 use crate::notify::Notifier;
 
@@ -337,11 +337,11 @@ impl AvFilter {
                 ScanOutcome::Failed(_) => "error",
             });
             mx.av_action(match d.action {
-                Action::Accept => "accept",
-                Action::Reject => "reject",
-                Action::Defer => "defer",
-                Action::Blackhole => "blackhole",
-                Action::Quarantine => "quarantine",
+                OnAction::Accept => "accept",
+                OnAction::Reject => "reject",
+                OnAction::Tempfail => "defer",
+                OnAction::Discard => "blackhole",
+                OnAction::Quarantine => "quarantine",
             });
         });
         log_scan(cfg, qid, m, env, outcome, d.action);
@@ -366,12 +366,12 @@ impl AvFilter {
             }
         }
         let action = match (d.action, d.reply) {
-            (Action::Accept, _) => filter::Action::Accept,
-            (Action::Reject, reply) => filter::Action::Reject(reply),
-            (Action::Defer, _) => filter::Action::Tempfail(None),
-            (Action::Blackhole, _) => filter::Action::Discard,
+            (OnAction::Accept, _) => filter::Action::Accept,
+            (OnAction::Reject, reply) => filter::Action::Reject(reply),
+            (OnAction::Tempfail, _) => filter::Action::Tempfail(None),
+            (OnAction::Discard, _) => filter::Action::Discard,
             // Never delivered unscanned or infected when the MTA cannot hold it.
-            (Action::Quarantine, _) => filter::Action::Quarantine {
+            (OnAction::Quarantine, _) => filter::Action::Quarantine {
                 reason: QUARANTINE_REASON.to_owned(),
                 fallback: Fallback::Tempfail,
             },
@@ -438,7 +438,7 @@ fn log_scan(
     m: &Seen,
     env: &Envelope,
     outcome: &ScanOutcome,
-    action: Action,
+    action: OnAction,
 ) {
     let level = match outcome {
         ScanOutcome::Infected(_) => cfg.log_infected,
@@ -636,7 +636,7 @@ mod tests {
             "ClamdSocket unix:/nonexistent/clamd.sock\n",
         )
         .unwrap();
-        cfg.on_fail = Action::Quarantine;
+        cfg.on_fail = OnAction::Quarantine;
         let f = Arc::new(AvFilter::new(cfg, None));
         let (_, m) = run(f, inet(b"192.0.2.1"), no_quarantine).await;
         assert!(matches!(m.unwrap().decision, Reply::ReplyCode(r) if r.starts_with(b"451 ")));

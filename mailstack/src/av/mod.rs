@@ -35,7 +35,8 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use crate::clamd::{ClamdAddr, ClamdError, Client, Instream, Phase, ScanReply, Socket, Timeouts};
-pub use config::{Action, AddHeader, AvConfig, LocalNet, LogLevel, SkipAuth, Transfer};
+use crate::filter::OnAction;
+pub use config::{AddHeader, AvConfig, LocalNet, LogLevel, SkipAuth, Transfer};
 pub use filter::{
     AvFilter, AvMessage, MAX_BACKGROUND, NOTIFY_TIMEOUT, PRODUCT, QUARANTINE_REASON,
     VIRUS_ACTION_TIMEOUT,
@@ -299,7 +300,7 @@ pub fn outcome_of(r: Result<ScanReply, ClamdError>) -> ScanOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Treatment {
     /// What to do.
-    pub action: Action,
+    pub action: OnAction,
     /// A custom SMTP reply (`550 5.7.1 ...`) for Reject, from `RejectMsg`.
     pub reply: Option<String>,
     /// Header fields to write (name, value), per `AddHeader`.
@@ -360,7 +361,7 @@ pub fn decide(
         ScanOutcome::Failed(_) => cfg.on_fail,
     };
     let reply = match (action, outcome, &cfg.reject_msg) {
-        (Action::Reject, ScanOutcome::Infected(v), Some(msg)) => {
+        (OnAction::Reject, ScanOutcome::Infected(v), Some(msg)) => {
             let v: String = v.chars().filter(|c| c.is_ascii_graphic()).collect();
             Some(format!("550 5.7.1 {}", msg.replacen("%v", &v, 1)))
         }
@@ -395,14 +396,14 @@ pub(crate) mod tests {
         let c = cfg("");
         assert_eq!(
             decide(&c, &ScanOutcome::Clean, "p", None).action,
-            Action::Accept
+            OnAction::Accept
         );
         let d = decide(&c, &ScanOutcome::Infected("Eicar".into()), "p", None);
-        assert_eq!(d.action, Action::Quarantine);
+        assert_eq!(d.action, OnAction::Quarantine);
         assert!(d.headers.is_empty() && d.reply.is_none());
         assert_eq!(
             decide(&c, &ScanOutcome::Failed("x".into()), "p", None).action,
-            Action::Defer
+            OnAction::Tempfail
         );
     }
 
@@ -415,7 +416,7 @@ pub(crate) mod tests {
             "av 1",
             Some("mx"),
         );
-        assert_eq!(d.action, Action::Reject);
+        assert_eq!(d.action, OnAction::Reject);
         assert_eq!(d.reply.as_deref(), Some("550 5.7.1 Virus Eicar-Test found"));
         assert_eq!(
             d.headers,
@@ -477,7 +478,7 @@ pub(crate) mod tests {
         let c = cfg("AddHeader Replace\nOnFail Accept\n");
         assert_eq!(status_value(&ScanOutcome::Failed("down".into())), None);
         let d = decide(&c, &ScanOutcome::Failed("down".into()), "p", Some("mx"));
-        assert_eq!(d.action, Action::Accept);
+        assert_eq!(d.action, OnAction::Accept);
         assert!(d.headers.is_empty(), "{:?}", d.headers);
     }
 

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use super::dataset::{Dataset, PeerList};
 use crate::config::{ConfigError, ConfigFile, Entry, Syntax};
+use crate::filter::OnAction;
 
 /// OpenDKIM's default `MaximumSignaturesToVerify` (opendkim.conf(5)).
 pub(crate) const DEFAULT_MAX_SIGNATURES: usize = 3;
@@ -78,64 +79,48 @@ pub(crate) const DEFAULT_SIGN_HEADERS: &[&str] = &[
     "list-archive",
 ];
 
-/// An `On-*` action (full or one-letter form).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Action {
-    /// `accept` / `a`: deliver (with the result recorded).
-    Accept,
-    /// `discard` / `d`: accept and drop.
-    Discard,
-    /// `quarantine` / `q`: accept into the MTA's hold queue.
-    Quarantine,
-    /// `reject` / `r`: `550 5.7.0`.
-    Reject,
-    /// `tempfail` / `t`: `451 4.7.x`.
-    Tempfail,
-}
-
-impl Action {
-    fn parse(v: &str) -> Option<Self> {
-        Some(match v.to_ascii_lowercase().as_str() {
-            "accept" | "a" => Self::Accept,
-            "discard" | "d" => Self::Discard,
-            "quarantine" | "q" => Self::Quarantine,
-            "reject" | "r" => Self::Reject,
-            "tempfail" | "t" => Self::Tempfail,
-            _ => return None,
-        })
-    }
+/// An `On-*` value, full or one-letter (`accept`/`a`, `discard`/`d`, `quarantine`/`q`,
+/// `reject`/`r`, `tempfail`/`t`).
+fn on_action(v: &str) -> Option<OnAction> {
+    Some(match v.to_ascii_lowercase().as_str() {
+        "accept" | "a" => OnAction::Accept,
+        "discard" | "d" => OnAction::Discard,
+        "quarantine" | "q" => OnAction::Quarantine,
+        "reject" | "r" => OnAction::Reject,
+        "tempfail" | "t" => OnAction::Tempfail,
+        _ => return None,
+    })
 }
 
 /// The `On-*` actions with OpenDKIM's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Actions {
+pub struct OnActions {
     /// `On-BadSignature` (accept): a signature failed.
-    pub bad_signature: Action,
+    pub bad_signature: OnAction,
     /// `On-NoSignature` (accept): the message carries no signature.
-    pub no_signature: Action,
+    pub no_signature: OnAction,
     /// `On-KeyNotFound` (accept): no key record.
-    pub key_not_found: Action,
+    pub key_not_found: OnAction,
     /// `On-DNSError` (tempfail): a transient DNS failure.
-    pub dns_error: Action,
+    pub dns_error: OnAction,
     /// `On-InternalError` (tempfail): our own failure, or a message over the bounds.
-    pub internal_error: Action,
+    pub internal_error: OnAction,
     /// `On-Security` (tempfail): a message we refuse to process (e.g. too many headers).
-    pub security: Action,
+    pub security: OnAction,
     /// `On-SignatureError` (reject): a message we should sign but cannot.
-    pub signature_error: Action,
+    pub signature_error: OnAction,
 }
 
-impl Default for Actions {
+impl Default for OnActions {
     fn default() -> Self {
         Self {
-            bad_signature: Action::Accept,
-            no_signature: Action::Accept,
-            key_not_found: Action::Accept,
-            dns_error: Action::Tempfail,
-            internal_error: Action::Tempfail,
-            security: Action::Tempfail,
-            signature_error: Action::Reject,
+            bad_signature: OnAction::Accept,
+            no_signature: OnAction::Accept,
+            key_not_found: OnAction::Accept,
+            dns_error: OnAction::Tempfail,
+            internal_error: OnAction::Tempfail,
+            security: OnAction::Tempfail,
+            signature_error: OnAction::Reject,
         }
     }
 }
@@ -221,7 +206,7 @@ pub struct DkimConfig {
     /// `MaximumHeaders` (bytes; 0 = OpenDKIM's "no limit", which we turn into the default).
     pub max_headers: usize,
     /// The `On-*` actions.
-    pub actions: Actions,
+    pub actions: OnActions,
     /// `AuthservID` (`None`: the MTA's `j` macro, else this host name).
     pub authserv_id: Option<String>,
     /// `AlwaysAddARHeader`.
@@ -292,7 +277,7 @@ impl Default for DkimConfig {
             require_safe_keys: true,
             max_signatures: DEFAULT_MAX_SIGNATURES,
             max_headers: DEFAULT_MAX_HEADERS,
-            actions: Actions::default(),
+            actions: OnActions::default(),
             authserv_id: None,
             always_add_ar: false,
             keep_auth_results: false,
@@ -436,7 +421,7 @@ impl DkimConfig {
         for e in &f.entries {
             let key = e.key.to_ascii_lowercase();
             if let Some(which) = key.strip_prefix("on-") {
-                let action = Action::parse(&e.value).ok_or_else(|| {
+                let action = on_action(&e.value).ok_or_else(|| {
                     f.error(
                         e,
                         format_args!(
@@ -456,7 +441,7 @@ impl DkimConfig {
             self.option(f, e, &key, depth)?;
         }
         if let Some(a) = on_default {
-            self.actions = Actions {
+            self.actions = OnActions {
                 bad_signature: a,
                 no_signature: a,
                 key_not_found: a,
@@ -751,9 +736,9 @@ mod tests {
         assert_eq!(c.minimum_key_bits, 1024);
         assert!(c.require_safe_keys);
         assert_eq!(c.canonicalization, (Canon::Simple, Canon::Simple));
-        assert_eq!(c.actions.bad_signature, Action::Accept);
-        assert_eq!(c.actions.dns_error, Action::Tempfail);
-        assert_eq!(c.actions.signature_error, Action::Reject);
+        assert_eq!(c.actions.bad_signature, OnAction::Accept);
+        assert_eq!(c.actions.dns_error, OnAction::Tempfail);
+        assert_eq!(c.actions.signature_error, OnAction::Reject);
         assert!(c.internal_hosts.contains(Some("::1".parse().unwrap()), ""));
         assert_eq!(c.sign_headers.len(), DEFAULT_SIGN_HEADERS.len());
     }
@@ -773,8 +758,8 @@ mod tests {
         assert_eq!(c.oversign_headers, ["from"]);
         assert!(c.domains.contains("EXAMPLE.org"));
         assert_eq!(c.umask, Some(0o007));
-        assert_eq!(c.actions.bad_signature, Action::Reject);
-        assert_eq!(c.actions.no_signature, Action::Accept);
+        assert_eq!(c.actions.bad_signature, OnAction::Reject);
+        assert_eq!(c.actions.no_signature, OnAction::Accept);
         assert_eq!(c.max_signatures, 5);
         assert!(
             !c.internal_hosts

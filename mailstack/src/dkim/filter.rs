@@ -29,7 +29,7 @@ use std::sync::Arc;
 use milter_proto::Actions;
 
 use super::canon::{BodyHasher, Header};
-use super::config::{Action as OnAction, DkimConfig};
+use super::config::DkimConfig;
 use super::key::KeyError;
 use super::sig::Algorithm;
 use super::sign::{
@@ -42,8 +42,8 @@ use super::verify::{
 use crate::auth_results::{MethodResult, claims_authserv_id};
 use crate::dns::Resolver;
 use crate::filter::{
-    Action, Connection, EndOfMessage, Envelope, Fallback, Filter, Flow, Modification, Needs, Start,
-    Verdict,
+    Action, Connection, EndOfMessage, Envelope, Fallback, Filter, Flow, Modification, Needs,
+    OnAction, Start, Verdict,
 };
 
 /// Forged `Authentication-Results` fields remembered per message for removal. Each costs the

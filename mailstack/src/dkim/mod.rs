@@ -132,7 +132,7 @@ pub(crate) mod verify;
 use std::path::Path;
 
 pub use canon::Header;
-pub use config::{Action, Actions, Canon, DkimConfig};
+pub use config::{Canon, DkimConfig, OnActions};
 pub use dataset::{Dataset, DatasetError, PeerList};
 pub use filter::{DkimError, DkimFilter, DkimMessage};
 pub use key::{

@@ -237,6 +237,24 @@ pub enum Fallback {
     Reject,
 }
 
+/// What a configured `On-*` option says to do with a message: OpenDKIM's `On-BadSignature`,
+/// `On-DNSError`, ... and clamav-milter's `OnClean`, `OnInfected`, `OnFail`, whatever each
+/// tool calls the value. Each filter turns it into an [`Action`] with its own reply text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnAction {
+    /// Deliver (with the result recorded). OpenDKIM `accept`, clamav-milter `Accept`.
+    Accept,
+    /// Refuse permanently (5xx). OpenDKIM `reject`, clamav-milter `Reject`.
+    Reject,
+    /// Refuse temporarily (4xx). OpenDKIM `tempfail`, clamav-milter `Defer`.
+    Tempfail,
+    /// Accept and drop silently. OpenDKIM `discard`, clamav-milter `Blackhole`.
+    Discard,
+    /// Accept into the MTA's hold queue. OpenDKIM `quarantine`, clamav-milter `Quarantine`.
+    Quarantine,
+}
+
 /// What to do with the message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
