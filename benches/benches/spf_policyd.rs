@@ -117,7 +117,7 @@ fn drive(mut child: Child, name: &'static str, n: usize) -> Stats {
 /// us beyond DNS round trips.
 fn evaluator_only(n: usize) {
     use mailstack::dns::{MemoryRecord, MemoryResolver, Mx};
-    use mailstack::spf::{Limits, SpfEvaluator};
+    use mailstack::spf::{LookupLimits, SpfEvaluator};
     use spf_support::Rec;
 
     let mut z = MemoryResolver::new();
@@ -140,7 +140,7 @@ fn evaluator_only(n: usize) {
             z.add(name, rec);
         }
     }
-    let spf = SpfEvaluator::new(Arc::new(z), Limits::default());
+    let spf = SpfEvaluator::new(Arc::new(z), LookupLimits::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

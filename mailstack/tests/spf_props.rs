@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailstack::dns::{DnsError, MemoryRecord, MemoryResolver, Mx, Resolver};
-use mailstack::spf::{Identity, Limits, SpfEvaluator, SpfResult};
+use mailstack::spf::{Identity, LookupLimits, SpfEvaluator, SpfResult};
 use proptest::prelude::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -61,7 +61,7 @@ proptest! {
     fn any_record_gives_a_result(terms in proptest::collection::vec(term(), 0..12), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
         let rt = runtime();
         for record in [format!("v=spf1 {}", terms.join(" ")).into_bytes(), [b"v=spf1 ".as_slice(), &raw].concat()] {
-            let spf = SpfEvaluator::new(Arc::new(zone_with(&record)), Limits::default());
+            let spf = SpfEvaluator::new(Arc::new(zone_with(&record)), LookupLimits::default());
             let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
             let out = rt.block_on(spf.check_mail_from(ip, "helo.example.com", "user@example.com"));
             prop_assert_eq!(out.identity, Identity::MailFrom);
@@ -100,7 +100,7 @@ impl Resolver for FanOut {
 #[tokio::test]
 async fn fan_out_is_bounded_by_the_lookup_limit() {
     let resolver = Arc::new(FanOut(AtomicUsize::new(0)));
-    let spf = SpfEvaluator::new(resolver.clone(), Limits::default());
+    let spf = SpfEvaluator::new(resolver.clone(), LookupLimits::default());
     let out = spf
         .check_mail_from(
             "192.0.2.1".parse().unwrap(),
@@ -141,7 +141,7 @@ impl Resolver for BlackHole {
 
 #[tokio::test]
 async fn time_budget_overrun_is_temperror() {
-    let limits = Limits::default().with_time_budget(Duration::from_millis(300));
+    let limits = LookupLimits::default().with_time_budget(Duration::from_millis(300));
     let spf = SpfEvaluator::new(Arc::new(BlackHole), limits);
     let started = std::time::Instant::now();
     let out = spf
@@ -163,7 +163,7 @@ async fn ipv4_mapped_clients_are_checked_as_ipv4() {
         "example.com",
         MemoryRecord::Txt(b"v=spf1 ip4:192.0.2.0/24 -all".to_vec()),
     );
-    let spf = SpfEvaluator::new(Arc::new(z), Limits::default());
+    let spf = SpfEvaluator::new(Arc::new(z), LookupLimits::default());
     let out = spf
         .check_mail_from(
             "::ffff:192.0.2.7".parse().unwrap(),
@@ -183,7 +183,7 @@ async fn headers_name_the_identity() {
             "mail.example.com",
             MemoryRecord::Txt(b"v=spf1 +all".to_vec()),
         );
-    let spf = SpfEvaluator::new(Arc::new(z), Limits::default());
+    let spf = SpfEvaluator::new(Arc::new(z), LookupLimits::default());
     let ip: IpAddr = "192.0.2.7".parse().unwrap();
     let helo = spf.check_helo(ip, "mail.example.com").await;
     let from = spf

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailstack::dns::{DnsError, MemoryRecord, MemoryResolver, Mx, Resolver};
-use mailstack::spf::{Limits, SpfEvaluator, SpfResult};
+use mailstack::spf::{LookupLimits, SpfEvaluator, SpfResult};
 
 /// A zone whose TXT lookups of `hang` never answer (a server that drops the query).
 struct Hanging {
@@ -67,7 +67,7 @@ fn evaluator(budget: Duration) -> SpfEvaluator {
     };
     SpfEvaluator::new(
         Arc::new(resolver),
-        Limits::default().with_time_budget(budget),
+        LookupLimits::default().with_time_budget(budget),
     )
 }
 
@@ -103,7 +103,7 @@ async fn budget_still_bounds_the_verdict() {
     };
     let ev = SpfEvaluator::new(
         Arc::new(resolver),
-        Limits::default().with_time_budget(Duration::from_millis(300)),
+        LookupLimits::default().with_time_budget(Duration::from_millis(300)),
     );
     let out = ev
         .check_host(CLIENT, "slow.example", "u@x.example", "h.example")
@@ -135,7 +135,7 @@ async fn colon_domain_specs() {
             MemoryRecord::A(Ipv4Addr::new(192, 0, 2, 77)),
         )
         .add("bad.example", txt("v=spf1 a:foo:bar ip4:192.0.2.9 -all"));
-    let ev = SpfEvaluator::new(Arc::new(z), Limits::default());
+    let ev = SpfEvaluator::new(Arc::new(z), LookupLimits::default());
     for (domain, want) in [
         ("colon.example", SpfResult::Pass),
         ("mxc.example", SpfResult::Pass),
@@ -165,7 +165,7 @@ async fn huge_macro_expansion_keeps_its_right_end() {
     let mut z = MemoryResolver::new();
     z.add("m.example", txt("v=spf1 exists:%{l}.%{l}.x.example -all"))
         .add(want, MemoryRecord::A(Ipv4Addr::new(127, 0, 0, 2)));
-    let ev = SpfEvaluator::new(Arc::new(z), Limits::default());
+    let ev = SpfEvaluator::new(Arc::new(z), LookupLimits::default());
     let out = ev
         .check_mail_from(CLIENT, "h.example", &format!("{local}@m.example"))
         .await;

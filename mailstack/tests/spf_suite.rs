@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use mailstack::dns::{MemoryRecord, MemoryResolver, Mx};
-use mailstack::spf::{Limits, SpfEvaluator};
+use mailstack::spf::{LookupLimits, SpfEvaluator};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The suite has 203 cases; pyspf, the reference implementation, passes 200 through a DNS
@@ -133,7 +133,7 @@ async fn rfc7208_suite() {
     let (mut total, mut passed, mut failures) = (0, 0, Vec::new());
     for scenario in &docs {
         let resolver = Arc::new(zone(&scenario["zonedata"]));
-        let spf = SpfEvaluator::new(resolver, Limits::default());
+        let spf = SpfEvaluator::new(resolver, LookupLimits::default());
         for case in cases(scenario) {
             total += 1;
             let out = spf

@@ -129,8 +129,8 @@ pub enum ClientError {
     Session(#[from] MtaError),
 }
 
-/// Macros for stages, each `(stage command byte, pairs)`, sent before that stage's event.
-pub type StageMacros = Vec<(u8, Vec<(Bytes, Bytes)>)>;
+/// Macros per event, each `(command code, pairs)`, sent before the command with that code.
+pub type CommandMacros = Vec<(u8, Vec<(Bytes, Bytes)>)>;
 
 /// The SMTP connection described to the milter (CONNECT and HELO).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +142,7 @@ pub struct Connection {
     /// HELO argument (`None`: no HELO sent).
     pub helo: Option<Bytes>,
     /// Macros for `C` and `H`.
-    pub macros: StageMacros,
+    pub macros: CommandMacros,
 }
 
 impl Default for Connection {
@@ -177,7 +177,7 @@ pub struct Message {
     /// The body with CRLF line ends, sent in chunks of [`MAX_BODY_CHUNK`].
     pub body: Bytes,
     /// Macros for `M`, `R`, `T`, `N`, `E`.
-    pub macros: StageMacros,
+    pub macros: CommandMacros,
 }
 
 impl Message {
@@ -431,14 +431,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
     /// record the answer in `out`. Returns the final reply, if one was due.
     async fn event(
         &mut self,
-        macros: &StageMacros,
+        macros: &CommandMacros,
         cmd: Command,
         out: &mut Outcome,
     ) -> Result<Option<Reply>, ClientError> {
         let stage = cmd.code();
         for (_, pairs) in macros.iter().filter(|(s, _)| *s == stage) {
             let m = Command::Macro {
-                stage,
+                command: stage,
                 pairs: pairs.clone(),
             };
             self.queue_unanswered(&m)?;

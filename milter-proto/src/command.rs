@@ -49,10 +49,11 @@ pub enum Command {
         /// Protocol options offered (unknown bits kept).
         protocol: Protocol,
     },
-    /// `D` MACRO: macros for the event `stage` (a command byte such as `C`, `M`).
+    /// `D` MACRO: macros for the event whose command code is `command` (`C`, `H`, `M`, ...).
     Macro {
-        /// The command byte of the event the macros belong to.
-        stage: u8,
+        /// The command code of the event the macros belong to (not a [`MacroStage`](crate::MacroStage):
+        /// the MTA may send macros for any event).
+        command: u8,
         /// `(name, value)` pairs, possibly none.
         pairs: Vec<(Bytes, Bytes)>,
     },
@@ -148,7 +149,10 @@ impl Command {
                     let value = r.cstr("macro value")?;
                     pairs.push((name, value));
                 }
-                Self::Macro { stage, pairs }
+                Self::Macro {
+                    command: stage,
+                    pairs,
+                }
             }
             b'C' => {
                 let hostname = r.cstr("hostname")?;
@@ -240,7 +244,10 @@ impl Command {
                 p.put_u32(actions.bits());
                 p.put_u32(protocol.bits());
             }
-            Self::Macro { stage, pairs } => {
+            Self::Macro {
+                command: stage,
+                pairs,
+            } => {
                 p.put_u8(*stage);
                 for (n, v) in pairs {
                     put_cstr(&mut p, n);

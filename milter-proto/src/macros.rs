@@ -87,7 +87,7 @@ impl MacroStage {
 
     /// The command byte of the event whose MACRO packet carries this stage's macros
     /// ([`Command::Macro`](crate::command::Command::Macro)'s `stage`, the key of
-    /// [`Macros::stage`]): `C`, `H`, `M`, `R`, `T`, `E`, `N`.
+    /// [`Macros::for_command`]): `C`, `H`, `M`, `R`, `T`, `E`, `N`.
     pub const fn command_code(self) -> u8 {
         match self {
             Self::Connect => b'C',
@@ -165,8 +165,9 @@ impl Macros {
             .sum()
     }
 
-    /// Replace the macros of `stage` (a command byte such as `b'C'`).
-    pub fn set(&mut self, stage: u8, pairs: Vec<(Bytes, Bytes)>) {
+    /// Replace the macros for command code `command` (such as `b'C'`).
+    pub fn set(&mut self, command: u8, pairs: Vec<(Bytes, Bytes)>) {
+        let stage = command;
         self.stages.retain(|(s, _)| *s != stage);
         self.stages.push((stage, pairs));
     }
@@ -183,8 +184,10 @@ impl Macros {
         })
     }
 
-    /// The pairs received for `stage`, if any.
-    pub fn stage(&self, stage: u8) -> Option<&[(Bytes, Bytes)]> {
+    /// The pairs received in the MACRO packet for command code `command` (`b'C'`, `b'M'`,
+    /// ...), if any.
+    pub fn for_command(&self, command: u8) -> Option<&[(Bytes, Bytes)]> {
+        let stage = command;
         self.stages
             .iter()
             .find(|(s, _)| *s == stage)
@@ -239,7 +242,7 @@ mod tests {
         assert_eq!(m.get("i"), None);
         assert_eq!(m.get("j"), Some(&b("mx")));
         m.clear();
-        assert_eq!(m.stage(b'C'), None);
+        assert_eq!(m.for_command(b'C'), None);
     }
 
     #[test]

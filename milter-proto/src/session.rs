@@ -325,7 +325,11 @@ impl Session {
     /// Refuse a MACRO packet that would take the macros kept past the byte cap (checked
     /// before the state changes, so a refused packet leaves the session as it was).
     fn check_macros(&self, cmd: &Command) -> Result<(), ProtocolError> {
-        let Command::Macro { stage, pairs } = cmd else {
+        let Command::Macro {
+            command: stage,
+            pairs,
+        } = cmd
+        else {
             return Ok(());
         };
         if !STAGES.contains(stage) {
@@ -346,8 +350,11 @@ impl Session {
         }
         match cmd {
             // A stage no event has is ignored, as libmilter does.
-            Command::Macro { stage, .. } if !STAGES.contains(stage) => {}
-            Command::Macro { stage, pairs } => self.macros.set(*stage, pairs.clone()),
+            Command::Macro { command: stage, .. } if !STAGES.contains(stage) => {}
+            Command::Macro {
+                command: stage,
+                pairs,
+            } => self.macros.set(*stage, pairs.clone()),
             Command::Abort => self.macros.clear_message(),
             Command::QuitNc => self.macros.clear(),
             Command::BodyEob(_) => self.message_done = true,
@@ -694,7 +701,7 @@ mod tests {
         let e = Bytes::new;
         vec![
             Command::Macro {
-                stage: b'M',
+                command: b'M',
                 pairs: vec![],
             },
             Command::Mail {

@@ -21,7 +21,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let b = |s: &'static str| Bytes::from_static(s.as_bytes());
     let cmds = [
         Command::Macro {
-            stage: b'C',
+            command: b'C',
             pairs: vec![(b("j"), b("mx.example"))],
         },
         Command::Connect {

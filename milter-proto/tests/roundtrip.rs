@@ -27,8 +27,12 @@ fn command() -> impl Strategy<Value = Command> {
             actions: Actions::from_bits_retain(a),
             protocol: Protocol::from_bits_retain(p)
         }),
-        (any::<u8>(), proptest::collection::vec((s(), s()), 0..4))
-            .prop_map(|(stage, pairs)| Command::Macro { stage, pairs }),
+        (any::<u8>(), proptest::collection::vec((s(), s()), 0..4)).prop_map(|(stage, pairs)| {
+            Command::Macro {
+                command: stage,
+                pairs,
+            }
+        }),
         (s(), any::<u16>(), s(), 0u8..4).prop_map(|(h, port, a, f)| Command::Connect {
             hostname: h,
             addr: match f {

@@ -202,7 +202,7 @@ fn whole_connection_both_ways_over_blocking_sockets() {
 
     let b = Bytes::from_static;
     let macro_cmd = |stage, name: &'static [u8], value: &'static [u8]| Command::Macro {
-        stage,
+        command: stage,
         pairs: vec![(b(name), b(value))],
     };
     let mut replies = Vec::new();

@@ -160,7 +160,7 @@ async fn macros_for_every_stage_byte_are_capped() {
     let mut cmds = vec![optneg(6)];
     for stage in 0..=255u8 {
         cmds.push(Command::Macro {
-            stage,
+            command: stage,
             pairs: vec![(Bytes::from_static(b"{x}"), value.clone())],
         });
     }
@@ -189,15 +189,15 @@ async fn macros_of_stages_no_event_has_are_ignored() {
     for stage in [b'Z', b'O', 0, 255] {
         let _ = s
             .handle(&Command::Macro {
-                stage,
+                command: stage,
                 pairs: pairs.clone(),
             })
             .unwrap();
-        assert_eq!(s.macros().stage(stage), None);
+        assert_eq!(s.macros().for_command(stage), None);
     }
     let _ = s
         .handle(&Command::Macro {
-            stage: b'C',
+            command: b'C',
             pairs: pairs.clone(),
         })
         .unwrap();
@@ -214,19 +214,19 @@ async fn macro_byte_cap_is_configurable_and_typed() {
     let pairs = |n| vec![(Bytes::from_static(b"j"), Bytes::from(vec![b'x'; n]))];
     let _ = s
         .handle(&Command::Macro {
-            stage: b'C',
+            command: b'C',
             pairs: pairs(90),
         })
         .unwrap();
     // Replacing a stage counts the new packet, not both.
     let _ = s
         .handle(&Command::Macro {
-            stage: b'C',
+            command: b'C',
             pairs: pairs(95),
         })
         .unwrap();
     let err = s.handle(&Command::Macro {
-        stage: b'H',
+        command: b'H',
         pairs: pairs(20),
     });
     assert_eq!(err, Err(ProtocolError::MacrosTooLarge { max: 100 }));

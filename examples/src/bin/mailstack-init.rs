@@ -27,7 +27,7 @@ use mailstack::init::forward::{ForwardConfig, Forwarder};
 use mailstack::init::logfile::{FileConfig, FileLog};
 use mailstack::init::schedule::{CommandJob, JobSpec, Scheduler};
 use mailstack::init::syslog::{Facility, Receiver, Severity, Sink};
-use mailstack::init::users::{Outcome, UserLine, Users, check_name};
+use mailstack::init::users::{UserLine, UserOutcome, Users, check_name};
 use mailstack::init::{health, supervise::Supervisor};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -262,8 +262,8 @@ async fn run(
         let report = Users::new(&cfg.passwd_root).apply_file(&cfg.users);
         for o in &report.done {
             match o {
-                Outcome::Created(n) => tracing::info!("user {n}: created"),
-                Outcome::Exists(n) => tracing::info!("user {n}: exists, left alone"),
+                UserOutcome::Created(n) => tracing::info!("user {n}: created"),
+                UserOutcome::Exists(n) => tracing::info!("user {n}: exists, left alone"),
                 other => tracing::info!("user: {other:?}"),
             }
         }
@@ -363,8 +363,8 @@ fn add_user(cfg: &InitConfig, name: String, uid: u32) -> ExitCode {
         uid,
     };
     match Users::new(&cfg.passwd_root).add(std::path::Path::new("<command line>"), &u) {
-        Ok(Outcome::Created(n)) => println!("user {n}: created"),
-        Ok(Outcome::Exists(n)) => println!("user {n}: exists, left alone"),
+        Ok(UserOutcome::Created(n)) => println!("user {n}: created"),
+        Ok(UserOutcome::Exists(n)) => println!("user {n}: exists, left alone"),
         Ok(other) => println!("{other:?}"),
         Err(e) => fail(e),
     }

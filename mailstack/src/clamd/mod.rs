@@ -224,7 +224,7 @@ impl Client {
     }
 
     /// Opens a connection.
-    pub async fn connect(&self) -> Result<Connection<Socket>, ClamdError> {
+    pub async fn connect(&self) -> Result<ClamdConnection<Socket>, ClamdError> {
         let t = self.timeouts.connect;
         let sock = match &self.addr {
             ClamdAddr::Unix(p) => timeout(t, UnixStream::connect(p))
@@ -240,7 +240,7 @@ impl Client {
                 addr: self.addr.clone(),
                 source,
             })?;
-        Ok(Connection::new(sock, self.timeouts, self.max_reply))
+        Ok(ClamdConnection::new(sock, self.timeouts, self.max_reply))
     }
 
     /// `PING` → `PONG`.
@@ -331,8 +331,8 @@ impl Client {
     }
 
     /// Opens an IDSESSION for several commands on one connection.
-    pub async fn session(&self) -> Result<Session<Socket>, ClamdError> {
-        Session::start(self.connect().await?, self.max_stream).await
+    pub async fn session(&self) -> Result<IdSession<Socket>, ClamdError> {
+        IdSession::start(self.connect().await?, self.max_stream).await
     }
 }
 
@@ -353,14 +353,14 @@ fn count_scan(r: &Result<ScanReply, ClamdError>, started: std::time::Instant) {
 
 /// One connection to clamd over any stream, with its limits.
 #[derive(Debug)]
-pub struct Connection<S> {
+pub struct ClamdConnection<S> {
     stream: S,
     timeouts: Timeouts,
     max_reply: usize,
     style: Style,
 }
 
-impl<S: ClamdStream> Connection<S> {
+impl<S: ClamdStream> ClamdConnection<S> {
     /// Wraps a connected stream (tests and custom transports).
     pub fn new(stream: S, timeouts: Timeouts, max_reply: usize) -> Self {
         Self {
@@ -420,7 +420,7 @@ impl<S: ClamdStream> Connection<S> {
 /// Memory use is bounded by the chunk the caller passes; nothing is buffered here.
 #[derive(Debug)]
 pub struct Instream<S> {
-    conn: Connection<S>,
+    conn: ClamdConnection<S>,
     session_id: Option<u64>,
     sent: u64,
     max: Option<u64>,
@@ -433,7 +433,7 @@ pub struct Instream<S> {
 
 impl<S: ClamdStream> Instream<S> {
     async fn start(
-        mut conn: Connection<S>,
+        mut conn: ClamdConnection<S>,
         session_id: Option<u64>,
         max: Option<u64>,
     ) -> Result<Self, ClamdError> {
@@ -451,7 +451,7 @@ impl<S: ClamdStream> Instream<S> {
     }
 
     /// Starts an INSTREAM on an already connected stream.
-    pub async fn on(conn: Connection<S>) -> Result<Self, ClamdError> {
+    pub async fn on(conn: ClamdConnection<S>) -> Result<Self, ClamdError> {
         Self::start(conn, None, None).await
     }
 
@@ -528,16 +528,16 @@ impl<S: ClamdStream> Instream<S> {
 /// An IDSESSION: several commands on one connection, replies matched by request id.
 /// Requests are sent one at a time (each reply read before the next request).
 #[derive(Debug)]
-pub struct Session<S> {
-    conn: Option<Connection<S>>,
+pub struct IdSession<S> {
+    conn: Option<ClamdConnection<S>>,
     next_id: u64,
     max_stream: Option<u64>,
 }
 
-impl<S: ClamdStream> Session<S> {
+impl<S: ClamdStream> IdSession<S> {
     /// Sends `IDSESSION` on `conn`.
     pub async fn start(
-        mut conn: Connection<S>,
+        mut conn: ClamdConnection<S>,
         max_stream: Option<u64>,
     ) -> Result<Self, ClamdError> {
         conn.write(&proto::encode_command("IDSESSION", conn.style))
@@ -549,7 +549,7 @@ impl<S: ClamdStream> Session<S> {
         })
     }
 
-    fn conn(&mut self) -> Result<&mut Connection<S>, ClamdError> {
+    fn conn(&mut self) -> Result<&mut ClamdConnection<S>, ClamdError> {
         self.conn.as_mut().ok_or(ClamdError::Closed)
     }
 
@@ -629,7 +629,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let mut conn = Connection::new(ours, short(), 4096);
+        let mut conn = ClamdConnection::new(ours, short(), 4096);
         let t = Instant::now();
         let r = timeout(Duration::from_secs(5), conn.read_reply()).await;
         peer.abort();

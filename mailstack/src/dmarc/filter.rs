@@ -10,7 +10,7 @@
 //! ([`crate::filter::EndOfMessage::facts`]).
 
 use super::dkim::DkimStream;
-use super::{DmarcFilter, MAX_HEADER_BYTES, MessageFacts, Outcome};
+use super::{DmarcFilter, DmarcOutcome, MAX_HEADER_BYTES, MessageFacts};
 use crate::arc::ArcVerifier;
 use crate::dkim::canon::Header;
 use crate::filter::{Connection, EndOfMessage, Envelope, Filter, Flow, Needs, Start, Verdict};
@@ -147,7 +147,7 @@ impl Filter for DmarcFilter {
     }
 }
 
-fn log_outcome(job: &str, o: &Outcome) {
+fn log_outcome(job: &str, o: &DmarcOutcome) {
     let action = &o.verdict.action;
     match (&o.evaluation, &o.skipped) {
         (Some(e), _) => tracing::info!(

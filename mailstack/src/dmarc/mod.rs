@@ -4,7 +4,7 @@
 //! it alone through [`crate::filter::Milter`], and `mailstackd` runs it in a
 //! [`crate::filter::Chain`] after SPF and DKIM. [`DmarcFilter::check`] is the same
 //! evaluation on what is known about one message ([`MessageFacts`]); it returns an
-//! [`Outcome`]: the [`crate::filter::Verdict`] (accept, reject with OpenDMARC's `550 5.7.1
+//! [`DmarcOutcome`]: the [`crate::filter::Verdict`] (accept, reject with OpenDMARC's `550 5.7.1
 //! rejected by DMARC policy for <policy domain>`, tempfail, quarantine; the
 //! `Authentication-Results` OpenDMARC writes, `dmarc=<result> (p=<policy>
 //! dis=<disposition>) header.from=<domain>`, as a field and as a clause) and the
@@ -84,7 +84,7 @@
 //! `Reject(None)` (the MTA's own reply, libmilter `SMFIS_REJECT`) for `RequiredHeaders`
 //! and `RejectMultiValueFrom`, `Tempfail(None)`, and `Quarantine` with
 //! [`crate::filter::Fallback::Accept`] (as OpenDMARC, delivered when the MTA did not grant
-//! quarantine). Fields are inserted at the top ([`Outcome::headers`] lists them top first):
+//! quarantine). Fields are inserted at the top ([`DmarcOutcome::headers`] lists them top first):
 //! `DMARC-Filter` (`SoftwareHeader`), the `dmarc=` field, then our own SPF field.
 //!
 //! # ARC (RFC 8617)
@@ -95,7 +95,7 @@
 //! `header.oldest-pass` and `smtp.remote-ip`) as its own `Authentication-Results` field and
 //! clause. A DMARC `fail` whose policy asks for quarantine or reject is accepted when the
 //! chain passes and its newest seal is by a listed sealer: disposition `none` (`dis=none`),
-//! and [`Outcome::overrides`] holds [`PolicyOverride::TrustedForwarder`] for the aggregate
+//! and [`DmarcOutcome::overrides`] holds [`PolicyOverride::TrustedForwarder`] for the aggregate
 //! report. Off by default: ARC is experimental and on its way to historic status.
 //!
 //! Each evaluated message becomes a [`MessageRecord`] in the configured
@@ -153,7 +153,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::auth_results::{AuthResults, MethodResult};
 use crate::dns::Resolver;
 use crate::filter::{Action, AuthFacts, Fallback, Modification, Verdict};
-use crate::spf::{Identity, Limits, SpfEvaluator};
+use crate::spf::{Identity, LookupLimits, SpfEvaluator};
 
 pub use config::{
     ArcSealConfig, DmarcConfig, FailureReports, HostPattern, Specification, local_hostname,
@@ -234,11 +234,11 @@ pub struct MessageFacts<'a> {
 /// when evaluation could not complete, or [`Action::Quarantine`] with
 /// [`Fallback::Accept`] (OpenDMARC delivers when the MTA did not grant quarantine). Its
 /// modifications are the fields OpenDMARC inserts at the top, in the order the adapter
-/// applies them (see [`Outcome::headers`] for the order they end up in).
+/// applies them (see [`DmarcOutcome::headers`] for the order they end up in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "the verdict must be applied (see filter::apply)"]
 #[non_exhaustive]
-pub struct Outcome {
+pub struct DmarcOutcome {
     /// What to do, the fields to write, the `Authentication-Results` clauses.
     pub verdict: Verdict,
     /// The evaluation, when one ran.
@@ -269,7 +269,7 @@ impl PolicyOverride {
     }
 }
 
-impl Outcome {
+impl DmarcOutcome {
     fn skip(why: impl Into<String>) -> Self {
         Self {
             verdict: Verdict::accept(),
@@ -335,7 +335,7 @@ impl DmarcFilter {
         if let Some(psl) = &cfg.public_suffix_list {
             evaluator = evaluator.with_public_suffix_list(Arc::new(psl.clone()));
         }
-        let spf = SpfEvaluator::new(resolver.clone(), Limits::default());
+        let spf = SpfEvaluator::new(resolver.clone(), LookupLimits::default());
         let dkim = cfg
             .dkim_self_validate
             .then(|| InProcessDkim::new(resolver.clone()));
@@ -402,7 +402,7 @@ impl DmarcFilter {
 
     /// Evaluates one message. The [`crate::filter::Filter`] implementation runs this too, so
     /// a message through `dmarc-milter`, `mailstackd` or a direct call gets the same answer.
-    pub async fn check(&self, m: &MessageFacts<'_>) -> Outcome {
+    pub async fn check(&self, m: &MessageFacts<'_>) -> DmarcOutcome {
         let cfg = &self.cfg;
         let from = match self.author(m) {
             Ok(d) => d,
@@ -455,7 +455,7 @@ impl DmarcFilter {
             arc: arc.cloned(),
             ..AuthFacts::default()
         };
-        Outcome {
+        DmarcOutcome {
             verdict: Verdict {
                 action,
                 modifications: fields,
@@ -498,12 +498,12 @@ impl DmarcFilter {
 
     /// The author domain, or the verdict for a message that is not evaluated:
     /// `RequiredHeaders`, `RejectMultiValueFrom`, an unusable From, `IgnoreMailFrom`.
-    fn author(&self, m: &MessageFacts<'_>) -> Result<String, Box<Outcome>> {
+    fn author(&self, m: &MessageFacts<'_>) -> Result<String, Box<DmarcOutcome>> {
         let cfg = &self.cfg;
         if cfg.required_headers
             && let Some(problem) = rfc5322_problem(m.headers)
         {
-            return Err(Box::new(Outcome::refuse(format!(
+            return Err(Box::new(DmarcOutcome::refuse(format!(
                 "RFC5322 requirement error: {problem}"
             ))));
         }
@@ -516,15 +516,17 @@ impl DmarcFilter {
         let from = match author_domain(&froms) {
             Ok(d) => d,
             Err(FromError::MultipleDomains) if cfg.reject_multi_value_from => {
-                return Err(Box::new(Outcome::refuse(
+                return Err(Box::new(DmarcOutcome::refuse(
                     "multi-valued From field detected",
                 )));
             }
-            Err(e) if cfg.required_headers => return Err(Box::new(Outcome::refuse(e.to_string()))),
-            Err(e) => return Err(Box::new(Outcome::skip(e.to_string()))),
+            Err(e) if cfg.required_headers => {
+                return Err(Box::new(DmarcOutcome::refuse(e.to_string())));
+            }
+            Err(e) => return Err(Box::new(DmarcOutcome::skip(e.to_string()))),
         };
         if cfg.ignore_mail_from.contains(&from) {
-            return Err(Box::new(Outcome::skip(format!(
+            return Err(Box::new(DmarcOutcome::skip(format!(
                 "{from} is in IgnoreMailFrom"
             ))));
         }

@@ -68,10 +68,11 @@ use milter_proto::SocketSpec;
 /// Where the seed's layout is looked for by default.
 pub const DEFAULT_TOML: &str = "/usr/local/etc/mailstack-init.toml";
 
-/// A configuration error: what, and where (file, line when known).
+/// What is wrong with the container's setup: its `mailstack-init.toml` (file and line), or a
+/// directory, file, program or owner the plan needs.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum SetupError {
     /// A file could not be read (the error names it).
     #[error(transparent)]
     Read(#[from] crate::config::ConfigError),
@@ -319,13 +320,13 @@ impl InitConfig {
     }
 
     /// Reads `path` (TOML) over the seed's defaults and the environment.
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+    pub fn read(path: &Path) -> Result<Self, SetupError> {
         let text = crate::config::read_bounded(path)?;
         Self::parse(path, &text, &env_lookup)
     }
 
     /// [`read`](Self::read) when `path` exists, the seed's defaults otherwise.
-    pub fn read_optional(path: &Path) -> Result<Self, ConfigError> {
+    pub fn read_optional(path: &Path) -> Result<Self, SetupError> {
         if path.exists() {
             Self::read(path)
         } else {
@@ -338,8 +339,8 @@ impl InitConfig {
         path: &Path,
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let file: TomlFile = toml::from_str(text).map_err(|e| ConfigError::At {
+    ) -> Result<Self, SetupError> {
+        let file: TomlFile = toml::from_str(text).map_err(|e| SetupError::At {
             path: path.to_owned(),
             line: e.span().map_or(0, |s| line_of(text, s.start)),
             message: e.message().to_owned(),
@@ -352,8 +353,8 @@ impl InitConfig {
         f: TomlFile,
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let at = |offset: usize, message: String| ConfigError::At {
+    ) -> Result<Self, SetupError> {
+        let at = |offset: usize, message: String| SetupError::At {
             path: path.map(Path::to_owned).unwrap_or_default(),
             line: line_of(text, offset),
             message,
@@ -415,7 +416,7 @@ impl InitConfig {
         };
         let mail_log_host = env("MAIL_LOG_HOST").filter(|h| !h.trim().is_empty());
         if let Some(h) = &mail_log_host {
-            crate::init::forward::ForwardConfig::from_log_host(h).map_err(|e| ConfigError::At {
+            crate::init::forward::ForwardConfig::from_log_host(h).map_err(|e| SetupError::At {
                 path: PathBuf::from("<environment MAIL_LOG_HOST>"),
                 line: 0,
                 message: e.to_string(),
@@ -560,7 +561,7 @@ impl InitConfig {
     }
 
     /// Validates everything and builds the start plan. Nothing is started.
-    pub fn plan(&self) -> Result<Plan, ConfigError> {
+    pub fn plan(&self) -> Result<Plan, SetupError> {
         need_dir(&self.etc, "the seed's configuration tree")?;
         let pf_dir = self.postfix_dir();
         need_dir(&pf_dir, "Postfix (postfix -c)")?;
@@ -777,7 +778,7 @@ impl InitConfig {
 
         for s in &services {
             if !is_executable(&s.program) {
-                return Err(ConfigError::MissingProgram {
+                return Err(SetupError::MissingProgram {
                     path: s.program.clone(),
                     service: s.name.clone(),
                 });
@@ -787,14 +788,14 @@ impl InitConfig {
         let group = under(&self.passwd_root, Path::new("/etc/group"));
         for d in &dirs {
             if crate::init::users::lookup_id(&passwd, &d.user).is_none() {
-                return Err(ConfigError::NoOwner {
+                return Err(SetupError::NoOwner {
                     dir: d.path.clone(),
                     name: d.user.clone(),
                     file: passwd,
                 });
             }
             if crate::init::users::lookup_id(&group, &d.group).is_none() {
-                return Err(ConfigError::NoOwner {
+                return Err(SetupError::NoOwner {
                     dir: d.path.clone(),
                     name: d.group.clone(),
                     file: group,
@@ -814,22 +815,22 @@ fn env_lookup(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
-fn need_dir(p: &Path, what: &str) -> Result<(), ConfigError> {
+fn need_dir(p: &Path, what: &str) -> Result<(), SetupError> {
     if p.is_dir() {
         Ok(())
     } else {
-        Err(ConfigError::MissingDir {
+        Err(SetupError::MissingDir {
             path: p.to_owned(),
             what: what.to_owned(),
         })
     }
 }
 
-fn need_file(p: &Path, what: &str) -> Result<(), ConfigError> {
+fn need_file(p: &Path, what: &str) -> Result<(), SetupError> {
     if p.is_file() {
         Ok(())
     } else {
-        Err(ConfigError::MissingFile {
+        Err(SetupError::MissingFile {
             path: p.to_owned(),
             what: what.to_owned(),
         })
@@ -869,7 +870,7 @@ pub fn main_cf_param(text: &str, name: &str) -> Option<String> {
 }
 
 /// clamd's socket from `clamd.conf`: `LocalSocket PATH` or `TCPSocket PORT` (+`TCPAddr`).
-pub fn clamd_socket(conf: &Path) -> Result<ClamdAddr, ConfigError> {
+pub fn clamd_socket(conf: &Path) -> Result<ClamdAddr, SetupError> {
     let text = crate::config::read_bounded(conf)?;
     let mut local = None;
     let mut port = None;
@@ -887,7 +888,7 @@ pub fn clamd_socket(conf: &Path) -> Result<ClamdAddr, ConfigError> {
             _ => {}
         }
     }
-    let bad = |line: usize, message: String| ConfigError::At {
+    let bad = |line: usize, message: String| SetupError::At {
         path: conf.to_owned(),
         line,
         message,
@@ -1044,7 +1045,7 @@ mod tests {
         t
     }
 
-    fn cfg(t: &Path, extra: &str) -> Result<InitConfig, ConfigError> {
+    fn cfg(t: &Path, extra: &str) -> Result<InitConfig, SetupError> {
         let bin = t.join("bin");
         let text = format!(
             "root = {:?}\nbin_dir = {:?}\n{extra}[programs]\npostfix = {:?}\nsaslauthd = {:?}\n",

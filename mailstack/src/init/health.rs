@@ -7,7 +7,7 @@ use super::ready::{ProbeError, probe};
 
 /// One service's health.
 #[derive(Debug)]
-pub struct Health {
+pub struct ServiceHealth {
     /// The service.
     pub name: String,
     /// `Ok`, or why it is down.
@@ -16,10 +16,10 @@ pub struct Health {
 
 /// Probes every service of `plan`, one after the other (at most seven services, each
 /// probe bounded by [`PROBE_TIMEOUT`](super::ready::PROBE_TIMEOUT)).
-pub async fn check(plan: &Plan) -> Vec<Health> {
+pub async fn check(plan: &Plan) -> Vec<ServiceHealth> {
     let mut out = Vec::with_capacity(plan.services.len());
     for s in &plan.services {
-        out.push(Health {
+        out.push(ServiceHealth {
             name: s.name.clone(),
             result: probe(&s.probe).await,
         });
@@ -28,7 +28,7 @@ pub async fn check(plan: &Plan) -> Vec<Health> {
 }
 
 /// The names of the services that are down, with why, one per line (empty: all up).
-pub fn down(h: &[Health]) -> Vec<String> {
+pub fn down(h: &[ServiceHealth]) -> Vec<String> {
     h.iter()
         .filter_map(|x| x.result.as_ref().err().map(|e| format!("{}: {e}", x.name)))
         .collect()

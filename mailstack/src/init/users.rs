@@ -95,7 +95,7 @@ pub enum UserError {
 /// What happened to one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum UserOutcome {
     /// Created.
     Created(String),
     /// Already there: left alone.
@@ -106,7 +106,7 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Report {
     /// Users created or found.
-    pub done: Vec<Outcome>,
+    pub done: Vec<UserOutcome>,
     /// Lines that failed.
     pub errors: Vec<UserError>,
 }
@@ -272,10 +272,10 @@ impl Users {
     }
 
     /// Adds one user unless it exists (`file` and `u.line` only name it in errors).
-    pub fn add(&self, file: &Path, u: &UserLine) -> Result<Outcome, UserError> {
+    pub fn add(&self, file: &Path, u: &UserLine) -> Result<UserOutcome, UserError> {
         let passwd = self.passwd();
         if lookup_id(&passwd, &u.name).is_some() {
-            return Ok(Outcome::Exists(u.name.clone()));
+            return Ok(UserOutcome::Exists(u.name.clone()));
         }
         if let Some(other) = lookup_uid(&passwd, u.uid) {
             return Err(UserError::UidClash {
@@ -343,7 +343,7 @@ impl Users {
                 ),
             ));
         }
-        Ok(Outcome::Created(u.name.clone()))
+        Ok(UserOutcome::Created(u.name.clone()))
     }
 }
 

@@ -12,9 +12,9 @@
 //! # async fn demo() -> Result<(), mailstack::dns::DnsError> {
 //! use std::sync::Arc;
 //! use mailstack::dns::HickoryResolver;
-//! use mailstack::spf::{Limits, SpfEvaluator, SpfResult};
+//! use mailstack::spf::{LookupLimits, SpfEvaluator, SpfResult};
 //!
-//! let spf = SpfEvaluator::new(Arc::new(HickoryResolver::system()?), Limits::default())
+//! let spf = SpfEvaluator::new(Arc::new(HickoryResolver::system()?), LookupLimits::default())
 //!     .with_receiver("mx.example.net");
 //! let ip = "192.0.2.1".parse().unwrap();
 //! let helo = spf.check_helo(ip, "mail.example.com").await;
@@ -37,7 +37,7 @@
 //!
 //! DNS goes through [`crate::dns::Resolver`], so tests run on an in-memory zone.
 //!
-//! # Limits (RFC 7208 §4.6.4), all in [`Limits`]
+//! # Limits (RFC 7208 §4.6.4), all in [`LookupLimits`]
 //!
 //! 10 DNS-querying terms, 2 void lookups, 10 MX names, 10 PTR names, a 20 s time budget whose
 //! overrun is `temperror`; records longer than 4 KiB or with more than 256 terms are
@@ -130,7 +130,7 @@ impl Identity {
 /// Processing limits (RFC 7208 §4.6.4); the defaults are the RFC's numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Limits {
+pub struct LookupLimits {
     /// DNS-querying terms (include, a, mx, ptr, exists, redirect) per evaluation; more is
     /// permerror. RFC 7208 §4.6.4: 10.
     pub dns_mechanisms: u32,
@@ -146,7 +146,7 @@ pub struct Limits {
     pub time_budget: Duration,
 }
 
-impl Default for Limits {
+impl Default for LookupLimits {
     fn default() -> Self {
         Self {
             dns_mechanisms: 10,
@@ -158,7 +158,7 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
+impl LookupLimits {
     /// Sets the void-lookup limit.
     pub fn with_void_lookups(mut self, n: u32) -> Self {
         self.void_lookups = n;
@@ -206,7 +206,7 @@ pub struct SpfOutput {
 #[derive(Clone)]
 pub struct SpfEvaluator {
     resolver: Arc<dyn Resolver>,
-    limits: Limits,
+    limits: LookupLimits,
     receiver: String,
 }
 
@@ -245,7 +245,7 @@ fn split_sender(sender: &str, helo: &str) -> (String, String) {
 impl SpfEvaluator {
     /// An evaluator over `resolver` with `limits`; `%{r}` expands to `unknown` until
     /// [`Self::with_receiver`] sets it.
-    pub fn new(resolver: Arc<dyn Resolver>, limits: Limits) -> Self {
+    pub fn new(resolver: Arc<dyn Resolver>, limits: LookupLimits) -> Self {
         Self {
             resolver,
             limits,
@@ -260,7 +260,7 @@ impl SpfEvaluator {
     }
 
     /// The limits in force.
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &LookupLimits {
         &self.limits
     }
 

@@ -56,7 +56,7 @@ pub use serve::{MAX_CONNECTIONS, SpfService, reply};
 
 use self::cache::BoundedCache;
 use super::header::{clean_comment, kv_value_compat};
-use super::{Limits, SpfEvaluator, SpfOutput, SpfResult};
+use super::{LookupLimits, SpfEvaluator, SpfOutput, SpfResult};
 use crate::auth_results::{AuthResults, MethodResult};
 use crate::dns::Resolver;
 
@@ -239,7 +239,7 @@ const INSTANCE_TTL: Duration = Duration::from_secs(3600);
 impl SpfPolicy {
     /// A policy with `config`, resolving through `resolver`.
     pub fn new(config: PolicydConfig, resolver: Arc<dyn Resolver>) -> Self {
-        let limits = Limits::default().with_void_lookups(config.void_limit);
+        let limits = LookupLimits::default().with_void_lookups(config.void_limit);
         let spf = SpfEvaluator::new(
             resolver.clone(),
             limits.clone().with_time_budget(config.lookup_time),
