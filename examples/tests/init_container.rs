@@ -1022,6 +1022,25 @@ fn single_purpose_daemons_and_clamd_under_init_with_the_log_forwarded() {
             .unwrap_or_else(|| panic!("{s:?} not in log:\n{log}"))
     };
     assert!(pos("clamd: ready") < pos("av-milter: started"), "{log}");
+    // Each milter runs as the user its own config names (every id of the Uid: line: real,
+    // effective, saved, filesystem), and Postfix's smtpd reaches its socket all the same
+    // (the mail below).
+    for (daemon, user) in [
+        ("dkim-milter", "opendkim"),
+        ("dmarc-milter", "opendmarc"),
+        ("av-milter", "clamav"),
+    ] {
+        let pid = c
+            .child_named(daemon)
+            .unwrap_or_else(|| panic!("no {daemon} under init"));
+        let uid = mailstack::init::users::lookup_id(&tmp.path().join("etc/passwd"), user)
+            .unwrap_or_else(|| panic!("no {user} in the container's passwd"));
+        let uids: Vec<u32> = status_field(pid, "Uid:")
+            .split_whitespace()
+            .map(|n| n.parse().expect("numeric uid"))
+            .collect();
+        assert_eq!(uids, [uid; 4], "{daemon} runs as {user}");
+    }
     for (a, b) in [
         ("dkim-milter: ready", "dmarc-milter: started"),
         ("dmarc-milter: ready", "av-milter: started"),
