@@ -156,6 +156,23 @@ impl Container {
             .into_iter()
             .find(|&p| comm(p) == name)
     }
+
+    /// Each `(daemon, user)`: the daemon under init runs as `user` of the container's
+    /// `etc/passwd` under `tmp`, on every id of its `Uid:` line (real, effective, saved, fs).
+    fn assert_runs_as(&self, tmp: &Path, daemons: &[(&str, &str)]) {
+        for &(daemon, user) in daemons {
+            let pid = self
+                .child_named(daemon)
+                .unwrap_or_else(|| panic!("no {daemon} under init"));
+            let uid = mailstack::init::users::lookup_id(&tmp.join("etc/passwd"), user)
+                .unwrap_or_else(|| panic!("no {user} in the container's passwd"));
+            let uids: Vec<u32> = status_field(pid, "Uid:")
+                .split_whitespace()
+                .map(|n| n.parse().expect("numeric uid"))
+                .collect();
+            assert_eq!(uids, [uid; 4], "{daemon} runs as {user}");
+        }
+    }
 }
 
 impl Drop for Container {
@@ -464,6 +481,8 @@ fn mailstack_init_as_pid1_in_namespaces() {
         "{log}"
     );
     assert!(pos("mailstackd: ready") < pos("postfix: started"), "{log}");
+    // mailstackd runs as the user init gives it; the mail below goes through its socket.
+    c.assert_runs_as(tmp.path(), &[("mailstackd", "opendkim")]);
 
     // Users.
     let passwd = std::fs::read_to_string(tmp.path().join("etc/passwd")).unwrap();
@@ -1022,25 +1041,17 @@ fn single_purpose_daemons_and_clamd_under_init_with_the_log_forwarded() {
             .unwrap_or_else(|| panic!("{s:?} not in log:\n{log}"))
     };
     assert!(pos("clamd: ready") < pos("av-milter: started"), "{log}");
-    // Each milter runs as the user its own config names (every id of the Uid: line: real,
-    // effective, saved, filesystem), and Postfix's smtpd reaches its socket all the same
-    // (the mail below).
-    for (daemon, user) in [
-        ("dkim-milter", "opendkim"),
-        ("dmarc-milter", "opendmarc"),
-        ("av-milter", "clamav"),
-    ] {
-        let pid = c
-            .child_named(daemon)
-            .unwrap_or_else(|| panic!("no {daemon} under init"));
-        let uid = mailstack::init::users::lookup_id(&tmp.path().join("etc/passwd"), user)
-            .unwrap_or_else(|| panic!("no {user} in the container's passwd"));
-        let uids: Vec<u32> = status_field(pid, "Uid:")
-            .split_whitespace()
-            .map(|n| n.parse().expect("numeric uid"))
-            .collect();
-        assert_eq!(uids, [uid; 4], "{daemon} runs as {user}");
-    }
+    // Each daemon runs as the user its own config names (spf-policyd: the one init gives it),
+    // and Postfix's smtpd reaches its socket all the same (the mail below).
+    c.assert_runs_as(
+        tmp.path(),
+        &[
+            ("dkim-milter", "opendkim"),
+            ("dmarc-milter", "opendmarc"),
+            ("av-milter", "clamav"),
+            ("spf-policyd", "policyd-spf"),
+        ],
+    );
     for (a, b) in [
         ("dkim-milter: ready", "dmarc-milter: started"),
         ("dmarc-milter: ready", "av-milter: started"),
